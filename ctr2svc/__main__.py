@@ -1,0 +1,3 @@
+from ctr2svc.cli import main
+
+main()

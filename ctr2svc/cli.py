@@ -1,0 +1,163 @@
+"""The `ctr2svc` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ctr2svc import __version__, log
+from ctr2svc.build import DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
+from ctr2svc.errors import Ctr2svcError
+from ctr2svc.model import PackageFormat
+from ctr2svc.reference import parse
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ctr2svc")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors.")
+@click.option("-v", "--debug", "debug", is_flag=True, help="Show every external command and its output.")
+def cli(quiet: bool, debug: bool) -> None:
+    """Turn container images into native packages that run them as system services.
+
+    \b
+    Example:
+      ctr2svc build oci:examples/hello:1.0 -o dist/
+      apt install ./dist/hello-svc_1.0_amd64.deb
+    """
+    log.set_verbosity(1 if debug else -1 if quiet else 0)
+
+
+@cli.command(name="build")
+@click.argument("image")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in PackageFormat]),
+    default="deb",
+    show_default=True,
+    help="Package format.",
+)
+@click.option(
+    "-o", "--output-dir", type=click.Path(path_type=Path), default=Path(), help="Where to write the package."
+)
+@click.option("--name", help="Package and service name (default: the image's last path part + '-svc').")
+@click.option("--version", "pkg_version", help="Package version (default: derived from the tag; see README).")
+@click.option(
+    "--arch", help="Platform to take from a multi-arch image, e.g. arm64 or arm/v7 (default: this host's)."
+)
+@click.option("--creds", metavar="USER[:PASSWORD]", help="Registry credentials.")
+@click.option(
+    "--authfile",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Registry auth file, as written by `skopeo login` or `docker login`.",
+)
+@click.option(
+    "--tls-verify/--no-tls-verify",
+    default=None,
+    help="Require HTTPS and valid certificates (default: yes, except for registries on loopback).",
+)
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Image cache (default: ~/.cache/ctr2svc).")
+@click.option("--entrypoint", help="Replace the image's entrypoint (a shell-quoted command line).")
+@click.option("--cmd", help="Replace the image's command (a shell-quoted argument list).")
+@click.option(
+    "--stop-signal", help="Signal that stops the service (default: the image's STOPSIGNAL or SIGTERM)."
+)
+@click.option(
+    "--stop-timeout",
+    type=click.IntRange(1, 3600),
+    default=DEFAULT_STOP_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait after the stop signal before killing.",
+)
+@click.option(
+    "--maintainer", default="ctr2svc <root@localhost>", show_default=True, help="Package maintainer."
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["zstd", "gzip", "xz", "none"]),
+    default="zstd",
+    show_default=True,
+    help="Payload compression (zstd needs dpkg >= 1.21.18: Debian 12, Ubuntu 21.10 and later).",
+)
+def build_command(
+    image: str,
+    fmt: str,
+    output_dir: Path,
+    name: str | None,
+    pkg_version: str | None,
+    arch: str | None,
+    creds: str | None,
+    authfile: Path | None,
+    tls_verify: bool | None,
+    cache_dir: Path | None,
+    entrypoint: str | None,
+    cmd: str | None,
+    stop_signal: str | None,
+    stop_timeout: int,
+    maintainer: str,
+    compression: str,
+) -> None:
+    """Build a package that runs IMAGE as a service.
+
+    IMAGE is a registry reference (registry.example.com/team/app:1.2, valkey/valkey:9.0.0, or with a
+    @sha256: digest) or a local image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE.
+
+    \b
+    Examples:
+      ctr2svc build 127.0.0.1:5000/valkey:9.0.0 -o dist/
+      ctr2svc build registry.example.com/app:2.1 --creds user:secret --arch arm64
+      ctr2svc build docker-archive:app.tar --name app-svc --version 2.1
+    """
+    options = BuildOptions(
+        reference=parse(image),
+        format=PackageFormat(fmt),
+        output_dir=output_dir,
+        name=name,
+        version=pkg_version,
+        arch=arch,
+        creds=creds,
+        authfile=authfile,
+        tls_verify=tls_verify,
+        cache_dir=cache_dir,
+        entrypoint=shell_words(entrypoint) if entrypoint is not None else None,
+        cmd=shell_words(cmd) if cmd is not None else None,
+        stop_signal=stop_signal,
+        stop_timeout=stop_timeout,
+        maintainer=maintainer,
+        compression=compression,
+    )
+    result = build(options)
+    spec = result.spec
+    size = result.path.stat().st_size
+    log.info(f"✓ {result.path} ({size / 1e6:.1f} MB)")
+    log.info(f"  image:   {spec.image.pinned}")
+    log.info(f"  service: {spec.layout.unit_name}, data in {spec.layout.data_dir}")
+    log.info(
+        f"  install: apt install ./{result.path}"
+        if not result.path.is_absolute()
+        else f"  install: apt install {result.path}"
+    )
+    # The package path alone on stdout, for scripts.
+    click.echo(str(result.path))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except Ctr2svcError as exc:
+        click.echo(f"ctr2svc: error: {exc.one_line()}", err=True)
+        if exc.details and log.STATE.verbosity > 0:
+            click.echo(exc.details, err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("ctr2svc: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("ctr2svc: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,349 @@
+"""Resolve an image reference to a digest and pull it, through skopeo, into a digest-keyed cache.
+
+The cache is one OCI layout shared by every image, so layers common to several images are stored
+(and downloaded) once. Entries are tagged with the hex digest of the platform manifest the source
+served; skopeo only records a tag in index.json once every blob is in place, so an interrupted pull
+never leaves an entry that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ctr2svc import log
+from ctr2svc.errors import Ctr2svcError, ImageError, ToolFailed, UsageError
+from ctr2svc.model import ImageConfig, ResolvedImage
+from ctr2svc.reference import ImageReference, Transport
+from ctr2svc.run import find_tool, run
+
+INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+SYSTEM_POLICY = Path("/etc/containers/policy.json")
+# Used only where the host has no containers policy of its own: without one skopeo refuses to run.
+DEFAULT_POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    arch: str
+    variant: str | None = None
+    creds: str | None = None
+    authfile: Path | None = None
+    # None: verify TLS except for registries on loopback, which Docker also treats as insecure.
+    tls_verify: bool | None = None
+
+
+def default_cache_dir() -> Path:
+    if env := os.environ.get("CTR2SVC_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ctr2svc"
+
+
+def _is_loopback(registry: str) -> bool:
+    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ImageCache:
+    """A shared OCI layout plus a lock; entries are keyed by platform manifest digest."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layout = root / "oci"
+
+    def ensure(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create the image cache {self.root}: {exc.strerror}",
+                hint="point --cache-dir (or CTR2SVC_CACHE_DIR) at a writable directory",
+            ) from exc
+
+    @contextlib.contextmanager
+    def locked(self, exclusive: bool) -> Iterator[None]:
+        self.ensure()
+        with (self.root / "lock").open("a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @staticmethod
+    def key(digest: str) -> str:
+        return digest.split(":", 1)[1]
+
+    def ref(self, digest: str) -> str:
+        return f"oci:{self.layout}:{self.key(digest)}"
+
+    def umoci_ref(self, digest: str) -> str:
+        return f"{self.layout}:{self.key(digest)}"
+
+    def _blob(self, digest: str) -> Path:
+        algorithm, hexpart = digest.split(":", 1)
+        return self.layout / "blobs" / algorithm / hexpart
+
+    def _read_json(self, path: Path) -> Any:
+        return json.loads(path.read_bytes())
+
+    def manifest(self, digest: str) -> dict[str, Any] | None:
+        """The cached manifest for a source digest, or None when absent or incomplete."""
+        index_path = self.layout / "index.json"
+        if not index_path.exists():
+            return None
+        try:
+            index = self._read_json(index_path)
+        except (OSError, ValueError):
+            log.warn(f"the image cache index {index_path} is unreadable; starting the cache afresh")
+            shutil.rmtree(self.layout, ignore_errors=True)
+            return None
+        key = self.key(digest)
+        for desc in index.get("manifests", []):
+            if desc.get("annotations", {}).get("org.opencontainers.image.ref.name") != key:
+                continue
+            try:
+                manifest: dict[str, Any] = self._read_json(self._blob(desc["digest"]))
+                needed = [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest["layers"]]
+            except (OSError, ValueError, KeyError):
+                return None
+            if all(self._blob(d).is_file() for d in needed):
+                return manifest
+            return None
+        return None
+
+    def config(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        doc: dict[str, Any] = self._read_json(self._blob(manifest["config"]["digest"]))
+        return doc
+
+
+def _policy_args(workdir: Path) -> list[str]:
+    if SYSTEM_POLICY.exists():
+        return []
+    policy = workdir / "policy.json"
+    policy.write_text(json.dumps(DEFAULT_POLICY))
+    log.debug(f"{SYSTEM_POLICY} is missing: using a policy that accepts any image ({policy})")
+    return ["--policy", str(policy)]
+
+
+def _source_args(ref: ImageReference, opts: PullOptions, prefix: str) -> list[str]:
+    """Credentials and TLS flags for skopeo; prefix is '' for inspect and 'src-' for copy."""
+    if not ref.is_remote:
+        return []
+    args: list[str] = []
+    tls = opts.tls_verify
+    if tls is None:
+        tls = not _is_loopback(ref.registry or "")
+        if not tls:
+            log.debug(f"{ref.registry} is on loopback: not requiring TLS (as Docker does)")
+    args.append(f"--{prefix}tls-verify={'true' if tls else 'false'}")
+    if opts.creds:
+        args += [f"--{prefix}creds", opts.creds]
+    if opts.authfile:
+        args += [f"--{prefix}authfile", str(opts.authfile)]
+    return args
+
+
+def _map_skopeo_error(exc: ToolFailed, ref: ImageReference, opts: PullOptions) -> Ctr2svcError:
+    """Turn skopeo's stderr into a one-line error that names the problem and the fix."""
+    text = exc.stderr.lower()
+    where = ref.registry or ref.name
+    if "unauthorized" in text or "authentication required" in text or "401" in text:
+        if opts.creds or opts.authfile:
+            return ImageError(
+                f"registry {where} refused the credentials for {ref}",
+                hint="check the user name and password given with --creds or the entry in --authfile",
+            )
+        return ImageError(
+            f"registry {where} requires credentials for {ref}",
+            hint="pass --creds USER:PASSWORD or --authfile FILE (as written by `skopeo login`)",
+        )
+    if "manifest unknown" in text or "name unknown" in text or ("not found" in text and ref.is_remote):
+        return ImageError(
+            f"image {ref} not found in registry {where}",
+            hint=f"check the name and tag; `skopeo list-tags docker://{ref.name}` lists the tags",
+        )
+    if "server gave http response to https client" in text:
+        return ImageError(
+            f"registry {where} speaks plain HTTP, not HTTPS",
+            hint="pass --no-tls-verify if you trust this registry",
+        )
+    if "x509" in text or "certificate" in text or "tls:" in text:
+        return ImageError(
+            f"TLS verification failed for registry {where}",
+            hint="install the registry's CA certificate, or pass --no-tls-verify if you trust it",
+        )
+    if any(
+        s in text
+        for s in ("connection refused", "no such host", "i/o timeout", "network is unreachable", "dial tcp")
+    ):
+        return ImageError(
+            f"cannot reach registry {where}",
+            hint="check the registry address and port, that it is running, and the network or proxy settings",
+        )
+    if not ref.is_remote and ("no such file" in text or "not a directory" in text):
+        return ImageError(
+            f"{ref.transport} image {ref.name!r} does not exist",
+            hint="check the path; an OCI layout is a directory holding index.json",
+        )
+    if not ref.is_remote and ("no descriptor found" in text or "not found" in text):
+        return ImageError(
+            f"tag {ref.tag!r} not found in {ref.name}",
+            hint=f"`skopeo inspect {ref.transport}:{ref.name}` lists what is there",
+        )
+    return ImageError(
+        f"skopeo could not read {ref}: {exc.brief.split(': ', 1)[-1]}",
+        hint="run with --debug to see the full skopeo output",
+        details=exc.details,
+    )
+
+
+def _platform_entry(index: dict[str, Any], ref: ImageReference, opts: PullOptions) -> dict[str, Any]:
+    entries = [m for m in index.get("manifests", []) if m.get("platform")]
+    linux = [m for m in entries if m["platform"].get("os") == "linux"]
+    if not linux:
+        systems = sorted({m["platform"].get("os", "?") for m in entries}) or ["none"]
+        raise ImageError(
+            f"image {ref} has no Linux variant (it is for: {', '.join(systems)})",
+            hint="ctr2svc runs Linux images only; pick a Linux image",
+        )
+    for m in linux:
+        p = m["platform"]
+        if p.get("architecture") != opts.arch:
+            continue
+        variant = p.get("variant")
+        if opts.variant is None or variant == opts.variant or (variant is None and opts.variant == "v8"):
+            chosen: dict[str, Any] = m
+            return chosen
+    available = sorted(
+        {
+            m["platform"]["architecture"]
+            + (f"/{m['platform']['variant']}" if m["platform"].get("variant") else "")
+            for m in linux
+        }
+    )
+    wanted = opts.arch + (f"/{opts.variant}" if opts.variant else "")
+    raise ImageError(
+        f"image {ref} has no linux/{wanted} variant (it has: {', '.join(available)})",
+        hint=f"pass --arch with one of {', '.join(available)}",
+    )
+
+
+def resolve(ref: ImageReference, opts: PullOptions, cache: ImageCache, workdir: Path) -> ResolvedImage:
+    """Find the platform manifest's digest and make sure the image is in the cache."""
+    skopeo = find_tool("skopeo", "pull container images")
+    policy = _policy_args(workdir)
+
+    def inspect(source: str, *extra: str) -> bytes:
+        try:
+            return run(
+                [skopeo, *policy, "inspect", "--raw", *extra, *_source_args(ref, opts, ""), source],
+                what=f"inspect {ref}",
+                timeout=600,
+            ).stdout
+        except ToolFailed as exc:
+            raise _map_skopeo_error(exc, ref, opts) from exc
+
+    raw = inspect(ref.skopeo())
+    try:
+        top = json.loads(raw)
+    except ValueError as exc:
+        raise ImageError(f"the manifest of {ref} is not valid JSON", hint="check the image source") from exc
+    top_digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    if ref.digest and ref.digest != top_digest:
+        raise ImageError(
+            f"the registry served a manifest whose digest {top_digest} does not match {ref.digest}",
+            hint="the registry or a proxy is corrupting data; retry or use another mirror",
+        )
+    index_digest: str | None = None
+    platform_args: list[str] = []
+    if top.get("mediaType") in INDEX_TYPES or "manifests" in top:
+        index_digest = top_digest
+        entry = _platform_entry(top, ref, opts)
+        digest: str = entry["digest"]
+        platform = entry["platform"]
+        platform_args = ["--override-os", "linux", "--override-arch", platform["architecture"]]
+        if platform.get("variant"):
+            platform_args += ["--override-variant", platform["variant"]]
+        source = ref.pinned(digest).skopeo() if ref.is_remote else ref.skopeo()
+    else:
+        digest = top_digest
+        source = ref.pinned(digest).skopeo() if ref.is_remote else ref.skopeo()
+
+    with cache.locked(exclusive=True):
+        manifest = cache.manifest(digest)
+        if manifest is not None:
+            log.info(f"  using cached image {digest}")
+        else:
+            cache.layout.mkdir(parents=True, exist_ok=True)
+            try:
+                run(
+                    [
+                        skopeo,
+                        *policy,
+                        *platform_args,
+                        "copy",
+                        "--quiet",
+                        "--remove-signatures",
+                        "--retry-times",
+                        "2",
+                        *_source_args(ref, opts, "src-"),
+                        source,
+                        cache.ref(digest),
+                    ],
+                    what=f"pull {ref}",
+                    timeout=3600,
+                )
+            except ToolFailed as exc:
+                raise _map_skopeo_error(exc, ref, opts) from exc
+            manifest = cache.manifest(digest)
+            if manifest is None:
+                raise ImageError(
+                    f"skopeo reported success but {ref} is not complete in the cache {cache.root}"
+                )
+        config = ImageConfig.from_json(cache.config(manifest))
+
+    _check_platform(config, ref, opts)
+    return ResolvedImage(ref, digest, index_digest, config, cache.umoci_ref(digest))
+
+
+def _check_platform(config: ImageConfig, ref: ImageReference, opts: PullOptions) -> None:
+    if config.os and config.os != "linux":
+        raise ImageError(
+            f"image {ref} is a {config.os} image", hint="ctr2svc runs Linux images only; pick a Linux image"
+        )
+    if config.architecture and config.architecture != opts.arch:
+        raise ImageError(
+            f"image {ref} is for {config.platform}, not linux/{opts.arch}",
+            hint=f"pass --arch {config.architecture}"
+            + (f"/{config.variant}" if config.variant else "")
+            + " to package it for that architecture",
+        )
+
+
+def check_transport(ref: ImageReference) -> None:
+    if ref.transport is not Transport.DOCKER and not Path(ref.name).exists():
+        raise ImageError(
+            f"{ref.transport} image {ref.name!r} does not exist",
+            hint="check the path"
+            + ("; an OCI layout is a directory holding index.json" if ref.transport is Transport.OCI else ""),
+        )

@@ -1,0 +1,71 @@
+"""Small helpers for the integration tests: HTTP polling, dpkg queries, package listings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def http_get(url: str, timeout: float = 2.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback test server
+        body: bytes = response.read()
+    return body.decode()
+
+
+def wait_for_http(url: str, deadline: float = 20.0) -> str:
+    """The body of the first successful GET, polling until the deadline."""
+    end = time.monotonic() + deadline
+    last: Exception | None = None
+    while time.monotonic() < end:
+        try:
+            return http_get(url)
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            last = exc
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {deadline}s: {last}")
+
+
+def refuses(url: str) -> bool:
+    try:
+        http_get(url, timeout=1)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return True
+    return False
+
+
+def sh(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, check=check, timeout=600)
+
+
+def dpkg_installed(name: str) -> bool:
+    proc = sh("dpkg-query", "-W", "-f", "${Status}", name, check=False)
+    return proc.returncode == 0 and proc.stdout.startswith("install ok installed")
+
+
+def purge(name: str) -> None:
+    if sh("dpkg-query", "-W", name, check=False).returncode == 0:
+        sh("dpkg", "--purge", name, check=False)
+
+
+@dataclass(frozen=True)
+class TarEntry:
+    mode: str
+    owner: str
+    path: str
+    link: str | None
+
+
+def deb_listing(deb: Path) -> dict[str, TarEntry]:
+    """`dpkg-deb -c` parsed: path (without ./) -> entry."""
+    entries: dict[str, TarEntry] = {}
+    for line in sh("dpkg-deb", "-c", deb).stdout.splitlines():
+        m = re.match(r"^(\S+) (\S+)\s+\d+ \S+ \S+ \./(.*?)(?: -> (.*))?$", line)
+        assert m, line
+        mode, owner, path, link = m.groups()
+        entries[path.rstrip("/")] = TarEntry(mode, owner, path.rstrip("/"), link)
+    return entries

@@ -1,0 +1,492 @@
+"""Build small OCI test images with the real tools (umoci, skopeo), from the host's static busybox.
+
+Every builder returns a skopeo source string such as ``oci:/tmp/x/layout:tag``. Building needs root:
+the layers carry real owners (uid 999 files, a setuid root file), which needs lchown on unpack/populate.
+"""
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+BUSYBOX = Path("/bin/busybox")
+
+MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+APP_UID = 999
+APP_GID = 999
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Platform variants as Docker Hub indexes carry them; skopeo --override-arch must cope with these.
+_VARIANTS = {"arm64": "v8", "arm": "v7"}
+
+
+class ToolError(RuntimeError):
+    """A test tool (umoci, skopeo, runc, ...) failed; the message carries its stderr."""
+
+
+def run(
+    argv: Sequence[str | Path], *, timeout: float | None = 300, input: str | None = None
+) -> "subprocess.CompletedProcess[str]":
+    args = [str(a) for a in argv]
+    try:
+        return subprocess.run(args, check=True, capture_output=True, text=True, timeout=timeout, input=input)
+    except subprocess.CalledProcessError as e:
+        output = "\n".join(x.strip() for x in (e.stderr or "", e.stdout or "") if x.strip())
+        raise ToolError(f"{shlex.join(args)} exited with {e.returncode}:\n{output}") from e
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise ToolError(f"{shlex.join(args)} timed out after {timeout}s:\n{err.strip()}") from e
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise ToolError("building test images needs root (umoci unpack/repack with real owners)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout reading
+
+
+def split_oci_source(source: str) -> tuple[Path, str | None]:
+    """'oci:DIR[:TAG]' -> (DIR, TAG). skopeo splits at the first colon after the transport too."""
+    if not source.startswith("oci:"):
+        raise ValueError(f"not an oci: source: {source}")
+    rest = source.removeprefix("oci:")
+    path, _, tag = rest.partition(":")
+    return Path(path), tag or None
+
+
+def _blob(layout: Path, digest: str) -> bytes:
+    algo, _, hexdigest = digest.partition(":")
+    return (layout / "blobs" / algo / hexdigest).read_bytes()
+
+
+def _write_blob(layout: Path, data: bytes) -> str:
+    hexdigest = hashlib.sha256(data).hexdigest()
+    path = layout / "blobs" / "sha256" / hexdigest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return f"sha256:{hexdigest}"
+
+
+def _read_index(layout: Path) -> dict[str, Any]:
+    index: dict[str, Any] = json.loads((layout / "index.json").read_text())
+    return index
+
+
+def descriptor(layout: Path, tag: str | None) -> dict[str, Any]:
+    """The index.json descriptor for TAG (or the only one, when TAG is None)."""
+    manifests: list[dict[str, Any]] = _read_index(layout).get("manifests", [])
+    if tag is None:
+        if len(manifests) != 1:
+            raise ValueError(f"{layout}: {len(manifests)} manifests and no tag given")
+        return manifests[0]
+    for desc in manifests:
+        if desc.get("annotations", {}).get(REF_NAME) == tag:
+            return desc
+    raise KeyError(f"{layout}: no tag {tag!r}")
+
+
+def is_index_source(source: str) -> bool:
+    """True when an 'oci:' source names an image index (needs skopeo copy --all to keep every platform)."""
+    if not source.startswith("oci:"):
+        return False
+    layout, tag = split_oci_source(source)
+    return descriptor(layout, tag).get("mediaType") == MEDIA_INDEX
+
+
+def manifest(layout: Path, tag: str | None) -> dict[str, Any]:
+    desc = descriptor(layout, tag)
+    data: dict[str, Any] = json.loads(_blob(layout, desc["digest"]))
+    return data
+
+
+def image_config(layout: Path, tag: str | None) -> dict[str, Any]:
+    """The OCI image config blob (architecture, os, config.{Entrypoint,Cmd,User,...}) of a single-arch tag."""
+    man = manifest(layout, tag)
+    if man.get("mediaType") == MEDIA_INDEX or "manifests" in man:
+        raise ValueError(f"{layout}:{tag} is an image index, not one image")
+    data: dict[str, Any] = json.loads(_blob(layout, man["config"]["digest"]))
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Rootfs helpers for populate callbacks
+
+
+def put_file(
+    root: Path, rel: str, content: str | bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0
+) -> Path:
+    path = root / rel.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        content = content.encode()
+    path.write_bytes(content)
+    # chown clears setuid/setgid bits, so the mode goes on last.
+    os.chown(path, uid, gid)
+    path.chmod(mode)
+    return path
+
+
+def put_dir(root: Path, rel: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Path:
+    path = root / rel.lstrip("/")
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, uid, gid)
+    # mkdir is subject to the umask; chmod is not (1777 and 2770 need this).
+    path.chmod(mode)
+    return path
+
+
+def install_busybox(root: Path, *, symlinks: Sequence[str] = (), hardlinks: Sequence[str] = ("sh",)) -> None:
+    """/bin/busybox from the host (static), plus applets in /bin as hardlinks or relative symlinks."""
+    bindir = put_dir(root, "bin")
+    target = bindir / "busybox"
+    shutil.copyfile(BUSYBOX, target)
+    target.chmod(0o755)
+    for name in hardlinks:
+        os.link(target, bindir / name)
+    for name in symlinks:
+        (bindir / name).symlink_to("busybox")
+
+
+# --------------------------------------------------------------------------------------------------
+# Builders
+
+
+def build_image(
+    layout: Path,
+    tag: str,
+    populate: Callable[[Path], None],
+    *,
+    entrypoint: Sequence[str] | None = None,
+    cmd: Sequence[str] | None = None,
+    user: str | None = None,
+    env: Mapping[str, str] | None = None,
+    volumes: Sequence[str] = (),
+    exposed_ports: Sequence[str] = (),
+    stop_signal: str | None = None,
+    workdir: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    arch: str = "amd64",
+    os_name: str = "linux",
+) -> str:
+    """umoci new + unpack + populate(rootfs) + repack + config. Returns 'oci:LAYOUT:TAG'.
+
+    An existing TAG in LAYOUT is replaced by a fresh image; other tags stay.
+    An empty entrypoint/cmd (None or []) means none at all in the image config.
+    """
+    _require_root()
+    layout = layout.absolute()
+    if not layout.exists():
+        layout.parent.mkdir(parents=True, exist_ok=True)
+        run(["umoci", "init", "--layout", layout])
+    image = f"{layout}:{tag}"
+    run(["umoci", "new", "--image", image])
+    # The bundle lives next to the layout: same filesystem, and the caller's directory gets cleaned up.
+    scratch = Path(tempfile.mkdtemp(prefix=f".bundle-{tag}-", dir=layout.parent))
+    try:
+        bundle = scratch / "bundle"
+        run(["umoci", "unpack", "--image", image, bundle])
+        populate(bundle / "rootfs")
+        run(["umoci", "repack", "--image", image, bundle])
+    finally:
+        shutil.rmtree(scratch)
+
+    argv: list[str | Path] = ["umoci", "config", "--image", image, "--architecture", arch, "--os", os_name]
+    # `umoci new` starts with neither, but clearing makes "None means absent" hold even if that changes.
+    if entrypoint:
+        argv += [f"--config.entrypoint={a}" for a in entrypoint]
+    else:
+        argv.append("--clear=config.entrypoint")
+    if cmd:
+        argv += [f"--config.cmd={a}" for a in cmd]
+    else:
+        argv.append("--clear=config.cmd")
+    if user is not None:
+        argv.append(f"--config.user={user}")
+    argv += [f"--config.env={k}={v}" for k, v in (env or {}).items()]
+    argv += [f"--config.volume={v}" for v in volumes]
+    argv += [f"--config.exposedports={p}" for p in exposed_ports]
+    if stop_signal is not None:
+        argv.append(f"--config.stopsignal={stop_signal}")
+    if workdir is not None:
+        argv.append(f"--config.workingdir={workdir}")
+    argv += [f"--config.label={k}={v}" for k, v in (labels or {}).items()]
+    run(argv)
+    # Replaced tags leave their old blobs behind.
+    run(["umoci", "gc", "--layout", layout])
+    return f"oci:{layout}:{tag}"
+
+
+ENTRYPOINT_SH = r"""#!/bin/sh
+# Behaves like valkey's docker-entrypoint.sh: started as root, it hands /data to the app user, then
+# drops privileges and re-runs itself as that user.
+set -eu
+if [ "$(id -u)" = 0 ]; then
+    echo "entrypoint ran as $(id -u):$(id -g)" > /data/.entrypoint-ran
+    find /data \! -user app -exec chown app '{}' +
+    # Debian's busybox setpriv has no --reuid/--regid; busybox su changes uid, gid and groups and
+    # execs in place (no fork), which is what gosu/setpriv do for valkey.
+    exec su -s /bin/sh app -c 'exec "$0" "$@"' "$0" "$@"
+fi
+if [ "${1:-}" != serve ]; then
+    exec "$@"
+fi
+# busybox httpd has no SIGTERM handler, and PID 1 of a pid namespace ignores signals it does not
+# handle: keep this shell as PID 1 to turn SIGTERM into a prompt exit.
+httpd -f -v -p "$PORT" -h /www &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 0' TERM INT
+wait "$child"
+"""
+
+_CGI_HEADER = r"printf 'Content-Type: text/plain\r\n\r\n'"
+_CGI_KEY_CHECK = r"""case "$key" in
+    ''|.|..|*[!A-Za-z0-9._-]*)
+        printf 'Status: 400 Bad Request\r\nContent-Type: text/plain\r\n\r\nbad key\n'
+        exit 0 ;;
+esac
+"""
+
+CGI_SCRIPTS = {
+    # GET /cgi-bin/put?KEY=VALUE writes VALUE (not URL-decoded) to /data/KEY.
+    "put": "#!/bin/sh\n"
+    + r"""case "$QUERY_STRING" in
+    *=*) ;;
+    *) printf 'Status: 400 Bad Request\r\nContent-Type: text/plain\r\n\r\nusage: put?key=value\n'; exit 0 ;;
+esac
+key=${QUERY_STRING%%=*}
+value=${QUERY_STRING#*=}
+"""
+    + _CGI_KEY_CHECK
+    + r"""if printf '%s' "$value" > "/data/$key" 2>/dev/null; then
+    printf 'Content-Type: text/plain\r\n\r\nok\n'
+else
+    printf 'Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\n'
+    printf 'cannot write /data/%s as uid %s\n' "$key" "$(id -u)"
+fi
+""",
+    # GET /cgi-bin/get?KEY returns /data/KEY's content, 404 when absent.
+    "get": "#!/bin/sh\n"
+    + "key=$QUERY_STRING\n"
+    + _CGI_KEY_CHECK
+    + r"""if [ -f "/data/$key" ]; then
+    printf 'Content-Type: text/plain\r\n\r\n'
+    cat "/data/$key"
+else
+    printf 'Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nno such key\n'
+fi
+""",
+    "whoami": "#!/bin/sh\n" + _CGI_HEADER + '\necho "$(id -u):$(id -g)"\n',
+    "env": "#!/bin/sh\n" + _CGI_HEADER + "\nenv\n",
+}
+
+SERVICE_APPLETS = [
+    *("cat", "chown", "cut", "echo", "env", "false", "find", "grep", "head", "httpd", "id", "kill", "ls"),
+    *("mkdir", "printf", "ps", "rm", "sed", "setpriv", "sleep", "stat", "su", "test", "touch", "true", "wc"),
+]
+
+ETC_PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:999:999:app:/data:/bin/sh\n"  # noqa: S105
+ETC_GROUP = "root:x:0:\napp:x:999:\n"
+
+
+def _populate_service(root: Path, version_text: str) -> None:
+    install_busybox(root, symlinks=SERVICE_APPLETS, hardlinks=("sh",))
+    put_file(root, "etc/passwd", ETC_PASSWD)
+    put_file(root, "etc/group", ETC_GROUP)
+    put_dir(root, "tmp", mode=0o1777)
+    put_dir(root, "root", mode=0o700)
+    put_dir(root, "run")
+    (root / "var").mkdir(mode=0o755)
+    (root / "var/run").symlink_to("../run")
+    put_dir(root, "data")
+    put_dir(root, "home/app", mode=0o750, uid=APP_UID, gid=APP_GID)
+    put_file(root, "home/app/owned.txt", "owned by app\n", mode=0o640, uid=APP_UID, gid=APP_GID)
+    put_dir(root, "var/lib/app", mode=0o750, uid=APP_UID, gid=APP_GID)
+    put_dir(root, "var/spool/app", mode=0o2770, uid=APP_UID, gid=APP_GID)
+    put_dir(root, "usr/bin")
+    put_file(root, "usr/bin/suidprobe", "#!/bin/sh\necho suidprobe\n", mode=0o4755)
+    put_file(root, "usr/local/bin/entrypoint.sh", ENTRYPOINT_SH, mode=0o755)
+    put_file(root, "www/index.html", f"{version_text}\n")
+    for name, script in CGI_SCRIPTS.items():
+        put_file(root, f"www/cgi-bin/{name}", script, mode=0o755)
+
+
+def service_image(layout: Path, tag: str, *, port: int, version_text: str) -> str:
+    """The valkey-like test service: root entrypoint chowns /data, drops to app (999:999), serves HTTP.
+
+    Endpoints on PORT: / (index.html = version_text), /cgi-bin/put?k=v, /cgi-bin/get?k,
+    /cgi-bin/whoami ('999:999'), /cgi-bin/env.
+    """
+    return build_image(
+        layout,
+        tag,
+        lambda root: _populate_service(root, version_text),
+        entrypoint=["/usr/local/bin/entrypoint.sh"],
+        cmd=["serve"],
+        env={"PATH": DEFAULT_PATH, "PORT": str(port), "APP_VERSION": version_text},
+        volumes=["/data"],
+        exposed_ports=[f"{port}/tcp"],
+        stop_signal="SIGTERM",
+        workdir="/data",
+        labels={
+            "org.opencontainers.image.title": "ctr2svc-test-service",
+            "org.opencontainers.image.version": version_text,
+        },
+    )
+
+
+def _populate_busybox_only(root: Path) -> None:
+    install_busybox(root, hardlinks=("sh",))
+
+
+def noentry_image(layout: Path, tag: str) -> str:
+    """busybox only, no Entrypoint and no Cmd (umoci's runtime config then falls back to args ['sh'])."""
+    return build_image(layout, tag, _populate_busybox_only, entrypoint=None, cmd=None)
+
+
+def multiarch_image(layout: Path, tag: str, *, arches: Sequence[str]) -> str:
+    """An image index under TAG with one manifest per arch (each also tagged TAG-ARCH).
+
+    umoci cannot write an index, so it is written here; push it with skopeo copy --all.
+    """
+    if not arches:
+        raise ValueError("arches must not be empty")
+    layout = layout.absolute()
+    entries: list[dict[str, Any]] = []
+    for arch in arches:
+        arch_tag = f"{tag}-{arch}"
+        build_image(
+            layout,
+            arch_tag,
+            _populate_busybox_only,
+            # Same busybox binary for every arch: only the metadata is under test.
+            cmd=["/bin/busybox", "echo", arch],
+            env={"PATH": DEFAULT_PATH},
+            labels={"ctr2svc.test.arch": arch},
+            arch=arch,
+        )
+        desc = descriptor(layout, arch_tag)
+        platform: dict[str, str] = {"architecture": arch, "os": "linux"}
+        if arch in _VARIANTS:
+            platform["variant"] = _VARIANTS[arch]
+        entries.append(
+            {
+                "mediaType": desc["mediaType"],
+                "digest": desc["digest"],
+                "size": desc["size"],
+                "platform": platform,
+            }
+        )
+    body = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}).encode()
+    digest = _write_blob(layout, body)
+    index = _read_index(layout)
+    others = [d for d in index.get("manifests", []) if d.get("annotations", {}).get(REF_NAME) != tag]
+    others.append(
+        {"mediaType": MEDIA_INDEX, "digest": digest, "size": len(body), "annotations": {REF_NAME: tag}}
+    )
+    index["manifests"] = others
+    (layout / "index.json").write_text(json.dumps(index))
+    return f"oci:{layout}:{tag}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Other transports
+
+
+def _copy(source: str, dest: str, *, all_images: bool | None) -> None:
+    if all_images is None:
+        all_images = is_index_source(source)
+    argv = ["skopeo", "--insecure-policy", "copy"]
+    if all_images:
+        argv.append("--all")
+    run([*argv, source, dest])
+
+
+def docker_archive(source: str, path: Path, ref: str) -> str:
+    """What `docker save REF` would produce. Returns 'docker-archive:PATH' (one image, no ref needed)."""
+    path = path.absolute()
+    path.unlink(missing_ok=True)  # skopeo refuses to append to an existing docker-archive
+    # docker-archive holds one image: from an index skopeo picks the host's platform.
+    _copy(source, f"docker-archive:{path}:{ref}", all_images=False)
+    return f"docker-archive:{path}"
+
+
+def oci_archive(source: str, path: Path, tag: str, *, all_images: bool | None = None) -> str:
+    """An OCI layout in a tar file. Returns 'oci-archive:PATH' (it holds one tag, so none is needed)."""
+    path = path.absolute()
+    path.unlink(missing_ok=True)
+    _copy(source, f"oci-archive:{path}:{tag}", all_images=all_images)
+    return f"oci-archive:{path}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Running an unpacked image under runc in tests
+
+
+def unpack(source: str, bundle: Path) -> Path:
+    """umoci unpack an 'oci:' source into BUNDLE (as root, real owners). Returns BUNDLE."""
+    layout, tag = split_oci_source(source)
+    image = f"{layout}:{tag}" if tag else str(layout)
+    run(["umoci", "unpack", "--image", image, bundle])
+    return bundle
+
+
+TEST_CAPS = [
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_KILL",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETGID",
+    "CAP_SETUID",
+]
+
+
+def patch_bundle_for_test(
+    bundle: Path,
+    *,
+    binds: Mapping[str, Path] | None = None,
+    env: Mapping[str, str] | None = None,
+    caps: Sequence[str] | None = TEST_CAPS,
+    host_network: bool = True,
+) -> dict[str, Any]:
+    """Make umoci's config.json runnable by `runc run` from a test: no terminal, the host network,
+    BINDS (container path -> host dir) replacing umoci's tmpfs volume mounts, CAPS (None keeps
+    umoci's three), extra ENV."""
+    path = bundle / "config.json"
+    spec: dict[str, Any] = json.loads(path.read_text())
+    process = spec["process"]
+    process["terminal"] = False
+    if caps is not None:
+        for kind in ("bounding", "effective", "permitted"):
+            process.setdefault("capabilities", {})[kind] = list(caps)
+    if env:
+        keep = [e for e in process.get("env", []) if e.partition("=")[0] not in env]
+        process["env"] = keep + [f"{k}={v}" for k, v in env.items()]
+    linux = spec["linux"]
+    if host_network:
+        linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
+    binds = binds or {}
+    mounts = [m for m in spec["mounts"] if m["destination"] not in binds]
+    for dest, src in binds.items():
+        mounts.append({"destination": dest, "type": "bind", "source": str(src), "options": ["rbind", "rw"]})
+    spec["mounts"] = mounts
+    path.write_text(json.dumps(spec, indent=2))
+    return spec
+
+
+def mode_of(path: Path) -> int:
+    """Permission bits including setuid/setgid/sticky, without following symlinks."""
+    return stat.S_IMODE(path.lstat().st_mode)

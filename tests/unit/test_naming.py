@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from ctr2svc import naming
+from ctr2svc.errors import UsageError
+
+DIGEST = "sha256:" + "0123456789ab" * 5 + "cdef"
+CREATED = "2026-11-23T09:22:30.365753692Z"
+
+
+@pytest.mark.parametrize(
+    ("tag", "version"),
+    [
+        ("9.0.0", "9.0.0"),
+        ("v1.2", "1.2"),
+        ("9.0.0-alpine", "9.0.0+alpine"),
+        ("8.2-bookworm-slim", "8.2+bookworm.slim"),
+        ("1.0.0-rc1", "1.0.0~rc1"),
+        ("2.0-beta.3", "2.0~beta.3"),
+        ("17_3", "17.3"),
+        ("latest", "0+latest.20261123092230"),
+        ("stable-x", "0+stable.x.20261123092230"),
+        (None, "0+20261123092230.0123456789ab"),
+    ],
+)
+def test_version_rule(tag: str | None, version: str) -> None:
+    assert naming.version_from_tag(tag, DIGEST, CREATED) == version
+    assert naming.check_version(version) == version
+
+
+def test_version_without_creation_time() -> None:
+    assert naming.version_from_tag("latest", DIGEST, None) == "0+latest"
+    assert naming.version_from_tag(None, DIGEST, "garbage") == "0+0123456789ab"
+
+
+def dpkg_compare(a: str, op: str, b: str) -> bool:
+    return subprocess.run(["dpkg", "--compare-versions", a, op, b], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [("1.0.0-rc1", "1.0.0"), ("9.0.0", "9.0.0-alpine"), ("9.0.0", "9.0.1"), ("v1.9", "v1.10")],
+)
+def test_versions_sort_as_releases_do(older: str, newer: str) -> None:
+    # dpkg itself is the judge of Debian version order.
+    a = naming.version_from_tag(older, DIGEST, CREATED)
+    b = naming.version_from_tag(newer, DIGEST, CREATED)
+    assert dpkg_compare(a, "lt", b), (a, b)
+
+
+def test_moving_tag_versions_grow_with_creation_time() -> None:
+    a = naming.version_from_tag("latest", DIGEST, "2026-01-01T00:00:00Z")
+    b = naming.version_from_tag("latest", DIGEST, "2026-02-01T00:00:00Z")
+    assert dpkg_compare(a, "lt", b)
+
+
+@pytest.mark.parametrize("bad", ["", "a", "1.0_1", "-1", "1.0-", "x1.0", "1 0"])
+def test_invalid_versions_are_refused(bad: str) -> None:
+    with pytest.raises(UsageError, match="not a valid Debian version"):
+        naming.check_version(bad)
+
+
+@pytest.mark.parametrize(
+    ("basename", "name"), [("valkey", "valkey-svc"), ("My_App", "my-app-svc"), ("__", "image-svc")]
+)
+def test_default_package_name(basename: str, name: str) -> None:
+    assert naming.default_package_name(basename) == name
+    assert naming.check_package_name(name) == name
+
+
+@pytest.mark.parametrize("bad", ["A-svc", "x", "-svc", "a_b", "a b"])
+def test_invalid_names_get_a_suggestion(bad: str) -> None:
+    with pytest.raises(UsageError) as info:
+        naming.check_package_name(bad)
+    assert info.value.hint and info.value.hint.startswith("use --name ")
+
+
+@pytest.mark.parametrize(
+    ("arch", "variant", "deb", "nfpm"),
+    [
+        ("amd64", None, "amd64", "amd64"),
+        ("arm64", "v8", "arm64", "arm64"),
+        ("arm", "v7", "armhf", "arm7"),
+        ("arm", "v6", "armel", "arm6"),
+        ("386", None, "i386", "386"),
+        ("ppc64le", None, "ppc64el", "ppc64le"),
+    ],
+)
+def test_architectures(arch: str, variant: str | None, deb: str, nfpm: str) -> None:
+    assert naming.deb_arch(arch, variant) == deb
+    assert naming.nfpm_arch(deb) == nfpm
+
+
+def test_unknown_architecture() -> None:
+    with pytest.raises(UsageError, match="no Debian equivalent"):
+        naming.deb_arch("wasm", None)
+
+
+def test_split_platform() -> None:
+    assert naming.split_platform("arm/v7") == ("arm", "v7")
+    assert naming.split_platform("amd64") == ("amd64", None)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ctr2svc import runtime_config
+from ctr2svc.model import ServiceSpec
+
+from .conftest import make_spec
+
+
+def mount(cfg: dict[str, Any], destination: str) -> dict[str, Any]:
+    found = [m for m in cfg["mounts"] if m["destination"] == destination]
+    assert len(found) == 1, found
+    only: dict[str, Any] = found[0]
+    return only
+
+
+def test_input_is_not_modified(umoci_config: dict[str, Any], spec: ServiceSpec) -> None:
+    before = copy.deepcopy(umoci_config)
+    runtime_config.patch(umoci_config, spec)
+    assert umoci_config == before
+
+
+def test_service_patches(umoci_config: dict[str, Any], spec: ServiceSpec) -> None:
+    cfg = runtime_config.patch(umoci_config, spec)
+    assert cfg["process"]["terminal"] is False
+    assert cfg["process"]["args"] == ["docker-entrypoint.sh", "valkey-server"]
+    assert cfg["root"] == {"path": "/run/valkey-svc/rootfs", "readonly": False}
+    namespaces = {ns["type"] for ns in cfg["linux"]["namespaces"]}
+    assert namespaces == {"pid", "ipc", "mount"}
+    assert "hostname" not in cfg
+    assert cfg["linux"]["cgroupsPath"] == "valkey-svc"
+    assert "sysctl" not in cfg["linux"] and "hooks" not in cfg
+    # umoci's 1024/1024 would cap servers; the unit's LimitNOFILE= applies instead.
+    assert all(r["type"] != "RLIMIT_NOFILE" for r in cfg["process"].get("rlimits", []))
+    assert cfg["annotations"]["org.ctr2svc.image"] == f"127.0.0.1:5000/valkey@{spec.image.digest}"
+    assert cfg["annotations"]["org.opencontainers.image.stopSignal"] == "SIGTERM"
+
+
+def test_volumes_become_persistent_binds(umoci_config: dict[str, Any], spec: ServiceSpec) -> None:
+    assert mount(umoci_config, "/data")["type"] == "tmpfs"
+    cfg = runtime_config.patch(umoci_config, spec)
+    data = mount(cfg, "/data")
+    assert data == {
+        "destination": "/data",
+        "type": "bind",
+        "source": "/var/lib/valkey-svc/volumes/data",
+        "options": ["rbind"],
+    }
+    assert mount(cfg, "/etc/resolv.conf")["options"] == ["rbind", "ro"]
+    assert mount(cfg, "/etc/hosts")["source"] == "/etc/hosts"
+    # What umoci mounts for the runtime itself stays.
+    assert mount(cfg, "/proc")["type"] == "proc"
+    assert mount(cfg, "/dev")["type"] == "tmpfs"
+
+
+def test_root_gets_dockers_capabilities(umoci_config: dict[str, Any], spec: ServiceSpec) -> None:
+    caps = runtime_config.patch(umoci_config, spec)["process"]["capabilities"]
+    for needed in ("CAP_CHOWN", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE", "CAP_FOWNER"):
+        assert needed in caps["effective"] and needed in caps["bounding"]
+    assert "CAP_SYS_ADMIN" not in caps["bounding"]
+    assert caps["ambient"] == [] and caps["inheritable"] == []
+
+
+def test_non_root_user_has_no_capabilities_in_effect(umoci_config: dict[str, Any]) -> None:
+    caps = runtime_config.patch(umoci_config, make_spec(uid=999))["process"]["capabilities"]
+    assert caps["effective"] == caps["permitted"] == caps["ambient"] == []
+    assert "CAP_CHOWN" in caps["bounding"]
