@@ -244,9 +244,19 @@ if [ "${1:-}" != serve ]; then
 fi
 # busybox httpd has no SIGTERM handler, and PID 1 of a pid namespace ignores signals it does not
 # handle: keep this shell as PID 1 to turn SIGTERM into a prompt exit.
+echo "${APP_VERSION:-service} serving on port $PORT as $(id -u):$(id -g)"
 httpd -f -v -p "$PORT" -h /www &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 0' TERM INT
+# Says which signal stopped it, so tests can check that the image's STOPSIGNAL is the one sent.
+stop() {
+    echo "stopping on $1"
+    kill -TERM "$child" 2>/dev/null || true
+    wait "$child" || true
+    exit 0
+}
+trap 'stop SIGTERM' TERM
+trap 'stop SIGINT' INT
+trap 'stop SIGQUIT' QUIT
 wait "$child"
 """
 
@@ -292,8 +302,9 @@ fi
 }
 
 SERVICE_APPLETS = [
-    *("cat", "chown", "cut", "echo", "env", "false", "find", "grep", "head", "httpd", "id", "kill", "ls"),
-    *("mkdir", "printf", "ps", "rm", "sed", "setpriv", "sleep", "stat", "su", "test", "touch", "true", "wc"),
+    *("cat", "chown", "cut", "dd", "echo", "env", "false", "find", "grep", "head", "httpd", "id"),
+    *("kill", "ls", "mkdir", "printf", "ps", "rm", "sed", "setpriv", "sleep", "stat", "su", "test"),
+    *("touch", "true", "wc"),
 ]
 
 ETC_PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:999:999:app:/data:/bin/sh\n"  # noqa: S105
@@ -322,11 +333,14 @@ def _populate_service(root: Path, version_text: str) -> None:
         put_file(root, f"www/cgi-bin/{name}", script, mode=0o755)
 
 
-def service_image(layout: Path, tag: str, *, port: int, version_text: str) -> str:
+def service_image(
+    layout: Path, tag: str, *, port: int, version_text: str, stop_signal: str = "SIGTERM"
+) -> str:
     """The valkey-like test service: root entrypoint chowns /data, drops to app (999:999), serves HTTP.
 
     Endpoints on PORT: / (index.html = version_text), /cgi-bin/put?k=v, /cgi-bin/get?k,
-    /cgi-bin/whoami ('999:999'), /cgi-bin/env.
+    /cgi-bin/whoami ('999:999'), /cgi-bin/env. It prints "VERSION_TEXT serving on port PORT as UID:GID"
+    when it starts and "stopping on SIGNAL" when SIGTERM, SIGINT or SIGQUIT stops it.
     """
     return build_image(
         layout,
@@ -337,7 +351,7 @@ def service_image(layout: Path, tag: str, *, port: int, version_text: str) -> st
         env={"PATH": DEFAULT_PATH, "PORT": str(port), "APP_VERSION": version_text},
         volumes=["/data"],
         exposed_ports=[f"{port}/tcp"],
-        stop_signal="SIGTERM",
+        stop_signal=stop_signal,
         workdir="/data",
         labels={
             "org.opencontainers.image.title": "ctr2svc-test-service",

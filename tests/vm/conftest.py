@@ -1,6 +1,7 @@
 """The session-wide test VM (logic lives in tests/vm/vmhost.py)."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -8,8 +9,8 @@ from tests.vm import vmhost
 
 
 @pytest.fixture(scope="session")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vmhost.VM]:
-    """A booted Debian 12 VM (systemd as PID 1, runc, ssh), shared by the session and powered off at its end.
+def vm_image() -> Path:
+    """The cached Debian 12 VM image directory (built on first use, ~2 minutes).
 
     Missing qemu/mmdebstrap/root: skip locally, fail when $CI is set.
     """
@@ -19,10 +20,43 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vmhost.VM]:
         if vmhost.ci_mode():
             pytest.fail(reason)
         pytest.skip(reason)
-    image = vmhost.ensure_image()
-    machine = vmhost.VM(image, tmp_path_factory.mktemp("vm"))
+    return vmhost.ensure_image()
+
+
+@pytest.fixture(scope="session")
+def vm(vm_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vmhost.VM]:
+    """A booted Debian 12 VM (systemd as PID 1, runc, ssh), shared by the session, powered off at its end."""
+    machine = vmhost.VM(vm_image, tmp_path_factory.mktemp("vm"))
     machine.start()  # kills QEMU itself if the boot fails
     try:
         yield machine
     finally:
         machine.stop()
+
+
+class Timings:
+    """Durations the e2e tests measure, printed at the end of the run (the README quotes them)."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, float]] = []
+
+    def record(self, what: str, seconds: float) -> None:
+        self.entries.append((what, seconds))
+
+
+_TIMINGS = Timings()
+
+
+@pytest.fixture(scope="session")
+def timings(vm: vmhost.VM) -> Timings:
+    if not any(what.startswith("VM boot") for what, _ in _TIMINGS.entries):
+        _TIMINGS.record("VM boot (qemu start → systemd booted, ssh up)", vm.boot_seconds)
+    return _TIMINGS
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _TIMINGS.entries:
+        return
+    terminalreporter.section("ctr2svc e2e timings")
+    for what, seconds in _TIMINGS.entries:
+        terminalreporter.write_line(f"{seconds:7.1f}s  {what}")

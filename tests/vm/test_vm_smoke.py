@@ -1,7 +1,11 @@
 """The VM harness works: systemd as PID 1, cgroup v2, runc runs a container, reboot comes back."""
 
+import functools
+import http.server
 import statistics
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,6 +44,25 @@ rm -rf "$b"
     assert "0::/" in out  # cgroup v2 inside the container too
 
 
+def test_apt_installs_a_local_deb(vm: vmhost.VM) -> None:
+    script = r"""
+set -eu
+d=$(mktemp -d /tmp/deb.XXXXXX)
+mkdir -p "$d/pkg/DEBIAN" "$d/pkg/usr/share/c2s-smoke"
+echo hi > "$d/pkg/usr/share/c2s-smoke/hi"
+printf '%s\n' 'Package: c2s-smoke' 'Version: 1.0' 'Architecture: all' \
+    'Maintainer: test <test@example.invalid>' 'Depends: runc' 'Description: harness smoke test' \
+    > "$d/pkg/DEBIAN/control"
+dpkg-deb --root-owner-group -b "$d/pkg" "$d/c2s-smoke.deb" >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y "$d/c2s-smoke.deb"
+dpkg-query -W -f '${Status}\n' c2s-smoke
+apt-get remove -y c2s-smoke >/dev/null
+rm -rf "$d"
+"""
+    out = vm.ssh(script, timeout=300).stdout
+    assert "install ok installed" in out, out
+
+
 def test_copy_to(vm: vmhost.VM, tmp_path: Path) -> None:
     src = tmp_path / "payload.txt"
     src.write_text("payload\n")
@@ -47,12 +70,50 @@ def test_copy_to(vm: vmhost.VM, tmp_path: Path) -> None:
     assert vm.ssh("cat /tmp/payload.txt").stdout == "payload\n"
 
 
-def test_no_outside_network(vm: vmhost.VM) -> None:
+def test_network_reaches_host_only(vm: vmhost.VM, tmp_path: Path) -> None:
     routes = vm.ssh("ip -4 route show").stdout
     assert "default" not in routes, routes
-    # 10.0.2.2 (the host) is on-link; anything else is unreachable at once.
+    # An outside address is unreachable at once (no default route, no DNS).
     out = vm.ssh("curl -sS --max-time 10 http://151.101.2.132/ 2>&1; echo rc=$?", check=False).stdout
     assert "rc=0" not in out, out
+    # The host's loopback services are reachable as 10.0.2.2.
+    (tmp_path / "hello.txt").write_text("hello from the host\n")
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            port = server.server_address[1]
+            got = vm.ssh(f"curl -fsS --max-time 30 http://10.0.2.2:{port}/hello.txt").stdout
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
+    assert got == "hello from the host\n"
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_share_and_forwarded_port(vm_image: Path, tmp_path: Path) -> None:
+    """A VM of its own with a 9p share at /mnt/host and guest port 8080 forwarded to the host."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "index.html").write_text("served from the share\n")
+    with vmhost.VM(vm_image, tmp_path / "vm", share_dir=share, extra_forwards=[8080]) as machine:
+        assert machine.ssh("cat /mnt/host/index.html").stdout == "served from the share\n"
+        machine.ssh("echo written-by-guest > /mnt/host/from-guest.txt")
+        assert (share / "from-guest.txt").read_text() == "written-by-guest\n"
+        machine.ssh("systemd-run --unit=httpd busybox httpd -f -p 8080 -h /mnt/host")
+        machine.wait_until("busybox netstat -ltn | grep -q ':8080 '", timeout=60)
+        url = f"http://127.0.0.1:{machine.host_port(8080)}/index.html"
+        with urllib.request.urlopen(url, timeout=60) as response:
+            assert response.read() == b"served from the share\n"
+        with pytest.raises(vmhost.VMError, match="not forwarded"):
+            machine.host_port(9999)
+    assert not machine.running
+    assert not machine.overlay.exists()
 
 
 def test_error_carries_details(vm: vmhost.VM) -> None:
