@@ -6,19 +6,33 @@ Each stage is a plain function taking what the previous ones produced; `build()`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import re
 import shlex
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ctr2svc import bundle, log, naming, package, registry, runtime_config, units
 from ctr2svc.bundle import Bundle, Kind, RootfsScan
 from ctr2svc.errors import ImageError, UsageError
-from ctr2svc.model import Layout, PackageFormat, ResolvedImage, ServiceSpec, Volume
+from ctr2svc.model import (
+    BindMount,
+    HealthCheck,
+    InitSystem,
+    Layout,
+    PackageFormat,
+    ResolvedImage,
+    Resources,
+    Security,
+    ServiceSpec,
+    Volume,
+)
 from ctr2svc.reference import ImageReference
 from ctr2svc.run import find_tool
 
@@ -30,6 +44,7 @@ SIGNALS = {s.name for s in signal.Signals}
 class BuildOptions:
     reference: ImageReference
     format: PackageFormat = PackageFormat.DEB
+    init: InitSystem | None = None  # None: the format's usual init (systemd; OpenRC for apk)
     output_dir: Path = Path()
     name: str | None = None
     version: str | None = None
@@ -43,7 +58,29 @@ class BuildOptions:
     stop_signal: str | None = None
     stop_timeout: int = DEFAULT_STOP_TIMEOUT
     maintainer: str = "ctr2svc <root@localhost>"
-    compression: str = "zstd"
+    compression: str | None = None  # None: the format's default
+    user: str | None = None
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    pids_limit: int = runtime_config.DEFAULT_PIDS_LIMIT
+    env: tuple[str, ...] = ()  # KEY=VALUE defaults for /etc/NAME/env
+    volumes: tuple[str, ...] = ()  # HOST:CONTAINER[:ro|rw] for /etc/NAME/mounts
+    memory: str | None = None  # 512M, 2G, bytes
+    cpus: float | None = None
+    ready_port: int | None = None
+    health_cmd: str | None = None  # a shell command, as docker run --health-cmd; "none" disables
+    health_interval: int | None = None
+    health_retries: int | None = None
+    runtime: str = "runc"
+
+    @property
+    def init_system(self) -> InitSystem:
+        return self.init or self.format.default_init
+
+    @property
+    def payload_compression(self) -> str:
+        return self.compression or package.COMPRESSIONS[self.format][0]
 
 
 @dataclass(frozen=True)
@@ -57,8 +94,29 @@ def check_options(opts: BuildOptions) -> None:
     """Everything that can be checked before any download: fail fast, write nothing."""
     if opts.name is not None:
         naming.check_package_name(opts.name)
+    fmt = opts.format
+    if opts.init_system not in fmt.inits:
+        raise UsageError(
+            f"{fmt} packages cannot target {opts.init_system}",
+            hint=f"use --init {' or --init '.join(fmt.inits)} with --format {fmt}",
+        )
+    if opts.payload_compression not in package.COMPRESSIONS[fmt]:
+        raise UsageError(
+            f"{fmt} packages cannot use {opts.payload_compression} compression",
+            hint=f"use --compression {' or '.join(package.COMPRESSIONS[fmt])} with --format {fmt}",
+        )
     if opts.version is not None:
-        naming.check_version(opts.version)
+        naming.parse_version(fmt, opts.version)
+    security(opts)
+    check_runtime(opts.runtime)
+    env_defaults(opts.env)
+    bind_mounts(opts.volumes)
+    resources(opts)
+    if opts.user is not None:
+        _split_user(opts.user)
+    if opts.arch is not None:
+        arch, variant = naming.split_platform(opts.arch)
+        naming.format_arch(fmt, naming.deb_arch(arch, variant))
     if opts.stop_signal is not None:
         normalize_signal(opts.stop_signal)
     out = opts.output_dir
@@ -94,6 +152,151 @@ def normalize_signal(value: str) -> str:
     return name
 
 
+def _capability(name: str) -> str:
+    text = name.strip().upper()
+    cap = text if text.startswith("CAP_") else f"CAP_{text}"
+    if cap not in runtime_config.ALL_CAPABILITIES:
+        raise UsageError(
+            f"unknown capability {name!r}",
+            hint="use a name from capabilities(7) such as NET_ADMIN or CAP_SYS_TIME",
+        )
+    return cap
+
+
+def security(opts: BuildOptions) -> Security:
+    drop_all = any(c.strip().upper() in ("ALL", "CAP_ALL") for c in opts.cap_drop)
+    add = tuple(dict.fromkeys(_capability(c) for c in opts.cap_add))
+    if drop_all:
+        drop = tuple(c for c in runtime_config.ALL_CAPABILITIES if c not in add)
+    else:
+        drop = tuple(dict.fromkeys(_capability(c) for c in opts.cap_drop))
+    if opts.pids_limit < 0:
+        raise UsageError(f"--pids-limit {opts.pids_limit} is negative", hint="pass 0 for no limit")
+    return Security(cap_add=add, cap_drop=drop, privileged=opts.privileged, pids_limit=opts.pids_limit)
+
+
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+
+
+def env_defaults(env: tuple[str, ...]) -> tuple[str, ...]:
+    for item in env:
+        if not _ENV.match(item) or "\n" in item:
+            raise UsageError(f"--env {item!r} is not KEY=VALUE", hint="e.g. --env LOG_LEVEL=debug")
+    return env
+
+
+def bind_mounts(volumes: tuple[str, ...]) -> tuple[BindMount, ...]:
+    mounts = []
+    for text in volumes:
+        parts = text.split(":")
+        mode = parts.pop() if len(parts) == 3 else "ro"
+        if len(parts) != 2 or mode not in ("ro", "rw") or not all(p.startswith("/") for p in parts):
+            raise UsageError(
+                f"--volume {text!r} is not HOST_PATH:CONTAINER_PATH[:ro|rw]",
+                hint="e.g. --volume /srv/certs:/certs:ro",
+            )
+        if any(c.isspace() for c in text):
+            raise UsageError(f"--volume {text!r} has white space", hint="use paths without spaces")
+        mounts.append(BindMount(parts[0], parts[1], mode))
+    return tuple(mounts)
+
+
+def resources(opts: BuildOptions) -> Resources:
+    memory = None
+    if opts.memory is not None:
+        match = _SIZE.match(opts.memory.strip())
+        if not match or float(match.group(1)) <= 0:
+            raise UsageError(
+                f"--memory {opts.memory!r} is not a size", hint="e.g. --memory 512M or --memory 2G"
+            )
+        memory = int(float(match.group(1)) * 1024 ** "BKMGT".index((match.group(2) or "B").upper()))
+    if opts.cpus is not None and opts.cpus <= 0:
+        raise UsageError(f"--cpus {opts.cpus} must be more than 0", hint="e.g. --cpus 0.5 or --cpus 2")
+    return Resources(memory, opts.cpus)
+
+
+RUNTIMES = ("runc", "crun")
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime == "nspawn":
+        # See the README: nspawn's OCI mode wants machined over D-Bus and has no detached mode or
+        # `exec`, which the unit, the health check and the admin tools rely on.
+        raise UsageError(
+            "--runtime nspawn is not supported: systemd-nspawn --oci-bundle cannot run detached or exec "
+            "into the container",
+            hint="use --runtime runc or --runtime crun",
+        )
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}", hint="use --runtime runc or --runtime crun")
+    return runtime
+
+
+def health_check(opts: BuildOptions, declared: Mapping[str, Any] | None) -> HealthCheck | None:
+    """The image's HEALTHCHECK, replaced or switched off by --health-cmd, tuned by --health-*."""
+    if opts.health_cmd is not None and opts.health_cmd.strip().lower() == "none":
+        return None
+    check = HealthCheck.from_image(declared)
+    if opts.health_cmd is not None:
+        check = HealthCheck(("/bin/sh", "-c", opts.health_cmd))
+    if check is None:
+        return None
+    return dataclasses.replace(
+        check,
+        interval=opts.health_interval or check.interval,
+        retries=opts.health_retries or check.retries,
+    )
+
+
+def _split_user(text: str) -> tuple[str, str | None]:
+    user, sep, group = text.partition(":")
+    if not user or (sep and not group):
+        raise UsageError(
+            f"--user {text!r} is not USER, UID, USER:GROUP or UID:GID", hint="e.g. --user 999:999"
+        )
+    return user, group or None
+
+
+def _lookup(rootfs: Path, table: str, key: str) -> list[str] | None:
+    """The /etc/passwd or /etc/group line of the image for a name or number."""
+    try:
+        lines = (rootfs / "etc" / table).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) >= 3 and (fields[0] == key or fields[2] == key):
+            return fields
+    return None
+
+
+def resolve_user(text: str, rootfs: Path) -> tuple[int, int]:
+    """--user as the image would run it: names looked up in the image's own passwd and group files."""
+    user, group = _split_user(text)
+    entry = _lookup(rootfs, "passwd", user)
+    if user.isdigit():
+        uid = int(user)
+    elif entry is not None:
+        uid = int(entry[2])
+    else:
+        raise ImageError(
+            f"the image has no user {user!r} in /etc/passwd", hint="pass a numeric --user such as 1000:1000"
+        )
+    if group is None:
+        # As Docker: the user's primary group, or root's group for a number the image does not know.
+        return uid, int(entry[3]) if entry is not None and len(entry) > 3 and entry[3].isdigit() else 0
+    if group.isdigit():
+        return uid, int(group)
+    found = _lookup(rootfs, "group", group)
+    if found is None:
+        raise ImageError(
+            f"the image has no group {group!r} in /etc/group",
+            hint="pass a numeric group, e.g. --user 1000:1000",
+        )
+    return uid, int(found[2])
+
+
 @contextlib.contextmanager
 def workspace(cache_root: Path) -> Iterator[Path]:
     # Beside the cache rather than in /tmp: a rootfs can be large and /tmp is often memory.
@@ -109,10 +312,16 @@ def workspace(cache_root: Path) -> Iterator[Path]:
 def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, scan: RootfsScan) -> ServiceSpec:
     cfg = image.config
     name = opts.name or naming.check_package_name(naming.default_package_name(image.reference.basename))
-    version = opts.version or naming.check_version(
-        naming.version_from_tag(image.reference.tag, image.digest, cfg.created)
-    )
-    layout = Layout(name, version)
+    fmt = opts.format
+    version = (
+        naming.parse_version(fmt, opts.version)
+        if opts.version is not None
+        else naming.default_version(fmt, image.reference.tag, image.digest, cfg.created)
+    ).full
+    arch = naming.deb_arch(cfg.architecture or "amd64", cfg.variant)
+    naming.format_arch(fmt, arch)  # refuses an architecture the format has no name for
+    unit_dir = "/usr/lib/systemd/system" if fmt is PackageFormat.RPM else "/lib/systemd/system"
+    layout = Layout(name, version, unit_dir=unit_dir)
     entrypoint = opts.entrypoint if opts.entrypoint is not None else cfg.entrypoint
     # As with `docker run --entrypoint`, a new entrypoint drops the image's Cmd.
     cmd = opts.cmd if opts.cmd is not None else (() if opts.entrypoint is not None else cfg.cmd)
@@ -122,15 +331,18 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
             f"image {image.reference} has no Entrypoint or Cmd, so there is nothing to run",
             hint="pass the command to run with --cmd, e.g. --cmd '/usr/bin/server --port 8080'",
         )
-    user = unpacked.config.get("process", {}).get("user", {})
-    uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    if opts.user is not None:
+        uid, gid = resolve_user(opts.user, unpacked.rootfs)
+    else:
+        user = unpacked.config.get("process", {}).get("user", {})
+        uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
     volumes = tuple(_volume(layout, path, scan, uid, gid) for path in cfg.volumes)
     title = cfg.labels.get("org.opencontainers.image.title") or image.reference.basename
     summary = cfg.labels.get("org.opencontainers.image.description") or f"{title} container image"
     return ServiceSpec(
         name=name,
         version=version,
-        arch=naming.deb_arch(cfg.architecture or "amd64", cfg.variant),
+        arch=arch,
         description=f"{summary} (as a service)",
         layout=layout,
         image=image,
@@ -141,6 +353,17 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         stop_timeout=opts.stop_timeout,
         volumes=volumes,
         maintainer=opts.maintainer,
+        format=fmt,
+        init=opts.init_system,
+        security=security(opts),
+        user=opts.user,
+        entrypoint_n=len(entrypoint),
+        env=env_defaults(opts.env),
+        mounts=bind_mounts(opts.volumes),
+        resources=resources(opts),
+        health=health_check(opts, cfg.healthcheck),
+        ready_port=opts.ready_port,
+        runtime=opts.runtime,
         homepage=cfg.labels.get("org.opencontainers.image.url")
         or cfg.labels.get("org.opencontainers.image.source"),
         license=cfg.labels.get("org.opencontainers.image.licenses"),
@@ -177,15 +400,15 @@ def build(opts: BuildOptions) -> BuildResult:
         with log.step(f"Writing the service files for {spec.name} {spec.version}"):
             config = runtime_config.patch(unpacked.config, spec)
             generated = units.service_files(spec, scan)
-            scripts = units.deb_scripts(spec)
-        with log.step(f"Packing {package.filename(spec, opts.format)}"):
+            scripts = units.package_scripts(spec)
+        with log.step(f"Packing {package.filename(spec)}"):
             inputs = package.PackageInputs(
-                spec, unpacked.rootfs, scan, config, generated, scripts, opts.compression
+                spec, unpacked.rootfs, scan, config, generated, scripts, opts.payload_compression
             )
             staging = work / "package"
             staging.mkdir()
             opts.output_dir.mkdir(parents=True, exist_ok=True)
-            path = package.pack(inputs, opts.format, staging, opts.output_dir)
+            path = package.pack(inputs, staging, opts.output_dir)
     return BuildResult(path, spec, scan.skipped)
 
 

@@ -10,7 +10,7 @@ import click
 from ctr2svc import __version__, log
 from ctr2svc.build import DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
 from ctr2svc.errors import Ctr2svcError
-from ctr2svc.model import PackageFormat
+from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.reference import parse
 
 
@@ -38,7 +38,13 @@ def cli(quiet: bool, debug: bool) -> None:
     type=click.Choice([f.value for f in PackageFormat]),
     default="deb",
     show_default=True,
-    help="Package format.",
+    help="Package format: deb (Debian/Ubuntu), rpm (Fedora/RHEL/SUSE) or apk (Alpine).",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Choice([i.value for i in InitSystem]),
+    help="Init system to integrate with (default: systemd; openrc for apk; deb can do either).",
 )
 @click.option(
     "-o", "--output-dir", type=click.Path(path_type=Path), default=Path(), help="Where to write the package."
@@ -78,13 +84,67 @@ def cli(quiet: bool, debug: bool) -> None:
 @click.option(
     "--compression",
     type=click.Choice(["zstd", "gzip", "xz", "none"]),
-    default="zstd",
+    help="Payload compression (default: zstd; gzip for apk). A zstd .deb needs dpkg >= 1.21.18 "
+    "(Debian 12, Ubuntu 21.10 and later), a zstd .rpm rpm >= 4.14 (RHEL 8, Fedora 31 and later).",
+)
+@click.option("--user", help="Run as USER[:GROUP] (names from the image's /etc/passwd) instead of its User.")
+@click.option(
+    "--cap-add",
+    multiple=True,
+    metavar="CAP",
+    help="Grant a capability beyond Docker's defaults (repeatable).",
+)
+@click.option(
+    "--cap-drop", multiple=True, metavar="CAP", help="Remove a capability, or ALL of them (repeatable)."
+)
+@click.option(
+    "--privileged",
+    is_flag=True,
+    help="All capabilities, no seccomp filter, nothing masked in /proc and /sys. Avoid.",
+)
+@click.option(
+    "--pids-limit",
+    type=click.IntRange(0),
+    default=4096,
     show_default=True,
-    help="Payload compression (zstd needs dpkg >= 1.21.18: Debian 12, Ubuntu 21.10 and later).",
+    help="Most processes and threads the container may have (0: no limit).",
+)
+@click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Default environment (/etc/NAME/env).")
+@click.option(
+    "--volume",
+    multiple=True,
+    metavar="HOST:CONTAINER[:ro|rw]",
+    help="Default extra bind mount (/etc/NAME/mounts); image VOLUMEs need none.",
+)
+@click.option("--memory", metavar="SIZE", help="Memory limit, e.g. 512M (MemoryMax= in the unit).")
+@click.option("--cpus", type=float, help="CPU limit in CPUs, e.g. 1.5 (CPUQuota= in the unit).")
+@click.option(
+    "--ready-port",
+    type=click.IntRange(1, 65535),
+    help="The start counts as done once the service listens on this TCP port.",
+)
+@click.option(
+    "--health-cmd",
+    metavar="SHELL-COMMAND",
+    help="Health check run inside the container (default: the image's HEALTHCHECK; 'none' disables).",
+)
+@click.option("--health-interval", type=click.IntRange(1), metavar="SECONDS", help="Seconds between checks.")
+@click.option(
+    "--health-retries",
+    type=click.IntRange(1),
+    metavar="N",
+    help="Failures in a row that restart the service.",
+)
+@click.option(
+    "--runtime",
+    default="runc",
+    show_default=True,
+    help="OCI runtime the service runs with: runc or crun (the package depends on it).",
 )
 def build_command(
     image: str,
     fmt: str,
+    init: str | None,
     output_dir: Path,
     name: str | None,
     pkg_version: str | None,
@@ -98,7 +158,21 @@ def build_command(
     stop_signal: str | None,
     stop_timeout: int,
     maintainer: str,
-    compression: str,
+    compression: str | None,
+    user: str | None,
+    cap_add: tuple[str, ...],
+    cap_drop: tuple[str, ...],
+    privileged: bool,
+    pids_limit: int,
+    env: tuple[str, ...],
+    volume: tuple[str, ...],
+    memory: str | None,
+    cpus: float | None,
+    ready_port: int | None,
+    health_cmd: str | None,
+    health_interval: int | None,
+    health_retries: int | None,
+    runtime: str,
 ) -> None:
     """Build a package that runs IMAGE as a service.
 
@@ -110,10 +184,13 @@ def build_command(
       ctr2svc build 127.0.0.1:5000/valkey:9.0.0 -o dist/
       ctr2svc build registry.example.com/app:2.1 --creds user:secret --arch arm64
       ctr2svc build docker-archive:app.tar --name app-svc --version 2.1
+      ctr2svc build oci:examples/hello:1.0 --format rpm
+      ctr2svc build oci:examples/hello:1.0 --format apk        # OpenRC
     """
     options = BuildOptions(
         reference=parse(image),
         format=PackageFormat(fmt),
+        init=InitSystem(init) if init else None,
         output_dir=output_dir,
         name=name,
         version=pkg_version,
@@ -128,18 +205,31 @@ def build_command(
         stop_timeout=stop_timeout,
         maintainer=maintainer,
         compression=compression,
+        user=user,
+        cap_add=cap_add,
+        cap_drop=cap_drop,
+        privileged=privileged,
+        pids_limit=pids_limit,
+        env=env,
+        volumes=volume,
+        memory=memory,
+        cpus=cpus,
+        ready_port=ready_port,
+        health_cmd=health_cmd,
+        health_interval=health_interval,
+        health_retries=health_retries,
+        runtime=runtime,
     )
     result = build(options)
     spec = result.spec
     size = result.path.stat().st_size
     log.info(f"✓ {result.path} ({size / 1e6:.1f} MB)")
     log.info(f"  image:   {spec.image.pinned}")
-    log.info(f"  service: {spec.layout.unit_name}, data in {spec.layout.data_dir}")
-    log.info(
-        f"  install: apt install ./{result.path}"
-        if not result.path.is_absolute()
-        else f"  install: apt install {result.path}"
-    )
+    service = spec.layout.init_script if spec.init is InitSystem.OPENRC else spec.layout.unit_name
+    log.info(f"  service: {service}, data in {spec.layout.data_dir}")
+    path = result.path if result.path.is_absolute() else f"./{result.path}"
+    installer = {"deb": "apt install", "rpm": "dnf install", "apk": "apk add --allow-untrusted"}[fmt]
+    log.info(f"  install: {installer} {path}")
     # The package path alone on stdout, for scripts.
     click.echo(str(result.path))
 

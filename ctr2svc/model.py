@@ -13,6 +13,48 @@ from ctr2svc.reference import ImageReference
 
 class PackageFormat(StrEnum):
     DEB = "deb"
+    RPM = "rpm"
+    APK = "apk"
+
+    @property
+    def default_init(self) -> InitSystem:
+        # Alpine boots OpenRC; Debian/Ubuntu and the RPM distributions boot systemd.
+        return InitSystem.OPENRC if self is PackageFormat.APK else InitSystem.SYSTEMD
+
+    @property
+    def inits(self) -> tuple[InitSystem, ...]:
+        """The init systems a package of this format can be made for."""
+        return {
+            PackageFormat.DEB: (InitSystem.SYSTEMD, InitSystem.OPENRC),  # Debian packages openrc too
+            PackageFormat.RPM: (InitSystem.SYSTEMD,),
+            PackageFormat.APK: (InitSystem.OPENRC,),
+        }[self]
+
+
+class InitSystem(StrEnum):
+    SYSTEMD = "systemd"
+    OPENRC = "openrc"
+
+
+@dataclass(frozen=True)
+class PackageVersion:
+    """A package version split into the fields the formats store separately."""
+
+    format: PackageFormat
+    version: str  # upstream part
+    release: str | None = None  # Debian revision, RPM release, apk "rN"
+    epoch: int | None = None
+
+    @property
+    def full(self) -> str:
+        """As the package manager prints it (dpkg -l, rpm -q, apk info)."""
+        text = f"{self.version}-{self.release}" if self.release else self.version
+        return f"{self.epoch}:{text}" if self.epoch is not None else text
+
+    @property
+    def in_file_name(self) -> str:
+        # File names leave the epoch out (Debian and RPM conventions alike).
+        return f"{self.version}-{self.release}" if self.release else self.version
 
 
 @dataclass(frozen=True)
@@ -101,6 +143,8 @@ class Layout:
     name: str
     version: str
     prefix: str = "/opt/containers"
+    # Debian keeps units in /lib (usrmerge makes it the same place); RPM distributions in /usr/lib.
+    unit_dir: str = "/lib/systemd/system"
 
     @property
     def image_dir(self) -> str:
@@ -132,8 +176,21 @@ class Layout:
         return f"{self.state_dir}/rootfs"
 
     @property
+    def libexec(self) -> str:
+        return f"/usr/libexec/{self.name}"
+
+    @property
     def helper(self) -> str:
-        return f"/usr/libexec/{self.name}/service"
+        return f"{self.libexec}/service"
+
+    @property
+    def config_awk(self) -> str:
+        return f"{self.libexec}/config.awk"
+
+    @property
+    def config_dir(self) -> str:
+        # The admin's settings, applied at each start and kept across upgrades.
+        return f"/etc/{self.name}"
 
     @property
     def unit_name(self) -> str:
@@ -141,7 +198,15 @@ class Layout:
 
     @property
     def unit_path(self) -> str:
-        return f"/lib/systemd/system/{self.unit_name}"
+        return f"{self.unit_dir}/{self.unit_name}"
+
+    @property
+    def init_script(self) -> str:
+        return f"/etc/init.d/{self.name}"
+
+    @property
+    def preset_path(self) -> str:
+        return f"/usr/lib/systemd/system-preset/50-{self.name}.preset"
 
     def volume_host_path(self, container_path: str) -> str:
         # The container path kept as-is below volumes/: readable, and two volumes can never collide.
@@ -150,12 +215,75 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class BindMount:
+    """An extra bind mount (--volume HOST:CONTAINER[:ro|rw]), a line of /etc/NAME/mounts."""
+
+    source: str
+    destination: str
+    mode: str = "ro"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Packaged resource limits (--memory, --cpus); an admin changes them in a unit drop-in."""
+
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A Docker HEALTHCHECK (or --health-cmd): run inside the container, restart after RETRIES failures."""
+
+    command: tuple[str, ...]  # argv to exec in the container
+    interval: int = 30  # seconds, Docker's defaults
+    timeout: int = 30
+    retries: int = 3
+    start_period: int = 0
+
+    @classmethod
+    def from_image(cls, doc: Mapping[str, Any] | None) -> HealthCheck | None:
+        """From the image config's Healthcheck (durations in nanoseconds; Test is CMD, CMD-SHELL or NONE)."""
+        if not doc or not doc.get("Test"):
+            return None
+        test = list(doc["Test"])
+        if test[0] == "CMD-SHELL" and len(test) == 2:
+            command: tuple[str, ...] = ("/bin/sh", "-c", test[1])
+        elif test[0] == "CMD" and len(test) > 1:
+            command = tuple(test[1:])
+        else:  # NONE, or nothing runnable
+            return None
+
+        def seconds(key: str, default: int) -> int:
+            value = doc.get(key) or 0
+            return max(1, round(value / 1e9)) if value else default
+
+        return cls(
+            command,
+            seconds("Interval", 30),
+            seconds("Timeout", 30),
+            int(doc.get("Retries") or 3),
+            seconds("StartPeriod", 0) if doc.get("StartPeriod") else 0,
+        )
+
+
+@dataclass(frozen=True)
+class Security:
+    """How far the container is locked down (Docker's defaults unless the build says otherwise)."""
+
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    pids_limit: int = 4096  # 0: no limit
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """Everything decided about the service before anything is rendered or packed."""
 
     name: str
-    version: str
-    arch: str  # the package format's spelling (amd64, arm64, armhf, ...)
+    version: str  # the whole version as the format writes it (9.0.0, 9.0.0-1, 9.0.0-r0)
+    arch: str  # Debian's spelling (amd64, arm64, armhf, ...); naming maps it for other formats
     description: str
     layout: Layout
     image: ResolvedImage
@@ -166,5 +294,18 @@ class ServiceSpec:
     stop_timeout: int
     volumes: tuple[Volume, ...]
     maintainer: str
+    format: PackageFormat = PackageFormat.DEB
+    init: InitSystem = InitSystem.SYSTEMD
+    security: Security = field(default_factory=Security)
+    # --user as given (NAME, UID or UID:GID); None keeps the image's User.
+    user: str | None = None
+    # How many of args are the entrypoint (the admin's args file replaces the rest).
+    entrypoint_n: int = 0
+    env: tuple[str, ...] = ()  # --env defaults, written to /etc/NAME/env
+    mounts: tuple[BindMount, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    health: HealthCheck | None = None
+    ready_port: int | None = None  # the start counts as done once something listens here
+    runtime: str = "runc"  # the OCI runtime binary: runc or crun (same command line)
     homepage: str | None = None
     license: str | None = None

@@ -11,6 +11,11 @@ The version rule (documented in the README):
   the image's creation time as YYYYMMDDHHMMSS, so newer builds of a moving tag sort higher;
 - no tag (a bare digest) gives ``0+CREATED.DIGEST12``.
 ``--version`` overrides all of this and is checked against the format's grammar.
+
+RPM takes the same version and adds the release ``1`` (``9.0.0-1``). apk's grammar is stricter
+(``1.2.3[a][_rc1][-r0]``): pre-releases become ``_alpha``/``_beta``/``_pre``/``_rc`` suffixes, other
+suffixes (``-alpine``) are left out, and a tag that is not a version gives ``0_git<CREATED>``; the release
+is ``r0``.
 """
 
 from __future__ import annotations
@@ -20,10 +25,17 @@ import re
 from datetime import datetime
 
 from ctr2svc.errors import UsageError
+from ctr2svc.model import PackageFormat, PackageVersion
 
 _PRERELEASE = re.compile(r"^(rc|alpha|beta|pre|preview|dev|a|b)\d*([.-].*)?$", re.IGNORECASE)
 _DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _DEB_VERSION = re.compile(r"^(?:\d+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~]+)?$")
+# rpm's Version and Release: no "-" (it separates them), "~" sorts before, "^" after (rpm >= 4.15).
+_RPM_VERSION = re.compile(r"^(?:(\d+):)?([0-9][A-Za-z0-9._+~^]*)(?:-([A-Za-z0-9._+~^]+))?$")
+# apk-tools' grammar (apk_version_validate): numbers, one optional letter, suffixes, ~hash, -rN.
+_APK_SUFFIX = r"_(?:alpha|beta|pre|rc|cvs|svn|git|hg|p)\d*"
+_APK_VERSION = re.compile(rf"^(\d+(?:\.\d+)*[a-z]?(?:{_APK_SUFFIX})*(?:~[0-9a-f]+)?)(?:-r(\d+))?$")
+_APK_PRERELEASE = {"alpha": "alpha", "a": "alpha", "beta": "beta", "b": "beta", "rc": "rc"}
 
 # OCI architecture (+variant) -> Debian architecture.
 _DEB_ARCH = {
@@ -39,6 +51,29 @@ _DEB_ARCH = {
     ("s390x", None): "s390x",
     ("riscv64", None): "riscv64",
     ("mips64le", None): "mips64el",
+}
+
+# Debian architecture -> the spelling of the other formats (what `uname -m`-style tools print).
+_FORMAT_ARCH = {
+    PackageFormat.RPM: {
+        "amd64": "x86_64",
+        "arm64": "aarch64",
+        "armhf": "armv7hl",
+        "i386": "i686",
+        "ppc64el": "ppc64le",
+        "s390x": "s390x",
+        "riscv64": "riscv64",
+    },
+    PackageFormat.APK: {
+        "amd64": "x86_64",
+        "arm64": "aarch64",
+        "armhf": "armv7",
+        "armel": "armhf",
+        "i386": "x86",
+        "ppc64el": "ppc64le",
+        "s390x": "s390x",
+        "riscv64": "riscv64",
+    },
 }
 
 # Debian architecture -> nfpm's (GOARCH-style) spelling, which it maps back per format.
@@ -93,6 +128,19 @@ def deb_arch(arch: str, variant: str | None) -> str:
 
 def nfpm_arch(deb: str) -> str:
     return _NFPM_ARCH[deb]
+
+
+def format_arch(fmt: PackageFormat, deb: str) -> str:
+    """The architecture as FMT spells it; UsageError if FMT has no such architecture."""
+    if fmt is PackageFormat.DEB:
+        return deb
+    table = _FORMAT_ARCH[fmt]
+    if deb not in table:
+        raise UsageError(
+            f"{fmt} packages have no architecture for the image's {deb}",
+            hint=f"{fmt} supports {', '.join(sorted(table))} (Debian names); pick one with --arch",
+        )
+    return table[deb]
 
 
 def default_package_name(basename: str) -> str:
@@ -151,3 +199,56 @@ def check_version(version: str) -> str:
             hint="pass a version such as 1.2.3 with --version",
         )
     return version
+
+
+def _apk_version_from_tag(tag: str | None, created: str | None) -> str:
+    stamp = _created_stamp(created)
+    text = tag[1:] if tag and re.match(r"^[vV]\d", tag) else tag
+    match = re.match(r"^(\d+(?:[._]\d+)*)([a-z]?)(?:[-._+](.*))?$", text or "")
+    if not match:
+        # apk has no place for a word: the image's creation time keeps a moving tag moving up.
+        return f"0_git{stamp}" if stamp else "0"
+    numbers, letter, rest = match.group(1).replace("_", "."), match.group(2), match.group(3) or ""
+    pre = re.match(r"^(alpha|beta|rc|preview|pre|dev|a|b)[.-]?(\d*)(?:[.-].*)?$", rest, re.IGNORECASE)
+    if pre:
+        return f"{numbers}{letter}_{_APK_PRERELEASE.get(pre.group(1).lower(), 'pre')}{pre.group(2)}"
+    if re.match(r"^r\d+$", rest):
+        # Alpine-style tags (3.19.1-r2) carry their own release.
+        return f"{numbers}{letter}-{rest}"
+    # A flavour such as -alpine or -bookworm has no apk spelling; the description names the image.
+    return f"{numbers}{letter}"
+
+
+def default_version(fmt: PackageFormat, tag: str | None, digest: str, created: str | None) -> PackageVersion:
+    """The package version for an image with no --version (the rule in the module docstring)."""
+    if fmt is PackageFormat.APK:
+        return parse_version(fmt, _apk_version_from_tag(tag, created))
+    return parse_version(fmt, version_from_tag(tag, digest, created))
+
+
+def parse_version(fmt: PackageFormat, text: str) -> PackageVersion:
+    """Check TEXT against FMT's version grammar and split it into the format's fields."""
+    if fmt is PackageFormat.DEB:
+        check_version(text)
+        epoch, _, rest = text.rpartition(":") if ":" in text else ("", "", text)
+        version, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
+        return PackageVersion(fmt, version, revision or None, int(epoch) if epoch else None)
+    if fmt is PackageFormat.RPM:
+        match = _RPM_VERSION.match(text)
+        if not match:
+            raise UsageError(
+                f"{text!r} is not a valid RPM version (a digit first, then letters, digits and . _ + ~ ^, "
+                "with one optional -release)",
+                hint="pass a version such as 1.2.3 or 1.2.3-2 with --version",
+            )
+        epoch, version, release = match.groups()
+        return PackageVersion(fmt, version, release or "1", int(epoch) if epoch else None)
+    match = _APK_VERSION.match(text)
+    if not match:
+        raise UsageError(
+            f"{text!r} is not a valid apk version (numbers such as 1.2.3, an optional letter, suffixes "
+            "_alpha _beta _pre _rc _p _git with digits, and an optional -rN)",
+            hint="pass a version such as 1.2.3, 1.2.3_rc1 or 1.2.3-r1 with --version",
+        )
+    version, release = match.groups()
+    return PackageVersion(fmt, version, f"r{release or 0}")

@@ -19,9 +19,10 @@ from typing import Any
 from ctr2svc import log
 from ctr2svc.bundle import Kind, RootfsScan
 from ctr2svc.errors import PackageError, ToolFailed
-from ctr2svc.model import PackageFormat, ServiceSpec
-from ctr2svc.naming import nfpm_arch
+from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
+from ctr2svc.naming import format_arch, nfpm_arch, parse_version
 from ctr2svc.run import find_tool, run
+from ctr2svc.runtime_config import capabilities
 from ctr2svc.units import GeneratedFile
 
 
@@ -40,10 +41,23 @@ def _mtime(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def filename(spec: ServiceSpec, fmt: PackageFormat) -> str:
-    # Debian file names leave the epoch out.
-    version = spec.version.split(":", 1)[-1]
-    return f"{spec.name}_{version}_{spec.arch}.{fmt}"
+# What each format accepts for the payload; the first is the default.
+COMPRESSIONS = {
+    PackageFormat.DEB: ("zstd", "gzip", "xz", "none"),
+    PackageFormat.RPM: ("zstd", "gzip", "xz"),
+    PackageFormat.APK: ("gzip",),  # apk packages are gzip streams by definition
+}
+
+
+def filename(spec: ServiceSpec) -> str:
+    """The file name each format's tools and repositories expect."""
+    version = parse_version(spec.format, spec.version).in_file_name
+    if spec.format is PackageFormat.RPM:
+        return f"{spec.name}-{version}.{format_arch(spec.format, spec.arch)}.rpm"
+    if spec.format is PackageFormat.APK:
+        # Alpine's convention: the architecture is the repository directory's name, not the file's.
+        return f"{spec.name}-{version}.apk"
+    return f"{spec.name}_{version}_{spec.arch}.deb"
 
 
 def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
@@ -97,44 +111,75 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
     contents.append(
         {"src": str(metadata), "dst": f"{layout.image_dir}/image.json", "file_info": {"mode": 0o644}}
     )
+    directory(layout.config_dir)
     for number, generated in enumerate(inputs.generated):
         path = staged_file(generated.content, f"generated-{number}")
-        contents.append({"src": str(path), "dst": generated.dest, "file_info": {"mode": generated.mode}})
+        item: dict[str, Any] = {
+            "src": str(path),
+            "dst": generated.dest,
+            "file_info": {"mode": generated.mode},
+        }
+        if generated.config:
+            item["type"] = "config|noreplace"
+        contents.append(item)
 
-    scripts = {
-        key: str(staged_file(inputs.scripts[name], f"script-{name}"))
-        for key, name in (("postinstall", "postinst"), ("preremove", "prerm"), ("postremove", "postrm"))
-        if name in inputs.scripts
-    }
-    description = (
-        f"{spec.description}\nContainer image {spec.image.pinned}, run as a systemd service with runc."
-    )
+    fmt = spec.format
+    scripts = {key: str(staged_file(text, f"script-{key}")) for key, text in inputs.scripts.items()}
+    # nfpm keeps the scripts only apk knows in its apk section.
+    apk_scripts = {key: scripts.pop(key) for key in ("preupgrade", "postupgrade") if key in scripts}
+    init = "an OpenRC" if spec.init is InitSystem.OPENRC else "a systemd"
+    if fmt is PackageFormat.APK:
+        # .PKGINFO is one "key = value" per line: apk's description has to be a single line.
+        description = f"{spec.description}, from {spec.image.pinned}"
+    else:
+        # Lines short enough for rpmlint; a reference cannot be wrapped, so it has its own line.
+        runs = f"The container image, run as {init} service with {spec.runtime}:"
+        description = f"{spec.description}\n{runs}\n{spec.image.pinned}"
+    version = parse_version(fmt, spec.version)
     config: dict[str, Any] = {
         "name": spec.name,
-        "arch": nfpm_arch(spec.arch),
+        # nfpm translates Go's architecture names for deb; the other formats get theirs verbatim.
+        "arch": nfpm_arch(spec.arch) if fmt is PackageFormat.DEB else format_arch(fmt, spec.arch),
         "platform": "linux",
-        "version": spec.version,
+        "version": version.version,
         # Our versions are already valid for the format; nfpm must not reinterpret them as semver.
         "version_schema": "none",
         "section": "admin",
         "priority": "optional",
         "maintainer": spec.maintainer,
         "description": description,
-        "depends": ["runc"],
+        "depends": [spec.runtime, *(["openrc"] if spec.init is InitSystem.OPENRC else [])],
         "contents": contents,
         "scripts": scripts,
-        "deb": {
+    }
+    if version.release:
+        config["release"] = version.release
+    if version.epoch is not None:
+        config["epoch"] = str(version.epoch)
+    if fmt is PackageFormat.DEB:
+        config["deb"] = {
             "compression": inputs.compression,
             "fields": {
                 "X-Ctr2svc-Image": spec.image.pinned,
                 "X-Ctr2svc-Image-Digest": spec.image.digest,
             },
-        },
-    }
+        }
+    elif fmt is PackageFormat.RPM:
+        config["rpm"] = {
+            "compression": inputs.compression,
+            "summary": spec.description,
+            "group": "System Environment/Daemons",
+            "packager": spec.maintainer,
+        }
+    else:
+        config["apk"] = {"scripts": apk_scripts}
     if spec.homepage:
         config["homepage"] = spec.homepage
     if spec.license:
         config["license"] = spec.license
+    elif fmt is PackageFormat.RPM:
+        # RPM wants a License tag; SPDX's word for "the image does not say" is honest about it.
+        config["license"] = "NOASSERTION"
     return config
 
 
@@ -151,21 +196,30 @@ def image_metadata(spec: ServiceSpec) -> dict[str, Any]:
         "created": image.config.created,
         "exposed_ports": list(image.config.exposed_ports),
         "volumes": {v.container_path: v.host_path for v in spec.volumes},
+        "user": {"uid": spec.uid, "gid": spec.gid, "override": spec.user},
+        "security": {
+            "privileged": spec.security.privileged,
+            "capabilities": capabilities(spec),
+            "cap_add": list(spec.security.cap_add),
+            "cap_drop": list(spec.security.cap_drop),
+            "pids_limit": spec.security.pids_limit,
+            "seccomp": "none" if spec.security.privileged else "ctr2svc default (Docker's blocked calls)",
+        },
         "generator": f"ctr2svc {__version__}",
     }
 
 
-def pack(inputs: PackageInputs, fmt: PackageFormat, staging: Path, output_dir: Path) -> Path:
+def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
     """Build the package in staging and move it into output_dir in one rename."""
     nfpm = find_tool("nfpm", "build packages")
     config = nfpm_config(inputs, staging)
     config_path = staging / "nfpm.yaml"
     # JSON is YAML: no YAML writer needed, and no value is ever misread as another YAML type.
     config_path.write_text(json.dumps(config, indent=1))
-    built = staging / filename(inputs.spec, fmt)
+    built = staging / filename(inputs.spec)
     try:
         run(
-            [nfpm, "package", "-f", config_path, "-p", str(fmt), "-t", built],
+            [nfpm, "package", "-f", config_path, "-p", str(inputs.spec.format), "-t", built],
             what="build the package",
             timeout=7200,
         )

@@ -54,6 +54,8 @@ def run(
     capture: bool = True,
     timeout: float | None = None,
     what: str | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv (never through a shell); raise ToolError on failure.
 
@@ -76,6 +78,7 @@ def run(
             env=full_env,
             timeout=timeout,
             check=False,
+            cwd=cwd,
         )
     except FileNotFoundError as exc:
         tool = Path(args[0]).name
@@ -87,7 +90,7 @@ def run(
         raise ToolError(
             f"{Path(args[0]).name} did not finish within {timeout:.0f}s: {shlex.join(args)}"
         ) from exc
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         stderr = proc.stderr.decode(errors="replace")
         log.debug(stderr)
         tool = Path(args[0]).name

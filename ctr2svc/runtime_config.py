@@ -30,6 +30,141 @@ DEFAULT_CAPABILITIES = (
     "CAP_AUDIT_WRITE",
 )
 
+# Every capability Linux knows (capability(7)): what --cap-add accepts and --privileged grants.
+ALL_CAPABILITIES = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+)
+
+# Docker's masked and read-only /proc and /sys paths (moby's oci/defaults.go), a superset of umoci's.
+MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+# The system calls Docker's default seccomp profile keeps from a container without extra capabilities
+# (docs.docker.com, "Seccomp security profiles": significant syscalls blocked). They fail with EPERM.
+# Docker's profile is an allow-list; this is the same block-list as a deny-list, which also lets
+# through system calls newer than the profile.
+SECCOMP_BLOCKED = (
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+)
+CLONE_NEWUSER = 0x10000000
+SECCOMP_ARCHES = {
+    "amd64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    "i386": ["SCMP_ARCH_X86"],
+    "arm64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+    "armhf": ["SCMP_ARCH_ARM"],
+    "armel": ["SCMP_ARCH_ARM"],
+    "ppc64el": ["SCMP_ARCH_PPC64LE"],
+    "s390x": ["SCMP_ARCH_S390X", "SCMP_ARCH_S390"],
+    "riscv64": ["SCMP_ARCH_RISCV64"],
+    "mips64el": ["SCMP_ARCH_MIPSEL64", "SCMP_ARCH_MIPSEL64N32", "SCMP_ARCH_MIPSEL"],
+}
+DEFAULT_PIDS_LIMIT = 4096
+
 ANNOTATION_PREFIX = "org.ctr2svc"
 
 
@@ -50,6 +185,10 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
 
     _set_capabilities(process, spec)
     _set_rlimits(process)
+    if spec.user is not None:
+        process["user"] = {"uid": spec.uid, "gid": spec.gid}
+    # A setuid binary in the image cannot gain privileges back (umoci sets it too; Docker does not).
+    process["noNewPrivileges"] = not spec.security.privileged
 
     linux = cfg.setdefault("linux", {})
     # Host networking, as `docker run --network host`: the service's ports are reachable without NAT
@@ -66,6 +205,28 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     # (the service helper moves itself into a leaf first), so unit limits apply to the container.
     linux["cgroupsPath"] = spec.name
 
+    if spec.security.privileged:
+        # As `docker run --privileged`: nothing masked or read-only, no system call filter.
+        linux.pop("maskedPaths", None)
+        linux.pop("readonlyPaths", None)
+        linux.pop("seccomp", None)
+    else:
+        linux["maskedPaths"] = sorted(set(linux.get("maskedPaths", [])) | set(MASKED_PATHS))
+        linux["readonlyPaths"] = sorted(set(linux.get("readonlyPaths", [])) | set(READONLY_PATHS))
+        linux["seccomp"] = seccomp_profile(spec.arch)
+    resources = linux.setdefault("resources", {})
+    # A fork bomb in one service must not starve the host.
+    if spec.security.pids_limit:
+        resources["pids"] = {"limit": spec.security.pids_limit}
+    else:
+        resources.pop("pids", None)
+
+    # Also in the unit (MemoryMax=, CPUQuota=); here for runtimes started without systemd (OpenRC).
+    if spec.resources.memory:
+        resources["memory"] = {"limit": spec.resources.memory}
+    if spec.resources.cpus:
+        resources["cpu"] = {"quota": round(spec.resources.cpus * 100000), "period": 100000}
+
     cfg["mounts"] = _mounts(cfg.get("mounts", []), spec)
 
     annotations = cfg.setdefault("annotations", {})
@@ -75,8 +236,43 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     return cfg
 
 
+def seccomp_profile(arch: str) -> dict[str, Any]:
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": SECCOMP_ARCHES.get(arch, []),
+        "syscalls": [
+            {"names": list(SECCOMP_BLOCKED), "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            # New user namespaces reach kernel code that is otherwise root-only; Docker refuses them too.
+            {
+                "names": ["clone"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 1,
+                "args": [
+                    {
+                        "index": 0,
+                        "value": CLONE_NEWUSER,
+                        "valueTwo": CLONE_NEWUSER,
+                        "op": "SCMP_CMP_MASKED_EQ",
+                    }
+                ],
+            },
+            # clone3 passes its flags in memory a filter cannot read: ENOSYS makes libc fall back to
+            # clone, where the rule above applies (Docker does the same).
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+        ],
+    }
+
+
+def capabilities(spec: ServiceSpec) -> list[str]:
+    """The capability set: Docker's defaults, or all with --privileged, then --cap-add and --cap-drop."""
+    sec = spec.security
+    caps = list(ALL_CAPABILITIES if sec.privileged else DEFAULT_CAPABILITIES)
+    caps += [c for c in sec.cap_add if c not in caps]
+    return [c for c in caps if c not in sec.cap_drop]
+
+
 def _set_capabilities(process: dict[str, Any], spec: ServiceSpec) -> None:
-    caps = list(DEFAULT_CAPABILITIES)
+    caps = capabilities(spec)
     # A process that starts as root gets the set in effect, as under Docker; one that starts as another
     # user keeps it only as a bounding set (it can regain them through file capabilities at most).
     in_effect = caps if spec.uid == 0 else []
@@ -117,6 +313,17 @@ def _mounts(mounts: list[dict[str, Any]], spec: ServiceSpec) -> list[dict[str, A
                 "type": "bind",
                 "source": volume.host_path,
                 "options": ["rbind"],
+            }
+        )
+    # A private /tmp in memory, as a fresh host boot would give: nothing left between starts, nothing
+    # shared with the host. (An image VOLUME at /tmp keeps its persistent directory instead.)
+    if "/tmp" not in volume_paths and not any(m.get("destination") == "/tmp" for m in kept):
+        kept.append(
+            {
+                "destination": "/tmp",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777"],
             }
         )
     # With host networking the container resolves names as the host does; images do not ship these.

@@ -15,7 +15,7 @@ import jinja2
 
 from ctr2svc import __version__
 from ctr2svc.bundle import Entry, Kind, RootfsScan
-from ctr2svc.model import ServiceSpec
+from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
 
 # Paths per chown command line: few processes, and far below the kernel's argument size limit.
 CHOWN_BATCH = 200
@@ -89,26 +89,60 @@ class GeneratedFile:
     dest: str
     content: str
     mode: int
+    # The admin's to edit: a conffile (deb), %config(noreplace) (rpm), kept on upgrade.
+    config: bool = False
 
 
-def service_files(spec: ServiceSpec, scan: RootfsScan) -> list[GeneratedFile]:
-    """The files every package format installs, whatever its init system integration."""
-    values: dict[str, Any] = {
+def _values(spec: ServiceSpec) -> dict[str, Any]:
+    return {
         "name": spec.name,
         "version": spec.version,
         "image": spec.image.pinned,
         "layout": spec.layout,
+        "init": str(spec.init),
         "stop_signal": spec.stop_signal,
         "stop_timeout": spec.stop_timeout,
         "volumes": spec.volumes,
         "description": spec.description,
         "homepage": spec.homepage,
         "unit": spec.layout.unit_name,
+        "preset_name": Path(spec.layout.preset_path).name,
+        "entrypoint_n": spec.entrypoint_n,
+        "restart": f"rc-service {spec.name} restart"
+        if spec.init is InitSystem.OPENRC
+        else f"systemctl restart {spec.name}",
+        "config_dir": spec.layout.config_dir,
+        "volumes_dir": spec.layout.volumes_dir,
+        "resources": spec.resources,
+        "memory_max": spec.resources.memory,
+        "cpu_quota": f"{round(spec.resources.cpus * 100)}%" if spec.resources.cpus else None,
+        "health": spec.health,
+        "ready_port": spec.ready_port,
+        "runtime": spec.runtime,
     }
+
+
+def service_files(spec: ServiceSpec, scan: RootfsScan) -> list[GeneratedFile]:
+    """The files the package installs besides the image: helper, ownership script, init integration."""
+    values = _values(spec)
     batches, chmods, hardlinks = ownership_plan(scan)
-    return [
+    cfg = spec.layout.config_dir
+    files = [
         GeneratedFile(spec.layout.helper, render("service.sh.j2", **values), 0o755),
-        GeneratedFile(spec.layout.unit_path, render("service.unit.j2", **values), 0o644),
+        GeneratedFile(spec.layout.config_awk, render("config.awk.j2", **values), 0o644),
+        # Mode 0600: the environment is where an admin puts passwords.
+        GeneratedFile(f"{cfg}/env", render("env.j2", **values, env=spec.env), 0o600, config=True),
+        GeneratedFile(
+            f"{cfg}/args",
+            render(
+                "args.j2",
+                **values,
+                args=(),
+            ),
+            0o644,
+            config=True,
+        ),
+        GeneratedFile(f"{cfg}/mounts", render("mounts.j2", **values, mounts=spec.mounts), 0o644, config=True),
         GeneratedFile(
             f"{spec.layout.image_dir}/ownership.sh",
             render(
@@ -122,8 +156,34 @@ def service_files(spec: ServiceSpec, scan: RootfsScan) -> list[GeneratedFile]:
             0o755,
         ),
     ]
+    if spec.init is InitSystem.OPENRC:
+        # Only where OpenRC is the init: beside a systemd unit, an init.d script breaks `systemctl enable`.
+        files.append(GeneratedFile(spec.layout.init_script, render("openrc/init.j2", **values), 0o755))
+    else:
+        files.append(GeneratedFile(spec.layout.unit_path, render("service.unit.j2", **values), 0o644))
+        if spec.health is not None:
+            for kind in ("service", "timer"):
+                dest = f"{spec.layout.unit_dir}/{spec.name}-health.{kind}"
+                files.append(GeneratedFile(dest, render(f"health.{kind}.j2", **values), 0o644))
+    if spec.format is PackageFormat.RPM:
+        files.append(GeneratedFile(spec.layout.preset_path, render("rpm/preset.j2", **values), 0o644))
+    return files
 
 
-def deb_scripts(spec: ServiceSpec) -> dict[str, str]:
-    values = {"name": spec.name, "version": spec.version, "layout": spec.layout}
-    return {script: render(f"deb/{script}.j2", **values) for script in ("postinst", "prerm", "postrm")}
+# Package script templates per format, keyed by nfpm's name for the script.
+SCRIPTS = {
+    PackageFormat.DEB: {"postinstall": "deb/postinst", "preremove": "deb/prerm", "postremove": "deb/postrm"},
+    PackageFormat.RPM: {"postinstall": "rpm/post", "preremove": "rpm/preun", "postremove": "rpm/postun"},
+    PackageFormat.APK: {
+        "postinstall": "apk/post-install",
+        "postupgrade": "apk/post-upgrade",
+        "preremove": "apk/pre-deinstall",
+        "postremove": "apk/post-deinstall",
+    },
+}
+
+
+def package_scripts(spec: ServiceSpec) -> dict[str, str]:
+    """The package's maintainer scripts, keyed by nfpm's script name."""
+    values = _values(spec)
+    return {key: render(f"{template}.j2", **values) for key, template in SCRIPTS[spec.format].items()}

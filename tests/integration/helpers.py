@@ -39,7 +39,11 @@ def refuses(url: str) -> bool:
 
 
 def sh(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, check=check, timeout=600)
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False, timeout=600)
+    if check and proc.returncode != 0:
+        # The command's own words, so that a CI log says why.
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+    return proc
 
 
 def dpkg_installed(name: str) -> bool:

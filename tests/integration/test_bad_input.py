@@ -196,3 +196,55 @@ def test_local_archives(ctr2svc: Cli, registry: Registry, tmp_path: Path) -> Non
     ):
         proc = ctr2svc("build", ref, "--version", "3.1", "-o", str(tmp_path / "out"))
         assert Path(proc.stdout.strip()).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says", "hint"),
+    [
+        (("--format", "apk", "--init", "systemd"), "apk packages cannot target systemd", "--init openrc"),
+        (("--format", "rpm", "--init", "openrc"), "rpm packages cannot target openrc", "--init systemd"),
+        (("--format", "apk", "--compression", "zstd"), "cannot use zstd compression", "--compression gzip"),
+        (("--format", "rpm", "--compression", "none"), "cannot use none compression", "zstd or gzip or xz"),
+        (("--format", "apk", "--arch", "mips64le"), "no architecture for the image's mips64el", "--arch"),
+        (("--format", "apk", "--version", "1.0+build"), "not a valid apk version", "1.2.3_rc1"),
+        (("--format", "rpm", "--version", "1.0-1-1"), "not a valid RPM version", "--version"),
+    ],
+)
+def test_bad_format_combinations(
+    ctr2svc: Cli, pushed: dict[str, str], tmp_path: Path, args: tuple[str, ...], says: str, hint: str
+) -> None:
+    # Refused before anything is pulled.
+    fails(ctr2svc, tmp_path / "o", pushed["service"], *args, status=2, says=says, hint=hint)
+
+
+@pytest.mark.parametrize(
+    ("args", "says", "hint"),
+    [
+        (("--cap-add", "CAP_BOGUS"), "unknown capability 'CAP_BOGUS'", "NET_ADMIN"),
+        (("--env", "1BAD=x"), "is not KEY=VALUE", "--env LOG_LEVEL=debug"),
+        (("--volume", "relative:/x"), "is not HOST_PATH:CONTAINER_PATH", "--volume /srv/certs:/certs:ro"),
+        (("--volume", "/a:/b:rx"), "is not HOST_PATH:CONTAINER_PATH", "--volume"),
+        (("--memory", "lots"), "is not a size", "--memory 512M"),
+        (("--cpus", "0"), "must be more than 0", "--cpus 0.5"),
+        (("--runtime", "nspawn"), "--runtime nspawn is not supported", "--runtime runc"),
+        (("--runtime", "kata"), "unknown runtime 'kata'", "--runtime crun"),
+        (("--user", "a:"), "is not USER, UID, USER:GROUP or UID:GID", "--user 999:999"),
+    ],
+)
+def test_bad_service_options(
+    ctr2svc: Cli, pushed: dict[str, str], tmp_path: Path, args: tuple[str, ...], says: str, hint: str
+) -> None:
+    fails(ctr2svc, tmp_path / "o", pushed["service"], *args, status=2, says=says, hint=hint)
+
+
+def test_user_the_image_does_not_have(ctr2svc: Cli, pushed: dict[str, str], tmp_path: Path) -> None:
+    fails(
+        ctr2svc,
+        tmp_path / "o",
+        pushed["service"],
+        "--user",
+        "nobody-here",
+        status=3,
+        says="the image has no user 'nobody-here'",
+        hint="numeric --user",
+    )

@@ -304,7 +304,7 @@ fi
 SERVICE_APPLETS = [
     *("cat", "chown", "cut", "dd", "echo", "env", "false", "find", "grep", "head", "httpd", "id"),
     *("kill", "ls", "mkdir", "printf", "ps", "rm", "sed", "setpriv", "sleep", "stat", "su", "test"),
-    *("touch", "true", "wc"),
+    *("touch", "true", "unshare", "wc"),
 ]
 
 ETC_PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:999:999:app:/data:/bin/sh\n"  # noqa: S105

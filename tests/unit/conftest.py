@@ -39,6 +39,7 @@ def make_spec(*, uid: int = 0, volumes: tuple[Volume, ...] | None = None) -> Ser
         volumes=volumes,
         maintainer="ctr2svc <root@localhost>",
         homepage="https://valkey.io",
+        entrypoint_n=1,
     )
 
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 from ctr2svc import runtime_config
-from ctr2svc.model import ServiceSpec
+from ctr2svc.model import Security, ServiceSpec, Volume
 
 from .conftest import make_spec
 
@@ -67,3 +68,54 @@ def test_non_root_user_has_no_capabilities_in_effect(umoci_config: dict[str, Any
     caps = runtime_config.patch(umoci_config, make_spec(uid=999))["process"]["capabilities"]
     assert caps["effective"] == caps["permitted"] == caps["ambient"] == []
     assert "CAP_CHOWN" in caps["bounding"]
+
+
+def test_default_security_profile(umoci_config: dict[str, Any], spec: ServiceSpec) -> None:
+    cfg = runtime_config.patch(umoci_config, spec)
+    linux = cfg["linux"]
+    assert cfg["process"]["noNewPrivileges"] is True
+    # Docker's masked and read-only paths, umoci's kept.
+    assert {"/proc/kcore", "/proc/keys", "/proc/acpi", "/sys/firmware"} <= set(linux["maskedPaths"])
+    assert {"/proc/sys", "/proc/sysrq-trigger", "/proc/bus"} <= set(linux["readonlyPaths"])
+    seccomp = linux["seccomp"]
+    assert seccomp["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert seccomp["architectures"][0] == "SCMP_ARCH_X86_64"
+    blocked = {n for rule in seccomp["syscalls"] if rule["action"] == "SCMP_ACT_ERRNO" for n in rule["names"]}
+    assert {"unshare", "setns", "mount", "ptrace", "keyctl", "bpf", "kexec_load", "clone3"} <= blocked
+    assert linux["resources"]["pids"] == {"limit": 4096}
+    # The device allow-list umoci wrote stays.
+    assert linux["resources"]["devices"] == [{"allow": False, "access": "rwm"}]
+    tmp = mount(cfg, "/tmp")
+    assert tmp["type"] == "tmpfs" and "mode=1777" in tmp["options"] and "nosuid" in tmp["options"]
+
+
+def test_privileged_and_capability_changes(umoci_config: dict[str, Any]) -> None:
+    spec = dataclasses.replace(
+        make_spec(), security=Security(cap_add=("CAP_NET_ADMIN",), cap_drop=("CAP_MKNOD",), pids_limit=0)
+    )
+    cfg = runtime_config.patch(umoci_config, spec)
+    caps = cfg["process"]["capabilities"]["bounding"]
+    assert "CAP_NET_ADMIN" in caps and "CAP_MKNOD" not in caps and "CAP_CHOWN" in caps
+    assert "pids" not in cfg["linux"]["resources"]
+
+    privileged = runtime_config.patch(
+        umoci_config, dataclasses.replace(make_spec(), security=Security(privileged=True))
+    )
+    assert set(privileged["process"]["capabilities"]["bounding"]) == set(runtime_config.ALL_CAPABILITIES)
+    assert privileged["process"]["noNewPrivileges"] is False
+    for key in ("seccomp", "maskedPaths", "readonlyPaths"):
+        assert key not in privileged["linux"]
+
+
+def test_user_override(umoci_config: dict[str, Any]) -> None:
+    spec = dataclasses.replace(make_spec(uid=1000), gid=1000, user="1000:1000")
+    cfg = runtime_config.patch(umoci_config, spec)
+    assert cfg["process"]["user"] == {"uid": 1000, "gid": 1000}
+    assert cfg["process"]["capabilities"]["effective"] == []
+
+
+def test_a_tmp_volume_is_not_shadowed(umoci_config: dict[str, Any]) -> None:
+    layout_path = make_spec().layout.volume_host_path("/tmp")
+    spec = make_spec(volumes=(Volume("/tmp", layout_path, 0, 0, 0o1777, False),))
+    cfg = runtime_config.patch(umoci_config, spec)
+    assert mount(cfg, "/tmp")["type"] == "bind"

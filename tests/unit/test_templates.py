@@ -5,16 +5,21 @@ Set CTR2SVC_UPDATE_GOLDEN=1 to rewrite the golden files after an intended change
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ctr2svc import __version__, units
+from ctr2svc import __version__, runtime_config, units
 from ctr2svc.bundle import Entry, Kind, RootfsScan
-from ctr2svc.model import ServiceSpec
+from ctr2svc.model import HealthCheck, InitSystem, Layout, PackageFormat, ServiceSpec
+
+from .conftest import make_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -34,16 +39,45 @@ def sample_scan() -> RootfsScan:
     )
 
 
+def for_format(spec: ServiceSpec, fmt: PackageFormat, init: InitSystem, version: str) -> ServiceSpec:
+    unit_dir = "/usr/lib/systemd/system" if fmt is PackageFormat.RPM else "/lib/systemd/system"
+    layout = Layout(spec.name, version, unit_dir=unit_dir)
+    return dataclasses.replace(spec, format=fmt, init=init, version=version, layout=layout)
+
+
 def rendered(spec: ServiceSpec) -> dict[str, str]:
+    """Every generated file of the four kinds of package, named FORMAT[-INIT]-FILE (deb: plain)."""
     files = {Path(f.dest).name: f.content for f in units.service_files(spec, sample_scan())}
-    files.update({f"deb-{k}": v for k, v in units.deb_scripts(spec).items()})
+    files.update({f"deb-{k}": v for k, v in units.package_scripts(spec).items()})
+    variants = {
+        "deb-openrc": for_format(spec, PackageFormat.DEB, InitSystem.OPENRC, "9.0.0"),
+        "rpm": for_format(spec, PackageFormat.RPM, InitSystem.SYSTEMD, "9.0.0-1"),
+        "apk": for_format(spec, PackageFormat.APK, InitSystem.OPENRC, "9.0.0-r0"),
+    }
+    # A health check and a readiness port add a helper command, timer units and OpenRC hooks.
+    check = HealthCheck(("/bin/sh", "-c", "valkey-cli ping | grep -q PONG"), 5, 3, 2, 10)
+    variants["checked"] = dataclasses.replace(variants["rpm"], health=check, ready_port=6379)
+    variants["apk-checked"] = dataclasses.replace(variants["apk"], health=check, ready_port=6379)
+    for prefix, variant in variants.items():
+        integration = [variant.layout.unit_path, variant.layout.init_script, variant.layout.preset_path]
+        if prefix.endswith("checked"):
+            integration += [
+                variant.layout.helper,
+                *(f"{variant.layout.unit_dir}/valkey-svc-health.{k}" for k in ("service", "timer")),
+            ]
+        for f in units.service_files(variant, sample_scan()):
+            if f.dest in integration:
+                files[f"{prefix}-{Path(f.dest).name}"] = f.content
+        files.update({f"{prefix}-{k}": v for k, v in units.package_scripts(variant).items()})
     # The generator's version is in every header: keep the golden files stable across releases.
     return {k: v.replace(f"ctr2svc {__version__}", "ctr2svc VERSION") for k, v in files.items()}
 
 
-@pytest.mark.parametrize(
-    "name", ["valkey-svc.service", "service", "ownership.sh", "deb-postinst", "deb-prerm", "deb-postrm"]
-)
+GENERATED = sorted(rendered(make_spec()))
+SCRIPTS = [name for name, text in rendered(make_spec()).items() if text.startswith("#!")]
+
+
+@pytest.mark.parametrize("name", GENERATED)
 def test_golden(spec: ServiceSpec, name: str) -> None:
     content = rendered(spec)[name]
     golden = GOLDEN / name
@@ -51,6 +85,22 @@ def test_golden(spec: ServiceSpec, name: str) -> None:
         GOLDEN.mkdir(exist_ok=True)
         golden.write_text(content)
     assert content == golden.read_text()
+
+
+def test_every_format_has_its_files() -> None:
+    # A missing variant would silently shrink the golden set above.
+    assert {
+        "valkey-svc.service",
+        "deb-postinstall",
+        "deb-openrc-valkey-svc",
+        "rpm-valkey-svc.service",
+        "rpm-50-valkey-svc.preset",
+        "rpm-postinstall",
+        "apk-valkey-svc",
+        "apk-postupgrade",
+        "apk-postremove",
+    } <= set(GENERATED)
+    assert "rpm-valkey-svc" not in GENERATED and "deb-openrc-valkey-svc.service" not in GENERATED
 
 
 def test_unit_values(spec: ServiceSpec) -> None:
@@ -69,13 +119,17 @@ def test_unit_values(spec: ServiceSpec) -> None:
         assert line in unit.splitlines()
 
 
-@pytest.mark.parametrize("name", ["service", "ownership.sh", "deb-postinst", "deb-prerm", "deb-postrm"])
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_scripts_parse(spec: ServiceSpec, name: str, tmp_path: Path) -> None:
     script = tmp_path / name
-    script.write_text(rendered(spec)[name])
+    text = rendered(spec)[name]
+    script.write_text(text)
+    assert text.startswith("#!/"), "the interpreter line must come first"
     subprocess.run(["sh", "-n", str(script)], check=True)
     if shutil.which("shellcheck"):
-        subprocess.run(["shellcheck", "-s", "sh", "-S", "warning", str(script)], check=True)
+        # openrc-run scripts are sh with variables and functions openrc-run reads and calls.
+        excluded = ["-e", "SC2034"] if text.startswith("#!/sbin/openrc-run") else []
+        subprocess.run(["shellcheck", "-s", "sh", "-S", "warning", *excluded, str(script)], check=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users needs root")
@@ -106,3 +160,74 @@ def test_ownership_script_restores_owners_links_and_modes(tmp_path: Path) -> Non
     assert (root / "-odd").lstat().st_uid == 999
     agent = (root / "usr/bin/agent").stat()
     assert (agent.st_gid, agent.st_mode & 0o7777) == (42, 0o2755)
+
+
+AWKS = [["awk"], ["busybox", "awk"]]  # Debian's mawk, and the awk Alpine hosts have
+
+
+@pytest.mark.parametrize("awk", AWKS, ids=["awk", "busybox-awk"])
+def test_config_awk_applies_the_admins_settings(
+    awk: list[str], spec: ServiceSpec, umoci_config: dict[str, Any], tmp_path: Path
+) -> None:
+    if not shutil.which(awk[0]):
+        pytest.skip(f"{awk[0]} is not installed")
+    program = tmp_path / "config.awk"
+    program.write_text(rendered(spec)["config.awk"])
+    packaged = runtime_config.patch(umoci_config, spec)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(packaged, indent=2) + "\n")  # as package.py writes it
+    (tmp_path / "env").write_text('# comment\n\nHOME=/srv\nGREETING=say "hi" \\ there\tnow\nEMPTY=\n')
+    (tmp_path / "args").write_text("# comment\n--port\n6380\nwith space\n")
+    (tmp_path / "mounts").write_text("/srv/certs /certs\n/srv/spool /spool rw\n")
+
+    def apply(*files: str, cgroups: str = "") -> subprocess.CompletedProcess[str]:
+        names = {"env": "ENVFILE", "args": "ARGSFILE", "mounts": "MOUNTSFILE"}
+        variables = [f"-v{names[f]}={tmp_path / f if f in files else tmp_path / 'missing'}" for f in names]
+        return subprocess.run(
+            [
+                *awk,
+                "-v",
+                "NAME=valkey-svc",
+                "-v",
+                "ENTRYPOINT_N=1",
+                "-v",
+                f"CGROUPS_PATH={cgroups}",
+                *variables,
+                "-f",
+                program,
+                config,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    # No admin files: the packaged config, unchanged.
+    untouched = apply()
+    assert untouched.returncode == 0, untouched.stderr
+    assert json.loads(untouched.stdout) == packaged
+
+    result = apply("env", "args", "mounts")
+    assert result.returncode == 0, result.stderr
+    cfg = json.loads(result.stdout)
+    env = cfg["process"]["env"]
+    # HOME replaced in place of the image's, new keys added, the rest of the image's kept.
+    assert [e for e in env if e.startswith("HOME=")] == ["HOME=/srv"]
+    assert 'GREETING=say "hi" \\ there\tnow' in env and "EMPTY=" in env
+    assert any(e.startswith("PATH=") for e in env)
+    assert cfg["process"]["args"] == ["docker-entrypoint.sh", "--port", "6380", "with space"]
+    extra = cfg["mounts"][-2:]
+    assert extra == [
+        {"destination": "/certs", "type": "bind", "source": "/srv/certs", "options": ["rbind", "ro"]},
+        {"destination": "/spool", "type": "bind", "source": "/srv/spool", "options": ["rbind", "rw"]},
+    ]
+    assert cfg["mounts"][:-2] == packaged["mounts"]
+
+    # crun gets the unit's cgroup spelled out.
+    placed = apply(cgroups="/system.slice/valkey-svc.service/valkey-svc")
+    assert json.loads(placed.stdout)["linux"]["cgroupsPath"] == "/system.slice/valkey-svc.service/valkey-svc"
+
+    (tmp_path / "env").write_text("not a variable\n")
+    bad = apply("env")
+    assert bad.returncode != 0
+    assert f"valkey-svc: {tmp_path / 'env'} line 1: not KEY=VALUE" in bad.stderr

@@ -59,6 +59,8 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     "udev",
     "e2fsprogs",
     "busybox-static",
+    "rpm",  # the .rpm lifecycle test installs with rpm on this systemd host
+    "crun",  # --runtime crun, which needs the unified cgroup hierarchy this guest has
 )
 
 #: Host programs needed to boot a cached image / to build one.

@@ -1,0 +1,73 @@
+"""The .rpm under a real systemd: its scriptlets' $1 logic driven by the real rpm on the Debian test VM.
+
+No RPM distribution can be reached from here; Debian's rpm (with --nodeps, as runc comes from dpkg)
+installs into the VM's own root, where systemd is PID 1, so preset/enable/start, try-restart on upgrade
+and stop/disable on erase really happen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli
+from tests.support.images import service_image
+from tests.support.registry import Registry, free_port
+from tests.vm import vmhost
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+NAME = "kvrpm-svc"
+UNIT = f"{NAME}.service"
+
+
+def get(vm: vmhost.VM, port: int, path: str = "/") -> str:
+    return vm.wait_until(f"curl -fsS --max-time 2 http://127.0.0.1:{port}{path}", timeout=60)
+
+
+def test_rpm_install_upgrade_erase_under_systemd(
+    vm: vmhost.VM, registry: Registry, ctr2svc: Cli, tmp_path: Path
+) -> None:
+    port = free_port()
+    rpms = {}
+    for version in ("1.0", "2.0"):
+        source = service_image(tmp_path / "layout", version, port=port, version_text=f"kvrpm {version}")
+        ref = registry.push(source, "e2e/kvrpm", version)
+        rpm = Path(
+            ctr2svc("build", ref, "--format", "rpm", "--name", NAME, "-o", tmp_path / version).stdout.strip()
+        )
+        vm.copy_to(rpm, f"/root/{rpm.name}")
+        rpms[version] = f"/root/{rpm.name}"
+
+    vm.ssh(f"rpm -ivh --nodeps {rpms['1.0']}")
+    # %post: the package's preset enabled it and it was started.
+    assert vm.ssh(f"systemctl is-enabled {UNIT}").stdout.strip() == "enabled"
+    assert get(vm, port).strip() == "kvrpm 1.0"
+    assert get(vm, port, "/cgi-bin/put?answer=42").strip() == "ok"
+    assert vm.ssh(f"systemd-analyze verify /usr/lib/systemd/system/{UNIT}", check=False).returncode == 0
+    pid = int(vm.ssh(f"systemctl show -p MainPID --value {UNIT}").stdout)
+
+    # Upgrade: the new %post restarts it on the new image; the old %preun/%postun (run after it with
+    # $1 = 1) must not stop it or take its runtime state away.
+    vm.ssh(f"rpm -Uvh --nodeps {rpms['2.0']}")
+    assert get(vm, port).strip() == "kvrpm 2.0"
+    assert vm.ssh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+    assert int(vm.ssh(f"systemctl show -p MainPID --value {UNIT}").stdout) != pid
+    assert get(vm, port, "/cgi-bin/get?answer").strip() == "42"
+    assert vm.ssh(f"findmnt -n -o SOURCE /run/{NAME}/rootfs").stdout.strip() == "overlay"
+
+    # A stopped service stays stopped across an upgrade (try-restart), as Fedora's macros do.
+    vm.ssh(f"systemctl stop {UNIT} && rpm -Uvh --nodeps --oldpackage {rpms['1.0']}")
+    assert vm.ssh(f"systemctl is-active {UNIT}", check=False).stdout.strip() == "inactive"
+    vm.ssh(f"systemctl start {UNIT}")
+    assert get(vm, port).strip() == "kvrpm 1.0"
+
+    # Erase: stopped, disabled, runtime state gone, data kept.
+    vm.ssh(f"rpm -e --nodeps {NAME}")
+    assert vm.ssh(f"systemctl is-active {UNIT}", check=False).stdout.strip() != "active"
+    assert vm.ssh(f"test -e /run/{NAME} && echo left || echo gone").stdout.strip() == "gone"
+    assert vm.ssh(f"test -e /opt/containers/{NAME} && echo left || echo gone").stdout.strip() == "gone"
+    assert vm.ssh(f"cat /var/lib/{NAME}/volumes/data/answer").stdout.strip() == "42"
+    assert NAME not in vm.ssh("ls /etc/systemd/system/multi-user.target.wants/").stdout
+    vm.ssh(f"rm -rf /var/lib/{NAME}")

@@ -1,0 +1,61 @@
+"""Service-profile features that need a real systemd (and, for crun, the unified cgroup hierarchy that
+this machine lacks): --runtime crun, --ready-port, and a health check that restarts an unhealthy
+service, on the Debian 12 test VM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli
+from tests.support.images import service_image
+from tests.support.registry import Registry, free_port
+from tests.vm import vmhost
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+NAME = "kvcrun-svc"
+UNIT = f"{NAME}.service"
+
+
+def main_pid(vm: vmhost.VM) -> int:
+    return int(vm.ssh(f"systemctl show -p MainPID --value {UNIT}").stdout.strip())
+
+
+def test_crun_ready_port_and_health_check(
+    vm: vmhost.VM, registry: Registry, ctr2svc: Cli, tmp_path: Path
+) -> None:
+    port = free_port()
+    source = service_image(tmp_path / "layout", "1.0", port=port, version_text="kvcrun 1.0")
+    ref = registry.push(source, "e2e/kvcrun", "1.0")
+    flags = ("--runtime", "crun", "--ready-port", str(port))
+    health = ("--health-cmd", "! test -e /data/sick", "--health-interval", "2", "--health-retries", "2")
+    deb = Path(ctr2svc("build", ref, "--name", NAME, *flags, *health, "-o", tmp_path / "out").stdout.strip())
+    vm.copy_to(deb, f"/root/{deb.name}")
+
+    vm.ssh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y /root/{deb.name}", timeout=600)
+    try:
+        # --ready-port: once `apt install` (which starts the unit) returns, the port answers at once.
+        assert vm.ssh(f"curl -fsS --max-time 2 http://127.0.0.1:{port}/").stdout.strip() == "kvcrun 1.0"
+        pid = main_pid(vm)
+        # crun ran it: its state dir, not runc's, and the container is in the unit's cgroup.
+        listed = vm.ssh(f"crun --root /run/{NAME}/runc list").stdout.splitlines()
+        assert [line.split()[:3] for line in listed[1:]] == [[NAME, str(pid), "running"]], listed
+        assert vm.ssh(f"cat /proc/{pid}/cgroup").stdout.strip() == f"0::/system.slice/{UNIT}/{NAME}"
+        assert vm.ssh(f"systemctl is-active {NAME}-health.timer").stdout.strip() == "active"
+        assert "CapBnd:\t00000000a80425fb" in vm.ssh(f"cat /proc/{pid}/status").stdout
+
+        # Unhealthy: two failed checks in a row restart the service.
+        vm.ssh(f"touch /var/lib/{NAME}/volumes/data/sick")
+        vm.wait_until(f"test $(systemctl show -p MainPID --value {UNIT}) -ne {pid}", timeout=90)
+        vm.ssh(f"rm /var/lib/{NAME}/volumes/data/sick")
+        journal = vm.ssh(f"journalctl --no-pager -o cat -t {NAME}").stdout
+        assert "unhealthy after 2 failed health checks in a row" in journal, journal
+        vm.wait_until(f"curl -fsS --max-time 2 http://127.0.0.1:{port}/", timeout=60)
+        assert vm.ssh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+    finally:
+        vm.ssh(f"DEBIAN_FRONTEND=noninteractive apt-get purge -y {NAME}", timeout=300, check=False)
+    # Stopping the service stops its health timer (PartOf=).
+    assert vm.ssh(f"systemctl is-active {NAME}-health.timer", check=False).stdout.strip() != "active"
