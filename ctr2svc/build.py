@@ -73,6 +73,8 @@ class BuildOptions:
     health_interval: int | None = None
     health_retries: int | None = None
     runtime: str = "runc"
+    # The version must sort above this one (ctr2svc update: a new digest of an unchanged tag).
+    min_version: str | None = None
 
     @property
     def init_system(self) -> InitSystem:
@@ -318,6 +320,8 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         if opts.version is not None
         else naming.default_version(fmt, image.reference.tag, image.digest, cfg.created)
     ).full
+    if opts.min_version is not None and opts.version is None:
+        version = naming.above(fmt, version, opts.min_version)
     arch = naming.deb_arch(cfg.architecture or "amd64", cfg.variant)
     naming.format_arch(fmt, arch)  # refuses an architecture the format has no name for
     unit_dir = "/usr/lib/systemd/system" if fmt is PackageFormat.RPM else "/lib/systemd/system"
@@ -383,14 +387,18 @@ def _volume(layout: Layout, path: str, scan: RootfsScan, uid: int, gid: int) -> 
     return Volume(container_path, layout.volume_host_path(container_path), uid, gid, 0o755, False)
 
 
+def pull_options(opts: BuildOptions) -> registry.PullOptions:
+    arch, variant = naming.split_platform(opts.arch or naming.host_oci_arch())
+    return registry.PullOptions(arch, variant, opts.creds, opts.authfile, opts.tls_verify)
+
+
 def build(opts: BuildOptions) -> BuildResult:
     check_options(opts)
     cache = registry.ImageCache(opts.cache_dir or registry.default_cache_dir())
     cache.ensure()
-    arch, variant = naming.split_platform(opts.arch or naming.host_oci_arch())
     with workspace(cache.root) as work:
         with log.step(f"Resolving {opts.reference}"):
-            pull = registry.PullOptions(arch, variant, opts.creds, opts.authfile, opts.tls_verify)
+            pull = pull_options(opts)
             image = registry.resolve(opts.reference, pull, cache, work)
             log.info(f"  {image.pinned} ({image.config.platform})")
         with log.step("Unpacking the image"), cache.locked(exclusive=False):

@@ -9,9 +9,13 @@ import click
 
 from ctr2svc import __version__, log
 from ctr2svc.build import DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
-from ctr2svc.errors import Ctr2svcError
+from ctr2svc.errors import Ctr2svcError, PartialFailure, UsageError
 from ctr2svc.model import InitSystem, PackageFormat
+from ctr2svc.project import load as load_project
 from ctr2svc.reference import parse
+from ctr2svc.repo import DEFAULT_KEEP, Signing
+from ctr2svc.repo import add as repo_add
+from ctr2svc.update import Outcome, build_all, table, update
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,7 +34,14 @@ def cli(quiet: bool, debug: bool) -> None:
 
 
 @cli.command(name="build")
-@click.argument("image")
+@click.argument("image", required=False)
+@click.option(
+    "-c",
+    "--config",
+    "project_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Build every image of a project file (ctr2svc.toml) instead of IMAGE.",
+)
 @click.option(
     "-f",
     "--format",
@@ -142,7 +153,8 @@ def cli(quiet: bool, debug: bool) -> None:
     help="OCI runtime the service runs with: runc or crun (the package depends on it).",
 )
 def build_command(
-    image: str,
+    image: str | None,
+    project_file: Path | None,
     fmt: str,
     init: str | None,
     output_dir: Path,
@@ -186,7 +198,19 @@ def build_command(
       ctr2svc build docker-archive:app.tar --name app-svc --version 2.1
       ctr2svc build oci:examples/hello:1.0 --format rpm
       ctr2svc build oci:examples/hello:1.0 --format apk        # OpenRC
+      ctr2svc build -c ctr2svc.toml                             # every image of a project
     """
+    if project_file is not None:
+        if image is not None:
+            raise UsageError("give either IMAGE or -c FILE, not both", hint="drop IMAGE to build the project")
+        project = load_project(project_file)
+        outcomes = build_all(project)
+        _report(outcomes, "built")
+        return
+    if image is None:
+        raise UsageError(
+            "no image given", hint="pass an image reference, e.g. ctr2svc build valkey/valkey:9.0.0"
+        )
     options = BuildOptions(
         reference=parse(image),
         format=PackageFormat(fmt),
@@ -232,6 +256,90 @@ def build_command(
     log.info(f"  install: {installer} {path}")
     # The package path alone on stdout, for scripts.
     click.echo(str(result.path))
+
+
+def _report(outcomes: list[Outcome], action: str) -> None:
+    click.echo(table(outcomes), err=True)
+    for outcome in outcomes:
+        if outcome.result is not None:
+            click.echo(str(outcome.result.path))
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise PartialFailure(
+            f"{len(failed)} of {len(outcomes)} packages could not be {action}",
+            hint="the table above says why; the others are done",
+        )
+
+
+@cli.group(name="repo")
+def repo_group() -> None:
+    """Package repositories that apt and dnf install from.
+
+    \b
+    Example:
+      ctr2svc repo add /srv/repo dist/*.deb dist/*.rpm --sign-key ops@example.com
+      # clients: deb [signed-by=/etc/apt/keyrings/ops.gpg] http://host/repo/deb ./
+    """
+
+
+@repo_group.command(name="add")
+@click.argument("repo_dir", metavar="REPO", type=click.Path(path_type=Path, file_okay=False))
+@click.argument(
+    "packages", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False)
+)
+@click.option("--keep", type=int, default=DEFAULT_KEEP, show_default=True, help="Versions kept per package.")
+@click.option("--sign-key", help="gpg key (id, fingerprint or e-mail) that signs the indexes.")
+@click.option("--gnupghome", type=click.Path(path_type=Path, file_okay=False), help="gpg home of that key.")
+def repo_add_command(
+    repo_dir: Path, packages: tuple[Path, ...], keep: int, sign_key: str | None, gnupghome: Path | None
+) -> None:
+    """Add PACKAGES (.deb, .rpm) to REPO and regenerate its indexes (REPO/deb, REPO/rpm).
+
+    \b
+    Example:
+      ctr2svc repo add /srv/repo dist/valkey-svc_9.0.0_amd64.deb --sign-key ops@example.com --keep 5
+    """
+    signing = Signing(sign_key, gnupghome) if sign_key else None
+    result = repo_add(repo_dir, list(packages), keep=keep, signing=signing)
+    for path in result.added:
+        click.echo(str(path))
+    log.info(
+        f"✓ {len(result.added)} added, {len(result.pruned)} pruned; indexes: "
+        + ", ".join(str(p.relative_to(repo_dir)) for p in result.index)
+    )
+
+
+@cli.command(name="update")
+@click.option(
+    "-c",
+    "--config",
+    "project_file",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The project file (ctr2svc.toml).",
+)
+@click.option(
+    "--repo",
+    "repo_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Repository (default: [repo] path).",
+)
+def update_command(project_file: Path, repo_dir: Path | None) -> None:
+    """Rebuild the images whose tag moved to a new digest and publish them to the repository.
+
+    Asks the registry for each tag's digest (no download when unchanged); safe to run from cron. Exit
+    status: 0 when every image is up to date or was published, 6 when some failed (the others are
+    published), 2 for a bad project file.
+
+    \b
+    Example:
+      ctr2svc update -c ctr2svc.toml --repo /srv/repo
+    """
+    project = load_project(project_file)
+    target = repo_dir or project.repo
+    if target is None:
+        raise UsageError("no repository given", hint="pass --repo DIR or set [repo] path in the project file")
+    _report(update(project, target), "updated")
 
 
 def main() -> None:

@@ -43,6 +43,12 @@ class PackageError(Ctr2svcError):
     exit_code = 5
 
 
+class PartialFailure(Ctr2svcError):
+    """Some images of a project failed; the others were built (and published)."""
+
+    exit_code = 6
+
+
 class ToolFailed(ToolError):
     """A tool ran and exited non-zero; callers may map its stderr to a more specific error."""
 

@@ -252,3 +252,22 @@ def parse_version(fmt: PackageFormat, text: str) -> PackageVersion:
         )
     version, release = match.groups()
     return PackageVersion(fmt, version, f"r{release or 0}")
+
+
+def _next_release(fmt: PackageFormat, release: str | None) -> str:
+    if fmt is PackageFormat.APK:
+        return f"r{int((release or 'r0')[1:]) + 1}"
+    if release is None:
+        return "1"
+    head, digits = re.match(r"^(.*?)(\d*)$", release).groups()  # type: ignore[union-attr]
+    return f"{head}{int(digits) + 1}" if digits else f"{release}.1"
+
+
+def above(fmt: PackageFormat, version: str, floor: str) -> str:
+    """VERSION if it sorts above FLOOR in FMT's order, else FLOOR's next release (9.0.0 -> 9.0.0-1)."""
+    from ctr2svc.repo import compare  # the package managers' own order
+
+    if compare(fmt, version, floor) > 0:
+        return version
+    base = parse_version(fmt, floor)
+    return PackageVersion(fmt, base.version, _next_release(fmt, base.release), base.epoch).full

@@ -248,8 +248,18 @@ def _platform_entry(index: dict[str, Any], ref: ImageReference, opts: PullOption
     )
 
 
-def resolve(ref: ImageReference, opts: PullOptions, cache: ImageCache, workdir: Path) -> ResolvedImage:
-    """Find the platform manifest's digest and make sure the image is in the cache."""
+@dataclass(frozen=True)
+class Located:
+    """Where the image for our platform is: its manifest digest and how skopeo copies it."""
+
+    digest: str
+    index_digest: str | None
+    source: str
+    platform_args: tuple[str, ...]
+
+
+def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
+    """The platform manifest's digest, from manifest requests only (no layer is downloaded)."""
     skopeo = find_tool("skopeo", "pull container images")
     policy = _policy_args(workdir)
 
@@ -284,10 +294,23 @@ def resolve(ref: ImageReference, opts: PullOptions, cache: ImageCache, workdir: 
         platform_args = ["--override-os", "linux", "--override-arch", platform["architecture"]]
         if platform.get("variant"):
             platform_args += ["--override-variant", platform["variant"]]
-        source = ref.pinned(digest).skopeo() if ref.is_remote else ref.skopeo()
     else:
         digest = top_digest
-        source = ref.pinned(digest).skopeo() if ref.is_remote else ref.skopeo()
+    source = ref.pinned(digest).skopeo() if ref.is_remote else ref.skopeo()
+    return Located(digest, index_digest, source, tuple(platform_args))
+
+
+def resolve(ref: ImageReference, opts: PullOptions, cache: ImageCache, workdir: Path) -> ResolvedImage:
+    """Find the platform manifest's digest and make sure the image is in the cache."""
+    skopeo = find_tool("skopeo", "pull container images")
+    policy = _policy_args(workdir)
+    located = locate(ref, opts, workdir)
+    digest, index_digest, source, platform_args = (
+        located.digest,
+        located.index_digest,
+        located.source,
+        list(located.platform_args),
+    )
 
     with cache.locked(exclusive=True):
         manifest = cache.manifest(digest)

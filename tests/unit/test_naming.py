@@ -6,6 +6,7 @@ import pytest
 
 from ctr2svc import naming
 from ctr2svc.errors import UsageError
+from ctr2svc.model import PackageFormat
 
 DIGEST = "sha256:" + "0123456789ab" * 5 + "cdef"
 CREATED = "2026-11-23T09:22:30.365753692Z"
@@ -102,3 +103,22 @@ def test_unknown_architecture() -> None:
 def test_split_platform() -> None:
     assert naming.split_platform("arm/v7") == ("arm", "v7")
     assert naming.split_platform("amd64") == ("amd64", None)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "version", "floor", "expected"),
+    [
+        (PackageFormat.DEB, "9.0.0", "9.0.0", "9.0.0-1"),
+        (PackageFormat.DEB, "9.0.0", "9.0.0-1", "9.0.0-2"),
+        (PackageFormat.DEB, "9.0.1", "9.0.0-3", "9.0.1"),  # already above: kept
+        (PackageFormat.RPM, "9.0.0-1", "9.0.0-1", "9.0.0-2"),
+        (PackageFormat.APK, "9.0.0-r0", "9.0.0-r0", "9.0.0-r1"),
+    ],
+)
+def test_a_new_digest_sorts_above_the_published_version(
+    fmt: PackageFormat, version: str, floor: str, expected: str
+) -> None:
+    # dpkg and rpm themselves judge the order (naming.above asks them).
+    assert naming.above(fmt, version, floor) == expected
+    if fmt is PackageFormat.DEB:
+        assert dpkg_compare(expected, "gt", floor)

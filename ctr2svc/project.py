@@ -1,0 +1,222 @@
+"""A project file (ctr2svc.toml) listing many images, each with its own build settings.
+
+    output = "dist"                      # paths are relative to the file
+    [repo]                               # for `ctr2svc update` (and `build -c --repo`)
+    path = "repo"
+    keep = 3
+    sign_key = "ops@example.com"         # gpg key for the indexes; gnupghome = "..." optional
+    [defaults]                           # any [[image]] key, for every image
+    formats = ["deb"]
+    [[image]]
+    ref = "registry.example.com/valkey:9.0.0"
+    name = "valkey-svc"
+    formats = ["deb", "rpm"]
+    env = { VALKEY_EXTRA_FLAGS = "--maxmemory 256mb" }
+    memory = "512M"
+
+Unknown keys are errors: a typo must not silently build something else.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctr2svc.build import DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
+from ctr2svc.errors import UsageError
+from ctr2svc.model import InitSystem, PackageFormat
+from ctr2svc.reference import parse
+from ctr2svc.repo import DEFAULT_KEEP, Signing
+
+# Image key -> the type TOML must give it.
+IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "ref": str,
+    "name": str,
+    "formats": list,
+    "version": str,
+    "arch": str,
+    "init": str,
+    "creds": str,
+    "authfile": str,
+    "tls_verify": bool,
+    "entrypoint": str,
+    "cmd": str,
+    "stop_signal": str,
+    "stop_timeout": int,
+    "maintainer": str,
+    "compression": str,
+    "user": str,
+    "cap_add": list,
+    "cap_drop": list,
+    "privileged": bool,
+    "pids_limit": int,
+    "env": dict,
+    "volumes": list,
+    "memory": str,
+    "cpus": (int, float),
+    "ready_port": int,
+    "health_cmd": str,
+    "health_interval": int,
+    "health_retries": int,
+    "runtime": str,
+}
+TOP_KEYS = {"output", "repo", "defaults", "image", "cache_dir"}
+REPO_KEYS = {"path": str, "keep": int, "sign_key": str, "gnupghome": str}
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    number: int
+    settings: Mapping[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return str(self.settings["ref"])
+
+    @property
+    def formats(self) -> tuple[PackageFormat, ...]:
+        return tuple(PackageFormat(f) for f in self.settings.get("formats", ["deb"]))
+
+    def label(self) -> str:
+        return str(self.settings.get("name") or self.ref)
+
+
+@dataclass(frozen=True)
+class Project:
+    path: Path
+    output_dir: Path
+    images: list[ImageEntry]
+    repo: Path | None = None
+    keep: int = DEFAULT_KEEP
+    signing: Signing | None = None
+    cache_dir: Path | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _fail(path: Path, where: str, problem: str, hint: str) -> UsageError:
+    return UsageError(f"{path}: {where}: {problem}", hint=hint)
+
+
+def _check_keys(
+    path: Path, where: str, table: Mapping[str, Any], known: Mapping[str, Any] | set[str]
+) -> None:
+    for key in table:
+        if key not in known:
+            raise _fail(path, where, f"unknown key {key!r}", f"known keys: {', '.join(sorted(known))}")
+
+
+def _check_types(path: Path, where: str, table: Mapping[str, Any]) -> None:
+    for key, value in table.items():
+        expected = IMAGE_KEYS[key]
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected in (int, (int, float))):
+            names = (
+                expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+            )
+            raise _fail(path, where, f"{key} must be a {names}", f"e.g. see `ctr2svc build --help` for {key}")
+    for key in ("formats", "cap_add", "cap_drop", "volumes"):
+        if key in table and not all(isinstance(v, str) for v in table[key]):
+            raise _fail(path, where, f"{key} must be a list of strings", f'e.g. {key} = ["..."]')
+    for fmt in table.get("formats", []):
+        if fmt not in {f.value for f in PackageFormat}:
+            raise _fail(path, where, f"unknown format {fmt!r}", "formats are deb, rpm and apk")
+    if "env" in table and not all(isinstance(v, str | int | float) for v in table["env"].values()):
+        raise _fail(path, where, "env values must be strings", 'e.g. env = { LOG_LEVEL = "debug" }')
+
+
+def load(path: Path) -> Project:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}", hint="pass the project file with -c") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}", hint="check the line it names") from exc
+    base = path.parent
+    _check_keys(path, "top level", doc, TOP_KEYS)
+    defaults = doc.get("defaults", {})
+    _check_keys(path, "[defaults]", defaults, IMAGE_KEYS)
+    _check_types(path, "[defaults]", defaults)
+    images = []
+    for number, table in enumerate(doc.get("image", []), start=1):
+        where = f"[[image]] {number}"
+        _check_keys(path, where, table, IMAGE_KEYS)
+        _check_types(path, where, table)
+        if "ref" not in table:
+            raise _fail(path, where, "no ref", 'add ref = "registry.example.com/app:1.0"')
+        parse(table["ref"])  # a bad reference is reported now, not halfway through the builds
+        images.append(ImageEntry(number, {**defaults, **table}))
+    if not images:
+        raise _fail(path, "top level", "no [[image]] tables", "add at least one [[image]] with a ref")
+    names = [(e.settings.get("name"), f) for e in images for f in e.formats if e.settings.get("name")]
+    if len(names) != len(set(names)):
+        raise _fail(
+            path, "[[image]]", "two images have the same name and format", "give each a distinct name"
+        )
+    repo_table = doc.get("repo", {})
+    _check_keys(path, "[repo]", repo_table, REPO_KEYS)
+    for key, kind in REPO_KEYS.items():
+        if key in repo_table and not isinstance(repo_table[key], kind):
+            raise _fail(
+                path, "[repo]", f"{key} must be a {kind.__name__}", "see the README's project file section"
+            )
+    signing = None
+    if "sign_key" in repo_table:
+        home = repo_table.get("gnupghome")
+        signing = Signing(repo_table["sign_key"], base / home if home else None)
+    return Project(
+        path=path,
+        output_dir=base / str(doc.get("output", "dist")),
+        images=images,
+        repo=base / repo_table["path"] if "path" in repo_table else None,
+        keep=int(repo_table.get("keep", DEFAULT_KEEP)),
+        signing=signing,
+        cache_dir=base / doc["cache_dir"] if "cache_dir" in doc else None,
+    )
+
+
+def options(
+    project: Project, entry: ImageEntry, fmt: PackageFormat, *, min_version: str | None = None
+) -> BuildOptions:
+    """The BuildOptions `ctr2svc build` would get for this image and format."""
+    s = entry.settings
+    base = project.path.parent
+
+    def words(key: str) -> tuple[str, ...] | None:
+        return shell_words(s[key]) if key in s else None
+
+    return BuildOptions(
+        reference=parse(s["ref"]),
+        format=fmt,
+        init=InitSystem(s["init"]) if "init" in s else None,
+        output_dir=project.output_dir,
+        name=s.get("name"),
+        version=s.get("version"),
+        min_version=min_version,
+        arch=s.get("arch"),
+        creds=s.get("creds"),
+        authfile=base / s["authfile"] if "authfile" in s else None,
+        tls_verify=s.get("tls_verify"),
+        cache_dir=project.cache_dir,
+        entrypoint=words("entrypoint"),
+        cmd=words("cmd"),
+        stop_signal=s.get("stop_signal"),
+        stop_timeout=s.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
+        maintainer=s.get("maintainer", "ctr2svc <root@localhost>"),
+        compression=s.get("compression"),
+        user=s.get("user"),
+        cap_add=tuple(s.get("cap_add", ())),
+        cap_drop=tuple(s.get("cap_drop", ())),
+        privileged=s.get("privileged", False),
+        pids_limit=s.get("pids_limit", 4096),
+        env=tuple(f"{k}={v}" for k, v in s.get("env", {}).items()),
+        volumes=tuple(s.get("volumes", ())),
+        memory=s.get("memory"),
+        cpus=float(s["cpus"]) if "cpus" in s else None,
+        ready_port=s.get("ready_port"),
+        health_cmd=s.get("health_cmd"),
+        health_interval=s.get("health_interval"),
+        health_retries=s.get("health_retries"),
+        runtime=s.get("runtime", "runc"),
+    )
