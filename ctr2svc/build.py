@@ -75,6 +75,9 @@ class BuildOptions:
     runtime: str = "runc"
     # The version must sort above this one (ctr2svc update: a new digest of an unchanged tag).
     min_version: str | None = None
+    # Signs the package: an armored OpenPGP secret key (deb, rpm) or a PEM RSA private key (apk).
+    sign_key_file: Path | None = None
+    sign_key_name: str | None = None  # apk: the public key's file name in /etc/apk/keys
 
     @property
     def init_system(self) -> InitSystem:
@@ -111,6 +114,8 @@ def check_options(opts: BuildOptions) -> None:
         naming.parse_version(fmt, opts.version)
     security(opts)
     check_runtime(opts.runtime)
+    if opts.sign_key_file is not None:
+        check_sign_key(opts.format, opts.sign_key_file)
     env_defaults(opts.env)
     bind_mounts(opts.volumes)
     resources(opts)
@@ -216,6 +221,26 @@ def resources(opts: BuildOptions) -> Resources:
     if opts.cpus is not None and opts.cpus <= 0:
         raise UsageError(f"--cpus {opts.cpus} must be more than 0", hint="e.g. --cpus 0.5 or --cpus 2")
     return Resources(memory, opts.cpus)
+
+
+def check_sign_key(fmt: PackageFormat, path: Path) -> None:
+    try:
+        head = path.read_text(errors="replace")[:4096]
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the signing key {path}: {exc.strerror}", hint="check the path"
+        ) from exc
+    if fmt is PackageFormat.APK:
+        if "PRIVATE KEY-----" not in head:
+            raise UsageError(
+                f"{path} is not a PEM RSA private key, which apk packages are signed with",
+                hint="make one with: openssl genrsa -out KEY.rsa 2048",
+            )
+    elif "BEGIN PGP PRIVATE KEY BLOCK" not in head:
+        raise UsageError(
+            f"{path} is not an armored OpenPGP secret key, which {fmt} packages are signed with",
+            hint="export one with: gpg --armor --export-secret-keys KEYID > key.asc",
+        )
 
 
 RUNTIMES = ("runc", "crun")
@@ -411,7 +436,15 @@ def build(opts: BuildOptions) -> BuildResult:
             scripts = units.package_scripts(spec)
         with log.step(f"Packing {package.filename(spec)}"):
             inputs = package.PackageInputs(
-                spec, unpacked.rootfs, scan, config, generated, scripts, opts.payload_compression
+                spec,
+                unpacked.rootfs,
+                scan,
+                config,
+                generated,
+                scripts,
+                opts.payload_compression,
+                opts.sign_key_file,
+                opts.sign_key_name,
             )
             staging = work / "package"
             staging.mkdir()

@@ -152,6 +152,13 @@ def cli(quiet: bool, debug: bool) -> None:
     show_default=True,
     help="OCI runtime the service runs with: runc or crun (the package depends on it).",
 )
+@click.option(
+    "--sign-key-file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Sign the package: an armored OpenPGP secret key (deb, rpm) or a PEM RSA key (apk). "
+    "Its passphrase, if any, in $NFPM_PASSPHRASE.",
+)
+@click.option("--sign-key-name", help="apk: the public key's name in /etc/apk/keys (default: NAME.rsa.pub).")
 def build_command(
     image: str | None,
     project_file: Path | None,
@@ -185,6 +192,8 @@ def build_command(
     health_interval: int | None,
     health_retries: int | None,
     runtime: str,
+    sign_key_file: Path | None,
+    sign_key_name: str | None,
 ) -> None:
     """Build a package that runs IMAGE as a service.
 
@@ -243,6 +252,8 @@ def build_command(
         health_interval=health_interval,
         health_retries=health_retries,
         runtime=runtime,
+        sign_key_file=sign_key_file,
+        sign_key_name=sign_key_name,
     )
     result = build(options)
     spec = result.spec

@@ -35,6 +35,8 @@ class PackageInputs:
     generated: list[GeneratedFile]
     scripts: dict[str, str]
     compression: str
+    sign_key_file: Path | None = None
+    sign_key_name: str | None = None
 
 
 def _mtime(seconds: int) -> str:
@@ -175,6 +177,19 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         config["apk"] = {"scripts": apk_scripts}
     if spec.homepage:
         config["homepage"] = spec.homepage
+    if inputs.sign_key_file is not None:
+        # nfpm reads the key's passphrase from $NFPM_PASSPHRASE.
+        key = str(inputs.sign_key_file.absolute())
+        if fmt is PackageFormat.DEB:
+            # dpkg-sig/debsigs "origin" style: a _gpgorigin member over debian-binary, control and data.
+            config["deb"]["signature"] = {"key_file": key, "method": "debsign", "type": "origin"}
+        elif fmt is PackageFormat.RPM:
+            config["rpm"]["signature"] = {"key_file": key}
+        else:
+            config["apk"]["signature"] = {
+                "key_file": key,
+                "key_name": inputs.sign_key_name or f"{spec.name}.rsa.pub",
+            }
     if spec.license:
         config["license"] = spec.license
     elif fmt is PackageFormat.RPM:

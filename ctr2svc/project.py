@@ -62,6 +62,8 @@ IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
     "health_interval": int,
     "health_retries": int,
     "runtime": str,
+    "sign_key_file": str,
+    "sign_key_name": str,
 }
 TOP_KEYS = {"output", "repo", "defaults", "image", "cache_dir"}
 REPO_KEYS = {"path": str, "keep": int, "sign_key": str, "gnupghome": str}
@@ -219,4 +221,6 @@ def options(
         health_interval=s.get("health_interval"),
         health_retries=s.get("health_retries"),
         runtime=s.get("runtime", "runc"),
+        sign_key_file=base / s["sign_key_file"] if "sign_key_file" in s else None,
+        sign_key_name=s.get("sign_key_name"),
     )

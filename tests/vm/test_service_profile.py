@@ -55,7 +55,15 @@ def test_crun_ready_port_and_health_check(
         assert "unhealthy after 2 failed health checks in a row" in journal, journal
         vm.wait_until(f"curl -fsS --max-time 2 http://127.0.0.1:{port}/", timeout=60)
         assert vm.ssh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+        # The restarted service still stops cleanly, with its stop signal rather than SIGKILL.
+        vm.ssh(f"systemctl stop {UNIT}")
+        result = vm.ssh(f"systemctl show -p Result --value {UNIT}").stdout.strip()
+        assert result == "success", vm.ssh(f"journalctl -u {UNIT} --no-pager -n 30").stdout
     finally:
         vm.ssh(f"DEBIAN_FRONTEND=noninteractive apt-get purge -y {NAME}", timeout=300, check=False)
-    # Stopping the service stops its health timer (PartOf=).
+    # Stopping the service stops its health timer (PartOf=), and a check that was due while the
+    # package was removed did not restart it or leave it failed.
     assert vm.ssh(f"systemctl is-active {NAME}-health.timer", check=False).stdout.strip() != "active"
+    for unit in (UNIT, f"{NAME}-health.service"):
+        state = vm.ssh(f"systemctl is-failed {unit}", check=False).stdout.strip()
+        assert state != "failed", vm.ssh(f"journalctl -u {unit} --no-pager -n 40", check=False).stdout
