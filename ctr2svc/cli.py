@@ -13,7 +13,7 @@ from ctr2svc.errors import Ctr2svcError, PartialFailure, UsageError
 from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.project import load as load_project
 from ctr2svc.reference import parse
-from ctr2svc.repo import DEFAULT_KEEP, Signing
+from ctr2svc.repo import DEFAULT_KEEP, ApkKey, Signing
 from ctr2svc.repo import add as repo_add
 from ctr2svc.update import Outcome, build_all, table, update
 
@@ -301,17 +301,32 @@ def repo_group() -> None:
 @click.option("--keep", type=int, default=DEFAULT_KEEP, show_default=True, help="Versions kept per package.")
 @click.option("--sign-key", help="gpg key (id, fingerprint or e-mail) that signs the indexes.")
 @click.option("--gnupghome", type=click.Path(path_type=Path, file_okay=False), help="gpg home of that key.")
+@click.option(
+    "--apk-key",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="PEM RSA private key that signs apk indexes (apk does not use gpg).",
+)
+@click.option(
+    "--apk-key-name", help="The public key's name in the hosts' /etc/apk/keys (default: KEY's name.pub)."
+)
 def repo_add_command(
-    repo_dir: Path, packages: tuple[Path, ...], keep: int, sign_key: str | None, gnupghome: Path | None
+    repo_dir: Path,
+    packages: tuple[Path, ...],
+    keep: int,
+    sign_key: str | None,
+    gnupghome: Path | None,
+    apk_key: Path | None,
+    apk_key_name: str | None,
 ) -> None:
-    """Add PACKAGES (.deb, .rpm) to REPO and regenerate its indexes (REPO/deb, REPO/rpm).
+    """Add PACKAGES (.deb, .rpm, .apk) to REPO and regenerate its indexes (REPO/deb, REPO/rpm, REPO/apk/ARCH).
 
     \b
     Example:
       ctr2svc repo add /srv/repo dist/valkey-svc_9.0.0_amd64.deb --sign-key ops@example.com --keep 5
     """
     signing = Signing(sign_key, gnupghome) if sign_key else None
-    result = repo_add(repo_dir, list(packages), keep=keep, signing=signing)
+    apk = ApkKey(apk_key, apk_key_name or f"{apk_key.name}.pub") if apk_key else None
+    result = repo_add(repo_dir, list(packages), keep=keep, signing=signing, apk_key=apk)
     for path in result.added:
         click.echo(str(path))
     log.info(

@@ -29,7 +29,7 @@ from ctr2svc.build import DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
 from ctr2svc.errors import UsageError
 from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.reference import parse
-from ctr2svc.repo import DEFAULT_KEEP, Signing
+from ctr2svc.repo import DEFAULT_KEEP, ApkKey, Signing
 
 # Image key -> the type TOML must give it.
 IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -66,7 +66,7 @@ IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
     "sign_key_name": str,
 }
 TOP_KEYS = {"output", "repo", "defaults", "image", "cache_dir"}
-REPO_KEYS = {"path": str, "keep": int, "sign_key": str, "gnupghome": str}
+REPO_KEYS = {"path": str, "keep": int, "sign_key": str, "gnupghome": str, "apk_key": str, "apk_key_name": str}
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ class Project:
     repo: Path | None = None
     keep: int = DEFAULT_KEEP
     signing: Signing | None = None
+    apk_key: ApkKey | None = None
     cache_dir: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -174,6 +175,12 @@ def load(path: Path) -> Project:
         repo=base / repo_table["path"] if "path" in repo_table else None,
         keep=int(repo_table.get("keep", DEFAULT_KEEP)),
         signing=signing,
+        apk_key=ApkKey(
+            base / repo_table["apk_key"],
+            repo_table.get("apk_key_name", Path(repo_table["apk_key"]).name + ".pub"),
+        )
+        if "apk_key" in repo_table
+        else None,
         cache_dir=base / doc["cache_dir"] if "cache_dir" in doc else None,
     )
 

@@ -8,10 +8,15 @@ are pruned per package name beyond --keep, so a downgrade stays possible.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
+import hashlib
+import io
 import os
 import shutil
+import tarfile
+import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,11 +41,20 @@ class Signing:
 
 
 @dataclass(frozen=True)
+class ApkKey:
+    """The RSA key that signs an apk index; hosts trust it as /etc/apk/keys/NAME."""
+
+    private_key: Path
+    name: str
+
+
+@dataclass(frozen=True)
 class PackageFile:
     path: Path
     format: PackageFormat
     name: str
     version: str  # as the format's tools print it (epoch:version-release)
+    arch: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,12 +67,13 @@ class RepoResult:
 def read_package(path: Path) -> PackageFile:
     fmt = SUFFIX.get(path.suffix)
     if fmt is None or not path.is_file():
-        raise UsageError(f"{path} is not a .deb or .rpm file", hint="pass packages that ctr2svc build wrote")
-    if fmt is PackageFormat.APK:
         raise UsageError(
-            f"{path}: apk repositories are not supported yet (no APKINDEX writer is reachable here)",
-            hint="serve the .apk files directly and install them with apk add --allow-untrusted",
+            f"{path} is not a .deb, .rpm or .apk file", hint="pass packages that ctr2svc build wrote"
         )
+    if fmt is PackageFormat.APK:
+        info = _apk_control(path)[1]
+        arch = info.get("arch", ["noarch"])[0]
+        return PackageFile(path, fmt, info["pkgname"][0], info["pkgver"][0], arch)
     if fmt is PackageFormat.DEB:
         out = run(["dpkg-deb", "-f", path, "Package", "Version"], what=f"read {path.name}").stdout.decode()
         fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
@@ -92,7 +107,12 @@ def newest_first(fmt: PackageFormat, packages: Sequence[PackageFile]) -> list[Pa
 
 
 def add(
-    repo: Path, packages: Sequence[Path], *, keep: int = DEFAULT_KEEP, signing: Signing | None
+    repo: Path,
+    packages: Sequence[Path],
+    *,
+    keep: int = DEFAULT_KEEP,
+    signing: Signing | None,
+    apk_key: ApkKey | None = None,
 ) -> RepoResult:
     """Copy PACKAGES into REPO (deb/ and rpm/ below it), prune, and regenerate the indexes."""
     if keep < 1:
@@ -102,9 +122,11 @@ def add(
         PackageFormat.DEB: ("apt-ftparchive", "apt-utils"),
         PackageFormat.RPM: ("createrepo_c", "createrepo-c"),
     }
-    for fmt in {f.format for f in files}:
+    for fmt in {f.format for f in files} & set(tools):
         tool, package = tools[fmt]
         find_tool(tool, f"index {fmt} repositories (apt-get install {package})")
+    if apk_key is not None and any(f.format is PackageFormat.APK for f in files):
+        find_tool("openssl", "sign apk indexes (apt-get install openssl)")
     if signing is not None:
         find_tool("gpg", "sign repository indexes (apt-get install gnupg)")
     added: list[Path] = []
@@ -113,6 +135,15 @@ def add(
     for fmt in sorted({f.format for f in files}):
         directory = repo / str(fmt)
         directory.mkdir(parents=True, exist_ok=True)
+        if fmt is PackageFormat.APK:
+            # Alpine's layout: one directory (and index) per architecture.
+            for incoming in (f for f in files if f.format is fmt):
+                (directory / incoming.arch).mkdir(exist_ok=True)
+                added.append(_copy_in(incoming.path, directory / incoming.arch))
+            for arch_dir in sorted(d for d in directory.iterdir() if d.is_dir()):
+                pruned += _prune(arch_dir, fmt, keep)
+            index += _index_apk(directory, apk_key)
+            continue
         for incoming in (f for f in files if f.format is fmt):
             added.append(_copy_in(incoming.path, directory))
         pruned += _prune(directory, fmt, keep)
@@ -225,3 +256,103 @@ def _index_rpm(directory: Path, signing: Signing | None) -> list[Path]:
     if signing is not None:
         _gpg(signing, "--armor", "--detach-sign", "--output", signature, repomd)
     return [p for p in (repomd, signature) if p.exists()]
+
+
+# --- apk ---------------------------------------------------------------------------------------------
+# apk-tools (`apk index`) is not reachable from Debian, so the index is written here: the smallest
+# APKINDEX.tar.gz apk reads, one record per package (apk-tools' index format: C: is "Q1" + base64 of
+# the SHA1 of the package's control stream), optionally preceded by an RSA signature stream as
+# `abuild-sign` writes it.
+
+
+def _gzip_streams(blob: bytes) -> list[tuple[bytes, bytes]]:
+    streams = []
+    rest = blob
+    while rest:
+        inflater = zlib.decompressobj(31)
+        try:
+            plain = inflater.decompress(rest) + inflater.flush()
+        except zlib.error as exc:
+            raise PackageError(f"not an apk package (corrupt gzip stream: {exc})", hint="rebuild it") from exc
+        streams.append((rest[: len(rest) - len(inflater.unused_data)], plain))
+        rest = inflater.unused_data
+    return streams
+
+
+def _apk_control(path: Path) -> tuple[bytes, dict[str, list[str]]]:
+    """The package's control stream (compressed, as hashed) and its .PKGINFO fields."""
+    for compressed, plain in _gzip_streams(path.read_bytes()):
+        with contextlib.suppress(tarfile.TarError), tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+            member = next((m for m in tar.getmembers() if m.name == ".PKGINFO"), None)
+            handle = tar.extractfile(member) if member is not None else None
+            if handle is not None:
+                fields: dict[str, list[str]] = defaultdict(list)
+                for line in handle.read().decode().splitlines():
+                    key, sep, value = line.partition(" = ")
+                    if sep and not key.startswith("#"):
+                        fields[key.strip()].append(value)
+                return compressed, fields
+    raise PackageError(f"{path.name} has no .PKGINFO", hint="pass .apk files that ctr2svc build wrote")
+
+
+def _apk_record(path: Path) -> str:
+    control, info = _apk_control(path)
+    # SHA1 because apk's index format says so, not as a security choice.
+    digest = hashlib.sha1(control, usedforsecurity=False).digest()
+    checksum = "Q1" + base64.b64encode(digest).decode()
+    one = {k: v[0] for k, v in info.items() if v}
+    lines = [
+        f"C:{checksum}",
+        f"P:{one['pkgname']}",
+        f"V:{one['pkgver']}",
+        f"A:{one.get('arch', 'noarch')}",
+        f"S:{path.stat().st_size}",
+        f"I:{one.get('size', '0')}",
+        f"T:{one.get('pkgdesc', '')}",
+    ]
+    for key, field_ in (
+        ("url", "U"),
+        ("license", "L"),
+        ("origin", "o"),
+        ("maintainer", "m"),
+        ("builddate", "t"),
+    ):
+        if key in one:
+            lines.append(f"{field_}:{one[key]}")
+    if info.get("depend"):
+        lines.append("D:" + " ".join(info["depend"]))
+    return "\n".join(lines) + "\n"
+
+
+def _tar_gz(members: list[tuple[str, bytes]], *, end: bool = True) -> bytes:
+    out = io.BytesIO()
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o644, 0
+        out.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        out.write(data + b"\0" * (-len(data) % 512))
+    if end:
+        out.write(b"\0" * 1024)
+    return gzip.compress(out.getvalue(), mtime=0)
+
+
+def _index_apk(directory: Path, apk_key: ApkKey | None) -> list[Path]:
+    """directory/<arch>/APKINDEX.tar.gz for the .apk files in directory/<arch>/."""
+    written = []
+    for arch_dir in sorted(d for d in directory.iterdir() if d.is_dir()):
+        records = "\n".join(_apk_record(p) for p in sorted(arch_dir.glob("*.apk")))
+        index = _tar_gz([("DESCRIPTION", b"ctr2svc"), ("APKINDEX", records.encode())])
+        if apk_key is not None:
+            # The signature stream is a tar without its end blocks, so that apk reads on into the index.
+            signature = run(
+                ["openssl", "dgst", "-sha1", "-sign", apk_key.private_key],
+                what="sign the apk index",
+                input=index,
+            ).stdout
+            index = _tar_gz([(f".SIGN.RSA.{apk_key.name}", signature)], end=False) + index
+        final = arch_dir / "APKINDEX.tar.gz"
+        temp = arch_dir / ".APKINDEX.tar.gz.new"
+        temp.write_bytes(index)
+        temp.replace(final)
+        written.append(final)
+    return written

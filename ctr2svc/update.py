@@ -102,10 +102,6 @@ def update(project: Project, repo_dir: Path) -> list[Outcome]:
         for fmt in entry.formats:
             key = _state_key(entry, fmt)
             previous = state.get(key)
-            if fmt is PackageFormat.APK:
-                reason = "apk repositories are not supported yet; build the .apk with ctr2svc build"
-                outcomes.append(Outcome(entry.label(), fmt, "failed", reason))
-                continue
             try:
                 opts = options(project, entry, fmt)
                 with _scratch() as work:
@@ -128,7 +124,7 @@ def update(project: Project, repo_dir: Path) -> list[Outcome]:
                 state[key] = {"digest": spec.image.digest, "version": spec.version, "name": spec.name}
     built = [o.result.path for o in outcomes if o.result is not None]
     if built:
-        repo.add(repo_dir, built, keep=project.keep, signing=project.signing)
+        repo.add(repo_dir, built, keep=project.keep, signing=project.signing, apk_key=project.apk_key)
         # Recorded only once published: a failed publish rebuilds next time.
         save_state(repo_dir, state)
     return outcomes

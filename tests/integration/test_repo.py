@@ -7,11 +7,15 @@ digest is unchanged, a new digest under the same tag published with a version ap
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
+import io
 import json
 import os
 import re
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli
+from tests.support.apk import read_apk, split_streams
 from tests.support.images import service_image
 from tests.support.registry import Registry, free_port
 
@@ -302,3 +307,66 @@ def test_update_rebuilds_only_what_changed(
     assert apt.update(repo / "deb", keys.public).returncode == 0
     assert apt.candidate("fleet-svc") == "1.0-1"
     assert apt.versions("fleet-svc") == ["1.0-1", "1.0"]
+
+
+def test_apk_repository(ctr2svc: Cli, registry: Registry, tmp_path: Path) -> None:
+    """apk-tools is not installable here: the index is read back with our own apk reader and openssl."""
+    port = free_port()
+    apks = []
+    for version in ("1.0", "2.0"):
+        ref = registry.push(
+            service_image(tmp_path / "layout", version, port=port, version_text=f"kv {version}"),
+            "itest/kvapk",
+            version,
+        )
+        out = ctr2svc("build", ref, "--name", "kvapkrepo-svc", "--format", "apk", "-o", tmp_path / version)
+        apks.append(Path(out.stdout.strip()))
+    key, public = tmp_path / "ops.rsa", tmp_path / "ops.rsa.pub"
+    subprocess.run(["openssl", "genrsa", "-out", key, "2048"], check=True, capture_output=True)
+    subprocess.run(["openssl", "rsa", "-in", key, "-pubout", "-out", public], check=True, capture_output=True)
+    repo = tmp_path / "repo"
+    ctr2svc("repo", "add", repo, *apks, "--apk-key", key, "--apk-key-name", "ops.rsa.pub")
+
+    arch_dir = repo / "apk" / "x86_64"
+    assert sorted(p.name for p in arch_dir.glob("*.apk")) == [
+        "kvapkrepo-svc-1.0-r0.apk",
+        "kvapkrepo-svc-2.0-r0.apk",
+    ]
+    streams = split_streams((arch_dir / "APKINDEX.tar.gz").read_bytes())
+    assert len(streams) == 2  # signature, index
+    with tarfile.open(fileobj=io.BytesIO(streams[0][1] + b"\0" * 1024)) as sig_tar:
+        member = sig_tar.getmembers()[0]
+        assert member.name == ".SIGN.RSA.ops.rsa.pub"
+        extracted = sig_tar.extractfile(member)
+        assert extracted is not None
+        (tmp_path / "sig").write_bytes(extracted.read())
+    (tmp_path / "index.tar.gz").write_bytes(streams[1][0])
+    verify: list[str | Path] = [
+        "openssl",
+        "dgst",
+        "-sha1",
+        "-verify",
+        public,
+        "-signature",
+        tmp_path / "sig",
+        tmp_path / "index.tar.gz",
+    ]
+    assert subprocess.run(verify, capture_output=True).returncode == 0
+    with tarfile.open(fileobj=io.BytesIO(streams[1][1])) as index_tar:
+        handle = index_tar.extractfile("APKINDEX")
+        assert handle is not None
+        records = [
+            dict(line.split(":", 1) for line in r.splitlines())
+            for r in handle.read().decode().split("\n\n")
+            if r
+        ]
+    assert [(r["P"], r["V"], r["A"]) for r in records] == [
+        ("kvapkrepo-svc", "1.0-r0", "x86_64"),
+        ("kvapkrepo-svc", "2.0-r0", "x86_64"),
+    ]
+    for record, apk in zip(records, sorted(arch_dir.glob("*.apk")), strict=True):
+        control = read_apk(apk).control_stream
+        expected = "Q1" + base64.b64encode(hashlib.sha1(control, usedforsecurity=False).digest()).decode()
+        assert record["C"] == expected
+        assert int(record["S"]) == apk.stat().st_size
+        assert "runc" in record["D"].split()
