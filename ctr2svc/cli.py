@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import click
 from ctr2svc import __version__, log
 from ctr2svc.build import DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
 from ctr2svc.errors import Ctr2svcError, PartialFailure, UsageError
+from ctr2svc.inspect import inspect as inspect_image
+from ctr2svc.inspect import text as inspect_text
 from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.project import load as load_project
 from ctr2svc.reference import parse
@@ -280,6 +283,41 @@ def _report(outcomes: list[Outcome], action: str) -> None:
             f"{len(failed)} of {len(outcomes)} packages could not be {action}",
             hint="the table above says why; the others are done",
         )
+
+
+@cli.command(name="inspect")
+@click.argument("image")
+@click.option("--arch", help="Platform to look at in a multi-arch image (default: this host's).")
+@click.option("--creds", metavar="USER[:PASSWORD]", help="Registry credentials.")
+@click.option(
+    "--authfile", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Registry auth file."
+)
+@click.option(
+    "--tls-verify/--no-tls-verify", default=None, help="Require HTTPS (default: yes, except loopback)."
+)
+@click.option("--name", help="Package name to show paths for (default: the image's last path part + '-svc').")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_command(
+    image: str,
+    arch: str | None,
+    creds: str | None,
+    authfile: Path | None,
+    tls_verify: bool | None,
+    name: str | None,
+    as_json: bool,
+) -> None:
+    """Show what IMAGE declares and what a package of it would be, without building.
+
+    \b
+    Example:
+      ctr2svc inspect 127.0.0.1:5000/valkey:9.0.0
+      ctr2svc inspect oci:examples/hello:1.0 --json | jq .package
+    """
+    opts = BuildOptions(
+        reference=parse(image), arch=arch, creds=creds, authfile=authfile, tls_verify=tls_verify, name=name
+    )
+    info = inspect_image(opts)
+    click.echo(json.dumps(info, indent=2) if as_json else inspect_text(info))
 
 
 @cli.group(name="repo")

@@ -256,6 +256,8 @@ class Located:
     index_digest: str | None
     source: str
     platform_args: tuple[str, ...]
+    # Every platform a multi-arch image offers (os/arch[/variant]); empty for a single manifest.
+    platforms: tuple[str, ...] = ()
 
 
 def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
@@ -286,8 +288,14 @@ def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
         )
     index_digest: str | None = None
     platform_args: list[str] = []
+    platforms: tuple[str, ...] = ()
     if top.get("mediaType") in INDEX_TYPES or "manifests" in top:
         index_digest = top_digest
+        platforms = tuple(
+            "/".join(filter(None, (p.get("os"), p.get("architecture"), p.get("variant"))))
+            for p in (m.get("platform") or {} for m in top.get("manifests", []))
+            if p
+        )
         entry = _platform_entry(top, ref, opts)
         digest: str = entry["digest"]
         platform = entry["platform"]
@@ -297,7 +305,7 @@ def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
     else:
         digest = top_digest
     source = ref.pinned(digest).skopeo() if ref.is_remote else ref.skopeo()
-    return Located(digest, index_digest, source, tuple(platform_args))
+    return Located(digest, index_digest, source, tuple(platform_args), platforms)
 
 
 def resolve(ref: ImageReference, opts: PullOptions, cache: ImageCache, workdir: Path) -> ResolvedImage:

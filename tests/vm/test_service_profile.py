@@ -55,6 +55,10 @@ def test_crun_ready_port_and_health_check(
         assert "unhealthy after 2 failed health checks in a row" in journal, journal
         vm.wait_until(f"curl -fsS --max-time 2 http://127.0.0.1:{port}/", timeout=60)
         assert vm.ssh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+        # Healthy again: no restart in a window of three check intervals (a check that failed before
+        # the file went would otherwise restart it, and a restart replaces a stop job).
+        stable = f"systemctl show -p MainPID --value {UNIT}"
+        vm.wait_until(f'a=$({stable}); sleep 6; test "$a" = "$({stable})"', timeout=120)
         # The restarted service still stops cleanly, with its stop signal rather than SIGKILL.
         vm.ssh(f"systemctl stop {UNIT}")
         result = vm.ssh(f"systemctl show -p Result --value {UNIT}").stdout.strip()
