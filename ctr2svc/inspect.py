@@ -22,7 +22,7 @@ def inspect(opts: BuildOptions) -> dict[str, Any]:
     with workspace(cache.root) as work:
         pull = pull_options(opts)
         located = registry.locate(opts.reference, pull, work)
-        image = registry.resolve(opts.reference, pull, cache, work)
+        image = registry.resolve(opts.reference, pull, cache, work, located)
     cfg = image.config
     name = opts.name or naming.default_package_name(image.reference.basename)
     packages: dict[str, Any] = {}

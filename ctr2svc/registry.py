@@ -308,11 +308,13 @@ def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
     return Located(digest, index_digest, source, tuple(platform_args), platforms)
 
 
-def resolve(ref: ImageReference, opts: PullOptions, cache: ImageCache, workdir: Path) -> ResolvedImage:
-    """Find the platform manifest's digest and make sure the image is in the cache."""
+def resolve(
+    ref: ImageReference, opts: PullOptions, cache: ImageCache, workdir: Path, located: Located | None = None
+) -> ResolvedImage:
+    """Find the platform manifest's digest (unless LOCATED already did) and make sure the image is cached."""
     skopeo = find_tool("skopeo", "pull container images")
     policy = _policy_args(workdir)
-    located = locate(ref, opts, workdir)
+    located = located or locate(ref, opts, workdir)
     digest, index_digest, source, platform_args = (
         located.digest,
         located.index_digest,

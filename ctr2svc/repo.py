@@ -13,7 +13,6 @@ import contextlib
 import gzip
 import hashlib
 import io
-import os
 import shutil
 import tarfile
 import zlib
@@ -26,6 +25,7 @@ from pathlib import Path
 from ctr2svc import log
 from ctr2svc.errors import PackageError, ToolFailed, UsageError
 from ctr2svc.model import PackageFormat
+from ctr2svc.package import publish
 from ctr2svc.run import find_tool, run
 
 DEFAULT_KEEP = 3
@@ -139,32 +139,17 @@ def add(
             # Alpine's layout: one directory (and index) per architecture.
             for incoming in (f for f in files if f.format is fmt):
                 (directory / incoming.arch).mkdir(exist_ok=True)
-                added.append(_copy_in(incoming.path, directory / incoming.arch))
+                added.append(publish(incoming.path, directory / incoming.arch))
             for arch_dir in sorted(d for d in directory.iterdir() if d.is_dir()):
                 pruned += _prune(arch_dir, fmt, keep)
             index += _index_apk(directory, apk_key)
             continue
         for incoming in (f for f in files if f.format is fmt):
-            added.append(_copy_in(incoming.path, directory))
+            added.append(publish(incoming.path, directory))
         pruned += _prune(directory, fmt, keep)
         writer = _index_deb if fmt is PackageFormat.DEB else _index_rpm
         index += writer(directory, signing)
     return RepoResult(added, pruned, index)
-
-
-def _copy_in(path: Path, directory: Path) -> Path:
-    final = directory / path.name
-    partial = directory / f".{path.name}.partial-{os.getpid()}"
-    try:
-        shutil.copyfile(path, partial)
-        partial.replace(final)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise PackageError(
-            f"cannot copy {path.name} into {directory}: {exc.strerror}", hint="check space and permissions"
-        ) from exc
-    return final
 
 
 def _prune(directory: Path, fmt: PackageFormat, keep: int) -> list[Path]:

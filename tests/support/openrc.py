@@ -176,6 +176,12 @@ class OpenRC:
         path = self.script_path(script)
         if action in ("start", "restart"):
             self._remember(path)
+        return self._in_namespace([str(path), action], f"{path} {action}", check=check, timeout=timeout)
+
+    def _in_namespace(
+        self, argv: list[str], label: str, *, check: bool, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        assert self._holder is not None
         # librc rebuilds the dependency cache only when a script is newer than it, with one-second
         # resolution: a script rewritten within the same second as the last run would keep stale
         # depend() data. Dropping the cache makes every run see the scripts as they are now.
@@ -184,9 +190,8 @@ class OpenRC:
         # Files, not pipes: supervise-daemon and anything start_pre leaves behind may inherit the
         # descriptors, and a pipe would then keep communicate() waiting until the timeout.
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            assert self._holder is not None
             proc = subprocess.run(
-                ["nsenter", "-t", str(self._holder.pid), "-m", "--", str(path), action],
+                ["nsenter", "-t", str(self._holder.pid), "-m", "--", *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -198,9 +203,7 @@ class OpenRC:
             err.seek(0)
             result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
         if check and result.returncode != 0:
-            raise OpenRCError(
-                f"{path} {action} exited {result.returncode}:\n{result.stdout}{result.stderr}".rstrip()
-            )
+            raise OpenRCError(f"{label} exited {result.returncode}:\n{result.stdout}{result.stderr}".rstrip())
         return result
 
     def sh(
@@ -209,27 +212,7 @@ class OpenRC:
         """A shell command inside the namespace, where OpenRC counts as booted (package scripts)."""
         if self._holder is None:
             raise OpenRCError("this OpenRC instance is closed")
-        for cache in ("deptree", "depconfig"):
-            (self.state_dir / cache).unlink(missing_ok=True)
-        # Files, not pipes: a service it starts inherits the descriptors (see run()).
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            proc = subprocess.run(
-                ["nsenter", "-t", str(self._holder.pid), "-m", "--", "sh", "-c", command],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env={**os.environ, "EINFO_COLOR": "NO"},
-                timeout=timeout,
-                check=False,
-            )
-            out.seek(0)
-            err.seek(0)
-            result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
-        if check and result.returncode != 0:
-            raise OpenRCError(
-                f"{command} exited {result.returncode}:\n{result.stdout}{result.stderr}".rstrip()
-            )
-        return result
+        return self._in_namespace(["sh", "-c", command], command, check=check, timeout=timeout)
 
     def status(self, script: str | Path) -> str:
         """OpenRC's word for the state: started, stopped, crashed, starting, stopping, inactive..."""
