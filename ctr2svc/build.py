@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import bundle, log, naming, package, registry, runtime_config, units
+from ctr2svc import bundle, log, naming, package, record, registry, runtime_config, units
 from ctr2svc.bundle import Bundle, Kind, RootfsScan
 from ctr2svc.errors import ImageError, UsageError
 from ctr2svc.model import (
@@ -33,6 +33,7 @@ from ctr2svc.model import (
     ServiceSpec,
     Volume,
 )
+from ctr2svc.record import BuildResult
 from ctr2svc.reference import ImageReference
 from ctr2svc.run import find_tool
 
@@ -88,17 +89,24 @@ class BuildOptions:
         return self.compression or package.COMPRESSIONS[self.format][0]
 
 
-@dataclass(frozen=True)
-class BuildResult:
-    path: Path
-    spec: ServiceSpec
-    skipped: list[tuple[str, str]]
-
-
 def check_options(opts: BuildOptions) -> None:
     """Everything that can be checked before any download: fail fast, write nothing."""
+    check_package_options(opts)
+    out = opts.output_dir
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output path {out} is not a directory", hint="pass a directory with -o")
+    probe = out if out.exists() else _existing_parent(out)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"output directory {out} is not writable", hint="pass a writable directory with -o")
+    registry.check_transport(opts.reference)
+    for tool, reason in (("skopeo", "pull images"), ("umoci", "unpack images"), ("nfpm", "build packages")):
+        find_tool(tool, reason)
+
+
+def check_package_options(opts: BuildOptions) -> None:
+    """The options that shape the package, each on its own and in combination."""
     if opts.name is not None:
-        naming.check_package_name(opts.name)
+        naming.check_package_name(opts.name, opts.format)
     fmt = opts.format
     if opts.init_system not in fmt.inits:
         raise UsageError(
@@ -126,15 +134,6 @@ def check_options(opts: BuildOptions) -> None:
         naming.format_arch(fmt, naming.deb_arch(arch, variant))
     if opts.stop_signal is not None:
         normalize_signal(opts.stop_signal)
-    out = opts.output_dir
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path {out} is not a directory", hint="pass a directory with -o")
-    probe = out if out.exists() else _existing_parent(out)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"output directory {out} is not writable", hint="pass a writable directory with -o")
-    registry.check_transport(opts.reference)
-    for tool, reason in (("skopeo", "pull images"), ("umoci", "unpack images"), ("nfpm", "build packages")):
-        find_tool(tool, reason)
 
 
 def _existing_parent(path: Path) -> Path:
@@ -329,17 +328,28 @@ def workspace(cache_root: Path) -> Iterator[Path]:
     # Beside the cache rather than in /tmp: a rootfs can be large and /tmp is often memory.
     base = cache_root / "work"
     base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="build-", dir=base))
+    _remove_orphans(base)
+    path = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=base))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _remove_orphans(base: Path) -> None:
+    """Work directories of builds that were killed (SIGKILL, power loss) before they could clean up."""
+    for stale in base.glob("build-*-*"):
+        pid = stale.name.split("-")[1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        log.debug(f"removing {stale}, left by a build that did not finish")
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, scan: RootfsScan) -> ServiceSpec:
     cfg = image.config
-    name = opts.name or naming.check_package_name(naming.default_package_name(image.reference.basename))
     fmt = opts.format
+    name = opts.name or naming.check_package_name(naming.default_package_name(image.reference.basename), fmt)
     version = (
         naming.parse_version(fmt, opts.version)
         if opts.version is not None
@@ -417,6 +427,32 @@ def pull_options(opts: BuildOptions) -> registry.PullOptions:
     return registry.PullOptions(arch, variant, opts.creds, opts.authfile, opts.tls_verify)
 
 
+@dataclass(frozen=True)
+class Generated:
+    """Everything a package is made of, before packing: also what `inspect --generated` shows."""
+
+    spec: ServiceSpec
+    bundle: Bundle
+    scan: RootfsScan
+    config: dict[str, Any]  # the patched runtime config
+    files: list[units.GeneratedFile]
+    scripts: dict[str, str]
+
+
+def generate(opts: BuildOptions, cache: registry.ImageCache, image: ResolvedImage, work: Path) -> Generated:
+    """Unpack the cached image in work/ and produce the service's files and runtime config."""
+    with log.step("Unpacking the image"), cache.locked(exclusive=False):
+        layers = len((cache.manifest(image.digest) or {}).get("layers", []))
+        unpacked = bundle.unpack(image.cache_ref, work / "bundle", layers)
+    scan = bundle.scan(unpacked.rootfs)
+    spec = plan_service(opts, image, unpacked, scan)
+    with log.step(f"Writing the service files for {spec.name} {spec.version}"):
+        config = runtime_config.patch(unpacked.config, spec)
+        files = units.service_files(spec, scan)
+        scripts = units.package_scripts(spec)
+    return Generated(spec, unpacked, scan, config, files, scripts)
+
+
 def build(opts: BuildOptions) -> BuildResult:
     check_options(opts)
     cache = registry.ImageCache(opts.cache_dir or registry.default_cache_dir())
@@ -424,24 +460,24 @@ def build(opts: BuildOptions) -> BuildResult:
     with workspace(cache.root) as work:
         with log.step(f"Resolving {opts.reference}"):
             pull = pull_options(opts)
-            image = registry.resolve(opts.reference, pull, cache, work)
+            located = registry.locate(opts.reference, pull, work)
+            build_key = record.key(opts, located.digest, opts.output_dir, opts.sign_key_file)
+            done = record.lookup(cache.root, build_key)
+            if done is not None:
+                log.info(f"  {located.digest}: unchanged, and so are the options")
+                return dataclasses.replace(done, path=opts.output_dir / done.path.name)
+            image = registry.resolve(opts.reference, pull, cache, work, located)
             log.info(f"  {image.pinned} ({image.config.platform})")
-        with log.step("Unpacking the image"), cache.locked(exclusive=False):
-            unpacked = bundle.unpack(image.cache_ref, work / "bundle")
-        scan = bundle.scan(unpacked.rootfs)
-        spec = plan_service(opts, image, unpacked, scan)
-        with log.step(f"Writing the service files for {spec.name} {spec.version}"):
-            config = runtime_config.patch(unpacked.config, spec)
-            generated = units.service_files(spec, scan)
-            scripts = units.package_scripts(spec)
+        made = generate(opts, cache, image, work)
+        spec = made.spec
         with log.step(f"Packing {package.filename(spec)}"):
             inputs = package.PackageInputs(
                 spec,
-                unpacked.rootfs,
-                scan,
-                config,
-                generated,
-                scripts,
+                made.bundle.rootfs,
+                made.scan,
+                made.config,
+                made.files,
+                made.scripts,
                 opts.payload_compression,
                 opts.sign_key_file,
                 opts.sign_key_name,
@@ -450,7 +486,9 @@ def build(opts: BuildOptions) -> BuildResult:
             staging.mkdir()
             opts.output_dir.mkdir(parents=True, exist_ok=True)
             path = package.pack(inputs, staging, opts.output_dir)
-    return BuildResult(path, spec, scan.skipped)
+    result = BuildResult.of(path, spec, made.scan.skipped)
+    record.save(cache.root, build_key, result)
+    return result
 
 
 def shell_words(text: str) -> tuple[str, ...]:

@@ -44,6 +44,8 @@ class RootfsScan:
     entries: list[Entry] = field(default_factory=list)
     # Paths (and their kind) that are not packaged: device nodes, FIFOs, sockets.
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # Bytes in regular files, what a packer has to read.
+    file_bytes: int = 0
 
     def find(self, path: str) -> Entry | None:
         wanted = path.strip("/")
@@ -72,7 +74,20 @@ class Bundle:
         return self.path / "rootfs"
 
 
-def unpack(umoci_ref: str, dest: Path) -> Bundle:
+class _UnpackProgress(log.Progress):
+    def __init__(self, layers: int) -> None:
+        super().__init__("unpacking")
+        self.layers = layers
+        self.done = 0
+
+    def on_line(self, line: str) -> None:
+        # umoci --log=info names each layer as it starts.
+        if "unpack layer:" in line:
+            self.done += 1
+            self.note(f"layer {self.done}/{self.layers or '?'}")
+
+
+def unpack(umoci_ref: str, dest: Path, layers: int = 0) -> Bundle:
     """`umoci unpack` the cached image into dest (which must not exist yet)."""
     if os.geteuid() != 0:
         raise UsageError(
@@ -80,7 +95,30 @@ def unpack(umoci_ref: str, dest: Path) -> Bundle:
             hint="run it as root (for example with sudo)",
         )
     umoci = find_tool("umoci", "unpack container images")
-    run([umoci, "unpack", "--image", umoci_ref, dest], what="unpack the image", timeout=3600)
+    # `umoci unpack` is `raw unpack` + `raw runtime-config` + an mtree of the whole tree (for `umoci
+    # repack`), which costs a second read of every file and which a package has no use for.
+    dest.mkdir()
+    with _UnpackProgress(layers) as progress:
+        run(
+            [umoci, "--log", "info", "raw", "unpack", "--image", umoci_ref, dest / "rootfs"],
+            what="unpack the image",
+            timeout=3600,
+            on_line=progress.on_line,
+        )
+    run(
+        [
+            umoci,
+            "raw",
+            "runtime-config",
+            "--image",
+            umoci_ref,
+            "--rootfs",
+            dest / "rootfs",
+            dest / "config.json",
+        ],
+        what="generate the runtime config",
+        timeout=600,
+    )
     config = json.loads((dest / "config.json").read_text())
     return Bundle(dest, config)
 
@@ -129,6 +167,7 @@ def scan(rootfs: Path) -> RootfsScan:
                     add(Kind.HARDLINK, seen_inodes[inode])
                 else:
                     seen_inodes[inode] = rel
+                    result.file_bytes += st.st_size
                     add(Kind.FILE)
             else:
                 result.skipped.append((rel, _SPECIAL.get(fmt, "special file")))

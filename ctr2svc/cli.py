@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+from click.shell_completion import get_completion_class
 
 from ctr2svc import __version__, log
 from ctr2svc.build import DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
@@ -36,6 +41,151 @@ def cli(quiet: bool, debug: bool) -> None:
     log.set_verbosity(1 if debug else -1 if quiet else 0)
 
 
+# Options that shape the package: `build` takes them, and `inspect --generated` to show their effect.
+PACKAGE_OPTIONS = [
+    click.option(
+        "-f",
+        "--format",
+        "fmt",
+        type=click.Choice([f.value for f in PackageFormat]),
+        default="deb",
+        show_default=True,
+        help="Package format: deb (Debian/Ubuntu), rpm (Fedora/RHEL/SUSE) or apk (Alpine).",
+    ),
+    click.option(
+        "--init",
+        "init",
+        type=click.Choice([i.value for i in InitSystem]),
+        help="Init system to integrate with (default: systemd; openrc for apk; deb can do either).",
+    ),
+    click.option("--name", help="Package and service name (default: the image's last path part + '-svc')."),
+    click.option(
+        "--version", "pkg_version", help="Package version (default: derived from the tag; see README)."
+    ),
+    click.option(
+        "--arch",
+        help="Platform to take from a multi-arch image, e.g. arm64 or arm/v7 (default: this host's).",
+    ),
+    click.option("--creds", metavar="USER[:PASSWORD]", help="Registry credentials."),
+    click.option(
+        "--authfile",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        help="Registry auth file, as written by `skopeo login` or `docker login`.",
+    ),
+    click.option(
+        "--tls-verify/--no-tls-verify",
+        default=None,
+        help="Require HTTPS and valid certificates (default: yes, except for registries on loopback).",
+    ),
+    click.option(
+        "--cache-dir", type=click.Path(path_type=Path), help="Image cache (default: ~/.cache/ctr2svc)."
+    ),
+    click.option("--entrypoint", help="Replace the image's entrypoint (a shell-quoted command line)."),
+    click.option("--cmd", help="Replace the image's command (a shell-quoted argument list)."),
+    click.option(
+        "--stop-signal", help="Signal that stops the service (default: the image's STOPSIGNAL or SIGTERM)."
+    ),
+    click.option(
+        "--stop-timeout",
+        type=click.IntRange(1, 3600),
+        default=DEFAULT_STOP_TIMEOUT,
+        show_default=True,
+        help="Seconds to wait after the stop signal before killing.",
+    ),
+    click.option(
+        "--maintainer", default="ctr2svc <root@localhost>", show_default=True, help="Package maintainer."
+    ),
+    click.option(
+        "--compression",
+        type=click.Choice(["zstd", "gzip", "xz", "none"]),
+        help="Payload compression (default: zstd; gzip for apk). A zstd .deb needs dpkg >= 1.21.18 "
+        "(Debian 12, Ubuntu 21.10 and later), a zstd .rpm rpm >= 4.14 (RHEL 8, Fedora 31 and later).",
+    ),
+    click.option(
+        "--user", help="Run as USER[:GROUP] (names from the image's /etc/passwd) instead of its User."
+    ),
+    click.option(
+        "--cap-add",
+        multiple=True,
+        metavar="CAP",
+        help="Grant a capability beyond Docker's defaults (repeatable).",
+    ),
+    click.option(
+        "--cap-drop", multiple=True, metavar="CAP", help="Remove a capability, or ALL of them (repeatable)."
+    ),
+    click.option(
+        "--privileged",
+        is_flag=True,
+        help="All capabilities, no seccomp filter, nothing masked in /proc and /sys. Avoid.",
+    ),
+    click.option(
+        "--pids-limit",
+        type=click.IntRange(0),
+        default=4096,
+        show_default=True,
+        help="Most processes and threads the container may have (0: no limit).",
+    ),
+    click.option(
+        "-e", "--env", multiple=True, metavar="KEY=VALUE", help="Default environment (/etc/NAME/env)."
+    ),
+    click.option(
+        "--volume",
+        multiple=True,
+        metavar="HOST:CONTAINER[:ro|rw]",
+        help="Default extra bind mount (/etc/NAME/mounts); image VOLUMEs need none.",
+    ),
+    click.option("--memory", metavar="SIZE", help="Memory limit, e.g. 512M (MemoryMax= in the unit)."),
+    click.option("--cpus", type=float, help="CPU limit in CPUs, e.g. 1.5 (CPUQuota= in the unit)."),
+    click.option(
+        "--ready-port",
+        type=click.IntRange(1, 65535),
+        help="The start counts as done once the service listens on this TCP port.",
+    ),
+    click.option(
+        "--health-cmd",
+        metavar="SHELL-COMMAND",
+        help="Health check run inside the container (default: the image's HEALTHCHECK; 'none' disables).",
+    ),
+    click.option(
+        "--health-interval", type=click.IntRange(1), metavar="SECONDS", help="Seconds between checks."
+    ),
+    click.option(
+        "--health-retries",
+        type=click.IntRange(1),
+        metavar="N",
+        help="Failures in a row that restart the service.",
+    ),
+    click.option(
+        "--runtime",
+        default="runc",
+        show_default=True,
+        help="OCI runtime the service runs with: runc or crun (the package depends on it).",
+    ),
+]
+
+
+def package_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(PACKAGE_OPTIONS):
+        command = option(command)
+    return command
+
+
+def build_options(image: str, **given: Any) -> BuildOptions:
+    """BuildOptions from the command line's values (click names them as BuildOptions does, or nearly)."""
+    entrypoint, cmd = given.pop("entrypoint", None), given.pop("cmd", None)
+    init = given.pop("init", None)
+    return BuildOptions(
+        reference=parse(image),
+        format=PackageFormat(given.pop("fmt", "deb")),
+        init=InitSystem(init) if init else None,
+        version=given.pop("pkg_version", None),
+        volumes=given.pop("volume", ()),
+        entrypoint=shell_words(entrypoint) if entrypoint is not None else None,
+        cmd=shell_words(cmd) if cmd is not None else None,
+        **given,
+    )
+
+
 @cli.command(name="build")
 @click.argument("image", required=False)
 @click.option(
@@ -46,115 +196,9 @@ def cli(quiet: bool, debug: bool) -> None:
     help="Build every image of a project file (ctr2svc.toml) instead of IMAGE.",
 )
 @click.option(
-    "-f",
-    "--format",
-    "fmt",
-    type=click.Choice([f.value for f in PackageFormat]),
-    default="deb",
-    show_default=True,
-    help="Package format: deb (Debian/Ubuntu), rpm (Fedora/RHEL/SUSE) or apk (Alpine).",
-)
-@click.option(
-    "--init",
-    "init",
-    type=click.Choice([i.value for i in InitSystem]),
-    help="Init system to integrate with (default: systemd; openrc for apk; deb can do either).",
-)
-@click.option(
     "-o", "--output-dir", type=click.Path(path_type=Path), default=Path(), help="Where to write the package."
 )
-@click.option("--name", help="Package and service name (default: the image's last path part + '-svc').")
-@click.option("--version", "pkg_version", help="Package version (default: derived from the tag; see README).")
-@click.option(
-    "--arch", help="Platform to take from a multi-arch image, e.g. arm64 or arm/v7 (default: this host's)."
-)
-@click.option("--creds", metavar="USER[:PASSWORD]", help="Registry credentials.")
-@click.option(
-    "--authfile",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Registry auth file, as written by `skopeo login` or `docker login`.",
-)
-@click.option(
-    "--tls-verify/--no-tls-verify",
-    default=None,
-    help="Require HTTPS and valid certificates (default: yes, except for registries on loopback).",
-)
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Image cache (default: ~/.cache/ctr2svc).")
-@click.option("--entrypoint", help="Replace the image's entrypoint (a shell-quoted command line).")
-@click.option("--cmd", help="Replace the image's command (a shell-quoted argument list).")
-@click.option(
-    "--stop-signal", help="Signal that stops the service (default: the image's STOPSIGNAL or SIGTERM)."
-)
-@click.option(
-    "--stop-timeout",
-    type=click.IntRange(1, 3600),
-    default=DEFAULT_STOP_TIMEOUT,
-    show_default=True,
-    help="Seconds to wait after the stop signal before killing.",
-)
-@click.option(
-    "--maintainer", default="ctr2svc <root@localhost>", show_default=True, help="Package maintainer."
-)
-@click.option(
-    "--compression",
-    type=click.Choice(["zstd", "gzip", "xz", "none"]),
-    help="Payload compression (default: zstd; gzip for apk). A zstd .deb needs dpkg >= 1.21.18 "
-    "(Debian 12, Ubuntu 21.10 and later), a zstd .rpm rpm >= 4.14 (RHEL 8, Fedora 31 and later).",
-)
-@click.option("--user", help="Run as USER[:GROUP] (names from the image's /etc/passwd) instead of its User.")
-@click.option(
-    "--cap-add",
-    multiple=True,
-    metavar="CAP",
-    help="Grant a capability beyond Docker's defaults (repeatable).",
-)
-@click.option(
-    "--cap-drop", multiple=True, metavar="CAP", help="Remove a capability, or ALL of them (repeatable)."
-)
-@click.option(
-    "--privileged",
-    is_flag=True,
-    help="All capabilities, no seccomp filter, nothing masked in /proc and /sys. Avoid.",
-)
-@click.option(
-    "--pids-limit",
-    type=click.IntRange(0),
-    default=4096,
-    show_default=True,
-    help="Most processes and threads the container may have (0: no limit).",
-)
-@click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Default environment (/etc/NAME/env).")
-@click.option(
-    "--volume",
-    multiple=True,
-    metavar="HOST:CONTAINER[:ro|rw]",
-    help="Default extra bind mount (/etc/NAME/mounts); image VOLUMEs need none.",
-)
-@click.option("--memory", metavar="SIZE", help="Memory limit, e.g. 512M (MemoryMax= in the unit).")
-@click.option("--cpus", type=float, help="CPU limit in CPUs, e.g. 1.5 (CPUQuota= in the unit).")
-@click.option(
-    "--ready-port",
-    type=click.IntRange(1, 65535),
-    help="The start counts as done once the service listens on this TCP port.",
-)
-@click.option(
-    "--health-cmd",
-    metavar="SHELL-COMMAND",
-    help="Health check run inside the container (default: the image's HEALTHCHECK; 'none' disables).",
-)
-@click.option("--health-interval", type=click.IntRange(1), metavar="SECONDS", help="Seconds between checks.")
-@click.option(
-    "--health-retries",
-    type=click.IntRange(1),
-    metavar="N",
-    help="Failures in a row that restart the service.",
-)
-@click.option(
-    "--runtime",
-    default="runc",
-    show_default=True,
-    help="OCI runtime the service runs with: runc or crun (the package depends on it).",
-)
+@package_options
 @click.option(
     "--sign-key-file",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -162,42 +206,7 @@ def cli(quiet: bool, debug: bool) -> None:
     "Its passphrase, if any, in $NFPM_PASSPHRASE.",
 )
 @click.option("--sign-key-name", help="apk: the public key's name in /etc/apk/keys (default: NAME.rsa.pub).")
-def build_command(
-    image: str | None,
-    project_file: Path | None,
-    fmt: str,
-    init: str | None,
-    output_dir: Path,
-    name: str | None,
-    pkg_version: str | None,
-    arch: str | None,
-    creds: str | None,
-    authfile: Path | None,
-    tls_verify: bool | None,
-    cache_dir: Path | None,
-    entrypoint: str | None,
-    cmd: str | None,
-    stop_signal: str | None,
-    stop_timeout: int,
-    maintainer: str,
-    compression: str | None,
-    user: str | None,
-    cap_add: tuple[str, ...],
-    cap_drop: tuple[str, ...],
-    privileged: bool,
-    pids_limit: int,
-    env: tuple[str, ...],
-    volume: tuple[str, ...],
-    memory: str | None,
-    cpus: float | None,
-    ready_port: int | None,
-    health_cmd: str | None,
-    health_interval: int | None,
-    health_retries: int | None,
-    runtime: str,
-    sign_key_file: Path | None,
-    sign_key_name: str | None,
-) -> None:
+def build_command(image: str | None, project_file: Path | None, output_dir: Path, **package: Any) -> None:
     """Build a package that runs IMAGE as a service.
 
     IMAGE is a registry reference (registry.example.com/team/app:1.2, valkey/valkey:9.0.0, or with a
@@ -223,50 +232,17 @@ def build_command(
         raise UsageError(
             "no image given", hint="pass an image reference, e.g. ctr2svc build valkey/valkey:9.0.0"
         )
-    options = BuildOptions(
-        reference=parse(image),
-        format=PackageFormat(fmt),
-        init=InitSystem(init) if init else None,
-        output_dir=output_dir,
-        name=name,
-        version=pkg_version,
-        arch=arch,
-        creds=creds,
-        authfile=authfile,
-        tls_verify=tls_verify,
-        cache_dir=cache_dir,
-        entrypoint=shell_words(entrypoint) if entrypoint is not None else None,
-        cmd=shell_words(cmd) if cmd is not None else None,
-        stop_signal=stop_signal,
-        stop_timeout=stop_timeout,
-        maintainer=maintainer,
-        compression=compression,
-        user=user,
-        cap_add=cap_add,
-        cap_drop=cap_drop,
-        privileged=privileged,
-        pids_limit=pids_limit,
-        env=env,
-        volumes=volume,
-        memory=memory,
-        cpus=cpus,
-        ready_port=ready_port,
-        health_cmd=health_cmd,
-        health_interval=health_interval,
-        health_retries=health_retries,
-        runtime=runtime,
-        sign_key_file=sign_key_file,
-        sign_key_name=sign_key_name,
-    )
+    options = build_options(image, output_dir=output_dir, **package)
     result = build(options)
-    spec = result.spec
     size = result.path.stat().st_size
-    log.info(f"✓ {result.path} ({size / 1e6:.1f} MB)")
-    log.info(f"  image:   {spec.image.pinned}")
-    service = spec.layout.init_script if spec.init is InitSystem.OPENRC else spec.layout.unit_name
-    log.info(f"  service: {service}, data in {spec.layout.data_dir}")
+    state = "up to date" if result.up_to_date else f"{size / 1e6:.1f} MB"
+    log.info(f"✓ {result.path} ({state})")
+    log.info(f"  image:   {result.pinned}")
+    log.info(f"  service: {result.service}, data in {result.data_dir}")
     path = result.path if result.path.is_absolute() else f"./{result.path}"
-    installer = {"deb": "apt install", "rpm": "dnf install", "apk": "apk add --allow-untrusted"}[fmt]
+    installer = {"deb": "apt install", "rpm": "dnf install", "apk": "apk add --allow-untrusted"}[
+        str(options.format)
+    ]
     log.info(f"  install: {installer} {path}")
     # The package path alone on stdout, for scripts.
     click.echo(str(result.path))
@@ -287,36 +263,27 @@ def _report(outcomes: list[Outcome], action: str) -> None:
 
 @cli.command(name="inspect")
 @click.argument("image")
-@click.option("--arch", help="Platform to look at in a multi-arch image (default: this host's).")
-@click.option("--creds", metavar="USER[:PASSWORD]", help="Registry credentials.")
+@package_options
 @click.option(
-    "--authfile", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Registry auth file."
+    "--generated",
+    "with_files",
+    is_flag=True,
+    help="Also unpack the image and show what a build would generate: every file it adds, the "
+    "systemd unit or OpenRC script, and the changes to the runtime config.",
 )
-@click.option(
-    "--tls-verify/--no-tls-verify", default=None, help="Require HTTPS (default: yes, except loopback)."
-)
-@click.option("--name", help="Package name to show paths for (default: the image's last path part + '-svc').")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect_command(
-    image: str,
-    arch: str | None,
-    creds: str | None,
-    authfile: Path | None,
-    tls_verify: bool | None,
-    name: str | None,
-    as_json: bool,
-) -> None:
+def inspect_command(image: str, with_files: bool, as_json: bool, **package: Any) -> None:
     """Show what IMAGE declares and what a package of it would be, without building.
 
+    Takes the options `build` takes, so `--generated` shows their effect.
+
     \b
-    Example:
+    Examples:
       ctr2svc inspect 127.0.0.1:5000/valkey:9.0.0
+      ctr2svc inspect oci:examples/hello:1.0 --generated --memory 256M
       ctr2svc inspect oci:examples/hello:1.0 --json | jq .package
     """
-    opts = BuildOptions(
-        reference=parse(image), arch=arch, creds=creds, authfile=authfile, tls_verify=tls_verify, name=name
-    )
-    info = inspect_image(opts)
+    info = inspect_image(build_options(image, **package), with_files=with_files)
     click.echo(json.dumps(info, indent=2) if as_json else inspect_text(info))
 
 
@@ -406,7 +373,35 @@ def update_command(project_file: Path, repo_dir: Path | None) -> None:
     _report(update(project, target), "updated")
 
 
+@cli.command(name="completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_command(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    Examples:
+      ctr2svc completion bash > /etc/bash_completion.d/ctr2svc
+      echo 'eval "$(ctr2svc completion zsh)"' >> ~/.zshrc
+      ctr2svc completion fish > ~/.config/fish/completions/ctr2svc.fish
+    """
+    completer = get_completion_class(shell)
+    assert completer is not None  # click ships all three
+    click.echo(completer(cli, {}, "ctr2svc", "_CTR2SVC_COMPLETE").source())
+
+
+class Terminated(BaseException):
+    """SIGTERM (`kill PID`, systemd stopping a job) as an exception, so clean-up code runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+    if "_CTR2SVC_COMPLETE" in os.environ:
+        # The shell asking for completions (the script `ctr2svc completion` prints sets this).
+        cli.main(prog_name="ctr2svc", complete_var="_CTR2SVC_COMPLETE")
     try:
         cli.main(standalone_mode=False)
     except Ctr2svcError as exc:
@@ -423,3 +418,6 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("ctr2svc: interrupted", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("ctr2svc: terminated", err=True)
+        sys.exit(143)

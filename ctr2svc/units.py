@@ -8,14 +8,16 @@ from __future__ import annotations
 import shlex
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from ctr2svc import __version__
 from ctr2svc.bundle import Entry, Kind, RootfsScan
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
+
+if TYPE_CHECKING:
+    import jinja2
 
 # Paths per chown command line: few processes, and far below the kernel's argument size limit.
 CHOWN_BATCH = 200
@@ -40,7 +42,11 @@ def _rel(path: str) -> str:
     return f"./{path}" if path else "."
 
 
+@cache
 def _environment() -> jinja2.Environment:
+    # Imported here: a no-op rebuild or `--help` renders nothing and should not pay for jinja2.
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
@@ -55,11 +61,8 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-ENV = _environment()
-
-
 def render(template: str, **values: Any) -> str:
-    return ENV.get_template(template).render(ctr2svc_version=__version__, **values)
+    return _environment().get_template(template).render(ctr2svc_version=__version__, **values)
 
 
 @dataclass(frozen=True)

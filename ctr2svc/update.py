@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctr2svc import log, registry, repo
-from ctr2svc.build import BuildResult, build, pull_options
+from ctr2svc.build import build, pull_options
 from ctr2svc.errors import Ctr2svcError
 from ctr2svc.model import PackageFormat
 from ctr2svc.project import ImageEntry, Project, options
+from ctr2svc.record import BuildResult
 
 STATE_FILE = "ctr2svc-state.json"
 
@@ -120,8 +121,8 @@ def update(project: Project, repo_dir: Path) -> list[Outcome]:
             outcome = _build_one(project, entry, fmt, min_version=floor)
             outcomes.append(outcome)
             if outcome.result is not None:
-                spec = outcome.result.spec
-                state[key] = {"digest": spec.image.digest, "version": spec.version, "name": spec.name}
+                done = outcome.result
+                state[key] = {"digest": done.digest, "version": done.version, "name": done.name}
     built = [o.result.path for o in outcomes if o.result is not None]
     if built:
         repo.add(repo_dir, built, keep=project.keep, signing=project.signing, apk_key=project.apk_key)

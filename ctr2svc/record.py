@@ -1,0 +1,129 @@
+"""Build records: which package a given image digest and set of options produced.
+
+A rebuild of an unchanged digest with the same options, by the same ctr2svc, would produce the same
+package again; the record lets `build` say "up to date" after one manifest request instead of
+unpacking and packing. A record only counts while the package it names is still there, unchanged
+(same size and modification time), so deleting or replacing the file brings a real build back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from ctr2svc import __version__
+from ctr2svc.model import InitSystem, ServiceSpec
+
+# Options that change where things come from or go, not what the package holds.
+_NOT_IN_KEY = {"output_dir", "cache_dir", "creds", "authfile", "tls_verify", "sign_key_file"}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build made: enough to report it and to record it in a repository's state."""
+
+    path: Path
+    name: str
+    version: str
+    digest: str
+    pinned: str
+    service: str
+    data_dir: str
+    skipped: tuple[tuple[str, str], ...] = ()
+    up_to_date: bool = False
+
+    @classmethod
+    def of(cls, path: Path, spec: ServiceSpec, skipped: list[tuple[str, str]]) -> BuildResult:
+        layout = spec.layout
+        service = layout.init_script if spec.init is InitSystem.OPENRC else layout.unit_name
+        return cls(
+            path,
+            spec.name,
+            spec.version,
+            spec.image.digest,
+            spec.image.pinned,
+            service,
+            layout.data_dir,
+            tuple(skipped),
+        )
+
+
+@cache
+def _code_digest() -> str:
+    """ctr2svc's own code and templates: a changed generator must not reuse an old package."""
+    from ctr2svc.units import templates_dir
+
+    digest = hashlib.sha256(__version__.encode())
+    here = Path(__file__).parent
+    for path in sorted([*here.glob("*.py"), *templates_dir().rglob("*.j2")]):
+        digest.update(str(path.name).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def key(options: Any, digest: str, output_dir: Path, sign_key_file: Path | None) -> str:
+    """The identity of a build: image digest, every option that shapes the package, the code."""
+    fields = {
+        f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name not in _NOT_IN_KEY
+    }
+    fields["reference"] = str(fields["reference"])
+    doc = {
+        "digest": digest,
+        "options": fields,
+        "output_dir": str(output_dir.resolve()),
+        # The key's content, not its path: a new key at the same path is a different package.
+        "sign_key": hashlib.sha256(sign_key_file.read_bytes()).hexdigest() if sign_key_file else None,
+        "code": _code_digest(),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _path(cache_root: Path, build_key: str) -> Path:
+    return cache_root / "builds" / f"{build_key}.json"
+
+
+def _stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def lookup(cache_root: Path, build_key: str) -> BuildResult | None:
+    """The recorded result when its package is still in place, untouched; None otherwise."""
+    try:
+        doc = json.loads(_path(cache_root, build_key).read_text())
+        package = Path(doc["result"]["path"])
+        if _stamp(package) != doc["stamp"]:
+            return None
+        fields = doc["result"]
+        fields["path"] = package
+        fields["skipped"] = tuple(tuple(s) for s in fields.get("skipped", ()))
+        return dataclasses.replace(BuildResult(**fields), up_to_date=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        # No record, a package gone or changed, or a record from another version: build again.
+        return None
+
+
+def save(cache_root: Path, build_key: str, result: BuildResult) -> None:
+    """Record a finished build (atomically: a crash leaves the old record or none)."""
+    target = _path(cache_root, build_key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fields = dataclasses.asdict(result)
+    fields["path"] = str(result.path.resolve())
+    fields.pop("up_to_date")
+    doc = {"result": fields, "stamp": _stamp(result.path)}
+    fd, tmp = tempfile.mkstemp(prefix=".record-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(doc, handle)
+        Path(tmp).replace(target)
+    except OSError:
+        # A record is an optimisation: failing to write one must not fail the build.
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
