@@ -237,6 +237,7 @@ def build_command(image: str | None, project_file: Path | None, output_dir: Path
     size = result.path.stat().st_size
     state = "up to date" if result.up_to_date else f"{size / 1e6:.1f} MB"
     log.info(f"✓ {result.path} ({state})")
+    log.info(f"  sha256:  {result.sha256}")
     log.info(f"  image:   {result.pinned}")
     log.info(f"  service: {result.service}, data in {result.data_dir}")
     path = result.path if result.path.is_absolute() else f"./{result.path}"

@@ -161,7 +161,7 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         config["epoch"] = str(version.epoch)
     if fmt is PackageFormat.DEB:
         config["deb"] = {
-            "compression": inputs.compression,
+            "compression": nfpm_compression(inputs.compression),
             "fields": {
                 "X-Ctr2svc-Image": spec.image.pinned,
                 "X-Ctr2svc-Image-Digest": spec.image.digest,
@@ -169,7 +169,7 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         }
     elif fmt is PackageFormat.RPM:
         config["rpm"] = {
-            "compression": inputs.compression,
+            "compression": nfpm_compression(inputs.compression),
             "summary": spec.description,
             "group": "System Environment/Daemons",
             "packager": spec.maintainer,
@@ -223,6 +223,12 @@ def image_metadata(spec: ServiceSpec) -> dict[str, Any]:
         },
         "generator": f"ctr2svc {__version__}",
     }
+
+
+def nfpm_compression(name: str) -> str:
+    """nfpm's spelling: zstd at zstd's own default level 3, where nfpm's plain "zstd" means its slower
+    "better" level (bench/README.md: about twice the time for a package 6% smaller)."""
+    return "zstd:3" if name == "zstd" else name
 
 
 def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:

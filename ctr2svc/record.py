@@ -38,6 +38,7 @@ class BuildResult:
     service: str
     data_dir: str
     skipped: tuple[tuple[str, str], ...] = ()
+    sha256: str = ""  # of the package file, for the summary and for checksums files
     up_to_date: bool = False
 
     @classmethod
@@ -53,7 +54,16 @@ class BuildResult:
             service,
             layout.data_dir,
             tuple(skipped),
+            _file_sha256(path),
         )
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @cache

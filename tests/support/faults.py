@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -228,9 +229,8 @@ def fake_old_tool(path: Path, name: str, version_output: str, real: str | Path) 
         "#!/bin/sh\n"
         'case "$1" in\n'
         "    --version|version)\n"
-        "        cat <<'EOF'\n"
-        f"{version_output}\n"
-        "EOF\n"
+        # printf is a shell builtin: the script works with a PATH that holds no coreutils.
+        f"        printf '%s\\n' {shlex.quote(version_output)}\n"
         "        exit 0 ;;\n"
         "esac\n"
         f'exec {real} "$@"\n'
