@@ -440,20 +440,24 @@ def isolated_env(path_dir: Path, cache: Path) -> dict[str, str]:
     return {**keep, "PATH": str(path_dir), "PYTHONPATH": f"{REPO}:{site}", "CTR2SVC_CACHE_DIR": str(cache)}
 
 
-@pytest.mark.parametrize("missing", [None, "skopeo", "umoci", "nfpm"])
-def test_missing_tool(cache_dir: Path, missing: str | None, tmp_path: Path) -> None:
-    """Runs the interpreter from a directory holding it and the tools but MISSING (nfpm is also looked
-    for beside the interpreter, so the venv's bin/ must not be that directory). None is the control: with
-    every tool there, the same setup builds."""
+def build_with_tools(
+    tmp_path: Path, cache_dir: Path, *, missing: str | None = None, old: str | None = None
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Build the example with the interpreter run from a directory holding it and the tools, whose
+    directory is the whole PATH (nfpm is also looked for beside the interpreter, so the venv's bin/ must
+    not be that directory): without MISSING, or with OLD replaced by a stand-in reporting an old version."""
     tools: dict[str, str | Path] = {
         "python": real_python(),
         "skopeo": which("skopeo"),
         "umoci": which("umoci"),
         "nfpm": real_nfpm(),
     }
-    if missing:
-        del tools[missing]
+    for name in (missing, old):
+        if name:
+            del tools[name]
     bin_dir = tool_dir(tmp_path / "bin", tools)
+    if old:
+        fake_old_tool(bin_dir, old, OLD[old][0], real_nfpm() if old == "nfpm" else which(old))
     out = tmp_path / "o"
     out.mkdir()
     proc = subprocess.run(
@@ -465,6 +469,13 @@ def test_missing_tool(cache_dir: Path, missing: str | None, tmp_path: Path) -> N
         timeout=600,
         check=False,
     )
+    return proc, out
+
+
+@pytest.mark.parametrize("missing", [None, "skopeo", "umoci", "nfpm"])
+def test_missing_tool(cache_dir: Path, missing: str | None, tmp_path: Path) -> None:
+    """None is the control: with every tool there, the same setup builds."""
+    proc, out = build_with_tools(tmp_path, cache_dir, missing=missing)
     if missing is None:
         assert proc.returncode == 0, proc.stderr
         assert Path(proc.stdout.strip()).is_file()
@@ -486,30 +497,8 @@ OLD = {
 def test_tool_too_old(cache_dir: Path, tool: str, tmp_path: Path) -> None:
     """A mock stands in for the old release (old tools cannot be installed here): it reports the old
     version and otherwise runs the real tool. The line names the tool, the version found and the minimum."""
-    real = real_nfpm() if tool == "nfpm" else which(tool)
-    output, version = OLD[tool]
-    # As for missing tools, the interpreter runs from the directory of tools: nfpm beside it is the
-    # one ctr2svc takes first, so the old one must be there.
-    tools: dict[str, str | Path] = {
-        "python": real_python(),
-        "skopeo": which("skopeo"),
-        "umoci": which("umoci"),
-        "nfpm": real_nfpm(),
-    }
-    del tools[tool]
-    bin_dir = tool_dir(tmp_path / "bin", tools)
-    fake_old_tool(bin_dir, tool, output, real)
-    out = tmp_path / "o"
-    out.mkdir()
-    proc = subprocess.run(
-        [bin_dir / "python", "-m", "ctr2svc", "build", HELLO, "-o", out],
-        capture_output=True,
-        text=True,
-        env=isolated_env(bin_dir, cache_dir),
-        cwd=REPO,
-        timeout=600,
-        check=False,
-    )
+    proc, out = build_with_tools(tmp_path, cache_dir, old=tool)
+    version = OLD[tool][1]
     line = check_failure(proc, out, status=4, says=tool, hint="")
     assert version in line, f"the version found is not named: {line}"
     assert re.search(r"too old|at least|minimum|or newer|or later|>=", line), f"no minimum named: {line}"
