@@ -143,8 +143,7 @@ def test_openrc_service_lifecycle(built: Built, rc: openrc.OpenRC) -> None:
     assert "kv 1.0 serving on port" in LOG.read_text()
 
     # A crash: supervise-daemon runs the helper again, whose prepare clears runc's leftover state.
-    child = rc.child_pid(NAME)
-    assert child is not None
+    child = rc.started_child(NAME)
     subprocess.run(["kill", "-9", str(child)], check=True)
     deadline = time.monotonic() + 30
     while rc.child_pid(NAME) in (None, child) and time.monotonic() < deadline:

@@ -234,6 +234,15 @@ class OpenRC:
         value = self.option(name, "child_pid")
         return int(value) if value else None
 
+    def started_child(self, name: str, timeout: float = 15.0) -> int:
+        """The child's PID once supervise-daemon has recorded it: `start` returns before it does."""
+        deadline = time.monotonic() + timeout
+        while (pid := self.child_pid(name)) is None:
+            if time.monotonic() > deadline:
+                raise OpenRCError(f"supervise-daemon recorded no child for {name} within {timeout:.0f}s")
+            time.sleep(0.05)
+        return pid
+
     def supervisor_pid(self, name: str) -> int | None:
         value = self.option(name, "pidfile")
         pidfile = Path(value) if value else Path(f"/run/supervise-{name}.pid")

@@ -153,7 +153,7 @@ def test_openrc_supervise_daemon_start_stop_respawn(make_service: Callable[..., 
         assert rc.status(svc.name) == "stopped"
         rc.run(svc.init_script, "start")
         assert rc.status(svc.name) == "started"
-        child = rc.child_pid(svc.name)
+        child = rc.started_child(svc.name)
         assert alive(child)
         assert alive(rc.supervisor_pid(svc.name))
         assert rc.option(svc.name, "retry") == "SIGINT/30/SIGKILL/5"
@@ -200,7 +200,7 @@ def test_openrc_close_stops_what_a_test_left_running(make_service: Callable[...,
     rc = openrc.OpenRC(cgroups=False)
     try:
         rc.run(svc.name, "start")
-        child = rc.child_pid(svc.name)
+        child = rc.started_child(svc.name)
         supervisor = rc.supervisor_pid(svc.name)
         assert alive(child)
         assert rc.processes()
