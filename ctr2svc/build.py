@@ -38,6 +38,7 @@ from ctr2svc.reference import ImageReference
 from ctr2svc.run import find_tool
 
 DEFAULT_STOP_TIMEOUT = 30
+DEFAULT_MAINTAINER = "ctr2svc <root@localhost>"
 SIGNALS = {s.name for s in signal.Signals}
 
 
@@ -58,7 +59,7 @@ class BuildOptions:
     cmd: tuple[str, ...] | None = None
     stop_signal: str | None = None
     stop_timeout: int = DEFAULT_STOP_TIMEOUT
-    maintainer: str = "ctr2svc <root@localhost>"
+    maintainer: str = DEFAULT_MAINTAINER
     compression: str | None = None  # None: the format's default
     user: str | None = None
     cap_add: tuple[str, ...] = ()
@@ -461,7 +462,7 @@ def build(opts: BuildOptions) -> BuildResult:
         with log.step(f"Resolving {opts.reference}"):
             pull = pull_options(opts)
             located = registry.locate(opts.reference, pull, work)
-            build_key = record.key(opts, located.digest, opts.output_dir, opts.sign_key_file)
+            build_key = record.key(opts, located.digest)
             done = record.lookup(cache.root, build_key)
             if done is not None:
                 log.info(f"  {located.digest}: unchanged, and so are the options")

@@ -88,7 +88,7 @@ class _UnpackProgress(log.Progress):
 
 
 def unpack(umoci_ref: str, dest: Path, layers: int = 0) -> Bundle:
-    """`umoci unpack` the cached image into dest (which must not exist yet)."""
+    """Unpack the cached image into dest (which must not exist yet): rootfs/ and config.json."""
     if os.geteuid() != 0:
         raise UsageError(
             "ctr2svc build must run as root: unpacking an image keeps its files' owners",

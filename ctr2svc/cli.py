@@ -14,7 +14,7 @@ import click
 from click.shell_completion import get_completion_class
 
 from ctr2svc import __version__, log
-from ctr2svc.build import DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
+from ctr2svc.build import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
 from ctr2svc.errors import Ctr2svcError, PartialFailure, UsageError
 from ctr2svc.inspect import inspect as inspect_image
 from ctr2svc.inspect import text as inspect_text
@@ -23,6 +23,7 @@ from ctr2svc.project import load as load_project
 from ctr2svc.reference import parse
 from ctr2svc.repo import DEFAULT_KEEP, ApkKey, Signing
 from ctr2svc.repo import add as repo_add
+from ctr2svc.runtime_config import DEFAULT_PIDS_LIMIT
 from ctr2svc.update import Outcome, build_all, table, update
 
 
@@ -92,9 +93,7 @@ PACKAGE_OPTIONS = [
         show_default=True,
         help="Seconds to wait after the stop signal before killing.",
     ),
-    click.option(
-        "--maintainer", default="ctr2svc <root@localhost>", show_default=True, help="Package maintainer."
-    ),
+    click.option("--maintainer", default=DEFAULT_MAINTAINER, show_default=True, help="Package maintainer."),
     click.option(
         "--compression",
         type=click.Choice(["zstd", "gzip", "xz", "none"]),
@@ -121,7 +120,7 @@ PACKAGE_OPTIONS = [
     click.option(
         "--pids-limit",
         type=click.IntRange(0),
-        default=4096,
+        default=DEFAULT_PIDS_LIMIT,
         show_default=True,
         help="Most processes and threads the container may have (0: no limit).",
     ),

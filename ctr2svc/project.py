@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctr2svc.build import DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
+from ctr2svc.build import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
 from ctr2svc.errors import UsageError
 from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.reference import parse
 from ctr2svc.repo import DEFAULT_KEEP, ApkKey, Signing
+from ctr2svc.runtime_config import DEFAULT_PIDS_LIMIT
 
 # Image key -> the type TOML must give it.
 IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -212,13 +213,13 @@ def options(
         cmd=words("cmd"),
         stop_signal=s.get("stop_signal"),
         stop_timeout=s.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
-        maintainer=s.get("maintainer", "ctr2svc <root@localhost>"),
+        maintainer=s.get("maintainer", DEFAULT_MAINTAINER),
         compression=s.get("compression"),
         user=s.get("user"),
         cap_add=tuple(s.get("cap_add", ())),
         cap_drop=tuple(s.get("cap_drop", ())),
         privileged=s.get("privileged", False),
-        pids_limit=s.get("pids_limit", 4096),
+        pids_limit=s.get("pids_limit", DEFAULT_PIDS_LIMIT),
         env=tuple(f"{k}={v}" for k, v in s.get("env", {}).items()),
         volumes=tuple(s.get("volumes", ())),
         memory=s.get("memory"),

@@ -78,7 +78,7 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def key(options: Any, digest: str, output_dir: Path, sign_key_file: Path | None) -> str:
+def key(options: Any, digest: str) -> str:
     """The identity of a build: image digest, every option that shapes the package, the code."""
     fields = {
         f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name not in _NOT_IN_KEY
@@ -87,9 +87,11 @@ def key(options: Any, digest: str, output_dir: Path, sign_key_file: Path | None)
     doc = {
         "digest": digest,
         "options": fields,
-        "output_dir": str(output_dir.resolve()),
+        "output_dir": str(options.output_dir.resolve()),
         # The key's content, not its path: a new key at the same path is a different package.
-        "sign_key": hashlib.sha256(sign_key_file.read_bytes()).hexdigest() if sign_key_file else None,
+        "sign_key": (
+            hashlib.sha256(options.sign_key_file.read_bytes()).hexdigest() if options.sign_key_file else None
+        ),
         "code": _code_digest(),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

@@ -90,9 +90,13 @@ class ImageCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def partial_blobs(self) -> list[Path]:
+        """Blobs skopeo is writing: they sit in the layout's top directory until renamed into blobs/."""
+        return list(self.layout.glob("*put-blob*"))
+
     def remove_partial_blobs(self) -> None:
         """Blobs a killed skopeo was writing (under the exclusive lock, no other pull is running)."""
-        for partial in self.layout.glob("*put-blob*"):
+        for partial in self.partial_blobs():
             log.debug(f"removing {partial}, left by a pull that did not finish")
             partial.unlink(missing_ok=True)
 
@@ -283,22 +287,24 @@ class Located:
     manifest: dict[str, Any] | None = None
 
 
+def _raw_manifest(
+    ref: ImageReference, opts: PullOptions, policy: list[str], source: str, *extra: str
+) -> bytes:
+    """`skopeo inspect --raw`: the manifest (or index) exactly as served, its digest's input."""
+    skopeo = find_tool("skopeo", "pull container images")
+    try:
+        return run(
+            [skopeo, *policy, "inspect", "--raw", *extra, *_source_args(ref, opts, ""), source],
+            what=f"inspect {ref}",
+            timeout=600,
+        ).stdout
+    except ToolFailed as exc:
+        raise _map_skopeo_error(exc, ref, opts) from exc
+
+
 def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
     """The platform manifest's digest, from manifest requests only (no layer is downloaded)."""
-    skopeo = find_tool("skopeo", "pull container images")
-    policy = _policy_args(workdir)
-
-    def inspect(source: str, *extra: str) -> bytes:
-        try:
-            return run(
-                [skopeo, *policy, "inspect", "--raw", *extra, *_source_args(ref, opts, ""), source],
-                what=f"inspect {ref}",
-                timeout=600,
-            ).stdout
-        except ToolFailed as exc:
-            raise _map_skopeo_error(exc, ref, opts) from exc
-
-    raw = inspect(ref.skopeo())
+    raw = _raw_manifest(ref, opts, _policy_args(workdir), ref.skopeo())
     try:
         top = json.loads(raw)
     except ValueError as exc:
@@ -420,8 +426,7 @@ class _PullProgress(log.Progress):
     def _bytes(self) -> int:
         present = [d for d in self.missing if self.cache.blob_path(d).is_file()]
         self.note(f"{len(present)}/{len(self.missing)} blobs")
-        # Blobs being written sit in the layout's top directory until renamed into blobs/.
-        partial = sum(p.stat().st_size for p in self.cache.layout.glob("*put-blob*"))
+        partial = sum(p.stat().st_size for p in self.cache.partial_blobs())
         return sum(self.missing[d] for d in present) + partial
 
 
@@ -434,21 +439,10 @@ def _pull_progress(
     manifest = located.manifest
     if manifest is None:
         try:
-            raw = run(
-                [
-                    find_tool("skopeo", "pull container images"),
-                    *policy,
-                    "inspect",
-                    "--raw",
-                    *located.platform_args,
-                    *_source_args(ref, opts, ""),
-                    located.source,
-                ],
-                what=f"inspect {ref}",
-                timeout=600,
-            ).stdout
+            raw = _raw_manifest(ref, opts, policy, located.source, *located.platform_args)
             manifest = json.loads(raw)
         except (Ctr2svcError, ValueError):
+            # Only the progress line's total depends on it: pull without one.
             manifest = {}
     blobs = {
         d["digest"]: int(d.get("size", 0))

