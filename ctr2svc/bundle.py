@@ -7,8 +7,10 @@ special files (device nodes and FIFOs, which nfpm would open and block on).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ctr2svc import log
-from ctr2svc.errors import ImageError, UsageError
-from ctr2svc.run import find_tool, run
+from ctr2svc.errors import Ctr2svcError, ImageError, ToolError, ToolFailed, UsageError
+from ctr2svc.run import find_tool, last_words, run
 
 
 class Kind(StrEnum):
@@ -87,8 +89,12 @@ class _UnpackProgress(log.Progress):
             self.note(f"layer {self.done}/{self.layers or '?'}")
 
 
-def unpack(umoci_ref: str, dest: Path, layers: int = 0) -> Bundle:
-    """Unpack the cached image into dest (which must not exist yet): rootfs/ and config.json."""
+def unpack(umoci_ref: str, dest: Path, layers: int = 0, *, user: str | None = None) -> Bundle:
+    """Unpack the cached image into dest (which must not exist yet): rootfs/ and config.json.
+
+    USER is --user: given, the image's own User need not exist in its /etc/passwd (it is replaced).
+    umoci's failures become errors that name the image's fault (exit 3) or umoci's (exit 4).
+    """
     if os.geteuid() != 0:
         raise UsageError(
             "ctr2svc build must run as root: unpacking an image keeps its files' owners",
@@ -98,29 +104,138 @@ def unpack(umoci_ref: str, dest: Path, layers: int = 0) -> Bundle:
     # `umoci unpack` is `raw unpack` + `raw runtime-config` + an mtree of the whole tree (for `umoci
     # repack`), which costs a second read of every file and which a package has no use for.
     dest.mkdir()
-    with _UnpackProgress(layers) as progress:
+    try:
+        with _UnpackProgress(layers) as progress:
+            run(
+                [umoci, "--log", "info", "raw", "unpack", "--image", umoci_ref, dest / "rootfs"],
+                what="unpack the image",
+                timeout=3600,
+                on_line=progress.on_line,
+            )
+    except ToolFailed as exc:
+        raise _unpack_error(exc, umoci_ref, dest) from exc
+    config_cmd: list[str | Path] = [umoci, "raw", "runtime-config", "--image", umoci_ref]
+    try:
         run(
-            [umoci, "--log", "info", "raw", "unpack", "--image", umoci_ref, dest / "rootfs"],
-            what="unpack the image",
-            timeout=3600,
-            on_line=progress.on_line,
+            [*config_cmd, "--rootfs", dest / "rootfs", dest / "config.json"],
+            what="generate the runtime config",
+            timeout=600,
         )
-    run(
-        [
-            umoci,
-            "raw",
-            "runtime-config",
-            "--image",
-            umoci_ref,
-            "--rootfs",
-            dest / "rootfs",
-            dest / "config.json",
-        ],
-        what="generate the runtime config",
-        timeout=600,
-    )
-    config = json.loads((dest / "config.json").read_text())
+    except ToolFailed as exc:
+        problem = _user_error(exc)
+        if problem is None:
+            raise _unpack_error(exc, umoci_ref, dest) from exc
+        if user is None:
+            raise problem from exc
+        # --user replaces the process user: generate the rest without resolving the image's.
+        log.debug(f"{problem.brief}; --user {user} replaces it")
+        try:
+            run([*config_cmd, dest / "config.json"], what="generate the runtime config", timeout=600)
+        except ToolFailed as again:
+            raise _unpack_error(again, umoci_ref, dest) from again
+    try:
+        config = json.loads((dest / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ToolError(
+            f"umoci wrote no usable runtime config at {dest / 'config.json'}: {exc}",
+            hint="run with --debug to see umoci's commands",
+        ) from exc
     return Bundle(dest, config)
+
+
+_USER_SPEC = re.compile(
+    r"cannot parse user spec: '(?P<spec>[^']*)': unable to find (?P<kind>user|group) (?P<name>\S+)"
+)
+
+
+def _user_error(exc: ToolFailed) -> ImageError | None:
+    """The image's User names someone its own /etc/passwd or /etc/group does not list."""
+    match = _USER_SPEC.search(exc.stderr)
+    if match is None:
+        return None
+    spec, kind, name = match["spec"], match["kind"], match["name"].rstrip(":")
+    if kind == "user":
+        return ImageError(
+            f'the image\'s User "{spec}" is not in its /etc/passwd, so it cannot run as that user',
+            hint="pass --user UID[:GID] with a number",
+            details=exc.details,
+        )
+    return ImageError(
+        f'the image\'s User "{spec}" names the group "{name}", which is not in its /etc/group, so it '
+        "cannot run as that group",
+        hint="pass --user UID:GID with numbers",
+        details=exc.details,
+    )
+
+
+_CORRUPT = (
+    "archive/tar",
+    "invalid tar header",
+    "gzip:",
+    "flate:",
+    "zstd",
+    "unexpected eof",
+    "invalid checksum",
+    "digest mismatch",
+    "verified reader",
+)
+
+
+def _unpack_error(exc: ToolFailed, umoci_ref: str, dest: Path) -> Ctr2svcError:
+    """umoci's failure in ctr2svc's words."""
+    text = exc.stderr.lower()
+    message = last_words(exc.stderr, 1)
+    if "no space left on device" in text:
+        return ToolError(
+            f"no space left on the device holding {dest.parent} while unpacking the image",
+            hint="free some space there, or point --cache-dir (or CTR2SVC_CACHE_DIR) at a larger disk",
+            details=exc.details,
+        )
+    if "mediatype" in text or "media type" in text:
+        return ImageError(
+            f"the image is not a container image umoci can unpack: {message}",
+            hint="pick a container image, not another kind of OCI artifact (a Helm chart, a signature...)",
+            details=exc.details,
+        )
+    if any(s in text for s in _CORRUPT):
+        damaged = _damaged_cached_blob(exc.stderr, umoci_ref)
+        if damaged is not None:
+            return ImageError(
+                f"a layer in the image cache was damaged since it was pulled ({damaged}); it is now removed",
+                hint="build again: the layer will be downloaded again",
+                details=exc.details,
+            )
+        return ImageError(
+            f"a layer of the image is corrupt: it is not a valid compressed tar archive ({message})",
+            hint="the image itself is broken: rebuild it, or push or export it again",
+            details=exc.details,
+        )
+    return ToolError(
+        f"umoci could not unpack the image: {message}",
+        hint="run with --debug to see umoci's full output",
+        details=exc.details,
+    )
+
+
+def _damaged_cached_blob(stderr: str, umoci_ref: str) -> str | None:
+    """The layer umoci was unpacking when it failed, when its bytes no longer match its digest: it
+    changed in the cache after skopeo verified it. It is removed, so the next build pulls it again."""
+    layers = re.findall(r"unpack layer: (sha256:[0-9a-f]{64})", stderr)
+    if not layers:
+        return None
+    digest: str = layers[-1]
+    blob = Path(umoci_ref.rsplit(":", 1)[0]) / "blobs" / "sha256" / digest.split(":", 1)[1]
+    try:
+        actual = hashlib.sha256()
+        with blob.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                actual.update(chunk)
+        if "sha256:" + actual.hexdigest() == digest:
+            return None
+        blob.unlink()
+    except OSError:
+        return None
+    return digest
 
 
 _SPECIAL = {

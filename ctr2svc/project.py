@@ -28,6 +28,7 @@ from typing import Any
 from ctr2svc.build import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
 from ctr2svc.errors import UsageError
 from ctr2svc.model import InitSystem, PackageFormat
+from ctr2svc.naming import check_package_name, default_package_name
 from ctr2svc.reference import parse
 from ctr2svc.repo import DEFAULT_KEEP, ApkKey, Signing
 from ctr2svc.runtime_config import DEFAULT_PIDS_LIMIT
@@ -63,6 +64,7 @@ IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
     "health_interval": int,
     "health_retries": int,
     "runtime": str,
+    "stdio": str,
     "sign_key_file": str,
     "sign_key_name": str,
 }
@@ -83,8 +85,14 @@ class ImageEntry:
     def formats(self) -> tuple[PackageFormat, ...]:
         return tuple(PackageFormat(f) for f in self.settings.get("formats", ["deb"]))
 
+    @property
+    def name(self) -> str | None:
+        """The explicit package name, if the project gives one."""
+        name = self.settings.get("name")
+        return str(name) if name else None
+
     def label(self) -> str:
-        return str(self.settings.get("name") or self.ref)
+        return self.name or self.ref
 
 
 @dataclass(frozen=True)
@@ -130,15 +138,100 @@ def _check_types(path: Path, where: str, table: Mapping[str, Any]) -> None:
         raise _fail(path, where, "env values must be strings", 'e.g. env = { LOG_LEVEL = "debug" }')
 
 
-def load(path: Path) -> Project:
+def _read(path: Path) -> dict[str, Any]:
+    """The file's TOML, or one line naming the file and what is wrong with it."""
+    hint = "pass the project file (ctr2svc.toml) with -c"
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not a project file", hint=hint)
     try:
-        doc = tomllib.loads(path.read_text())
+        raw = path.read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}", hint="pass the project file with -c") from exc
+        raise UsageError(f"cannot read {path}: {exc.strerror}", hint=hint) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path} is not UTF-8 text (line {line}: byte 0x{raw[exc.start]:02x})",
+            hint="save it as UTF-8 (TOML files are UTF-8)",
+        ) from exc
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML: {exc}", hint="check the line it names") from exc
+        raise UsageError(
+            f"{path} is not valid TOML: {' '.join(str(exc).split())}", hint="check the line it names"
+        ) from exc
+
+
+def _check_tables(path: Path, doc: Mapping[str, Any]) -> None:
+    """The top level's own shape: [repo] and [defaults] tables, [[image]] an array of tables."""
+    for key in ("repo", "defaults"):
+        if key in doc and not isinstance(doc[key], dict):
+            raise _fail(path, "top level", f"{key} must be a table", f"write it as [{key}]")
+    images = doc.get("image", [])
+    if not isinstance(images, list) or not all(isinstance(t, dict) for t in images):
+        raise _fail(path, "top level", "image must be an array of tables", "write each image as [[image]]")
+    for key in ("output", "cache_dir"):
+        if key in doc and not (isinstance(doc[key], str) and doc[key]):
+            raise _fail(path, "top level", f"{key} must be a non-empty string", f'e.g. {key} = "dist"')
+
+
+def package_name(entry: ImageEntry) -> str:
+    """The package's name as `ctr2svc build` will give it: `name`, or the reference's last path part
+    plus -svc."""
+    return entry.name or default_package_name(parse(entry.ref).basename)
+
+
+def _check_packages(path: Path, images: list[ImageEntry]) -> None:
+    """One package per name and format: two images making the same package would overwrite each other
+    in the output directory and in the repository."""
+    seen: dict[tuple[str, PackageFormat], ImageEntry] = {}
+    for entry in images:
+        formats = entry.formats
+        if not formats:
+            raise _fail(path, f"[[image]] {entry.number}", "formats is empty", 'e.g. formats = ["deb"]')
+        for fmt in formats:
+            if formats.count(fmt) > 1:
+                raise _fail(
+                    path,
+                    f"[[image]] {entry.number}",
+                    f"format {fmt} is listed twice",
+                    "list each format once",
+                )
+            name = package_name(entry)
+            first = seen.setdefault((name, fmt), entry)
+            if first is entry:
+                continue
+            if first.settings == entry.settings:
+                raise UsageError(
+                    f"{path}: image {first.number} and image {entry.number} are the same image "
+                    f"({entry.ref}, {fmt}, {name})",
+                    hint="remove one of them",
+                )
+            raise UsageError(
+                f"{path}: image {first.number} ({first.ref}) and image {entry.number} ({entry.ref}) "
+                f"both make {name} ({fmt})",
+                hint=f'set name = "..." on one of them, e.g. name = "{_suggest(entry, name)}" on image '
+                f"{entry.number}",
+            )
+
+
+def _suggest(entry: ImageEntry, taken: str) -> str:
+    """A name for ENTRY other than TAKEN: its registry path's parts, or a number."""
+    reference = parse(entry.ref)
+    parts = [p for p in reference.name.split("/")[1 if reference.is_remote else 0 : -1] if p]
+    if parts:
+        candidate = default_package_name(f"{parts[-1]}-{reference.basename}")
+        if candidate != taken:
+            return candidate
+    return f"{taken.removesuffix('-svc')}{entry.number}-svc"
+
+
+def load(path: Path) -> Project:
+    doc = _read(path)
     base = path.parent
     _check_keys(path, "top level", doc, TOP_KEYS)
+    _check_tables(path, doc)
     defaults = doc.get("defaults", {})
     _check_keys(path, "[defaults]", defaults, IMAGE_KEYS)
     _check_types(path, "[defaults]", defaults)
@@ -147,24 +240,37 @@ def load(path: Path) -> Project:
         where = f"[[image]] {number}"
         _check_keys(path, where, table, IMAGE_KEYS)
         _check_types(path, where, table)
-        if "ref" not in table:
+        settings = {**defaults, **table}
+        if "ref" not in settings:
             raise _fail(path, where, "no ref", 'add ref = "registry.example.com/app:1.0"')
-        parse(table["ref"])  # a bad reference is reported now, not halfway through the builds
-        images.append(ImageEntry(number, {**defaults, **table}))
+        try:
+            # A bad reference or name is reported now, not halfway through the builds.
+            parse(settings["ref"])
+            if "name" in settings:
+                check_package_name(settings["name"])
+        except UsageError as exc:
+            hint = (exc.hint or "").replace("use --name ", "set name = ")
+            raise _fail(path, where, exc.brief, hint or "see the README's project file section") from exc
+        images.append(ImageEntry(number, settings))
     if not images:
         raise _fail(path, "top level", "no [[image]] tables", "add at least one [[image]] with a ref")
-    names = [(e.settings.get("name"), f) for e in images for f in e.formats if e.settings.get("name")]
-    if len(names) != len(set(names)):
-        raise _fail(
-            path, "[[image]]", "two images have the same name and format", "give each a distinct name"
-        )
+    _check_packages(path, images)
     repo_table = doc.get("repo", {})
     _check_keys(path, "[repo]", repo_table, REPO_KEYS)
     for key, kind in REPO_KEYS.items():
-        if key in repo_table and not isinstance(repo_table[key], kind):
+        value = repo_table.get(key)
+        if key in repo_table and (not isinstance(value, kind) or isinstance(value, bool) or value == ""):
+            article = "an" if kind is int else "a non-empty"
             raise _fail(
-                path, "[repo]", f"{key} must be a {kind.__name__}", "see the README's project file section"
+                path,
+                "[repo]",
+                f"{key} must be {article} {kind.__name__}",
+                "see the README's project file section",
             )
+    if repo_table.get("keep", DEFAULT_KEEP) < 1:
+        raise _fail(
+            path, "[repo]", f"keep = {repo_table['keep']} would empty the repository", "keep = 1 or more"
+        )
     signing = None
     if "sign_key" in repo_table:
         home = repo_table.get("gnupghome")
@@ -229,6 +335,7 @@ def options(
         health_interval=s.get("health_interval"),
         health_retries=s.get("health_retries"),
         runtime=s.get("runtime", "runc"),
+        stdio=s.get("stdio", "auto"),
         sign_key_file=base / s["sign_key_file"] if "sign_key_file" in s else None,
         sign_key_name=s.get("sign_key_name"),
     )

@@ -8,6 +8,7 @@ never leaves an entry that looks complete.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -16,7 +17,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,23 @@ from ctr2svc import log
 from ctr2svc.errors import Ctr2svcError, ImageError, ToolError, ToolFailed, UsageError
 from ctr2svc.model import ImageConfig, ResolvedImage
 from ctr2svc.reference import ImageReference, Transport
-from ctr2svc.run import find_tool, run
+from ctr2svc.run import find_tool, last_words, run
 
 INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+MANIFEST_TYPES = {
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+}
+# What the config of a runnable container image is; anything else is an artifact (a Helm chart, a
+# signature, an SBOM...) that umoci cannot unpack.
+CONFIG_TYPES = {
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
 }
 SYSTEM_POLICY = Path("/etc/containers/policy.json")
 # Used only where the host has no containers policy of its own: without one skopeo refuses to run.
@@ -71,19 +85,33 @@ class ImageCache:
         self.root = root
         self.layout = root / "oci"
 
+    def _unusable(self, why: str) -> UsageError:
+        return UsageError(
+            f"the image cache {self.root} {why}",
+            hint="point --cache-dir (or CTR2SVC_CACHE_DIR) at a writable directory",
+        )
+
     def ensure(self) -> None:
+        """The cache directory exists and can be written, or a UsageError (exit 2) says why not."""
+        if self.root.exists() and not self.root.is_dir():
+            raise self._unusable("is not a directory")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(
-                f"cannot create the image cache {self.root}: {exc.strerror}",
-                hint="point --cache-dir (or CTR2SVC_CACHE_DIR) at a writable directory",
-            ) from exc
+            raise self._unusable(f"cannot be created: {exc.strerror}") from exc
+        # access(2) reports a read-only file system (EROFS) even to root, whom modes do not stop.
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            why = " (read-only file system)" if _read_only(self.root) else ""
+            raise self._unusable(f"is not writable{why}")
 
     @contextlib.contextmanager
     def locked(self, exclusive: bool) -> Iterator[None]:
         self.ensure()
-        with (self.root / "lock").open("a+") as handle:
+        try:
+            handle = (self.root / "lock").open("a+")
+        except OSError as exc:
+            raise self._unusable(f"cannot be locked: {exc.strerror}") from exc
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
                 yield
@@ -147,17 +175,62 @@ class ImageCache:
         return doc
 
 
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _policy_args(workdir: Path) -> list[str]:
     if SYSTEM_POLICY.exists():
         return []
     policy = workdir / "policy.json"
-    policy.write_text(json.dumps(DEFAULT_POLICY))
+    try:
+        policy.write_text(json.dumps(DEFAULT_POLICY))
+    except OSError as exc:
+        raise ToolError(
+            f"cannot write skopeo's policy file into {workdir}: {exc.strerror}",
+            hint="check free space and permissions of the image cache, or point --cache-dir elsewhere",
+        ) from exc
     log.debug(f"{SYSTEM_POLICY} is missing: using a policy that accepts any image ({policy})")
     return ["--policy", str(policy)]
 
 
-def _source_args(ref: ImageReference, opts: PullOptions, prefix: str) -> list[str]:
-    """Credentials and TLS flags for skopeo; prefix is '' for inspect and 'src-' for copy."""
+@contextlib.contextmanager
+def _auth_file(ref: ImageReference, opts: PullOptions, workdir: Path) -> Iterator[Path | None]:
+    """--creds as a containers-auth.json file only we can read, for the duration of the skopeo calls.
+
+    On skopeo's command line the password would show in `ps` and /proc/PID/cmdline, and in --debug's
+    command lines. The file lives in a fresh 0700 directory inside the build's own work directory and
+    is removed on the way out (errors and SIGTERM included; after a SIGKILL the next build removes the
+    dead build's work directory, and with it the file). Without --creds, the user's --authfile (or
+    none) is used as it is.
+    """
+    if not (ref.is_remote and opts.creds):
+        yield opts.authfile if ref.is_remote else None
+        return
+    secret = base64.b64encode(opts.creds.encode()).decode()
+    doc = json.dumps({"auths": {ref.registry or "": {"auth": secret}}})
+    try:
+        private = Path(tempfile.mkdtemp(prefix="auth-", dir=workdir))
+        path = private / "auth.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(doc)
+    except OSError as exc:
+        raise ToolError(
+            f"cannot write the credentials for skopeo into {workdir}: {exc.strerror}",
+            hint="check free space and permissions of the image cache, or point --cache-dir elsewhere",
+        ) from exc
+    try:
+        yield path
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _source_args(ref: ImageReference, opts: PullOptions, prefix: str, auth: Path | None) -> list[str]:
+    """Auth file and TLS flags for skopeo; prefix is '' for inspect and 'src-' for copy."""
     if not ref.is_remote:
         return []
     args: list[str] = []
@@ -167,78 +240,294 @@ def _source_args(ref: ImageReference, opts: PullOptions, prefix: str) -> list[st
         if not tls:
             log.debug(f"{ref.registry} is on loopback: not requiring TLS (as Docker does)")
     args.append(f"--{prefix}tls-verify={'true' if tls else 'false'}")
-    if opts.creds:
-        args += [f"--{prefix}creds", opts.creds]
-    if opts.authfile:
-        args += [f"--{prefix}authfile", str(opts.authfile)]
+    if auth is not None:
+        args += [f"--{prefix}authfile", str(auth)]
     return args
 
 
+_WRAPPERS = (
+    re.compile(r'^Error parsing image name "[^"]*": '),
+    re.compile(r"^initializing source \S+: "),
+    re.compile(r"^(?:Error )?reading manifest \S+ in \S+: "),
+    re.compile(r"^pinging container registry \S+: "),
+)
+
+
+def _skopeo_message(stderr: str) -> str:
+    """skopeo's last error without its log wrapper and the restatements of what it was doing."""
+    text = last_words(stderr, 1)
+    for wrapper in _WRAPPERS:
+        text = wrapper.sub("", text)
+    return text or "no error output"
+
+
+def _tags(ref: ImageReference, opts: PullOptions, policy: list[str], auth: Path | None) -> list[str] | None:
+    """The repository's tags (one more request, made only to explain a missing manifest); None when
+    the repository itself is not there (or the question cannot be answered)."""
+    if ref.is_remote:
+        try:
+            out = run(
+                [
+                    find_tool("skopeo", "pull container images"),
+                    *policy,
+                    "list-tags",
+                    *_source_args(ref, opts, "", auth),
+                    f"docker://{ref.name}",
+                ],
+                what=f"list the tags of {ref.name}",
+                timeout=120,
+            ).stdout
+            tags: list[str] = json.loads(out or b"{}").get("Tags") or []
+            return tags
+        except (Ctr2svcError, ValueError, AttributeError):
+            return None
+    if ref.transport is Transport.OCI:
+        try:
+            index = json.loads((Path(ref.name) / "index.json").read_bytes())
+            return [
+                name
+                for m in index.get("manifests", [])
+                if (name := (m.get("annotations") or {}).get("org.opencontainers.image.ref.name"))
+            ]
+        except (OSError, ValueError, AttributeError):
+            return None
+    return None
+
+
+def _some(names: list[str], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def _map_skopeo_error(
-    exc: ToolFailed, ref: ImageReference, opts: PullOptions, cache_root: Path | None = None
+    exc: ToolFailed,
+    ref: ImageReference,
+    opts: PullOptions,
+    cache_root: Path | None = None,
+    *,
+    policy: list[str] | None = None,
+    auth: Path | None = None,
 ) -> Ctr2svcError:
-    """Turn skopeo's stderr into a one-line error that names the problem and the fix."""
+    """Turn skopeo's stderr into a one-line error in ctr2svc's words that names the input at fault
+    and the fix; skopeo's own text is kept for --debug only."""
     text = exc.stderr.lower()
+    message = _skopeo_message(exc.stderr)
     where = ref.registry or ref.name
-    if "unauthorized" in text or "authentication required" in text or "401" in text:
-        if opts.creds or opts.authfile:
-            return ImageError(
-                f"registry {where} refused the credentials for {ref}",
-                hint="check the user name and password given with --creds or the entry in --authfile",
+    debug_details = exc.details
+
+    def image_error(brief: str, hint: str) -> ImageError:
+        return ImageError(brief, hint=hint, details=debug_details)
+
+    if ref.is_remote:
+        if "denied:" in text and not (opts.creds or opts.authfile):
+            # Docker Hub's answer for a repository that does not exist as much as for a private one.
+            return image_error(
+                f"registry {where} denied access to {ref}: it does not exist there, or it needs credentials",
+                "check the name; for a private image pass --creds USER:PASSWORD or --authfile FILE",
             )
-        return ImageError(
-            f"registry {where} requires credentials for {ref}",
-            hint="pass --creds USER:PASSWORD or --authfile FILE (as written by `skopeo login`)",
-        )
-    if "manifest unknown" in text or "name unknown" in text or ("not found" in text and ref.is_remote):
-        return ImageError(
-            f"image {ref} not found in registry {where}",
-            hint=f"check the name and tag; `skopeo list-tags docker://{ref.name}` lists the tags",
-        )
-    if "server gave http response to https client" in text:
-        return ImageError(
-            f"registry {where} speaks plain HTTP, not HTTPS",
-            hint="pass --no-tls-verify if you trust this registry",
-        )
+        if "unauthorized" in text or "authentication required" in text or "denied:" in text:
+            if opts.creds or opts.authfile:
+                return image_error(
+                    f"registry {where} refused the credentials for {ref}",
+                    "check the user name and password given with --creds or the entry in --authfile",
+                )
+            return image_error(
+                f"registry {where} requires credentials for {ref}",
+                "pass --creds USER:PASSWORD or --authfile FILE (as written by `skopeo login`)",
+            )
+        if "http response to https client" in text or "not look like a tls handshake" in text:
+            return image_error(
+                f"registry {where} speaks plain HTTP, not HTTPS",
+                "pass --no-tls-verify if you trust this registry",
+            )
     if "no space left on device" in text:
         return ToolError(
             f"no space left on the device holding the image cache {cache_root or ''} while pulling {ref}",
             hint="free some space there, or point --cache-dir (or CTR2SVC_CACHE_DIR) at a larger disk",
+            details=debug_details,
         )
     if "digest did not match" in text or "digest mismatch" in text:
-        return ImageError(
-            f"a blob of {ref} arrived corrupt: its content does not match its digest",
-            hint="retry; if it persists, the registry's storage or a proxy in between is damaging data",
+        if ref.is_remote:
+            return image_error(
+                f"a blob of {ref} arrived corrupt: its content does not match its digest",
+                "retry; if it persists, the registry's storage or a proxy in between is damaging data",
+            )
+        return image_error(
+            f"a blob of {ref} is corrupt: its content does not match its digest",
+            "the image files are damaged: copy or export the image again",
         )
+    if ref.is_remote:
+        return _map_registry_error(exc, ref, opts, message, image_error, policy or [], auth)
+    return _map_local_error(ref, text, message, image_error, policy or [], auth, opts)
+
+
+def _map_registry_error(
+    exc: ToolFailed,
+    ref: ImageReference,
+    opts: PullOptions,
+    message: str,
+    image_error: Callable[[str, str], ImageError],
+    policy: list[str],
+    auth: Path | None,
+) -> Ctr2svcError:
+    text = exc.stderr.lower()
+    where = ref.registry or ref.name
+    host = where.rsplit(":", 1)[0] if not where.endswith("]") else where
     if "x509" in text or "certificate" in text or "tls:" in text:
-        reason = re.search(r"(x509: [^\"\n]+|tls: [^\"\n]+)", exc.stderr)
-        return ImageError(
+        reason = re.search(r"(x509: [^\"\n]+|tls: [^\"\n]+)", message)
+        return image_error(
             f"TLS verification failed for registry {where}"
             + (f": {reason.group(1).strip()}" if reason else ""),
-            hint="install the registry's CA certificate, or pass --no-tls-verify if you trust it",
+            "install the registry's CA certificate, or pass --no-tls-verify if you trust it",
         )
-    if any(
-        s in text
-        for s in ("connection refused", "no such host", "i/o timeout", "network is unreachable", "dial tcp")
+    if any(s in text for s in ("no such host", "server misbehaving", "temporary failure in name resolution")):
+        return image_error(
+            f"cannot find registry {where}: the name {host} does not resolve",
+            "check the registry's name for typos, and the DNS settings of this machine",
+        )
+    if "connection refused" in text:
+        return image_error(
+            f"cannot reach registry {where}: connection refused",
+            "check the registry address and port, and that it is running",
+        )
+    if any(s in text for s in ("i/o timeout", "network is unreachable", "no route to host", "deadline")):
+        return image_error(
+            f"cannot reach registry {where}: the connection timed out or the network is unreachable",
+            "check the registry address and port, that it is running, and the network or proxy settings",
+        )
+    status = re.search(r"invalid status code from registry (\d+)(?: \(([^)]*)\))?", message)
+    if status:
+        return image_error(
+            f"{where} does not answer as a container registry (GET /v2/ gave {status.group(1)}"
+            + (f" {status.group(2)}" if status.group(2) else "")
+            + ")",
+            "check the registry address and port: it must point at a registry's API",
+        )
+    if re.search(r"(?:^|: )(?:unexpected )?eof$|connection reset by peer", message.lower()):
+        return image_error(
+            f"{where} closed the connection without answering as a container registry",
+            "check the registry address and port, and whether it needs --tls-verify or --no-tls-verify",
+        )
+    if "blob unknown" in text:
+        blob = re.search(r"sha256:[0-9a-f]{64}", message)
+        return image_error(
+            f"registry {where} is missing a layer of {ref}" + (f" ({blob.group(0)})" if blob else ""),
+            "the image in the registry is incomplete: push it again",
+        )
+    if "manifest unknown" in text or "name unknown" in text or "not found" in text:
+        return _not_found(ref, opts, image_error, policy, auth)
+    if "unsupported" in text or "unknown media type" in text or "mime type" in text:
+        return image_error(
+            f"{ref} is not a container image ctr2svc can use: {message}",
+            "pick a container image (an OCI or Docker image), not another kind of OCI artifact",
+        )
+    return image_error(
+        f"skopeo could not read {ref} from registry {where}: {message}",
+        "run with --debug to see the full skopeo output",
+    )
+
+
+def _not_found(
+    ref: ImageReference,
+    opts: PullOptions,
+    image_error: Callable[[str, str], ImageError],
+    policy: list[str],
+    auth: Path | None,
+) -> Ctr2svcError:
+    where = ref.registry or ref.name
+    repo = ref.name.split("/", 1)[1] if "/" in ref.name else ref.name
+    tags = _tags(ref, opts, policy, auth)
+    if tags is None:
+        return image_error(
+            f"image {ref} not found in registry {where}: it has no repository {repo!r}",
+            f"check the name; `skopeo list-tags docker://{ref.name}` lists a repository's tags",
+        )
+    if ref.digest:
+        return image_error(
+            f"image {ref} not found in registry {where}: repository {repo!r} has no manifest {ref.digest}",
+            f"check the digest; `skopeo inspect docker://{ref.name}:TAG` shows a tag's digest",
+        )
+    if not tags:
+        return image_error(
+            f"image {ref} not found in registry {where}: repository {repo!r} has no tags",
+            "push the image first, or check the name",
+        )
+    return image_error(
+        f"image {ref} not found in registry {where}: repository {repo!r} has no tag {ref.tag!r}",
+        f"use one of its tags: {_some(tags)}",
+    )
+
+
+def _map_local_error(
+    ref: ImageReference,
+    text: str,
+    message: str,
+    image_error: Callable[[str, str], ImageError],
+    policy: list[str],
+    auth: Path | None,
+    opts: PullOptions,
+) -> Ctr2svcError:
+    kind = str(ref.transport)
+    path = Path(ref.name)
+    if not path.exists():
+        return image_error(
+            f"{kind} image {ref.name!r} does not exist",
+            "check the path" + ("; an OCI layout is a directory holding index.json" if kind == "oci" else ""),
+        )
+    if ref.transport is Transport.OCI:
+        if not path.is_dir():
+            return image_error(
+                f"oci: image {ref.name!r} is a file, not an OCI layout directory",
+                f"use oci-archive:{ref.name} for a tar of a layout, "
+                f"docker-archive:{ref.name} for `docker save` output",
+            )
+        if "index.json" in text and ("no such file" in text or "not a directory" in text):
+            return image_error(
+                f"{ref.name} is not an OCI image layout: it has no index.json",
+                "point oci: at a directory written by `skopeo copy ... oci:DIR:TAG` or `umoci init`",
+            )
+        if "oci-layout" in text:
+            return image_error(
+                f"{ref.name} is not a valid OCI image layout: {message}",
+                "write it again with `skopeo copy ... oci:DIR:TAG`",
+            )
+    if "no descriptor found" in text or ("not found" in text and "reference" in text):
+        tags = _tags(ref, opts, policy, auth)
+        return image_error(
+            f"tag {ref.tag or 'latest'!r} not found in {kind} image {ref.name}",
+            f"use one of its tags: {_some(tags)}"
+            if tags
+            else f"`skopeo inspect {kind}:{ref.name}` shows what is there",
+        )
+    if ref.transport is Transport.OCI and "reading blob" in text and "no such file" in text:
+        blob = re.search(r"sha256:[0-9a-f]{64}", message)
+        return image_error(
+            f"OCI layout {ref.name} is incomplete: a blob its manifest names is missing"
+            + (f" ({blob.group(0)})" if blob else ""),
+            "copy the image into the layout again",
+        )
+    if ref.transport is Transport.OCI_ARCHIVE and ("untarring" in text or "tar" in text or "eof" in text):
+        return image_error(
+            f"{ref.name} is not an oci-archive (a tar of an OCI layout): {message}",
+            f"write one with `skopeo copy ... oci-archive:{ref.name}:TAG`; for `docker save` output use "
+            f"docker-archive:{ref.name}",
+        )
+    if ref.transport is Transport.DOCKER_ARCHIVE and (
+        "manifest.json" in text or "tar" in text or "eof" in text or "invalid" in text
     ):
-        return ImageError(
-            f"cannot reach registry {where}",
-            hint="check the registry address and port, that it is running, and the network or proxy settings",
+        return image_error(
+            f"{ref.name} is not a docker-archive (what `docker save` writes): {message}",
+            "write one with `docker save -o FILE IMAGE`; for a tar of an OCI layout use "
+            f"oci-archive:{ref.name}",
         )
-    if not ref.is_remote and ("no such file" in text or "not a directory" in text):
-        return ImageError(
-            f"{ref.transport} image {ref.name!r} does not exist",
-            hint="check the path; an OCI layout is a directory holding index.json",
+    if "unsupported" in text or "unknown media type" in text:
+        return image_error(
+            f"{ref} is not a container image ctr2svc can use: {message}",
+            "pick a container image (an OCI or Docker image), not another kind of OCI artifact",
         )
-    if not ref.is_remote and ("no descriptor found" in text or "not found" in text):
-        return ImageError(
-            f"tag {ref.tag!r} not found in {ref.name}",
-            hint=f"`skopeo inspect {ref.transport}:{ref.name}` lists what is there",
-        )
-    return ImageError(
-        f"skopeo could not read {ref}: {exc.brief.split(': ', 1)[-1]}",
-        hint="run with --debug to see the full skopeo output",
-        details=exc.details,
+    return image_error(
+        f"skopeo could not read {kind} image {ref.name}: {message}",
+        "run with --debug to see the full skopeo output",
     )
 
 
@@ -288,27 +577,49 @@ class Located:
 
 
 def _raw_manifest(
-    ref: ImageReference, opts: PullOptions, policy: list[str], source: str, *extra: str
+    ref: ImageReference, opts: PullOptions, policy: list[str], auth: Path | None, source: str, *extra: str
 ) -> bytes:
     """`skopeo inspect --raw`: the manifest (or index) exactly as served, its digest's input."""
     skopeo = find_tool("skopeo", "pull container images")
     try:
         return run(
-            [skopeo, *policy, "inspect", "--raw", *extra, *_source_args(ref, opts, ""), source],
+            [skopeo, *policy, "inspect", "--raw", *extra, *_source_args(ref, opts, "", auth), source],
             what=f"inspect {ref}",
             timeout=600,
         ).stdout
     except ToolFailed as exc:
-        raise _map_skopeo_error(exc, ref, opts) from exc
+        raise _map_skopeo_error(exc, ref, opts, policy=policy, auth=auth) from exc
+
+
+def _check_media_types(ref: ImageReference, top: dict[str, Any]) -> None:
+    """Refuse, before any download, what is not a container image: an unknown manifest type, or an OCI
+    artifact (a Helm chart, a signature) whose config is not an image config."""
+    media_type = top.get("mediaType")
+    if media_type and media_type not in INDEX_TYPES | MANIFEST_TYPES:
+        raise ImageError(
+            f"{ref} is not a container image: its manifest is of type {media_type}",
+            hint="pick a container image (an OCI or Docker image manifest or index)",
+        )
+    config_type = (top.get("config") or {}).get("mediaType") if isinstance(top.get("config"), dict) else None
+    if config_type and config_type not in CONFIG_TYPES:
+        raise ImageError(
+            f"{ref} is not a container image: its config is of type {config_type} "
+            "(an OCI artifact such as a Helm chart or a signature)",
+            hint="pick a container image, whose config is an OCI or Docker image config",
+        )
 
 
 def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
     """The platform manifest's digest, from manifest requests only (no layer is downloaded)."""
-    raw = _raw_manifest(ref, opts, _policy_args(workdir), ref.skopeo())
+    with _auth_file(ref, opts, workdir) as auth:
+        raw = _raw_manifest(ref, opts, _policy_args(workdir), auth, ref.skopeo())
     try:
         top = json.loads(raw)
     except ValueError as exc:
         raise ImageError(f"the manifest of {ref} is not valid JSON", hint="check the image source") from exc
+    if not isinstance(top, dict):
+        raise ImageError(f"the manifest of {ref} is not a JSON object", hint="check the image source")
+    _check_media_types(ref, top)
     top_digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     if ref.digest and ref.digest != top_digest:
         raise ImageError(
@@ -345,12 +656,7 @@ def resolve(
     skopeo = find_tool("skopeo", "pull container images")
     policy = _policy_args(workdir)
     located = located or locate(ref, opts, workdir)
-    digest, index_digest, source, platform_args = (
-        located.digest,
-        located.index_digest,
-        located.source,
-        list(located.platform_args),
-    )
+    digest, index_digest = located.digest, located.index_digest
 
     with cache.locked(exclusive=True):
         manifest = cache.manifest(digest)
@@ -359,27 +665,8 @@ def resolve(
         else:
             cache.layout.mkdir(parents=True, exist_ok=True)
             cache.remove_partial_blobs()
-            try:
-                with _pull_progress(ref, located, opts, cache, policy):
-                    run(
-                        [
-                            skopeo,
-                            *policy,
-                            *platform_args,
-                            "copy",
-                            "--quiet",
-                            "--remove-signatures",
-                            "--retry-times",
-                            "2",
-                            *_source_args(ref, opts, "src-"),
-                            source,
-                            cache.ref(digest),
-                        ],
-                        what=f"pull {ref}",
-                        timeout=3600,
-                    )
-            except ToolFailed as exc:
-                raise _map_skopeo_error(exc, ref, opts, cache.root) from exc
+            with _auth_file(ref, opts, workdir) as auth:
+                _pull(skopeo, ref, opts, cache, located, policy, auth)
             manifest = cache.manifest(digest)
             if manifest is None:
                 raise ImageError(
@@ -389,6 +676,39 @@ def resolve(
 
     _check_platform(config, ref, opts)
     return ResolvedImage(ref, digest, index_digest, config, cache.umoci_ref(digest))
+
+
+def _pull(
+    skopeo: str,
+    ref: ImageReference,
+    opts: PullOptions,
+    cache: ImageCache,
+    located: Located,
+    policy: list[str],
+    auth: Path | None,
+) -> None:
+    """`skopeo copy` of the located platform manifest into the cache, tagged by its digest."""
+    try:
+        with _pull_progress(ref, located, opts, cache, policy, auth):
+            run(
+                [
+                    skopeo,
+                    *policy,
+                    *located.platform_args,
+                    "copy",
+                    "--quiet",
+                    "--remove-signatures",
+                    "--retry-times",
+                    "2",
+                    *_source_args(ref, opts, "src-", auth),
+                    located.source,
+                    cache.ref(located.digest),
+                ],
+                what=f"pull {ref}",
+                timeout=3600,
+            )
+    except ToolFailed as exc:
+        raise _map_skopeo_error(exc, ref, opts, cache.root, policy=policy, auth=auth) from exc
 
 
 def _check_platform(config: ImageConfig, ref: ImageReference, opts: PullOptions) -> None:
@@ -431,7 +751,12 @@ class _PullProgress(log.Progress):
 
 
 def _pull_progress(
-    ref: ImageReference, located: Located, opts: PullOptions, cache: ImageCache, policy: list[str]
+    ref: ImageReference,
+    located: Located,
+    opts: PullOptions,
+    cache: ImageCache,
+    policy: list[str],
+    auth: Path | None,
 ) -> log.Progress:
     """The progress line of a pull; sizes come from one more manifest request, made only for a terminal."""
     if not log.Progress.enabled():
@@ -439,7 +764,7 @@ def _pull_progress(
     manifest = located.manifest
     if manifest is None:
         try:
-            raw = _raw_manifest(ref, opts, policy, located.source, *located.platform_args)
+            raw = _raw_manifest(ref, opts, policy, auth, located.source, *located.platform_args)
             manifest = json.loads(raw)
         except (Ctr2svcError, ValueError):
             # Only the progress line's total depends on it: pull without one.

@@ -6,10 +6,12 @@ non-zero exits into a ToolError carrying the tool's last words, so no caller has
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -88,10 +90,38 @@ def check_version(name: str, path: str) -> None:
     _checked.add(path)
 
 
+# skopeo (logrus) ends with `time="..." level=fatal msg="..."`; umoci marks errors with a cross
+# (U+2A2F) and other lines with a bullet.
+_CROSS = "\u2a2f"
+_LOGRUS = re.compile(
+    r'^time=(?:"[^"]*"|\S+)\s+level=(?:fatal|error|warning|info|debug)\s+msg=(?P<msg>"(?:[^"\\]|\\.)*"|\S*)'
+)
+_GO_ESCAPE = re.compile(r"\\(.)")
+_BULLET = re.compile(rf"^\s*[{_CROSS}\u2022\u2717]\s*")
+_ERROR_MARK = re.compile(rf"^\s*{_CROSS}|^time=\S+\s+level=(?:fatal|error)\b")
+
+
+def tool_message(line: str) -> str:
+    """One line of a tool's stderr without its logging wrapper: logrus' `time=… level=fatal msg="…"`
+    becomes the message itself (Go's quoting undone), umoci's bullets go."""
+    line = line.strip()
+    match = _LOGRUS.match(line)
+    if match:
+        msg = match.group("msg")
+        if msg.startswith('"'):
+            msg = _GO_ESCAPE.sub(lambda m: " " if m[1] in "nt" else m[1], msg[1:-1])
+        line = msg
+    return _BULLET.sub("", line).strip()
+
+
 def last_words(text: str, lines: int = 3) -> str:
-    """The last few non-empty lines of a tool's output, joined for a one-line error."""
-    kept = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " / ".join(kept[-lines:])
+    """The last few non-empty lines of a tool's output, unwrapped and joined for a one-line error.
+
+    Lines the tool marked as errors (level=fatal/error, umoci's cross) win over its progress chatter."""
+    every = [line for line in text.strip().splitlines() if line.strip()]
+    marked = [line for line in every if _ERROR_MARK.search(line)]
+    kept = [tool_message(line) for line in marked or every]
+    return " / ".join([k for k in kept if k][-lines:])
 
 
 def run(
@@ -148,6 +178,42 @@ def run(
     return proc
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl: Callable[..., int] = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+# Resolved once, before any fork: the child may only make this one call.
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel SIGKILL the child when ctr2svc goes (even by SIGKILL).
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process: run()
+    forks from the thread that calls it and waits for the child in that same thread, so the child
+    cannot outlive it except when the whole process dies, which is the case this is for. The
+    getppid() check closes the race where ctr2svc died between fork and prctl.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(137)
+
+    return preexec
+
+
 def _communicate(
     args: list[str],
     input: bytes | None,
@@ -166,6 +232,9 @@ def _communicate(
         stderr=subprocess.PIPE,
         env=env,
         cwd=cwd,
+        # Children die with ctr2svc: a `kill -9` of a build must not leave skopeo writing into the
+        # cache or nfpm into the work directory.
+        preexec_fn=_die_with_parent(os.getpid()),
     ) as proc:
         try:
             return _talk(proc, input, timeout, on_start, on_line)
@@ -218,3 +287,53 @@ def _talk(
     if drain is not None:
         drain.join()
     return subprocess.CompletedProcess(proc.args, proc.returncode, b"".join(out) or None, b"".join(err))
+
+
+def secret_args(argv: Sequence[str]) -> list[str]:
+    """The passwords in a command line: what follows the ':' of `--creds USER:PASSWORD`."""
+    found = []
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--creds" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--creds="):
+            value = arg.removeprefix("--creds=")
+        if value and ":" in value:
+            value = value.split(":", 1)[1]
+        if value:
+            found.append(value)
+    return found
+
+
+def hide_from_ps(secrets: Sequence[str]) -> bool:
+    """Overwrite SECRETS with 'x' in this process's own argument strings, which the kernel shows to
+    anyone in /proc/PID/cmdline and `ps` (as mysql does with -pPASSWORD). Python has its own copy of
+    the arguments, so nothing else changes. True when something was hidden.
+
+    Only narrows the window: the password was visible from exec until here. --authfile has none.
+    """
+    wanted = [s.encode() for s in secrets if s]
+    if not wanted:
+        return False
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        # pid (comm) state ...: field N (1-based) is fields[N - 3] after comm; arg_start/arg_end are 48/49.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        start, end = int(fields[45]), int(fields[46])
+        shown = Path("/proc/self/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return False
+    if not 0 < end - start == len(shown):
+        return False
+    area = (ctypes.c_char * (end - start)).from_address(start)
+    # The address is the one the kernel reads cmdline from: only write when it holds what it showed.
+    if area.raw != shown:
+        return False
+    hidden = False
+    for secret in wanted:
+        at = shown.find(secret)
+        while at != -1:
+            ctypes.memset(start + at, ord("x"), len(secret))
+            hidden = True
+            at = shown.find(secret, at + len(secret))
+    return hidden

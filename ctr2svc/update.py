@@ -19,9 +19,9 @@ from pathlib import Path
 
 from ctr2svc import log, registry, repo
 from ctr2svc.build import build, pull_options
-from ctr2svc.errors import Ctr2svcError
+from ctr2svc.errors import Ctr2svcError, PackageError, UsageError
 from ctr2svc.model import PackageFormat
-from ctr2svc.project import ImageEntry, Project, options
+from ctr2svc.project import ImageEntry, Project, options, package_name
 from ctr2svc.record import BuildResult
 
 STATE_FILE = "ctr2svc-state.json"
@@ -67,27 +67,53 @@ def _build_one(
 
 
 def _state_key(entry: ImageEntry, fmt: PackageFormat) -> str:
-    return f"{entry.settings.get('name') or entry.ref} {fmt}"
+    return f"{entry.name or entry.ref} {fmt}"
 
 
 def load_state(repo_dir: Path) -> dict[str, dict[str, str]]:
+    """What the last update published: "KEY FORMAT" -> digest, version, name. A damaged file costs a
+    rebuild of every image (above the versions in the repository), never a failed update."""
+    path = repo_dir / STATE_FILE
     try:
-        data = json.loads((repo_dir / STATE_FILE).read_text())
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         return {}
+    except IsADirectoryError as exc:
+        raise UsageError(f"{path} is a directory", hint="remove it; update writes its state there") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}", hint="check its permissions") from exc
     except ValueError:
-        log.warn(f"{repo_dir / STATE_FILE} is not valid JSON; every image is rebuilt")
+        log.warn(f"{path} is not valid JSON; every image is rebuilt")
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        log.warn(f"{path} is not a JSON object; every image is rebuilt")
+        return {}
+    state = {
+        key: value
+        for key, value in data.items()
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    }
+    if len(state) != len(data):
+        log.warn(f"{path} has {len(data) - len(state)} damaged entries; their images are rebuilt")
+    return state
 
 
 def save_state(repo_dir: Path, state: dict[str, dict[str, str]]) -> None:
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=repo_dir, prefix=f".{STATE_FILE}.")
-    with os.fdopen(fd, "w") as out:
-        json.dump(state, out, indent=2, sort_keys=True)
-        out.write("\n")
-    Path(temp).replace(repo_dir / STATE_FILE)
+    try:
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=repo_dir, prefix=f".{STATE_FILE}.")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(state, out, indent=2, sort_keys=True)
+                out.write("\n")
+            Path(temp).replace(repo_dir / STATE_FILE)
+        finally:
+            Path(temp).unlink(missing_ok=True)
+    except OSError as exc:
+        raise PackageError(
+            f"published, but cannot record the state in {repo_dir / STATE_FILE}: {exc.strerror}",
+            hint="fix the repository directory; the next update rebuilds above what is published",
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -97,8 +123,16 @@ def _scratch() -> Iterator[Path]:
 
 
 def update(project: Project, repo_dir: Path) -> list[Outcome]:
+    # One update (or repo add) at a time: from reading the state to recording the new one.
+    with repo.locked(repo_dir):
+        return _update(project, repo_dir)
+
+
+def _update(project: Project, repo_dir: Path) -> list[Outcome]:
     state = load_state(repo_dir)
+    published: dict[PackageFormat, dict[str, str]] = {}
     outcomes: list[Outcome] = []
+    new_state: dict[Path, tuple[Outcome, str, dict[str, str]]] = {}
     for entry in project.images:
         for fmt in entry.formats:
             key = _state_key(entry, fmt)
@@ -111,21 +145,47 @@ def update(project: Project, repo_dir: Path) -> list[Outcome]:
                 log.warn(f"{entry.label()} ({fmt}): {exc.one_line()}")
                 outcomes.append(Outcome(entry.label(), fmt, "failed", exc.one_line()))
                 continue
-            if previous and previous.get("digest") == digest:
+            if previous and previous.get("digest") == digest and previous.get("version"):
                 outcomes.append(
                     Outcome(entry.label(), fmt, "unchanged", f"{previous['version']} {digest[:19]}")
                 )
                 continue
-            # A new digest must sort above what the repository has, even under the same tag.
+            # A new digest must sort above what the repository has, even under the same tag. Without a
+            # record (first run, a lost state file): above what the repository has of that package.
             floor = previous.get("version") if previous else None
+            if floor is None:
+                if fmt not in published:
+                    published[fmt] = repo.newest_versions(repo_dir, fmt)
+                floor = published[fmt].get(package_name(entry))
             outcome = _build_one(project, entry, fmt, min_version=floor)
             outcomes.append(outcome)
             if outcome.result is not None:
                 done = outcome.result
-                state[key] = {"digest": done.digest, "version": done.version, "name": done.name}
-    built = [o.result.path for o in outcomes if o.result is not None]
-    if built:
-        repo.add(repo_dir, built, keep=project.keep, signing=project.signing, apk_key=project.apk_key)
+                new_state[done.path] = (
+                    outcome,
+                    key,
+                    {"digest": done.digest, "version": done.version, "name": done.name},
+                )
+    if new_state:
+
+        def refused(path: Path, error: UsageError) -> None:
+            # Same name and version as a published package, other bytes (a `version` fixed in the
+            # project while the tag moved): that image fails, the others are published.
+            outcome = new_state.pop(path)[0]
+            log.warn(f"{outcome.image} ({outcome.format}): {error.one_line()}")
+            outcome.status, outcome.detail, outcome.result = "failed", error.one_line(), None
+
+        repo.add(
+            repo_dir,
+            list(new_state),
+            keep=project.keep,
+            signing=project.signing,
+            apk_key=project.apk_key,
+            on_clash=refused,
+        )
         # Recorded only once published: a failed publish rebuilds next time.
-        save_state(repo_dir, state)
+        if new_state:
+            for _, key, record in new_state.values():
+                state[key] = record
+            save_state(repo_dir, state)
     return outcomes
