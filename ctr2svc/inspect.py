@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import unicodedata
 from dataclasses import asdict
 from typing import Any
 
-from ctr2svc import naming, registry
+from ctr2svc import metadata, naming, registry
 from ctr2svc.build import (
     BuildOptions,
     Generated,
@@ -24,6 +25,9 @@ from ctr2svc.build import (
 )
 from ctr2svc.errors import Ctr2svcError
 from ctr2svc.model import HealthCheck, Layout, PackageFormat
+
+# Of `inspect --json`'s output (docs/json.md): bumped when a field changes meaning or goes away.
+SCHEMA_VERSION = 1
 
 
 def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
@@ -51,6 +55,7 @@ def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
     layout = Layout(name, packages["deb"].get("version", "VERSION"))
     health = HealthCheck.from_image(cfg.healthcheck)
     return {
+        "schema_version": SCHEMA_VERSION,
         "reference": str(image.reference),
         "pinned": image.pinned,
         "digest": image.digest,
@@ -65,7 +70,7 @@ def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
         "env": list(cfg.env),
         "exposed_ports": list(cfg.exposed_ports),
         "volumes": list(cfg.volumes),
-        "stop_signal": normalize_signal(cfg.stop_signal or "SIGTERM"),
+        "stop_signal": normalize_signal(cfg.stop_signal or "SIGTERM", f"image {image.reference}"),
         "healthcheck": asdict(health) if health else None,
         "labels": dict(cfg.labels),
         "package": {
@@ -74,7 +79,7 @@ def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
             "service": layout.unit_name,
             "image_dir": layout.image_dir,
             "data_dir": layout.data_dir,
-            "volumes": {v: layout.volume_host_path("/" + v.strip("/")) for v in cfg.volumes},
+            "volumes": {v: layout.volume_host_path(metadata.volume_path(v)) for v in cfg.volumes},
             "config_dir": layout.config_dir,
         },
         "generated": made,
@@ -108,6 +113,14 @@ def generated(made: Generated) -> dict[str, Any]:
     }
 
 
+def _shown(value: Any) -> str:
+    """An image's value for a terminal: control characters (escape sequences, line breaks) as escapes,
+    so that a crafted label or env value cannot redraw the screen or fake a line of the report."""
+    return "".join(
+        c if c == " " or unicodedata.category(c)[0] not in "CZ" else repr(c)[1:-1] for c in str(value)
+    )
+
+
 def text(info: dict[str, Any]) -> str:
     """The report for people: what the image declares, then what ctr2svc would make of it."""
     pkg = info["package"]
@@ -115,17 +128,17 @@ def text(info: dict[str, Any]) -> str:
     check = f"{' '.join(health['command'])} (every {health['interval']}s)" if health else "-"
     lines = [
         f"image       {info['pinned']}",
-        f"platform    {info['platform']}  (offers: {', '.join(info['platforms'])})",
-        f"created     {info['created'] or 'unknown'}",
-        f"entrypoint  {' '.join(info['entrypoint']) or '-'}",
-        f"cmd         {' '.join(info['cmd']) or '-'}",
-        f"user        {info['user']}",
-        f"workdir     {info['working_dir']}",
-        f"ports       {', '.join(info['exposed_ports']) or '-'}",
-        f"volumes     {', '.join(info['volumes']) or '-'}",
-        f"stop signal {info['stop_signal']}",
-        f"healthcheck {check}",
-        "env         " + ("\n            ".join(info["env"]) or "-"),
+        f"platform    {_shown(info['platform'])}  (offers: {_shown(', '.join(info['platforms']))})",
+        f"created     {_shown(info['created'] or 'unknown')}",
+        f"entrypoint  {_shown(' '.join(info['entrypoint'])) or '-'}",
+        f"cmd         {_shown(' '.join(info['cmd'])) or '-'}",
+        f"user        {_shown(info['user'])}",
+        f"workdir     {_shown(info['working_dir'])}",
+        f"ports       {_shown(', '.join(info['exposed_ports'])) or '-'}",
+        f"volumes     {_shown(', '.join(info['volumes'])) or '-'}",
+        f"stop signal {_shown(info['stop_signal'])}",
+        f"healthcheck {_shown(check)}",
+        "env         " + ("\n            ".join(_shown(e) for e in info["env"]) or "-"),
         "",
         f"package     {pkg['name']}",
     ]

@@ -153,7 +153,7 @@ def test_install_upgrade_downgrade_erase(built: Built, root: Path) -> None:
 
 # Every rpmlint finding left, with the reason it stays; anything else fails the test.
 RPMLINT_ACCEPTED = {
-    # The layout's choice (README, "What the package installs"): /opt is for add-on software trees.
+    # The layout's choice (docs/layout.md): /opt is for add-on software trees.
     "dir-or-file-in-opt": "the image tree lives under /opt/containers by design",
     # The image's own files, shipped as they are in the image.
     "statically-linked-binary": "image content (the test image's busybox is static)",

@@ -166,3 +166,19 @@ def test_shell_completion(tmp_path: Path) -> None:
     for shell in ("zsh", "fish"):
         out = subprocess.run([ctr2svc, "completion", shell], capture_output=True, text=True, check=True)
         assert "_CTR2SVC_COMPLETE" in out.stdout
+
+
+def test_build_json(ctr2svc: Cli, integration_host: None, tmp_path: Path) -> None:
+    """`build --json`: the summary on stdout instead of the path; again, up to date, with the same package."""
+    first = json.loads(ctr2svc("build", "oci:examples/hello:1.0", "-o", tmp_path, "--json").stdout)
+    package = Path(first["package"])
+    assert package.parent == tmp_path and package.name == "hello-svc_1.0_amd64.deb"
+    assert first["schema_version"] == 1 and first["format"] == "deb" and first["up_to_date"] is False
+    assert first["name"] == "hello-svc" and first["version"] == "1.0"
+    assert first["size"] == package.stat().st_size
+    assert first["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
+    assert first["pinned"].endswith(first["digest"]) and first["digest"].startswith("sha256:")
+    assert first["service"] == "hello-svc.service" and first["data_dir"] == "/var/lib/hello-svc"
+    assert first["install"] == f"apt install {package}"
+    again = json.loads(ctr2svc("build", "oci:examples/hello:1.0", "-o", tmp_path, "--json").stdout)
+    assert again == {**first, "up_to_date": True}

@@ -1,4 +1,4 @@
-"""Every command's --help ends with a runnable example, as the README promises."""
+"""Every command's --help ends with a runnable example, as docs/usage.md promises."""
 
 from __future__ import annotations
 

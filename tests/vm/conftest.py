@@ -35,7 +35,7 @@ def vm(vm_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vmh
 
 
 class Timings:
-    """Durations the e2e tests measure, printed at the end of the run (the README quotes them)."""
+    """Durations the e2e tests measure, printed at the end of the run (docs/testing.md quotes them)."""
 
     def __init__(self) -> None:
         self.entries: list[tuple[str, float]] = []

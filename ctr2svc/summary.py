@@ -1,0 +1,80 @@
+"""`build --json`: what a build made, as one JSON object per package (docs/json.md is its schema)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ctr2svc.model import PackageFormat
+from ctr2svc.record import BuildResult
+from ctr2svc.update import Outcome
+
+# Bumped when a field changes meaning or goes away; new fields do not bump it.
+SCHEMA_VERSION = 1
+
+INSTALLERS = {
+    PackageFormat.DEB: "apt install",
+    PackageFormat.RPM: "dnf install",
+    PackageFormat.APK: "apk add --allow-untrusted",
+}
+
+
+# The fields of a package's summary besides schema_version and format: null when no package was made.
+PACKAGE_FIELDS = (
+    "package",
+    "name",
+    "version",
+    "size",
+    "sha256",
+    "pinned",
+    "digest",
+    "service",
+    "data_dir",
+    "install",
+    "up_to_date",
+)
+
+
+def install_command(fmt: PackageFormat, result: BuildResult) -> str:
+    """The command that installs the package on a host of its kind, run from the current directory."""
+    path = result.path if result.path.is_absolute() else f"./{result.path}"
+    return f"{INSTALLERS[fmt]} {path}"
+
+
+def package(fmt: PackageFormat, result: BuildResult) -> dict[str, Any]:
+    """The summary of one built (or up-to-date) package: what `build --json` prints."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "package": str(result.path),
+        "format": str(fmt),
+        "name": result.name,
+        "version": result.version,
+        "size": result.path.stat().st_size,
+        "sha256": result.sha256,
+        "pinned": result.pinned,
+        "digest": result.digest,
+        "service": result.service,
+        "data_dir": result.data_dir,
+        "install": install_command(fmt, result),
+        "up_to_date": result.up_to_date,
+    }
+
+
+def outcome(done: Outcome) -> dict[str, Any]:
+    """One element of `build -c --json`'s list: the image and its result, then the package's summary."""
+    entry: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "image": done.image,
+        "format": str(done.format),
+        "status": done.status,
+        "error": done.detail if done.status == "failed" else None,
+    }
+    if done.result is not None:
+        entry.update(package(done.format, done.result))
+    else:
+        entry.update(dict.fromkeys(PACKAGE_FIELDS))
+    return entry
+
+
+def dumps(data: object) -> str:
+    return json.dumps(data, indent=2)
