@@ -681,9 +681,11 @@ def dpkg(*args: str) -> None:
         time.sleep(2)
 
 
-def packaged_variant(ctx: Context, img: Image, deb: Path, cleanups: contextlib.ExitStack) -> Variant:
+def packaged_variant(
+    ctx: Context, img: Image, deb: Path, cleanups: contextlib.ExitStack, variant: str = "packaged"
+) -> Variant:
     """The .deb installed with dpkg -i, started as its systemd unit starts it."""
-    name = img.package
+    name = deb.name.split("_", 1)[0]
     purge_package(name)
     dpkg("-i", str(deb))
     cleanups.callback(purge_package, name)
@@ -699,7 +701,7 @@ def packaged_variant(ctx: Context, img: Image, deb: Path, cleanups: contextlib.E
 
         systemctl("stop")
         return Variant(
-            "packaged",
+            variant,
             lambda: systemctl("start"),
             lambda: systemctl("stop"),
             lambda: int(sh(["systemctl", "show", "-p", "MainPID", "--value", f"{name}.service"]).stdout),
@@ -734,7 +736,7 @@ def packaged_variant(ctx: Context, img: Image, deb: Path, cleanups: contextlib.E
             shutil.rmtree(d, ignore_errors=True)
 
     return Variant(
-        "packaged",
+        variant,
         start,
         stop,
         lambda: int(pidfile.read_text().strip()),
@@ -839,12 +841,24 @@ def podman_variant(img: Image, podman: str, cleanups: contextlib.ExitStack) -> V
     )
 
 
+def piped_deb(ctx: Context, img: Image) -> Path:
+    """The same image packaged with --stdio pipe: what an image that opens /dev/stdout (nginx) gets."""
+    cache, _ = warm(ctx, img)
+    out = ctx.work / "warm" / img.key / "out-pipe"
+    if not out.exists():
+        name = f"{img.repo}-pipe-svc"
+        sh([*ctr2svc_build(ctx, img, cache, out, "-q"), "--stdio", "pipe", "--name", name])
+    return next(out.glob("*.deb"))
+
+
 def section_de(ctx: Context, img: Image, deb: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     LOG.say(f"(d) start to first TCP accept and (e) resident processes, {img.key} image")
     with contextlib.ExitStack() as cleanups:
         variants = [packaged_variant(ctx, img, deb, cleanups), runc_variant(ctx, img, cleanups)]
         if ctx.podman:
             variants.append(podman_variant(img, ctx.podman, cleanups))
+        # The pipe relay's price, measured beside the default (the journal's socket, no process).
+        variants.append(packaged_variant(ctx, img, piped_deb(ctx, img), cleanups, "packaged-pipe"))
         return _measure_de(ctx, img, variants)
 
 
@@ -876,9 +890,11 @@ def _measure_de(
     for name, t in returned.items():
         d[name]["returned_median"] = statistics.median(t)
     d["ratio"] = d["packaged"]["median"] / d["runc"]["median"]
+    if "packaged-pipe" in d:
+        d["pipe_ratio"] = d["packaged-pipe"]["median"] / d["runc"]["median"]
     if "podman" in d:
         d["podman_ratio"] = d["podman"]["median"] / d["runc"]["median"]
-        d["podman_flags"] = variants[-1].info["flags"]
+        d["podman_flags"] = next(v.info["flags"] for v in variants if v.name == "podman")
     d["packaged_steps"] = {k: statistics.median(v) for k, v in variants[0].info.get("steps", {}).items()}
     d["target"] = TARGETS["d"]
     d["met"] = d["ratio"] <= TARGETS["d"]
@@ -1004,6 +1020,11 @@ def table(results: Mapping[str, Any]) -> str:
                 f"runc run {_s(d['runc']['median'])}{podman} | {d['ratio']:.2f}{X} | ≤ {d['target']}{X} | "
                 f"{_met(d['met'])} |"
             )
+            if "packaged-pipe" in d:
+                rows.append(
+                    f"| (d) … with --stdio pipe | {key} | {_s(d['packaged-pipe']['median'])} | "
+                    f"runc run {_s(d['runc']['median'])} | {d['pipe_ratio']:.2f}{X} | - | |"
+                )
         e = results["e"].get(key)
         if e:
             others = "; ".join(
@@ -1018,6 +1039,13 @@ def table(results: Mapping[str, Any]) -> str:
                 f"({p['container_rss_kib'] / 1024:.1f} MiB) | {others} | - | {e['target']} | "
                 f"{_met(e['met'])} |"
             )
+            if "packaged-pipe" in e:
+                q = e["packaged-pipe"]
+                rows.append(
+                    f"| (e) … with --stdio pipe | {key} | {q['extra_processes']} "
+                    f"({q['extra_rss_kib']} KiB RSS, {q['extra_pss_kib']} KiB PSS: {', '.join(q['extra'])}) "
+                    "| - | - | 1 | |"
+                )
     return "\n".join(rows)
 
 

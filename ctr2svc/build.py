@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import hashlib
+import math
 import os
 import re
 import shlex
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import bundle, log, naming, package, record, registry, runtime_config, units
+from ctr2svc import bundle, log, metadata, naming, package, record, registry, runtime_config, units
 from ctr2svc.bundle import Bundle, Kind, RootfsScan
 from ctr2svc.errors import ImageError, UsageError
 from ctr2svc.model import (
@@ -75,6 +78,8 @@ class BuildOptions:
     health_interval: int | None = None
     health_retries: int | None = None
     runtime: str = "runc"
+    # auto: a pipe for the container's stdout/stderr when the image opens /dev/stdout or /dev/stderr.
+    stdio: str = "auto"
     # The version must sort above this one (ctr2svc update: a new digest of an unchanged tag).
     min_version: str | None = None
     # Signs the package: an armored OpenPGP secret key (deb, rpm) or a PEM RSA private key (apk).
@@ -123,18 +128,27 @@ def check_package_options(opts: BuildOptions) -> None:
         naming.parse_version(fmt, opts.version)
     security(opts)
     check_runtime(opts.runtime)
+    if opts.stdio not in STDIO_MODES:
+        raise UsageError(f"unknown --stdio {opts.stdio!r}", hint="use --stdio auto, journal or pipe")
     if opts.sign_key_file is not None:
         check_sign_key(opts.format, opts.sign_key_file)
     env_defaults(opts.env)
     bind_mounts(opts.volumes)
     resources(opts)
     if opts.user is not None:
+        metadata.check_one_line("--user", opts.user, "e.g. --user 999:999")
         _split_user(opts.user)
     if opts.arch is not None:
         arch, variant = naming.split_platform(opts.arch)
         naming.format_arch(fmt, naming.deb_arch(arch, variant))
     if opts.stop_signal is not None:
         normalize_signal(opts.stop_signal)
+    metadata.maintainer(opts.maintainer)
+    package.source_date_epoch()
+    if opts.sign_key_name is not None:
+        metadata.file_name(
+            "--sign-key-name", opts.sign_key_name, "name the public key's file, e.g. ops.rsa.pub"
+        )
 
 
 def _existing_parent(path: Path) -> Path:
@@ -144,7 +158,8 @@ def _existing_parent(path: Path) -> Path:
     return Path("/")
 
 
-def normalize_signal(value: str) -> str:
+def normalize_signal(value: str, source: str = "") -> str:
+    """SIGNAME for a signal name or number; source names the image when the image declared it."""
     text = value.strip().upper()
     if text.isdigit():
         try:
@@ -153,6 +168,11 @@ def normalize_signal(value: str) -> str:
             pass
     name = text if text.startswith("SIG") else f"SIG{text}"
     if name not in SIGNALS:
+        if source:
+            raise ImageError(
+                f"{source} declares an unknown STOPSIGNAL {metadata.one_line(value, 40)!r}",
+                hint="pass --stop-signal with a signal name such as SIGTERM or SIGQUIT",
+            )
         raise UsageError(
             f"unknown stop signal {value!r}", hint="use a signal name such as SIGTERM or SIGQUIT"
         )
@@ -188,14 +208,17 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
 
 def env_defaults(env: tuple[str, ...]) -> tuple[str, ...]:
     for item in env:
-        if not _ENV.match(item) or "\n" in item:
+        if not _ENV.match(item):
             raise UsageError(f"--env {item!r} is not KEY=VALUE", hint="e.g. --env LOG_LEVEL=debug")
+        # One line of /etc/NAME/env each: a newline would start a variable the user did not write.
+        metadata.check_one_line("--env", item, "a value is one line; put longer text in a file")
     return env
 
 
 def bind_mounts(volumes: tuple[str, ...]) -> tuple[BindMount, ...]:
     mounts = []
     for text in volumes:
+        metadata.check_one_line("--volume", text, "e.g. --volume /srv/certs:/certs:ro")
         parts = text.split(":")
         mode = parts.pop() if len(parts) == 3 else "ro"
         if len(parts) != 2 or mode not in ("ro", "rw") or not all(p.startswith("/") for p in parts):
@@ -218,8 +241,10 @@ def resources(opts: BuildOptions) -> Resources:
                 f"--memory {opts.memory!r} is not a size", hint="e.g. --memory 512M or --memory 2G"
             )
         memory = int(float(match.group(1)) * 1024 ** "BKMGT".index((match.group(2) or "B").upper()))
-    if opts.cpus is not None and opts.cpus <= 0:
-        raise UsageError(f"--cpus {opts.cpus} must be more than 0", hint="e.g. --cpus 0.5 or --cpus 2")
+    if opts.cpus is not None and not (math.isfinite(opts.cpus) and 0 < opts.cpus <= 4096):
+        raise UsageError(
+            f"--cpus {opts.cpus} is not a number of CPUs above 0", hint="e.g. --cpus 0.5 or --cpus 2"
+        )
     return Resources(memory, opts.cpus)
 
 
@@ -244,11 +269,57 @@ def check_sign_key(fmt: PackageFormat, path: Path) -> None:
 
 
 RUNTIMES = ("runc", "crun")
+STDIO_MODES = ("auto", "journal", "pipe")
+# Names by which a process reaches its own stdout or stderr again: opening them needs a pipe or a file,
+# and fails (ENXIO) on the journal's socket.
+_STDIO_PATHS = ("/dev/stdout", "/dev/stderr", "/proc/self/fd/1", "/proc/self/fd/2", "/dev/fd/1", "/dev/fd/2")
+_STDIO_TEXT = re.compile(rb"/dev/std(?:out|err)\b|/proc/self/fd/[12]\b|/dev/fd/[12]\b")
+# Text files read for those names: the entrypoint script and configuration, not every binary.
+_STDIO_SCAN_LIMIT = 256 * 1024
+_DEFAULT_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def stdio_mode(opts: BuildOptions, scan: RootfsScan, rootfs: Path, args: tuple[str, ...]) -> tuple[str, str]:
+    """(journal or pipe, why) for the container's stdout and stderr under systemd.
+
+    The journal's socket costs no process, so it is the choice unless the image shows it reopens its
+    output: a log file linked to /dev/stdout (nginx, httpd), those names in its command line, in its
+    entrypoint script or in its configuration under /etc (php-fpm's error_log = /proc/self/fd/2).
+    """
+    if opts.stdio != "auto":
+        return opts.stdio, f"--stdio {opts.stdio}"
+    for entry in scan.entries:
+        if entry.kind is Kind.SYMLINK and entry.target in _STDIO_PATHS:
+            return "pipe", f"/{entry.path} links to {entry.target}"
+    for arg in args:
+        if _STDIO_TEXT.search(arg.encode()):
+            return "pipe", f"its command line names {arg!r}"
+    candidates = [e for e in scan.entries if e.kind is Kind.FILE and e.path.startswith("etc/")]
+    if args:
+        # The entrypoint as the container's PATH would find it (Docker's default PATH).
+        dirs = ("",) if args[0].startswith("/") else _DEFAULT_PATH
+        for found in (scan.find(f"{d}/{args[0]}") for d in dirs):
+            if found is not None and found.kind is Kind.FILE:
+                candidates.insert(0, found)
+                break
+    for entry in candidates:
+        path = rootfs / entry.path
+        try:
+            if path.stat().st_size > _STDIO_SCAN_LIMIT:
+                continue
+            head = path.read_bytes()
+        except OSError:
+            continue
+        if b"\0" in head[:1024]:
+            continue  # a binary: its strings say nothing about what it opens
+        if _STDIO_TEXT.search(head):
+            return "pipe", f"/{entry.path} names /dev/stdout, /dev/stderr or /proc/self/fd"
+    return "journal", "the image does not reopen its output"
 
 
 def check_runtime(runtime: str) -> str:
     if runtime == "nspawn":
-        # See the README: nspawn's OCI mode wants machined over D-Bus and has no detached mode or
+        # See docs/service.md: nspawn's OCI mode wants machined over D-Bus and has no detached mode or
         # `exec`, which the unit, the health check and the admin tools rely on.
         raise UsageError(
             "--runtime nspawn is not supported: systemd-nspawn --oci-bundle cannot run detached or exec "
@@ -328,9 +399,15 @@ def resolve_user(text: str, rootfs: Path) -> tuple[int, int]:
 def workspace(cache_root: Path) -> Iterator[Path]:
     # Beside the cache rather than in /tmp: a rootfs can be large and /tmp is often memory.
     base = cache_root / "work"
-    base.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(base)
-    path = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=base))
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(base)
+        path = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=base))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot make a work directory in {base}: {exc.strerror}",
+            hint="point --cache-dir (or CTR2SVC_CACHE_DIR) at a writable directory with free space",
+        ) from exc
     try:
         yield path
     finally:
@@ -371,14 +448,25 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
             f"image {image.reference} has no Entrypoint or Cmd, so there is nothing to run",
             hint="pass the command to run with --cmd, e.g. --cmd '/usr/bin/server --port 8080'",
         )
+    stdio, why = stdio_mode(opts, scan, unpacked.rootfs, args)
+    if stdio == "pipe" and opts.init_system is InitSystem.SYSTEMD:
+        log.info(f"  stdout/stderr through a pipe and a relay process: {why}")
     if opts.user is not None:
         uid, gid = resolve_user(opts.user, unpacked.rootfs)
     else:
         user = unpacked.config.get("process", {}).get("user", {})
         uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
-    volumes = tuple(_volume(layout, path, scan, uid, gid) for path in cfg.volumes)
-    title = cfg.labels.get("org.opencontainers.image.title") or image.reference.basename
-    summary = cfg.labels.get("org.opencontainers.image.description") or f"{title} container image"
+    volumes = tuple(
+        _volume(layout, path, scan, uid, gid)
+        for path in dict.fromkeys(metadata.volume_path(v) for v in cfg.volumes)
+    )
+    labels = cfg.labels
+    # Labels are the image author's text: one line, no control characters, and no "$" that nfpm would
+    # expand; URLs and licenses only when they are what they claim to be.
+    title = metadata.one_line(labels.get("org.opencontainers.image.title") or "") or image.reference.basename
+    summary = metadata.summary(
+        labels.get("org.opencontainers.image.description") or f"{title} container image"
+    )
     return ServiceSpec(
         name=name,
         version=version,
@@ -389,10 +477,12 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         args=args,
         uid=uid,
         gid=gid,
-        stop_signal=normalize_signal(opts.stop_signal or cfg.stop_signal or "SIGTERM"),
+        stop_signal=normalize_signal(opts.stop_signal)
+        if opts.stop_signal
+        else normalize_signal(cfg.stop_signal or "SIGTERM", f"image {image.reference}"),
         stop_timeout=opts.stop_timeout,
         volumes=volumes,
-        maintainer=opts.maintainer,
+        maintainer=metadata.maintainer(opts.maintainer),
         format=fmt,
         init=opts.init_system,
         security=security(opts),
@@ -404,9 +494,10 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         health=health_check(opts, cfg.healthcheck),
         ready_port=opts.ready_port,
         runtime=opts.runtime,
-        homepage=cfg.labels.get("org.opencontainers.image.url")
-        or cfg.labels.get("org.opencontainers.image.source"),
-        license=cfg.labels.get("org.opencontainers.image.licenses"),
+        stdio=stdio,
+        homepage=metadata.homepage(labels.get("org.opencontainers.image.url"), "url")
+        or metadata.homepage(labels.get("org.opencontainers.image.source"), "source"),
+        license=metadata.license_expression(labels.get("org.opencontainers.image.licenses")),
     )
 
 
@@ -444,7 +535,7 @@ def generate(opts: BuildOptions, cache: registry.ImageCache, image: ResolvedImag
     """Unpack the cached image in work/ and produce the service's files and runtime config."""
     with log.step("Unpacking the image"), cache.locked(exclusive=False):
         layers = len((cache.manifest(image.digest) or {}).get("layers", []))
-        unpacked = bundle.unpack(image.cache_ref, work / "bundle", layers)
+        unpacked = bundle.unpack(image.cache_ref, work / "bundle", layers, user=opts.user)
     scan = bundle.scan(unpacked.rootfs)
     spec = plan_service(opts, image, unpacked, scan)
     with log.step(f"Writing the service files for {spec.name} {spec.version}"):
@@ -454,11 +545,38 @@ def generate(opts: BuildOptions, cache: registry.ImageCache, image: ResolvedImag
     return Generated(spec, unpacked, scan, config, files, scripts)
 
 
+@contextlib.contextmanager
+def output_lock(cache_root: Path, opts: BuildOptions) -> Iterator[None]:
+    """One build at a time of one package name and format into one output directory.
+
+    Without it two builds of one image into one directory both succeed and one reports the sha256 of a
+    file the other has replaced. The second waits, then finds the first one's record: "up to date".
+    """
+    name = opts.name or naming.default_package_name(opts.reference.basename)
+    key = hashlib.sha256(f"{opts.output_dir.absolute()}\0{name}\0{opts.format}".encode()).hexdigest()
+    locks = cache_root / "locks"
+    try:
+        locks.mkdir(exist_ok=True)
+        handle = (locks / f"{key[:32]}.lock").open("a+")
+    except OSError as exc:
+        raise UsageError(
+            f"cannot lock {locks}: {exc.strerror}",
+            hint="point --cache-dir (or CTR2SVC_CACHE_DIR) at a writable directory",
+        ) from exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"  waiting for another build of {name} ({opts.format}) into {opts.output_dir}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def build(opts: BuildOptions) -> BuildResult:
     check_options(opts)
     cache = registry.ImageCache(opts.cache_dir or registry.default_cache_dir())
     cache.ensure()
-    with workspace(cache.root) as work:
+    with output_lock(cache.root, opts), workspace(cache.root) as work:
         with log.step(f"Resolving {opts.reference}"):
             pull = pull_options(opts)
             located = registry.locate(opts.reference, pull, work)
@@ -487,8 +605,8 @@ def build(opts: BuildOptions) -> BuildResult:
             staging.mkdir()
             opts.output_dir.mkdir(parents=True, exist_ok=True)
             path = package.pack(inputs, staging, opts.output_dir)
-    result = BuildResult.of(path, spec, made.scan.skipped)
-    record.save(cache.root, build_key, result)
+        result = BuildResult.of(path, spec, made.scan.skipped)
+        record.save(cache.root, build_key, result)
     return result
 
 

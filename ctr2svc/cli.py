@@ -13,7 +13,7 @@ from typing import Any
 import click
 from click.shell_completion import get_completion_class
 
-from ctr2svc import __version__, log
+from ctr2svc import __version__, completion, log, summary
 from ctr2svc.build import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
 from ctr2svc.errors import Ctr2svcError, PartialFailure, UsageError
 from ctr2svc.inspect import inspect as inspect_image
@@ -27,11 +27,51 @@ from ctr2svc.runtime_config import DEFAULT_PIDS_LIMIT
 from ctr2svc.update import Outcome, build_all, table, update
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    # --debug wins over --quiet whichever comes first, and wherever each is written.
+    if value and log.STATE.verbosity < 1:
+        log.set_verbosity(-1)
+
+
+def _debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        log.set_verbosity(1)
+
+
+def verbosity_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """-q and -v, accepted before the command (`ctr2svc -q build`) and after it (`ctr2svc build -q`)."""
+    quiet = click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_quiet,
+        help="Print only warnings and errors.",
+    )
+    debug = click.option(
+        "-v",
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_debug,
+        help="Show every external command and its output.",
+    )
+    return quiet(debug(command))
+
+
+class _Cli(click.Group):
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        # Each invocation starts at normal verbosity; -q/-v on any level of the command line change it.
+        log.set_verbosity(0)
+        return super().make_context(*args, **kwargs)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ctr2svc")
-@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors.")
-@click.option("-v", "--debug", "debug", is_flag=True, help="Show every external command and its output.")
-def cli(quiet: bool, debug: bool) -> None:
+@verbosity_options
+def cli() -> None:
     """Turn container images into native packages that run them as system services.
 
     \b
@@ -39,7 +79,6 @@ def cli(quiet: bool, debug: bool) -> None:
       ctr2svc build oci:examples/hello:1.0 -o dist/
       apt install ./dist/hello-svc_1.0_amd64.deb
     """
-    log.set_verbosity(1 if debug else -1 if quiet else 0)
 
 
 # Options that shape the package: `build` takes them, and `inspect --generated` to show their effect.
@@ -61,7 +100,7 @@ PACKAGE_OPTIONS = [
     ),
     click.option("--name", help="Package and service name (default: the image's last path part + '-svc')."),
     click.option(
-        "--version", "pkg_version", help="Package version (default: derived from the tag; see README)."
+        "--version", "pkg_version", help="Package version (default: derived from the tag; see docs/usage.md)."
     ),
     click.option(
         "--arch",
@@ -107,10 +146,15 @@ PACKAGE_OPTIONS = [
         "--cap-add",
         multiple=True,
         metavar="CAP",
+        shell_complete=completion.capabilities,
         help="Grant a capability beyond Docker's defaults (repeatable).",
     ),
     click.option(
-        "--cap-drop", multiple=True, metavar="CAP", help="Remove a capability, or ALL of them (repeatable)."
+        "--cap-drop",
+        multiple=True,
+        metavar="CAP",
+        shell_complete=completion.capabilities_or_all,
+        help="Remove a capability, or ALL of them (repeatable).",
     ),
     click.option(
         "--privileged",
@@ -160,6 +204,15 @@ PACKAGE_OPTIONS = [
         show_default=True,
         help="OCI runtime the service runs with: runc or crun (the package depends on it).",
     ),
+    click.option(
+        "--stdio",
+        type=click.Choice(["auto", "journal", "pipe"]),
+        default="auto",
+        show_default=True,
+        help="systemd: the container's stdout/stderr straight on the journal's socket (no extra process), or "
+        "through a pipe and a relay process, as Docker does, for images that open /dev/stdout or "
+        "/dev/stderr (auto: when the image shows it does).",
+    ),
 ]
 
 
@@ -186,12 +239,13 @@ def build_options(image: str, **given: Any) -> BuildOptions:
 
 
 @cli.command(name="build")
-@click.argument("image", required=False)
+@verbosity_options
+@click.argument("image", required=False, shell_complete=completion.image_references)
 @click.option(
     "-c",
     "--config",
     "project_file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     help="Build every image of a project file (ctr2svc.toml) instead of IMAGE.",
 )
 @click.option(
@@ -205,7 +259,15 @@ def build_options(image: str, **given: Any) -> BuildOptions:
     "Its passphrase, if any, in $NFPM_PASSPHRASE.",
 )
 @click.option("--sign-key-name", help="apk: the public key's name in /etc/apk/keys (default: NAME.rsa.pub).")
-def build_command(image: str | None, project_file: Path | None, output_dir: Path, **package: Any) -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a JSON summary of the package (with -c: a list, one per package) instead of its path.",
+)
+def build_command(
+    image: str | None, project_file: Path | None, output_dir: Path, as_json: bool, **package: Any
+) -> None:
     """Build a package that runs IMAGE as a service.
 
     IMAGE is a registry reference (registry.example.com/team/app:1.2, valkey/valkey:9.0.0, or with a
@@ -225,7 +287,7 @@ def build_command(image: str | None, project_file: Path | None, output_dir: Path
             raise UsageError("give either IMAGE or -c FILE, not both", hint="drop IMAGE to build the project")
         project = load_project(project_file)
         outcomes = build_all(project)
-        _report(outcomes, "built")
+        _report(outcomes, "built", as_json=as_json)
         return
     if image is None:
         raise UsageError(
@@ -239,19 +301,17 @@ def build_command(image: str | None, project_file: Path | None, output_dir: Path
     log.info(f"  sha256:  {result.sha256}")
     log.info(f"  image:   {result.pinned}")
     log.info(f"  service: {result.service}, data in {result.data_dir}")
-    path = result.path if result.path.is_absolute() else f"./{result.path}"
-    installer = {"deb": "apt install", "rpm": "dnf install", "apk": "apk add --allow-untrusted"}[
-        str(options.format)
-    ]
-    log.info(f"  install: {installer} {path}")
-    # The package path alone on stdout, for scripts.
-    click.echo(str(result.path))
+    log.info(f"  install: {summary.install_command(options.format, result)}")
+    # The package path alone on stdout, for scripts (or all of the above as JSON).
+    click.echo(summary.dumps(summary.package(options.format, result)) if as_json else str(result.path))
 
 
-def _report(outcomes: list[Outcome], action: str) -> None:
+def _report(outcomes: list[Outcome], action: str, *, as_json: bool = False) -> None:
     click.echo(table(outcomes), err=True)
+    if as_json:
+        click.echo(summary.dumps([summary.outcome(outcome) for outcome in outcomes]))
     for outcome in outcomes:
-        if outcome.result is not None:
+        if outcome.result is not None and not as_json:
             click.echo(str(outcome.result.path))
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
@@ -262,7 +322,8 @@ def _report(outcomes: list[Outcome], action: str) -> None:
 
 
 @cli.command(name="inspect")
-@click.argument("image")
+@verbosity_options
+@click.argument("image", shell_complete=completion.image_references)
 @package_options
 @click.option(
     "--generated",
@@ -288,6 +349,7 @@ def inspect_command(image: str, with_files: bool, as_json: bool, **package: Any)
 
 
 @cli.group(name="repo")
+@verbosity_options
 def repo_group() -> None:
     """Package repositories that apt and dnf install from.
 
@@ -299,7 +361,8 @@ def repo_group() -> None:
 
 
 @repo_group.command(name="add")
-@click.argument("repo_dir", metavar="REPO", type=click.Path(path_type=Path, file_okay=False))
+@verbosity_options
+@click.argument("repo_dir", metavar="REPO", type=click.Path(path_type=Path))
 @click.argument(
     "packages", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False)
 )
@@ -334,25 +397,27 @@ def repo_add_command(
     result = repo_add(repo_dir, list(packages), keep=keep, signing=signing, apk_key=apk)
     for path in result.added:
         click.echo(str(path))
-    log.info(
-        f"✓ {len(result.added)} added, {len(result.pruned)} pruned; indexes: "
-        + ", ".join(str(p.relative_to(repo_dir)) for p in result.index)
-    )
+    if result.added or result.pruned:
+        log.info(
+            f"✓ {len(result.added)} added, {len(result.pruned)} pruned; indexes: "
+            + ", ".join(str(p.relative_to(repo_dir)) for p in result.index)
+        )
 
 
 @cli.command(name="update")
+@verbosity_options
 @click.option(
     "-c",
     "--config",
     "project_file",
     required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     help="The project file (ctr2svc.toml).",
 )
 @click.option(
     "--repo",
     "repo_dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(path_type=Path),
     help="Repository (default: [repo] path).",
 )
 def update_command(project_file: Path, repo_dir: Path | None) -> None:
@@ -374,6 +439,7 @@ def update_command(project_file: Path, repo_dir: Path | None) -> None:
 
 
 @cli.command(name="completion")
+@verbosity_options
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion_command(shell: str) -> None:
     """Print the shell completion script for SHELL.
@@ -398,7 +464,32 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    # Local imports: main() is the only part of this module that needs them.
+    import traceback
+
+    from ctr2svc.run import hide_from_ps, secret_args
+
     signal.signal(signal.SIGTERM, _terminate)
+    # A --creds password would otherwise stay readable in /proc/PID/cmdline for the whole build.
+    hide_from_ps(secret_args(sys.argv[1:]))
+    try:
+        _main()
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # A bug, or a failure nobody turned into a sentence yet: one line, the traceback on request.
+        if log.STATE.verbosity > 0:
+            traceback.print_exc()
+        what = str(exc).strip().replace("\n", " ") or "no message"
+        click.echo(
+            f"ctr2svc: internal error: {type(exc).__name__}: {what} "
+            "(please report it; run with --debug for the traceback)",
+            err=True,
+        )
+        sys.exit(70)
+
+
+def _main() -> None:
     if "_CTR2SVC_COMPLETE" in os.environ:
         # The shell asking for completions (the script `ctr2svc completion` prints sets this).
         cli.main(prog_name="ctr2svc", complete_var="_CTR2SVC_COMPLETE")
@@ -413,7 +504,12 @@ def main() -> None:
         click.echo("ctr2svc: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        # One line like every other error, with where to look: click's own form is three.
+        message = " ".join(exc.format_message().split())
+        hint = None
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f"see '{exc.ctx.command_path} --help'"
+        click.echo(f"ctr2svc: error: {message}" + (f" (hint: {hint})" if hint else ""), err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("ctr2svc: interrupted", err=True)

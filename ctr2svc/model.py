@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
 
+from ctr2svc.errors import ImageError
 from ctr2svc.reference import ImageReference
 
 
@@ -57,6 +58,26 @@ class PackageVersion:
         return f"{self.version}-{self.release}" if self.release else self.version
 
 
+def _bad_config(problem: str) -> ImageError:
+    return ImageError(
+        f"the image's config {problem}", hint="rebuild the image with a standard tool (docker, buildah)"
+    )
+
+
+def _typed(doc: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise _bad_config(f"has a {where} of the wrong type ({type(value).__name__})")
+    return value
+
+
+def _strings(cfg: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = _typed(cfg, key, list, f"config.{key}") or []
+    if not all(isinstance(item, str) for item in value):
+        raise _bad_config(f"has a config.{key} that is not a list of strings")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """What the image declares (the OCI image config), as far as a service cares."""
@@ -78,22 +99,29 @@ class ImageConfig:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ImageConfig:
-        cfg = doc.get("config") or {}
+        """The image config as the OCI image spec types it; anything else is the image's fault."""
+        if not isinstance(doc, Mapping):
+            raise _bad_config("is not a JSON object")
+        cfg = _typed(doc, "config", Mapping, "config") or {}
+        labels = _typed(cfg, "Labels", Mapping, "config.Labels") or {}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise _bad_config("has config.Labels that are not all strings")
+        health = _typed(cfg, "Healthcheck", Mapping, "config.Healthcheck")
         return cls(
-            architecture=doc.get("architecture", ""),
-            os=doc.get("os", ""),
-            variant=doc.get("variant") or None,
-            entrypoint=tuple(cfg.get("Entrypoint") or ()),
-            cmd=tuple(cfg.get("Cmd") or ()),
-            env=tuple(cfg.get("Env") or ()),
-            user=cfg.get("User") or "",
-            working_dir=cfg.get("WorkingDir") or "",
-            volumes=tuple(sorted(cfg.get("Volumes") or {})),
-            exposed_ports=tuple(sorted(cfg.get("ExposedPorts") or {})),
-            stop_signal=cfg.get("StopSignal") or None,
-            labels=dict(cfg.get("Labels") or {}),
-            created=doc.get("created"),
-            healthcheck=cfg.get("Healthcheck"),
+            architecture=_typed(doc, "architecture", str, "architecture") or "",
+            os=_typed(doc, "os", str, "os") or "",
+            variant=_typed(doc, "variant", str, "variant") or None,
+            entrypoint=_strings(cfg, "Entrypoint"),
+            cmd=_strings(cfg, "Cmd"),
+            env=_strings(cfg, "Env"),
+            user=_typed(cfg, "User", str, "config.User") or "",
+            working_dir=_typed(cfg, "WorkingDir", str, "config.WorkingDir") or "",
+            volumes=tuple(sorted(_typed(cfg, "Volumes", Mapping, "config.Volumes") or {})),
+            exposed_ports=tuple(sorted(_typed(cfg, "ExposedPorts", Mapping, "config.ExposedPorts") or {})),
+            stop_signal=_typed(cfg, "StopSignal", str, "config.StopSignal") or None,
+            labels=dict(labels),
+            created=_typed(doc, "created", str, "created"),
+            healthcheck=health,
         )
 
     @property
@@ -246,7 +274,14 @@ class HealthCheck:
         """From the image config's Healthcheck (durations in nanoseconds; Test is CMD, CMD-SHELL or NONE)."""
         if not doc or not doc.get("Test"):
             return None
-        test = list(doc["Test"])
+        test = doc["Test"]
+        numbers = ("Interval", "Timeout", "StartPeriod", "Retries")
+        if (
+            not isinstance(test, list)
+            or not all(isinstance(word, str) for word in test)
+            or not all(isinstance(doc.get(k) or 0, int) and (doc.get(k) or 0) >= 0 for k in numbers)
+        ):
+            raise _bad_config("has a HEALTHCHECK that is not a list of strings with whole-number timings")
         if test[0] == "CMD-SHELL" and len(test) == 2:
             command: tuple[str, ...] = ("/bin/sh", "-c", test[1])
         elif test[0] == "CMD" and len(test) > 1:
@@ -309,3 +344,6 @@ class ServiceSpec:
     runtime: str = "runc"  # the OCI runtime binary: runc or crun (same command line)
     homepage: str | None = None
     license: str | None = None
+    # How the container's stdout and stderr reach the journal (systemd): "journal", its socket itself,
+    # or "pipe", through a pipe and a relay process, for images that open /dev/stdout or /dev/stderr.
+    stdio: str = "journal"

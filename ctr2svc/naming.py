@@ -1,6 +1,6 @@
 """Package names, versions and architectures derived from an image, and the rules that check them.
 
-The version rule (documented in the README):
+The version rule (documented in docs/usage.md, "Names and versions"):
 - a tag that starts with a digit keeps its dotted numbers: ``9.0.0`` -> ``9.0.0``;
 - a leading ``v`` before a digit is dropped: ``v1.2`` -> ``1.2``;
 - ``_`` becomes ``.`` (Debian versions have no ``_``);
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import platform
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ctr2svc.errors import UsageError
 from ctr2svc.model import PackageFormat, PackageVersion
@@ -165,15 +165,22 @@ def check_package_name(name: str, fmt: PackageFormat = PackageFormat.DEB) -> str
     return name
 
 
-def _created_stamp(created: str | None) -> str | None:
+def created_time(created: str | None) -> datetime | None:
+    """The image config's `created` (RFC 3339, nanoseconds as Go writes them), or None."""
     if not created:
         return None
     try:
         # Go writes nanoseconds; Python parses at most microseconds.
         text = re.sub(r"\.(\d{6})\d+", r".\1", created.replace("Z", "+00:00"))
-        return datetime.fromisoformat(text).strftime("%Y%m%d%H%M%S")
+        when = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _created_stamp(created: str | None) -> str | None:
+    when = created_time(created)
+    return when.strftime("%Y%m%d%H%M%S") if when is not None else None
 
 
 def version_from_tag(tag: str | None, digest: str, created: str | None) -> str:

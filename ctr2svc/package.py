@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import log
+from ctr2svc import log, metadata
 from ctr2svc.bundle import Kind, RootfsScan
-from ctr2svc.errors import PackageError, ToolFailed
+from ctr2svc.errors import PackageError, ToolFailed, UsageError
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
-from ctr2svc.naming import format_arch, nfpm_arch, parse_version
+from ctr2svc.naming import created_time, format_arch, nfpm_arch, parse_version
 from ctr2svc.run import find_tool, run
 from ctr2svc.runtime_config import capabilities
 from ctr2svc.units import GeneratedFile
@@ -42,6 +42,29 @@ class PackageInputs:
 
 def _mtime(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def source_date_epoch() -> int | None:
+    text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds",
+            hint="set it to a Unix time such as 1700000000, or unset it",
+        )
+    return int(text)
+
+
+def build_epoch(spec: ServiceSpec) -> int:
+    """The time every timestamp in the package is clamped to, so that the same image digest, options
+    and ctr2svc give the same bytes: $SOURCE_DATE_EPOCH (reproducible-builds.org) if set, else the
+    image's creation time, else 0."""
+    given = source_date_epoch()
+    if given is not None:
+        return given
+    created = created_time(spec.image.config.created)
+    return max(0, int(created.timestamp())) if created is not None else 0
 
 
 # What each format accepts for the payload; the first is the default.
@@ -70,16 +93,19 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
     files_dir.mkdir(parents=True)
     contents: list[dict[str, Any]] = []
     staged: dict[str, Path] = {}
+    epoch = build_epoch(spec)
 
-    def directory(dst: str, mode: int = 0o755, mtime: int | None = None) -> None:
-        info: dict[str, Any] = {"mode": mode}
-        if mtime is not None:
-            info["mtime"] = _mtime(mtime)
-        contents.append({"dst": dst, "type": "dir", "file_info": info})
+    def clamped(mtime: int) -> str:
+        return _mtime(min(mtime, epoch))
+
+    def directory(dst: str, mode: int = 0o755) -> None:
+        contents.append({"dst": dst, "type": "dir", "file_info": {"mode": mode, "mtime": _mtime(epoch)}})
 
     def staged_file(data: bytes | str, name: str) -> Path:
         path = staging / name
         path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        # nfpm takes some timestamps from the file itself (apk's scripts).
+        os.utime(path, (epoch, epoch))
         return path
 
     for parent in (
@@ -92,11 +118,14 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
 
     for number, entry in enumerate(inputs.scan.entries):
         dst = f"{layout.rootfs}/{entry.path}" if entry.path else layout.rootfs
-        info = {"mode": entry.mode, "mtime": _mtime(entry.mtime)}
+        info = {"mode": entry.mode, "mtime": clamped(entry.mtime)}
         if entry.kind is Kind.DIR:
             contents.append({"dst": dst, "type": "dir", "file_info": info})
         elif entry.kind is Kind.SYMLINK:
-            contents.append({"src": entry.target, "dst": dst, "type": "symlink"})
+            # With no mode nfpm stats the link's *target* on the build host: "/run" would make var/run a
+            # directory with this host's mode and mtime. A link's own mode is always 0777 on Linux.
+            info = {"mode": 0o777, "mtime": clamped(entry.mtime)}
+            contents.append({"src": entry.target, "dst": dst, "type": "symlink", "file_info": info})
         else:
             # A hard link's second name ships as a copy; ownership.sh links it again on install.
             source = staged[entry.target] if entry.kind is Kind.HARDLINK and entry.target else None
@@ -108,11 +137,19 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
 
     config_path = staged_file(json.dumps(inputs.config_json, indent=2) + "\n", "config.json")
     contents.append(
-        {"src": str(config_path), "dst": f"{layout.image_dir}/config.json", "file_info": {"mode": 0o644}}
+        {
+            "src": str(config_path),
+            "dst": f"{layout.image_dir}/config.json",
+            "file_info": {"mode": 0o644, "mtime": _mtime(epoch)},
+        }
     )
-    metadata = staged_file(json.dumps(image_metadata(spec), indent=2) + "\n", "image.json")
+    image_json = staged_file(json.dumps(image_metadata(spec), indent=2) + "\n", "image.json")
     contents.append(
-        {"src": str(metadata), "dst": f"{layout.image_dir}/image.json", "file_info": {"mode": 0o644}}
+        {
+            "src": str(image_json),
+            "dst": f"{layout.image_dir}/image.json",
+            "file_info": {"mode": 0o644, "mtime": _mtime(epoch)},
+        }
     )
     directory(layout.config_dir)
     for number, generated in enumerate(inputs.generated):
@@ -120,7 +157,7 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         item: dict[str, Any] = {
             "src": str(path),
             "dst": generated.dest,
-            "file_info": {"mode": generated.mode},
+            "file_info": {"mode": generated.mode, "mtime": _mtime(epoch)},
         }
         if generated.config:
             item["type"] = "config|noreplace"
@@ -141,6 +178,8 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
     version = parse_version(fmt, spec.version)
     config: dict[str, Any] = {
         "name": spec.name,
+        # For what nfpm makes itself (parent directories, the deb's ar members, rpm's build time).
+        "mtime": _mtime(epoch),
         # nfpm translates Go's architecture names for deb; the other formats get theirs verbatim.
         "arch": nfpm_arch(spec.arch) if fmt is PackageFormat.DEB else format_arch(fmt, spec.arch),
         "platform": "linux",
@@ -149,8 +188,9 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         "version_schema": "none",
         "section": "admin",
         "priority": "optional",
-        "maintainer": spec.maintainer,
-        "description": description,
+        # nfpm expands ${VAR} in these three with the build's environment: "$" is escaped for it.
+        "maintainer": metadata.nfpm_text(spec.maintainer),
+        "description": metadata.nfpm_text(description),
         "depends": [spec.runtime, *(["openrc"] if spec.init is InitSystem.OPENRC else [])],
         "contents": contents,
         "scripts": scripts,
@@ -177,7 +217,7 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
     else:
         config["apk"] = {"scripts": apk_scripts}
     if spec.homepage:
-        config["homepage"] = spec.homepage
+        config["homepage"] = metadata.nfpm_text(spec.homepage)
     if inputs.sign_key_file is not None:
         # nfpm reads the key's passphrase from $NFPM_PASSPHRASE.
         key = str(inputs.sign_key_file.absolute())
@@ -245,6 +285,7 @@ def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
                 [nfpm, "package", "-f", config_path, "-p", str(inputs.spec.format), "-t", built],
                 what="build the package",
                 timeout=7200,
+                env={metadata.NFPM_DOLLAR_VAR: "$", "SOURCE_DATE_EPOCH": str(build_epoch(inputs.spec))},
                 on_start=progress.watch_reads,
             )
     except ToolFailed as exc:

@@ -91,6 +91,9 @@ def parse(text: str) -> ImageReference:
     text = text.strip()
     if not text:
         raise _invalid(text, "it is empty")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
+        # A reference ends up in package metadata and generated files, where a newline starts a field.
+        raise _invalid(text, "it contains control characters")
     for transport in (Transport.OCI_ARCHIVE, Transport.DOCKER_ARCHIVE, Transport.OCI):
         prefix = f"{transport}:"
         if text.startswith(prefix):

@@ -177,6 +177,9 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     process.pop("consoleSize", None)
 
     process["args"] = list(spec.args)
+    # umoci adds TERM=xterm for the terminal it planned; without one Docker sets no TERM either.
+    if not any(e.startswith("TERM=") for e in spec.image.config.env):
+        process["env"] = [e for e in process.get("env", []) if e != "TERM=xterm"]
 
     # The installed image dir stays pristine (dpkg -V keeps meaning something): the container's root is
     # an overlay of it that the service mounts here before runc starts (runc hooks run inside the
@@ -193,9 +196,12 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     linux = cfg.setdefault("linux", {})
     # Host networking, as `docker run --network host`: the service's ports are reachable without NAT
     # or port publishing. The UTS namespace goes with it, so the container sees the host's name.
-    linux["namespaces"] = [
-        ns for ns in linux.get("namespaces", []) if ns.get("type") not in ("network", "uts")
-    ]
+    namespaces = [ns for ns in linux.get("namespaces", []) if ns.get("type") not in ("network", "uts")]
+    # A private cgroup namespace, as Docker and podman give on cgroup v2: the container sees its own
+    # cgroup as the root of /sys/fs/cgroup and nothing of the host's tree.
+    if not any(ns.get("type") == "cgroup" for ns in namespaces):
+        namespaces.append({"type": "cgroup"})
+    linux["namespaces"] = namespaces
     cfg.pop("hostname", None)
     # Network sysctls need a network namespace, and hooks from other runtimes point at binaries this
     # host does not have: both make `runc run` fail.
@@ -304,7 +310,7 @@ def _mounts(mounts: list[dict[str, Any]], spec: ServiceSpec) -> list[dict[str, A
         m
         for m in mounts
         if (m.get("destination", "").rstrip("/") or "/") not in volume_paths
-        and m.get("destination") not in ("/etc/resolv.conf", "/etc/hosts")
+        and m.get("destination") not in ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
     ]
     for volume in spec.volumes:
         kept.append(
@@ -315,18 +321,17 @@ def _mounts(mounts: list[dict[str, Any]], spec: ServiceSpec) -> list[dict[str, A
                 "options": ["rbind"],
             }
         )
-    # A private /tmp in memory, as a fresh host boot would give: nothing left between starts, nothing
-    # shared with the host. (An image VOLUME at /tmp keeps its persistent directory instead.)
-    if "/tmp" not in volume_paths and not any(m.get("destination") == "/tmp" for m in kept):
+    # No tmpfs on /tmp (Docker and podman mount none): the image's /tmp stays visible, and the overlay's
+    # writable layer, emptied at every start, already keeps nothing between starts.
+    # The host's resolver and hosts file, as Docker gives them with host networking: copies the helper
+    # makes at each start, writable by the container, and the host's name in /etc/hostname.
+    for name in ("resolv.conf", "hosts", "hostname"):
         kept.append(
             {
-                "destination": "/tmp",
-                "type": "tmpfs",
-                "source": "tmpfs",
-                "options": ["nosuid", "nodev", "mode=1777"],
+                "destination": f"/etc/{name}",
+                "type": "bind",
+                "source": f"{spec.layout.state_dir}/{name}",
+                "options": ["rbind", "rw"],
             }
         )
-    # With host networking the container resolves names as the host does; images do not ship these.
-    for path in ("/etc/resolv.conf", "/etc/hosts"):
-        kept.append({"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]})
     return kept

@@ -122,12 +122,15 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         "health": spec.health,
         "ready_port": spec.ready_port,
         "runtime": spec.runtime,
+        "stdio_pipe": spec.stdio == "pipe",
     }
 
 
 def service_files(spec: ServiceSpec, scan: RootfsScan) -> list[GeneratedFile]:
     """The files the package installs besides the image: helper, ownership script, init integration."""
     values = _values(spec)
+    root = scan.entries[0] if scan.entries else Entry("", Kind.DIR, 0o755, 0, 0, 0)
+    values.update(root_uid=root.uid, root_gid=root.gid, root_mode=root.mode)
     batches, chmods, hardlinks = ownership_plan(scan)
     cfg = spec.layout.config_dir
     files = [

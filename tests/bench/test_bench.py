@@ -67,6 +67,12 @@ def test_quick_run_measures_every_section(integration_host: None, tmp_path: Path
         # The service's own processes were found: the entrypoint shell and httpd.
         assert e[variant]["container_processes"] >= 1
 
+    # The pipe relay (--stdio pipe) is measured beside the default: one process, its memory shown.
+    assert is_number(d["packaged-pipe"]["median"]) and is_number(d["pipe_ratio"])
+    assert e["packaged-pipe"]["extra_processes"] == 1, e["packaged-pipe"]
+    assert e["packaged-pipe"]["extra"][0].startswith("cat ")
+    assert e["packaged"]["extra_processes"] == 0
+
     # Every section is in the printed table.
     for row in ("(a) cold build", "(b) no-op rebuild", "(c) package size", "(d) start", "(e) extra"):
         assert f"| {row}" in proc.stdout

@@ -58,9 +58,11 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
     check = HealthCheck(("/bin/sh", "-c", "valkey-cli ping | grep -q PONG"), 5, 3, 2, 10)
     variants["checked"] = dataclasses.replace(variants["rpm"], health=check, ready_port=6379)
     variants["apk-checked"] = dataclasses.replace(variants["apk"], health=check, ready_port=6379)
+    # An image that opens /dev/stdout: its output goes through a pipe and a relay.
+    variants["piped"] = dataclasses.replace(spec, stdio="pipe")
     for prefix, variant in variants.items():
         integration = [variant.layout.unit_path, variant.layout.init_script, variant.layout.preset_path]
-        if prefix.endswith("checked"):
+        if prefix.endswith("checked") or prefix == "piped":
             integration += [
                 variant.layout.helper,
                 *(f"{variant.layout.unit_dir}/valkey-svc-health.{k}" for k in ("service", "timer")),

@@ -78,6 +78,11 @@ BEGIN {
     m = 0
     split("", out)
     if (key == "env") {
+        # HOSTNAME first, as Docker sets it (the host's name: host networking); the image's or the
+        # admin's own HOSTNAME replaces it.
+        has_hostname = ("HOSTNAME" in envkey)
+        for (i = 1; i <= n; i++) if (items[i] ~ /^"HOSTNAME=/) has_hostname = 1
+        if (!has_hostname && HOSTNAME != "") out[++m] = quote("HOSTNAME=" HOSTNAME)
         for (i = 1; i <= n; i++) {
             k = items[i]; sub(/^"/, "", k); sub(/=.*/, "", k)
             if (!(k in envkey)) out[++m] = items[i]
