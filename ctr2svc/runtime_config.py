@@ -234,6 +234,11 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
         resources["cpu"] = {"quota": round(spec.resources.cpus * 100000), "period": 100000}
 
     cfg["mounts"] = _mounts(cfg.get("mounts", []), spec)
+    # Docker's /proc: no device files, set-user-ID programs or executables through it (umoci gives none
+    # of these options); the read-only /proc paths below it inherit them.
+    for mount in cfg["mounts"]:
+        if mount.get("destination") == "/proc" and mount.get("type") == "proc":
+            mount["options"] = ["nosuid", "noexec", "nodev"]
 
     annotations = cfg.setdefault("annotations", {})
     annotations[f"{ANNOTATION_PREFIX}.image"] = spec.image.pinned
@@ -279,13 +284,14 @@ def capabilities(spec: ServiceSpec) -> list[str]:
 
 def _set_capabilities(process: dict[str, Any], spec: ServiceSpec) -> None:
     caps = capabilities(spec)
-    # A process that starts as root gets the set in effect, as under Docker; one that starts as another
-    # user keeps it only as a bounding set (it can regain them through file capabilities at most).
-    in_effect = caps if spec.uid == 0 else []
+    # As Docker: the set in every field but inheritable and ambient. A process that starts as root has
+    # it in effect; one that starts as another user loses it at execve (no ambient capabilities, and
+    # the kernel clears a non-root process's permitted set), keeping it only as a bounding set; and a
+    # root process started in the container later (`runc exec --user 0`, as `docker exec -u 0`) has it.
     process["capabilities"] = {
         "bounding": caps,
-        "effective": in_effect,
-        "permitted": in_effect,
+        "effective": caps,
+        "permitted": caps,
         "inheritable": [],
         "ambient": [],
     }

@@ -71,10 +71,18 @@ def test_root_gets_dockers_capabilities(umoci_config: dict[str, Any], spec: Serv
     assert caps["ambient"] == [] and caps["inheritable"] == []
 
 
-def test_non_root_user_has_no_capabilities_in_effect(umoci_config: dict[str, Any]) -> None:
+def test_non_root_user_gets_dockers_capability_fields(umoci_config: dict[str, Any]) -> None:
+    # As Docker: the kernel clears a non-root init's permitted set at execve (no ambient capabilities),
+    # while a root process exec'd into the container later gets the default set.
     caps = runtime_config.patch(umoci_config, make_spec(uid=999))["process"]["capabilities"]
-    assert caps["effective"] == caps["permitted"] == caps["ambient"] == []
+    assert caps["effective"] == caps["permitted"] == caps["bounding"]
+    assert caps["ambient"] == caps["inheritable"] == []
     assert "CAP_CHOWN" in caps["bounding"]
+
+
+def test_proc_is_mounted_as_docker_mounts_it(umoci_config: dict[str, Any], spec: ServiceSpec) -> None:
+    proc = mount(runtime_config.patch(umoci_config, spec), "/proc")
+    assert proc["type"] == "proc" and set(proc["options"]) == {"nosuid", "noexec", "nodev"}
 
 
 def test_default_security_profile(umoci_config: dict[str, Any], spec: ServiceSpec) -> None:
@@ -118,7 +126,7 @@ def test_user_override(umoci_config: dict[str, Any]) -> None:
     spec = dataclasses.replace(make_spec(uid=1000), gid=1000, user="1000:1000")
     cfg = runtime_config.patch(umoci_config, spec)
     assert cfg["process"]["user"] == {"uid": 1000, "gid": 1000}
-    assert cfg["process"]["capabilities"]["effective"] == []
+    assert cfg["process"]["capabilities"]["ambient"] == []
 
 
 def test_a_tmp_volume_is_not_shadowed(umoci_config: dict[str, Any]) -> None:

@@ -61,6 +61,8 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     "busybox-static",
     "rpm",  # the .rpm lifecycle test installs with rpm on this systemd host
     "crun",  # --runtime crun, which needs the unified cgroup hierarchy this guest has
+    "postgresql-client",  # test_realistic.py: psql against the postgres-like service
+    "redis-tools",  # test_realistic.py: redis-cli against the redis-like service
 )
 
 #: Host programs needed to boot a cached image / to build one.
