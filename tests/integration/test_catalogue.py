@@ -15,16 +15,16 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, Cli
 from tests.support.faults import (
+    Job,
     SlowProxy,
     all_entries,
     corrupted,
@@ -274,67 +274,12 @@ def test_cache_fills_up_during_pull(ctr2svc: Cli, pushed: dict[str, str], tmp_pa
 # 7. Ctrl-C and kill
 
 
-class Running:
-    """`ctr2svc build` in its own session (as a shell job), its stderr collected line by line."""
-
-    def __init__(self, args: list[str | Path], env: Mapping[str, str]) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ctr2svc", "build", *map(str, args)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(env),
-            cwd=REPO,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"never got to {what}; exit {self.proc.poll()}:\n" + "\n".join(self.lines))
-
-    def saw(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
-
-    def finish(self, timeout: float = 30) -> int:
-        status = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return status
-
-    def close(self) -> None:
-        """Kill whatever is left of the job and release its pipes."""
-        kill_session(self.proc.pid)
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.lines)
-
-
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 
 
 def interrupt_and_recover(
     ctr2svc: Cli,
-    job: Running,
+    job: Job,
     signame: str,
     cache: Path,
     out: Path,
@@ -393,7 +338,7 @@ def test_interrupted_pull(
     # A slow link stretches the pull of the big image to a few seconds.
     with SlowProxy(int(reg.host.rsplit(":", 1)[1]), rate=6e6) as proxy:
         ref = f"{proxy.host}/cat/big:1.0"
-        job = Running([ref, "--cache-dir", cache, "-o", out], os.environ)
+        job = Job(["build", ref, "--cache-dir", cache, "-o", out], os.environ)
         try:
             job.wait_for(lambda: job.saw("‣ ") and proxy.sent > 2_000_000, "the middle of the pull")
             assert proxy.sent < BIG_MB * 1_000_000, "the pull was over before the signal"
@@ -411,7 +356,7 @@ def test_interrupted_pack(ctr2svc: Cli, pushed: dict[str, str], signame: str, tm
     cache, out = tmp_path / "cache", tmp_path / "o"
     out.mkdir()
     # xz makes nfpm take long over the incompressible layer; the retry packs with the default zstd.
-    job = Running([pushed["big"], "--compression", "xz", "--cache-dir", cache, "-o", out], os.environ)
+    job = Job(["build", pushed["big"], "--compression", "xz", "--cache-dir", cache, "-o", out], os.environ)
     try:
         job.wait_for(lambda: job.saw("‣ Packing"), "the pack step")
         time.sleep(0.5)

@@ -20,7 +20,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +30,8 @@ from typing import Any
 import pytest
 
 from ctr2svc.registry import ImageCache
-from tests.conftest import REPO, Cli
-from tests.support.faults import SlowProxy, all_entries, kill_session, tmpfs
+from tests.conftest import Cli
+from tests.support.faults import Job, SlowProxy, all_entries, tmpfs
 from tests.support.images import build_image, install_busybox, put_file, service_image
 from tests.support.registry import Registry, free_port, start_registry
 
@@ -43,56 +42,6 @@ MANY_DIRS, MANY_FILES = 100, 250
 Json = dict[str, Any]
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:999:999:app:/data:/bin/sh\n"  # noqa: S105
 GROUP = "root:x:0:\napp:x:999:\n"
-
-
-# --------------------------------------------------------------------------------------------------
-# A build running in the background
-
-
-class Job:
-    """`python -m ctr2svc ARGS` in its own session, its stderr collected line by line."""
-
-    def __init__(self, args: list[str | Path]) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ctr2svc", *map(str, args)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def saw(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.lines)
-
-    def finish(self, timeout: float = 60) -> tuple[int, str]:
-        """Exit status and stdout."""
-        stdout = self.proc.stdout.read() if self.proc.stdout is not None else ""
-        status = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return status, stdout
-
-    def close(self) -> None:
-        """Kill whatever is left of the job (only once the test has looked) and release its pipes."""
-        kill_session(self.proc.pid)
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -569,7 +518,8 @@ def test_credentials_never_in_the_open(images: Images, cache_dir: Path, outcome:
                     os.kill(job.proc.pid, signal.SIGTERM)
                     break
                 time.sleep(0.01)
-            status, out_text = job.finish()
+            status = job.finish()
+            out_text = job.stdout
         finally:
             job.close()
     output = job.stderr + out_text

@@ -13,11 +13,12 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from .images import ToolError, run
@@ -278,3 +279,62 @@ def session_processes(sid: int) -> list[str]:
 def kill_session(sid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(sid, signal.SIGKILL)
+
+
+class Job:
+    """`python -m ctr2svc ARGS` in its own session (as a shell job), its stderr collected line by line."""
+
+    def __init__(self, args: list[str | Path], env: Mapping[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self.stdout = ""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ctr2svc", *map(str, args)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env) if env is not None else None,
+            cwd=Path(__file__).resolve().parents[2],
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"never got to {what}; exit {self.proc.poll()}:\n" + "\n".join(self.lines))
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def finish(self, timeout: float = 30) -> int:
+        """The exit status (TimeoutExpired if it does not end in time); what it printed is in stdout."""
+        status = self.proc.wait(timeout=timeout)
+        if self.proc.stdout is not None:
+            self.stdout = self.proc.stdout.read()
+        self._reader.join(timeout=5)
+        return status
+
+    def close(self) -> None:
+        """Kill whatever is left of the job (once the test has looked) and release its pipes."""
+        kill_session(self.proc.pid)
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
