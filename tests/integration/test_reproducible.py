@@ -26,13 +26,14 @@ EXAMPLE = "oci:examples/hello:1.0"
 CREATED = datetime(2025, 1, 1, tzinfo=UTC)  # examples/hello's config says so (examples/README.md)
 
 
-def build(out: Path, cache: Path, fmt: str, epoch: str | None = None) -> Path:
+def run_build(out: Path, cache: Path, epoch: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ctr2svc build EXAMPLE ARGS -o OUT` with its own cache and SOURCE_DATE_EPOCH only if EPOCH."""
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     env["CTR2SVC_CACHE_DIR"] = str(cache)
     if epoch is not None:
         env["SOURCE_DATE_EPOCH"] = epoch
-    proc = subprocess.run(
-        [sys.executable, "-m", "ctr2svc", "-q", "build", EXAMPLE, "-f", fmt, "-o", str(out)],
+    return subprocess.run(
+        [sys.executable, "-m", "ctr2svc", "build", EXAMPLE, *args, "-o", str(out)],
         capture_output=True,
         text=True,
         env=env,
@@ -40,6 +41,10 @@ def build(out: Path, cache: Path, fmt: str, epoch: str | None = None) -> Path:
         check=False,
         timeout=600,
     )
+
+
+def build(out: Path, cache: Path, fmt: str, epoch: str | None = None) -> Path:
+    proc = run_build(out, cache, epoch, "-q", "-f", fmt)
     assert proc.returncode == 0, proc.stderr
     return Path(proc.stdout.strip())
 
@@ -66,16 +71,7 @@ def test_timestamps_are_clamped(tmp_path: Path, integration_host: None) -> None:
 
 
 def test_a_bad_source_date_epoch_is_refused(tmp_path: Path, integration_host: None) -> None:
-    env = {**os.environ, "SOURCE_DATE_EPOCH": "yesterday", "CTR2SVC_CACHE_DIR": str(tmp_path / "c")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ctr2svc", "build", EXAMPLE, "-o", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        check=False,
-        timeout=600,
-    )
+    proc = run_build(tmp_path / "o", tmp_path / "c", "yesterday")
     assert proc.returncode == 2
     assert "SOURCE_DATE_EPOCH='yesterday' is not a number of seconds" in proc.stderr
     assert not (tmp_path / "o").exists()
