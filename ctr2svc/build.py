@@ -5,10 +5,12 @@ Each stage is a plain function taking what the previous ones produced; `build()`
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import json
 import math
 import os
 import re
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import bundle, log, metadata, naming, package, record, registry, runtime_config, units
+from ctr2svc import bundle, layers, log, metadata, naming, package, record, registry, runtime_config, units
 from ctr2svc.bundle import Bundle, Kind, RootfsScan
 from ctr2svc.errors import ImageError, UsageError
 from ctr2svc.model import (
@@ -34,6 +36,7 @@ from ctr2svc.model import (
     Resources,
     Security,
     ServiceSpec,
+    SharedLayer,
     Volume,
 )
 from ctr2svc.record import BuildResult
@@ -80,6 +83,8 @@ class BuildOptions:
     runtime: str = "runc"
     # auto: a pipe for the container's stdout/stderr when the image opens /dev/stdout or /dev/stderr.
     stdio: str = "auto"
+    # flat: one package holds the flattened root; shared: one package per image layer besides it.
+    layers: str = "flat"
     # The version must sort above this one (ctr2svc update: a new digest of an unchanged tag).
     min_version: str | None = None
     # Signs the package: an armored OpenPGP secret key (deb, rpm) or a PEM RSA private key (apk).
@@ -128,6 +133,10 @@ def check_package_options(opts: BuildOptions) -> None:
         naming.parse_version(fmt, opts.version)
     security(opts)
     check_runtime(opts.runtime)
+    if opts.layers not in LAYER_MODES:
+        raise UsageError(f"unknown --layers {opts.layers!r}", hint="use --layers flat or --layers shared")
+    if opts.layers == "shared":
+        layers.max_layers()
     if opts.stdio not in STDIO_MODES:
         raise UsageError(f"unknown --stdio {opts.stdio!r}", hint="use --stdio auto, journal or pipe")
     if opts.sign_key_file is not None:
@@ -269,6 +278,7 @@ def check_sign_key(fmt: PackageFormat, path: Path) -> None:
 
 
 RUNTIMES = ("runc", "crun")
+LAYER_MODES = ("flat", "shared")
 STDIO_MODES = ("auto", "journal", "pipe")
 # Names by which a process reaches its own stdout or stderr again: opening them needs a pipe or a file,
 # and fails (ENXIO) on the journal's socket.
@@ -529,20 +539,80 @@ class Generated:
     config: dict[str, Any]  # the patched runtime config
     files: list[units.GeneratedFile]
     scripts: dict[str, str]
+    # Shared layers: the image's layers unpacked in the cache, bottom first.
+    extracted: tuple[layers.Extracted, ...] = ()
 
 
 def generate(opts: BuildOptions, cache: registry.ImageCache, image: ResolvedImage, work: Path) -> Generated:
     """Unpack the cached image in work/ and produce the service's files and runtime config."""
+    if opts.layers == "shared":
+        return generate_shared(opts, cache, image, work)
     with log.step("Unpacking the image"), cache.locked(exclusive=False):
-        layers = len((cache.manifest(image.digest) or {}).get("layers", []))
-        unpacked = bundle.unpack(image.cache_ref, work / "bundle", layers, user=opts.user)
+        count = len((cache.manifest(image.digest) or {}).get("layers", []))
+        unpacked = bundle.unpack(image.cache_ref, work / "bundle", count, user=opts.user)
     scan = bundle.scan(unpacked.rootfs)
     spec = plan_service(opts, image, unpacked, scan)
+    return _service_files(spec, unpacked, scan)
+
+
+def _service_files(
+    spec: ServiceSpec, unpacked: Bundle, scan: RootfsScan, extracted: tuple[layers.Extracted, ...] = ()
+) -> Generated:
     with log.step(f"Writing the service files for {spec.name} {spec.version}"):
         config = runtime_config.patch(unpacked.config, spec)
         files = units.service_files(spec, scan)
         scripts = units.package_scripts(spec)
-    return Generated(spec, unpacked, scan, config, files, scripts)
+    return Generated(spec, unpacked, scan, config, files, scripts, extracted)
+
+
+def unpack_layers(cache: registry.ImageCache, image: ResolvedImage) -> tuple[layers.Extracted, ...]:
+    """The image's layer packages' contents, unpacked into the layer cache unless already there."""
+    manifest = cache.manifest(image.digest)
+    if manifest is None:
+        raise ImageError(
+            f"image {image.reference} is no longer in the cache", hint="build again: it will be pulled"
+        )
+    units_ = layers.plan(layers.image_layers(manifest, cache.config(manifest)))
+    store = layers.LayerStore(cache.root)
+    bundle.require_root()
+    done = []
+    with log.step(f"Unpacking the image's {len(units_)} layers"), cache.locked(exclusive=False):
+        store.remove_orphans()
+        for number, unit in enumerate(units_, 1):
+            found = store.cached(unit)
+            what = f"{len(unit.layers)} layers merged" if unit.merged else "layer"
+            if found is None:
+                log.info(f"  {number}/{len(units_)} {unit.short}: unpacking ({what})")
+                found = store.extract(unit, cache.blob_path)
+            else:
+                log.info(f"  {number}/{len(units_)} {unit.short}: already unpacked ({what})")
+            done.append(found)
+    return tuple(done)
+
+
+def generate_shared(
+    opts: BuildOptions, cache: registry.ImageCache, image: ResolvedImage, work: Path
+) -> Generated:
+    """Shared layers: the service is planned on a read-only overlay of the image's unpacked layers,
+    which is the root the service will see."""
+    extracted = unpack_layers(cache, image)
+    with layers.merged_view(extracted, work / "view") as root:
+        config = bundle.runtime_config(image.cache_ref, root, work / "config.json", user=opts.user)
+        unpacked = Bundle(work, config, root=root)
+        scan = bundle.scan(root, layer=True)
+        spec = plan_service(opts, image, unpacked, scan)
+        shared = tuple(
+            SharedLayer(
+                x.unit.id,
+                x.unit.package,
+                x.unit.install_dir,
+                tuple(layer.diff_id for layer in x.unit.layers),
+                x.scan.file_bytes,
+            )
+            for x in extracted
+        )
+        spec = dataclasses.replace(spec, layers=shared)
+        return _service_files(spec, unpacked, scan, extracted)
 
 
 @contextlib.contextmanager
@@ -584,7 +654,11 @@ def build(opts: BuildOptions) -> BuildResult:
             done = record.lookup(cache.root, build_key)
             if done is not None:
                 log.info(f"  {located.digest}: unchanged, and so are the options")
-                return dataclasses.replace(done, path=opts.output_dir / done.path.name)
+                return dataclasses.replace(
+                    done,
+                    path=opts.output_dir / done.path.name,
+                    layer_files=tuple(str(opts.output_dir / Path(p).name) for p in done.layer_files),
+                )
             image = registry.resolve(opts.reference, pull, cache, work, located)
             log.info(f"  {image.pinned} ({image.config.platform})")
         made = generate(opts, cache, image, work)
@@ -604,10 +678,95 @@ def build(opts: BuildOptions) -> BuildResult:
             staging = work / "package"
             staging.mkdir()
             opts.output_dir.mkdir(parents=True, exist_ok=True)
-            path = package.pack(inputs, staging, opts.output_dir)
-        result = BuildResult.of(path, spec, made.scan.skipped)
+            if made.extracted:
+                # Built (or found) first, placed beside the service package only once it is made.
+                layer_packages, built = pack_layers(opts, cache, made, work)
+                path = package.pack(inputs, staging, work)
+                placed = tuple(str(place(p, opts.output_dir)) for p in layer_packages)
+                path = package.publish(path, opts.output_dir, move=True)
+            else:
+                path = package.pack(inputs, staging, opts.output_dir)
+                placed, built = (), ()
+        result = BuildResult.of(path, spec, made.scan.skipped, placed, built)
         record.save(cache.root, build_key, result)
     return result
+
+
+def layer_package_key(layer: package.LayerPackage) -> str:
+    """What a cached layer package depends on besides the layer: format, options, the code."""
+    doc = {
+        "id": layer.extracted.unit.id,
+        "format": str(layer.format),
+        "arch": layer.arch,
+        "compression": layer.compression,
+        "maintainer": layer.maintainer,
+        "sign_key": (
+            hashlib.sha256(layer.sign_key_file.read_bytes()).hexdigest() if layer.sign_key_file else None
+        ),
+        "sign_key_name": layer.sign_key_name,
+        "code": record.code_digest(),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def pack_layers(
+    opts: BuildOptions, cache: registry.ImageCache, made: Generated, work: Path
+) -> tuple[list[Path], tuple[str, ...]]:
+    """Every layer package of the image, from the cache or built now (in parallel: nfpm uses one core
+    for most of its work). Returns the cached files and the names of the packages built now."""
+    spec = made.spec
+    store = layers.LayerStore(cache.root)
+    # apk signatures name the public key; a key name that defaults to the service's would make each
+    # service's copy of a shared layer a different package.
+    key_name = ""
+    if opts.sign_key_file is not None and spec.format is PackageFormat.APK:
+        key_name = opts.sign_key_name or f"{spec.name}.rsa.pub"
+    wanted = [
+        package.LayerPackage(
+            x, spec.format, spec.arch, opts.payload_compression, spec.maintainer, opts.sign_key_file, key_name
+        )
+        for x in made.extracted
+    ]
+    paths = [store.path(x.extracted.unit) / "packages" / layer_package_key(x) / package.layer_filename(x)
+             for x in wanted]  # fmt: skip
+    missing = [(x, p) for x, p in zip(wanted, paths, strict=True) if not p.is_file()]
+    reused = len(wanted) - len(missing)
+    what = f"{len(missing)} layer package(s)" + (f", {reused} already built" if reused else "")
+
+    def build_one(item: tuple[package.LayerPackage, Path]) -> None:
+        layer, final = item
+        staging = work / f"layer-{layer.extracted.unit.hex}"
+        staging.mkdir()
+        built = package.pack_layer(layer, staging)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        shutil.move(built, temp)
+        temp.replace(final)
+
+    with log.step(f"Packing {what}"):
+        workers = max(1, min(len(missing), os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(build_one, missing):
+                pass
+    return paths, tuple(x.extracted.unit.package for x, _ in missing)
+
+
+def place(cached: Path, output_dir: Path) -> Path:
+    """A cached layer package in the output directory: left alone when it is already there, else
+    hard-linked (no copy) or copied, atomically."""
+    final = output_dir / cached.name
+    with contextlib.suppress(OSError):
+        if cached.samefile(final):
+            return final
+    temp = output_dir / f".{cached.name}.partial-{os.getpid()}"
+    try:
+        temp.unlink(missing_ok=True)
+        os.link(cached, temp)
+        temp.replace(final)
+        return final
+    except OSError:
+        temp.unlink(missing_ok=True)
+    return package.publish(cached, output_dir)
 
 
 def shell_words(text: str) -> tuple[str, ...]:

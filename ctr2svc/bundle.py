@@ -48,6 +48,29 @@ class RootfsScan:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     # Bytes in regular files, what a packer has to read.
     file_bytes: int = 0
+    # A layer's own changes to the layers below it, in the form overlayfs reads (shared layers only):
+    # deleted paths (whiteouts, 0/0 character devices) and directories that hide what is below.
+    whiteouts: list[str] = field(default_factory=list)
+    opaque: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entries": [[e.path, str(e.kind), e.mode, e.uid, e.gid, e.mtime, e.target] for e in self.entries],
+            "skipped": self.skipped,
+            "file_bytes": self.file_bytes,
+            "whiteouts": self.whiteouts,
+            "opaque": self.opaque,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> RootfsScan:
+        return cls(
+            [Entry(p, Kind(k), m, u, g, t, target) for p, k, m, u, g, t, target in doc["entries"]],
+            [(p, what) for p, what in doc["skipped"]],
+            int(doc["file_bytes"]),
+            list(doc["whiteouts"]),
+            list(doc["opaque"]),
+        )
 
     def find(self, path: str) -> Entry | None:
         wanted = path.strip("/")
@@ -70,10 +93,12 @@ class RootfsScan:
 class Bundle:
     path: Path
     config: dict[str, Any]
+    # The root when it is not path/rootfs: shared layers' read-only view of the image.
+    root: Path | None = None
 
     @property
     def rootfs(self) -> Path:
-        return self.path / "rootfs"
+        return self.root or self.path / "rootfs"
 
 
 class _UnpackProgress(log.Progress):
@@ -89,17 +114,21 @@ class _UnpackProgress(log.Progress):
             self.note(f"layer {self.done}/{self.layers or '?'}")
 
 
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError(
+            "ctr2svc build must run as root: unpacking an image keeps its files' owners",
+            hint="run it as root (for example with sudo)",
+        )
+
+
 def unpack(umoci_ref: str, dest: Path, layers: int = 0, *, user: str | None = None) -> Bundle:
     """Unpack the cached image into dest (which must not exist yet): rootfs/ and config.json.
 
     USER is --user: given, the image's own User need not exist in its /etc/passwd (it is replaced).
     umoci's failures become errors that name the image's fault (exit 3) or umoci's (exit 4).
     """
-    if os.geteuid() != 0:
-        raise UsageError(
-            "ctr2svc build must run as root: unpacking an image keeps its files' owners",
-            hint="run it as root (for example with sudo)",
-        )
+    require_root()
     umoci = find_tool("umoci", "unpack container images")
     # `umoci unpack` is `raw unpack` + `raw runtime-config` + an mtree of the whole tree (for `umoci
     # repack`), which costs a second read of every file and which a package has no use for.
@@ -114,33 +143,39 @@ def unpack(umoci_ref: str, dest: Path, layers: int = 0, *, user: str | None = No
             )
     except ToolFailed as exc:
         raise _unpack_error(exc, umoci_ref, dest) from exc
+    return Bundle(dest, runtime_config(umoci_ref, dest / "rootfs", dest / "config.json", user=user))
+
+
+def runtime_config(umoci_ref: str, rootfs: Path, dest: Path, *, user: str | None) -> dict[str, Any]:
+    """umoci's runtime config for the image, its User looked up in ROOTFS's /etc/passwd."""
+    umoci = find_tool("umoci", "unpack container images")
     config_cmd: list[str | Path] = [umoci, "raw", "runtime-config", "--image", umoci_ref]
     try:
         run(
-            [*config_cmd, "--rootfs", dest / "rootfs", dest / "config.json"],
+            [*config_cmd, "--rootfs", rootfs, dest],
             what="generate the runtime config",
             timeout=600,
         )
     except ToolFailed as exc:
         problem = _user_error(exc)
         if problem is None:
-            raise _unpack_error(exc, umoci_ref, dest) from exc
+            raise _unpack_error(exc, umoci_ref, dest.parent) from exc
         if user is None:
             raise problem from exc
         # --user replaces the process user: generate the rest without resolving the image's.
         log.debug(f"{problem.brief}; --user {user} replaces it")
         try:
-            run([*config_cmd, dest / "config.json"], what="generate the runtime config", timeout=600)
+            run([*config_cmd, dest], what="generate the runtime config", timeout=600)
         except ToolFailed as again:
-            raise _unpack_error(again, umoci_ref, dest) from again
+            raise _unpack_error(again, umoci_ref, dest.parent) from again
     try:
-        config = json.loads((dest / "config.json").read_text())
+        config: dict[str, Any] = json.loads(dest.read_text())
     except (OSError, ValueError) as exc:
         raise ToolError(
-            f"umoci wrote no usable runtime config at {dest / 'config.json'}: {exc}",
+            f"umoci wrote no usable runtime config at {dest}: {exc}",
             hint="run with --debug to see umoci's commands",
         ) from exc
-    return Bundle(dest, config)
+    return config
 
 
 _USER_SPEC = re.compile(
@@ -246,8 +281,15 @@ _SPECIAL = {
 }
 
 
-def scan(rootfs: Path) -> RootfsScan:
-    """Walk the rootfs once; remove special files from it (they are reported, not packaged)."""
+OPAQUE_XATTR = "trusted.overlay.opaque"
+
+
+def scan(rootfs: Path, *, layer: bool = False) -> RootfsScan:
+    """Walk the rootfs once; remove special files from it (they are reported, not packaged).
+
+    layer: rootfs is one layer in overlayfs' form, kept in the cache: its 0/0 character devices are
+    whiteouts and its opaque directories are noted; nothing is removed.
+    """
     result = RootfsScan()
     seen_inodes: dict[tuple[int, int], str] = {}
     root_st = rootfs.lstat()
@@ -274,6 +316,8 @@ def scan(rootfs: Path) -> RootfsScan:
 
             if fmt == stat.S_IFDIR:
                 add(Kind.DIR)
+                if layer and _opaque(full):
+                    result.opaque.append(rel)
             elif fmt == stat.S_IFLNK:
                 add(Kind.SYMLINK, str(full.readlink()))
             elif fmt == stat.S_IFREG:
@@ -284,9 +328,12 @@ def scan(rootfs: Path) -> RootfsScan:
                     seen_inodes[inode] = rel
                     result.file_bytes += st.st_size
                     add(Kind.FILE)
+            elif layer and fmt == stat.S_IFCHR and st.st_rdev == 0:
+                result.whiteouts.append(rel)
             else:
                 result.skipped.append((rel, _SPECIAL.get(fmt, "special file")))
-                full.unlink()
+                if not layer:
+                    full.unlink()
     if result.skipped:
         # /dev is a tmpfs runc fills at start, so device nodes there are never seen by the service.
         outside_dev = [p for p, _ in result.skipped if not p.startswith("dev/")]
@@ -295,6 +342,13 @@ def scan(rootfs: Path) -> RootfsScan:
             + (f", e.g. /{outside_dev[0]}" if outside_dev else " under /dev, which runc provides at run time")
         )
     return result
+
+
+def _opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
 
 
 def _check_name(rel: str) -> None:

@@ -205,6 +205,14 @@ PACKAGE_OPTIONS = [
         help="OCI runtime the service runs with: runc or crun (the package depends on it).",
     ),
     click.option(
+        "--layers",
+        type=click.Choice(["flat", "shared"]),
+        default="flat",
+        show_default=True,
+        help="flat: one package holds the image's whole root. shared: one package per image layer "
+        "beside the service package, shared by every service built on that layer.",
+    ),
+    click.option(
         "--stdio",
         type=click.Choice(["auto", "journal", "pipe"]),
         default="auto",
@@ -298,6 +306,14 @@ def build_command(
     size = result.path.stat().st_size
     state = "up to date" if result.up_to_date else f"{size / 1e6:.1f} MB"
     log.info(f"✓ {result.path} ({state})")
+    if result.layer_files:
+        built = set(result.built_layers)
+        log.info(
+            f"  layers:  {len(result.layer_files)} package(s), {len(built)} built now, "
+            f"{len(result.layer_files) - len(built)} reused"
+        )
+        for layer in result.layer_files:
+            log.debug(f"    {layer}")
     log.info(f"  sha256:  {result.sha256}")
     log.info(f"  image:   {result.pinned}")
     log.info(f"  service: {result.service}, data in {result.data_dir}")
@@ -420,7 +436,13 @@ def repo_add_command(
     type=click.Path(path_type=Path),
     help="Repository (default: [repo] path).",
 )
-def update_command(project_file: Path, repo_dir: Path | None) -> None:
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Rebuild and publish every image, moved or not (a new release each): how a newer ctr2svc's "
+    "service helper reaches the hosts. Layer packages already published are reused.",
+)
+def update_command(project_file: Path, repo_dir: Path | None, rebuild: bool) -> None:
     """Rebuild the images whose tag moved to a new digest and publish them to the repository.
 
     Asks the registry for each tag's digest (no download when unchanged); safe to run from cron. Exit
@@ -430,12 +452,13 @@ def update_command(project_file: Path, repo_dir: Path | None) -> None:
     \b
     Example:
       ctr2svc update -c ctr2svc.toml --repo /srv/repo
+      ctr2svc update -c ctr2svc.toml --rebuild      # after upgrading ctr2svc
     """
     project = load_project(project_file)
     target = repo_dir or project.repo
     if target is None:
         raise UsageError("no repository given", hint="pass --repo DIR or set [repo] path in the project file")
-    _report(update(project, target), "updated")
+    _report(update(project, target, rebuild=rebuild), "updated")
 
 
 @cli.command(name="completion")

@@ -11,9 +11,10 @@ import difflib
 import json
 import unicodedata
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from ctr2svc import metadata, naming, registry
+from ctr2svc import layers, metadata, naming, registry
 from ctr2svc.build import (
     BuildOptions,
     Generated,
@@ -44,6 +45,7 @@ def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
             made = generated(generate(opts, cache, image, work))
     cfg = image.config
     name = opts.name or naming.default_package_name(image.reference.basename)
+    layer_info = image_layers(cache, image.digest)
     packages: dict[str, Any] = {}
     for fmt in PackageFormat:
         try:
@@ -73,6 +75,7 @@ def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
         "stop_signal": normalize_signal(cfg.stop_signal or "SIGTERM", f"image {image.reference}"),
         "healthcheck": asdict(health) if health else None,
         "labels": dict(cfg.labels),
+        "layers": layer_info,
         "package": {
             "name": name,
             "formats": packages,
@@ -84,6 +87,36 @@ def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
         },
         "generated": made,
     }
+
+
+def image_layers(cache: registry.ImageCache, digest: str) -> list[dict[str, Any]]:
+    """The layer packages `--layers shared` makes of the image, bottom first: their sizes, and whether
+    they are already unpacked and packed in the cache, and installed on this host."""
+    manifest = cache.manifest(digest)
+    if manifest is None:
+        return []
+    store = layers.LayerStore(cache.root)
+    shown = []
+    for unit in layers.plan(layers.image_layers(manifest, cache.config(manifest))):
+        extracted = store.cached(unit)
+        marker = Path(unit.install_dir) / "id"
+        try:
+            installed = marker.read_text().strip() == unit.id
+        except OSError:
+            installed = False
+        shown.append(
+            {
+                "package": unit.package,
+                "id": unit.id,
+                "diff_ids": [x.diff_id for x in unit.layers],
+                "compressed": sum(x.size for x in unit.layers),
+                "unpacked": extracted.scan.file_bytes if extracted else None,
+                "files": len(extracted.scan.entries) if extracted else None,
+                "built": sorted(p.name for p in (store.path(unit) / "packages").glob("*/*") if p.is_file()),
+                "installed": installed,
+            }
+        )
+    return shown
 
 
 def generated(made: Generated) -> dict[str, Any]:
@@ -153,6 +186,20 @@ def text(info: dict[str, Any]) -> str:
     ]
     lines += [f"  volume    {c} -> {h}" for c, h in pkg["volumes"].items()]
     lines.append(f"settings    {pkg['config_dir']}/{{env,args,mounts}}")
+    shared = info["layers"]
+    if shared:
+        lines += ["", f"layers      {len(shared)} (--layers shared: one package each, bottom first)"]
+        for layer in shared:
+            unpacked = f", {layer['unpacked'] / 1e6:.1f} MB unpacked" if layer["unpacked"] is not None else ""
+            state = [
+                "built" if layer["built"] else "not built",
+                "installed here" if layer["installed"] else "not installed here",
+            ]
+            merged = f", {len(layer['diff_ids'])} layers merged" if len(layer["diff_ids"]) > 1 else ""
+            lines.append(
+                f"  {layer['package']}  {layer['compressed'] / 1e6:.1f} MB compressed{unpacked}{merged}; "
+                + ", ".join(state)
+            )
     made = info.get("generated")
     if made:
         lines += ["", f"files of the {made['format']} package ({made['init']}), besides the image:"]

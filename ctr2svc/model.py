@@ -313,6 +313,17 @@ class Security:
 
 
 @dataclass(frozen=True)
+class SharedLayer:
+    """A layer package the service's root is mounted from (--layers shared)."""
+
+    id: str  # the layer's diff_id, or the chain ID of the bottom layers merged into one package
+    package: str  # ctr2svc-layer-<12 hex>
+    directory: str  # where it is installed, /opt/containers/layers/<12 hex>
+    diff_ids: tuple[str, ...]  # the image layers it holds, bottom first
+    size: int  # bytes of its files unpacked
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """Everything decided about the service before anything is rendered or packed."""
 
@@ -347,3 +358,6 @@ class ServiceSpec:
     # How the container's stdout and stderr reach the journal (systemd): "journal", its socket itself,
     # or "pipe", through a pipe and a relay process, for images that open /dev/stdout or /dev/stderr.
     stdio: str = "journal"
+    # Shared layers, bottom first: the root is mounted from these packages. Empty: the package holds
+    # the flattened root itself.
+    layers: tuple[SharedLayer, ...] = ()

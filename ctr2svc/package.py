@@ -17,14 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import log, metadata
+from ctr2svc import log, metadata, units
 from ctr2svc.bundle import Kind, RootfsScan
 from ctr2svc.errors import PackageError, ToolFailed, UsageError
+from ctr2svc.layers import INSTALL_DIR, PACKAGE_VERSION, Extracted
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
 from ctr2svc.naming import created_time, format_arch, nfpm_arch, parse_version
 from ctr2svc.run import find_tool, run
 from ctr2svc.runtime_config import capabilities
-from ctr2svc.units import GeneratedFile
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class PackageInputs:
     rootfs: Path
     scan: RootfsScan
     config_json: dict[str, Any]
-    generated: list[GeneratedFile]
+    generated: list[units.GeneratedFile]
     scripts: dict[str, str]
     compression: str
     sign_key_file: Path | None = None
@@ -86,17 +86,40 @@ def filename(spec: ServiceSpec) -> str:
     return f"{spec.name}_{version}_{spec.arch}.deb"
 
 
+def tree_contents(
+    scan: RootfsScan, source: Path, dest: str, files_dir: Path, epoch: int
+) -> list[dict[str, Any]]:
+    """nfpm's entries for a tree of image files: SOURCE (scanned as SCAN) installed at DEST."""
+    contents: list[dict[str, Any]] = []
+    staged: dict[str, Path] = {}
+    for number, entry in enumerate(scan.entries):
+        dst = f"{dest}/{entry.path}" if entry.path else dest
+        info = {"mode": entry.mode, "mtime": _mtime(min(entry.mtime, epoch))}
+        if entry.kind is Kind.DIR:
+            contents.append({"dst": dst, "type": "dir", "file_info": info})
+        elif entry.kind is Kind.SYMLINK:
+            # With no mode nfpm stats the link's *target* on the build host: "/run" would make var/run a
+            # directory with this host's mode and mtime. A link's own mode is always 0777 on Linux.
+            info["mode"] = 0o777
+            contents.append({"src": entry.target, "dst": dst, "type": "symlink", "file_info": info})
+        else:
+            # A hard link's second name ships as a copy; the ownership script links it again on install.
+            first = staged.get(entry.target) if entry.kind is Kind.HARDLINK and entry.target else None
+            if first is None:
+                first = files_dir / str(number)
+                os.link(source / entry.path, first)
+                staged[entry.path] = first
+            contents.append({"src": str(first), "dst": dst, "type": "file", "file_info": info})
+    return contents
+
+
 def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
     spec = inputs.spec
     layout = spec.layout
     files_dir = staging / "files"
     files_dir.mkdir(parents=True)
     contents: list[dict[str, Any]] = []
-    staged: dict[str, Path] = {}
     epoch = build_epoch(spec)
-
-    def clamped(mtime: int) -> str:
-        return _mtime(min(mtime, epoch))
 
     def directory(dst: str, mode: int = 0o755) -> None:
         contents.append({"dst": dst, "type": "dir", "file_info": {"mode": mode, "mtime": _mtime(epoch)}})
@@ -116,24 +139,8 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
     ):
         directory(parent)
 
-    for number, entry in enumerate(inputs.scan.entries):
-        dst = f"{layout.rootfs}/{entry.path}" if entry.path else layout.rootfs
-        info = {"mode": entry.mode, "mtime": clamped(entry.mtime)}
-        if entry.kind is Kind.DIR:
-            contents.append({"dst": dst, "type": "dir", "file_info": info})
-        elif entry.kind is Kind.SYMLINK:
-            # With no mode nfpm stats the link's *target* on the build host: "/run" would make var/run a
-            # directory with this host's mode and mtime. A link's own mode is always 0777 on Linux.
-            info = {"mode": 0o777, "mtime": clamped(entry.mtime)}
-            contents.append({"src": entry.target, "dst": dst, "type": "symlink", "file_info": info})
-        else:
-            # A hard link's second name ships as a copy; ownership.sh links it again on install.
-            source = staged[entry.target] if entry.kind is Kind.HARDLINK and entry.target else None
-            if source is None:
-                source = files_dir / str(number)
-                os.link(inputs.rootfs / entry.path, source)
-                staged[entry.path] = source
-            contents.append({"src": str(source), "dst": dst, "type": "file", "file_info": info})
+    if not spec.layers:
+        contents.extend(tree_contents(inputs.scan, inputs.rootfs, layout.rootfs, files_dir, epoch))
 
     config_path = staged_file(json.dumps(inputs.config_json, indent=2) + "\n", "config.json")
     contents.append(
@@ -191,7 +198,11 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         # nfpm expands ${VAR} in these three with the build's environment: "$" is escaped for it.
         "maintainer": metadata.nfpm_text(spec.maintainer),
         "description": metadata.nfpm_text(description),
-        "depends": [spec.runtime, *(["openrc"] if spec.init is InitSystem.OPENRC else [])],
+        "depends": [
+            spec.runtime,
+            *(["openrc"] if spec.init is InitSystem.OPENRC else []),
+            *(layer.package for layer in spec.layers),
+        ],
         "contents": contents,
         "scripts": scripts,
     }
@@ -261,6 +272,10 @@ def image_metadata(spec: ServiceSpec) -> dict[str, Any]:
             "pids_limit": spec.security.pids_limit,
             "seccomp": "none" if spec.security.privileged else "ctr2svc default (Docker's blocked calls)",
         },
+        "layers": [
+            {"id": x.id, "package": x.package, "diff_ids": list(x.diff_ids), "size": x.size}
+            for x in spec.layers
+        ],
         "generator": f"ctr2svc {__version__}",
     }
 
@@ -273,20 +288,28 @@ def nfpm_compression(name: str) -> str:
 
 def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
     """Build the package in staging and move it into output_dir in one rename."""
-    nfpm = find_tool("nfpm", "build packages")
     config = nfpm_config(inputs, staging)
+    built = staging / filename(inputs.spec)
+    total = inputs.scan.file_bytes if not inputs.spec.layers else 0
+    run_nfpm(config, inputs.spec.format, staging, built, build_epoch(inputs.spec), total)
+    return publish(built, output_dir, move=True)
+
+
+def run_nfpm(
+    config: dict[str, Any], fmt: PackageFormat, staging: Path, built: Path, epoch: int, total: int = 0
+) -> None:
+    nfpm = find_tool("nfpm", "build packages")
     config_path = staging / "nfpm.yaml"
     # JSON is YAML: no YAML writer needed, and no value is ever misread as another YAML type.
     config_path.write_text(json.dumps(config, indent=1))
-    built = staging / filename(inputs.spec)
     try:
-        with log.Progress("packing", total=inputs.scan.file_bytes or None) as progress:
+        with log.Progress("packing", total=total or None) as progress:
             run(
-                [nfpm, "package", "-f", config_path, "-p", str(inputs.spec.format), "-t", built],
+                [nfpm, "package", "-f", config_path, "-p", str(fmt), "-t", built],
                 what="build the package",
                 timeout=7200,
-                env={metadata.NFPM_DOLLAR_VAR: "$", "SOURCE_DATE_EPOCH": str(build_epoch(inputs.spec))},
-                on_start=progress.watch_reads,
+                env={metadata.NFPM_DOLLAR_VAR: "$", "SOURCE_DATE_EPOCH": str(epoch)},
+                on_start=progress.watch_reads if total else None,
             )
     except ToolFailed as exc:
         raise PackageError(
@@ -294,7 +317,157 @@ def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
             hint="run with --debug for nfpm's full output",
             details=exc.details,
         ) from exc
-    return publish(built, output_dir, move=True)
+
+
+@dataclass(frozen=True)
+class LayerPackage:
+    """What a layer package is made of: one unpacked unit and the format options of its services."""
+
+    extracted: Extracted
+    format: PackageFormat
+    arch: str  # Debian's spelling
+    compression: str
+    maintainer: str
+    sign_key_file: Path | None = None
+    sign_key_name: str = ""
+
+
+def layer_filename(layer: LayerPackage) -> str:
+    unit = layer.extracted.unit
+    version = parse_version(layer.format, PACKAGE_VERSION)
+    name = unit.package
+    if layer.format is PackageFormat.RPM:
+        return f"{name}-{version.in_file_name}.{format_arch(layer.format, layer.arch)}.rpm"
+    if layer.format is PackageFormat.APK:
+        return f"{name}-{version.in_file_name}.apk"
+    return f"{name}_{version.in_file_name}_{layer.arch}.deb"
+
+
+def layer_epoch(extracted: Extracted) -> int:
+    """A layer package's timestamps: its newest file's, so that the same layer gives the same bytes
+    whichever image, machine or day it is built from (a repository refuses two different files of
+    one name and version)."""
+    return max([0, *(e.mtime for e in extracted.scan.entries)])
+
+
+def layer_config(layer: LayerPackage, staging: Path) -> dict[str, Any]:
+    extracted, fmt = layer.extracted, layer.format
+    unit = extracted.unit
+    scan = extracted.scan
+    base = unit.install_dir
+    epoch = layer_epoch(extracted)
+    stamp = _mtime(epoch)
+    files_dir = staging / "files"
+    files_dir.mkdir(parents=True)
+    contents: list[dict[str, Any]] = [
+        {"dst": d, "type": "dir", "file_info": {"mode": 0o755, "mtime": stamp}}
+        for d in (str(Path(INSTALL_DIR).parent), INSTALL_DIR, base)
+    ]
+    contents.extend(tree_contents(scan, extracted.root, f"{base}/rootfs", files_dir, epoch))
+    batches, chmods, hardlinks = units.ownership_plan(scan)
+    generated = {
+        "id": unit.id + "\n",
+        "layer.json": json.dumps(
+            {
+                "id": unit.id,
+                "diff_ids": [x.diff_id for x in unit.layers],
+                "files": len(scan.entries),
+                "bytes": scan.file_bytes,
+                "whiteouts": len(scan.whiteouts),
+                "opaque": len(scan.opaque),
+            },
+            indent=2,
+        )
+        + "\n",
+        "setup.sh": units.render(
+            "layer/setup.sh.j2",
+            id=unit.id,
+            rootfs=f"{base}/rootfs",
+            chown_batches=batches,
+            chmods=chmods,
+            hardlinks=hardlinks,
+            whiteouts=scan.whiteouts,
+            opaque=scan.opaque,
+        ),
+    }
+    for name, text in generated.items():
+        path = staging / name
+        path.write_text(text)
+        os.utime(path, (epoch, epoch))
+        mode = 0o755 if name.endswith(".sh") else 0o644
+        contents.append(
+            {"src": str(path), "dst": f"{base}/{name}", "file_info": {"mode": mode, "mtime": stamp}}
+        )
+    scripts = {}
+    templates = dict(units.LAYER_SCRIPTS)
+    owned_dirs = [e for e in scan.foreign_owned if e.kind is Kind.DIR]
+    if fmt is PackageFormat.APK and owned_dirs:
+        templates["preinstall"] = "layer/preinst"
+    for key, template in templates.items():
+        path = staging / f"script-{key}"
+        text = units.render(
+            f"{template}.j2", format=str(fmt), base=base, id=unit.id, rootfs=f"{base}/rootfs", dirs=owned_dirs
+        )
+        path.write_text(text)
+        os.utime(path, (epoch, epoch))
+        scripts[key] = str(path)
+    what = f"{len(unit.layers)} bottom layers merged" if unit.merged else "container image layer"
+    size = f"{len(scan.entries)} files, {scan.file_bytes / 1e6:.1f} MB"
+    summary = f"{what} {unit.id[:19]} ({size}), shared by ctr2svc services"
+    version = parse_version(fmt, PACKAGE_VERSION)
+    config: dict[str, Any] = {
+        "name": unit.package,
+        "mtime": stamp,
+        "arch": nfpm_arch(layer.arch) if fmt is PackageFormat.DEB else format_arch(fmt, layer.arch),
+        "platform": "linux",
+        "version": version.version,
+        "version_schema": "none",
+        "section": "admin",
+        "priority": "optional",
+        "maintainer": metadata.nfpm_text(layer.maintainer),
+        "description": f"{summary}\n{unit.id}" if fmt is not PackageFormat.APK else summary,
+        # setfattr marks the layer's opaque directories at install.
+        "depends": ["attr"] if scan.opaque else [],
+        "contents": contents,
+        "scripts": scripts,
+        "license": "NOASSERTION",
+    }
+    if version.release:
+        config["release"] = version.release
+    if fmt is PackageFormat.DEB:
+        config["deb"] = {
+            "compression": nfpm_compression(layer.compression),
+            "fields": {"X-Ctr2svc-Layer": unit.id},
+        }
+    elif fmt is PackageFormat.RPM:
+        config["rpm"] = {
+            "compression": nfpm_compression(layer.compression),
+            "summary": summary,
+            "group": "System Environment/Base",
+            "packager": layer.maintainer,
+        }
+    else:
+        config["apk"] = {}
+    if layer.sign_key_file is not None:
+        key = str(layer.sign_key_file.absolute())
+        if fmt is PackageFormat.DEB:
+            config["deb"]["signature"] = {"key_file": key, "method": "debsign", "type": "origin"}
+        elif fmt is PackageFormat.RPM:
+            config["rpm"]["signature"] = {"key_file": key}
+        else:
+            config["apk"]["signature"] = {
+                "key_file": key,
+                "key_name": layer.sign_key_name or "ctr2svc.rsa.pub",
+            }
+    return config
+
+
+def pack_layer(layer: LayerPackage, staging: Path) -> Path:
+    """Build a layer package in staging (the caller caches and publishes it)."""
+    config = layer_config(layer, staging)
+    built = staging / layer_filename(layer)
+    run_nfpm(config, layer.format, staging, built, layer_epoch(layer.extracted))
+    return built
 
 
 def publish(built: Path, output_dir: Path, *, move: bool = False) -> Path:

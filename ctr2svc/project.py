@@ -33,6 +33,10 @@ from ctr2svc.reference import parse
 from ctr2svc.repo import DEFAULT_KEEP, ApkKey, Signing
 from ctr2svc.runtime_config import DEFAULT_PIDS_LIMIT
 
+# A project's images go to a repository, where shared layers pay off: a base is downloaded once per
+# host, and an upgrade moves only the layers that changed (README, "Shared layers").
+DEFAULT_LAYERS = "shared"
+
 # Image key -> the type TOML must give it.
 IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
     "ref": str,
@@ -65,6 +69,7 @@ IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
     "health_retries": int,
     "runtime": str,
     "stdio": str,
+    "layers": str,
     "sign_key_file": str,
     "sign_key_name": str,
 }
@@ -336,6 +341,7 @@ def options(
         health_retries=s.get("health_retries"),
         runtime=s.get("runtime", "runc"),
         stdio=s.get("stdio", "auto"),
+        layers=s.get("layers", DEFAULT_LAYERS),
         sign_key_file=base / s["sign_key_file"] if "sign_key_file" in s else None,
         sign_key_name=s.get("sign_key_name"),
     )

@@ -40,9 +40,25 @@ class BuildResult:
     skipped: tuple[tuple[str, str], ...] = ()
     sha256: str = ""  # of the package file, for the summary and for checksums files
     up_to_date: bool = False
+    # Shared layers: the layer packages the service package depends on, beside it, bottom first.
+    layer_files: tuple[str, ...] = ()
+    # The names of those that this build made (the others came from the layer cache).
+    built_layers: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> list[Path]:
+        """Every package file of the build, the service package first."""
+        return [self.path, *(Path(p) for p in self.layer_files)]
 
     @classmethod
-    def of(cls, path: Path, spec: ServiceSpec, skipped: list[tuple[str, str]]) -> BuildResult:
+    def of(
+        cls,
+        path: Path,
+        spec: ServiceSpec,
+        skipped: list[tuple[str, str]],
+        layer_files: tuple[str, ...] = (),
+        built_layers: tuple[str, ...] = (),
+    ) -> BuildResult:
         layout = spec.layout
         service = layout.init_script if spec.init is InitSystem.OPENRC else layout.unit_name
         return cls(
@@ -55,6 +71,8 @@ class BuildResult:
             layout.data_dir,
             tuple(skipped),
             _file_sha256(path),
+            layer_files=layer_files,
+            built_layers=built_layers,
         )
 
 
@@ -67,7 +85,7 @@ def _file_sha256(path: Path) -> str:
 
 
 @cache
-def _code_digest() -> str:
+def code_digest() -> str:
     """ctr2svc's own code and templates: a changed generator must not reuse an old package."""
     from ctr2svc.units import templates_dir
 
@@ -92,7 +110,7 @@ def key(options: Any, digest: str) -> str:
         "sign_key": (
             hashlib.sha256(options.sign_key_file.read_bytes()).hexdigest() if options.sign_key_file else None
         ),
-        "code": _code_digest(),
+        "code": code_digest(),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -116,6 +134,10 @@ def lookup(cache_root: Path, build_key: str) -> BuildResult | None:
         fields = doc["result"]
         fields["path"] = package
         fields["skipped"] = tuple(tuple(s) for s in fields.get("skipped", ()))
+        fields["layer_files"] = tuple(fields.get("layer_files", ()))
+        fields["built_layers"] = ()
+        if not all(Path(p).is_file() for p in fields["layer_files"]):
+            return None
         return dataclasses.replace(BuildResult(**fields), up_to_date=True)
     except (OSError, ValueError, KeyError, TypeError):
         # No record, a package gone or changed, or a record from another version: build again.
@@ -128,6 +150,7 @@ def save(cache_root: Path, build_key: str, result: BuildResult) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fields = dataclasses.asdict(result)
     fields["path"] = str(result.path.resolve())
+    fields["layer_files"] = [str(Path(p).resolve()) for p in result.layer_files]
     fields.pop("up_to_date")
     doc = {"result": fields, "stamp": _stamp(result.path)}
     fd, tmp = tempfile.mkstemp(prefix=".record-", dir=target.parent)

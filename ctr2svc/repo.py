@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ctr2svc import log
 from ctr2svc.errors import Ctr2svcError, PackageError, ToolError, ToolFailed, UsageError
+from ctr2svc.layers import PACKAGE_PREFIX
 from ctr2svc.model import PackageFormat
 from ctr2svc.run import find_tool, run
 
@@ -80,6 +81,11 @@ class PackageFile:
     name: str
     version: str  # as the format's tools print it (epoch:version-release)
     arch: str = ""
+    depends: tuple[str, ...] = ()  # the names of the packages it needs (versions left out)
+
+    @property
+    def is_layer(self) -> bool:
+        return self.name.startswith(PACKAGE_PREFIX)
 
     @property
     def identity(self) -> tuple[str, str, str]:
@@ -208,12 +214,14 @@ def _read(given: Path, fmt: PackageFormat, *, verify: bool, in_repo: bool) -> Pa
         if not info.get("pkgname") or not info.get("pkgver"):
             raise _invalid(path, fmt, "its .PKGINFO has no pkgname or pkgver", in_repo=in_repo)
         arch = info.get("arch", ["noarch"])[0]
-        return PackageFile(path, fmt, info["pkgname"][0], info["pkgver"][0], arch)
+        depends = tuple(_dependency_name(d) for d in info.get("depend", []))
+        return PackageFile(path, fmt, info["pkgname"][0], info["pkgver"][0], arch, depends)
     if fmt is PackageFormat.DEB:
         _check_ar(path, in_repo=in_repo)
         try:
             out = run(
-                ["dpkg-deb", "-f", tool_path, "Package", "Version", "Architecture"], what=f"read {path.name}"
+                ["dpkg-deb", "-f", tool_path, "Package", "Version", "Architecture", "Depends"],
+                what=f"read {path.name}",
             ).stdout.decode(errors="replace")
         except ToolFailed as exc:
             raise _invalid(
@@ -223,7 +231,8 @@ def _read(given: Path, fmt: PackageFormat, *, verify: bool, in_repo: bool) -> Pa
         missing = [k for k in ("Package", "Version", "Architecture") if not fields.get(k)]
         if missing:
             raise _invalid(path, fmt, f"its control data has no {missing[0]} field", in_repo=in_repo)
-        return PackageFile(path, fmt, fields["Package"], fields["Version"], fields["Architecture"])
+        depends = tuple(_dependency_name(d) for d in fields.get("Depends", "").split(",") if d.strip())
+        return PackageFile(path, fmt, fields["Package"], fields["Version"], fields["Architecture"], depends)
     if verify:
         # The header and payload digests, over the whole file: a truncated .rpm still has its header.
         checked = run(["rpm", "-K", "--nosignature", tool_path], what=f"check {path.name}", check=False)
@@ -244,7 +253,7 @@ def _read(given: Path, fmt: PackageFormat, *, verify: bool, in_repo: bool) -> Pa
                 "--nosignature",
                 "--nodigest",
                 "--qf",
-                "%{NAME}\\n%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n%{ARCH}\\n",
+                "%{NAME}\\n%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n%{ARCH}\\n[%{REQUIRENAME}\\n]",
                 tool_path,
             ],
             what=f"read {path.name}",
@@ -252,9 +261,17 @@ def _read(given: Path, fmt: PackageFormat, *, verify: bool, in_repo: bool) -> Pa
     except ToolFailed as exc:
         raise _invalid(path, fmt, "cannot read its header", in_repo=in_repo, details=exc.details) from exc
     lines = out.splitlines()
-    if len(lines) != 3:
+    if len(lines) < 3:
         raise _invalid(path, fmt, "its header has no name, version or architecture", in_repo=in_repo)
-    return PackageFile(path, fmt, lines[0], lines[1], lines[2])
+    return PackageFile(path, fmt, lines[0], lines[1], lines[2], tuple(lines[3:]))
+
+
+def _dependency_name(text: str) -> str:
+    """The package name of one dependency: "runc (>= 1.1)", "attr=2.5-r0", "foo | bar" (the first)."""
+    first = text.split("|")[0].strip()
+    for stop in (" ", "(", "=", "<", ">", "~"):
+        first = first.split(stop, 1)[0]
+    return first
 
 
 def compare(fmt: PackageFormat, a: str, b: str) -> int:
@@ -516,6 +533,13 @@ def _add_locked(
             same_place = (_directory(repo, other) / other.path.name) == target
             if other.identity != new.identity and not same_place:
                 continue
+            if new.is_layer and other.is_layer and new.identity == other.identity:
+                # A layer package's name is its content's digest: another build of the same layer
+                # (signed at another time, say) adds nothing. The one published stays.
+                if in_repo:
+                    log.info(f"{new.path} is already in the repository as {other.path}")
+                    unchanged.append(new.path)
+                break
             if _same_bytes(new.path, other.path):
                 if in_repo:
                     log.info(f"{new.path} is already in the repository as {other.path} (same bytes)")
@@ -548,6 +572,16 @@ def _add_locked(
                 )
             else:
                 pruned.append(old)
+    # Layer packages go with the last package that needs them.
+    kept = [p for p in existing + accepted if p not in pruned]
+    needed = {(_directory(repo, p), d) for p in kept if not p.is_layer for d in p.depends}
+    for layer in [p for p in kept if p.is_layer]:
+        if (_directory(repo, layer), layer.name) not in needed:
+            if layer in accepted:
+                accepted.remove(layer)
+                log.warn(f"{layer.path}: no package in the repository needs this layer; not added")
+            else:
+                pruned.append(layer)
     changed = {_directory(repo, p) for p in accepted + pruned}
     for directory in {_directory(repo, p) for p in files if p in accepted or p.path in unchanged}:
         if _index_missing(directory, directory.relative_to(repo).parts[0], signing, apk_key):

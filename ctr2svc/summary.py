@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from ctr2svc.layers import PACKAGE_PREFIX
 from ctr2svc.model import PackageFormat
 from ctr2svc.record import BuildResult
 from ctr2svc.update import Outcome
@@ -32,13 +34,36 @@ PACKAGE_FIELDS = (
     "data_dir",
     "install",
     "up_to_date",
+    "layers",
 )
 
 
+# Marks the layer packages of a local install as installed for the service only, so that the package
+# manager's autoremove takes them away once no service needs them (a repository install does that
+# itself). apk has no such mark: `apk del` of the service leaves local layer files in its world.
+MARK_AUTO = {
+    PackageFormat.DEB: "apt-mark auto",
+    PackageFormat.RPM: "dnf mark remove",
+}
+
+
+def _local(path: Path) -> str:
+    return str(path) if path.is_absolute() else f"./{path}"
+
+
 def install_command(fmt: PackageFormat, result: BuildResult) -> str:
-    """The command that installs the package on a host of its kind, run from the current directory."""
-    path = result.path if result.path.is_absolute() else f"./{result.path}"
-    return f"{INSTALLERS[fmt]} {path}"
+    """The command that installs the package (and its layer packages) on a host of its kind, run from
+    the current directory."""
+    command = f"{INSTALLERS[fmt]} {' '.join(_local(p) for p in result.files)}"
+    if result.layer_files and fmt in MARK_AUTO:
+        names = sorted({layer_name(Path(p)) for p in result.layer_files})
+        command += f" && {MARK_AUTO[fmt]} {' '.join(names)}"
+    return command
+
+
+def layer_name(path: Path) -> str:
+    """A layer package's name from its file name (ctr2svc-layer-HEX12, then version and arch)."""
+    return path.name[: len(PACKAGE_PREFIX) + 12]
 
 
 def package(fmt: PackageFormat, result: BuildResult) -> dict[str, Any]:
@@ -57,6 +82,15 @@ def package(fmt: PackageFormat, result: BuildResult) -> dict[str, Any]:
         "data_dir": result.data_dir,
         "install": install_command(fmt, result),
         "up_to_date": result.up_to_date,
+        "layers": [
+            {
+                "package": p,
+                "name": layer_name(Path(p)),
+                "size": Path(p).stat().st_size,
+                "built": layer_name(Path(p)) in result.built_layers,
+            }
+            for p in result.layer_files
+        ],
     }
 
 

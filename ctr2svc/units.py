@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctr2svc import __version__
 from ctr2svc.bundle import Entry, Kind, RootfsScan
+from ctr2svc.layers import INSTALL_DIR
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
 
 if TYPE_CHECKING:
@@ -123,6 +124,11 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         "ready_port": spec.ready_port,
         "runtime": spec.runtime,
         "stdio_pipe": spec.stdio == "pipe",
+        "layers": spec.layers,
+        "layers_dir": INSTALL_DIR,
+        # Top layer first, as overlayfs wants them; relative to layers_dir, which keeps the mount
+        # options short (a page at most) for images with many layers.
+        "lower": ":".join(f"{Path(x.directory).name}/rootfs" for x in reversed(spec.layers)),
     }
 
 
@@ -149,19 +155,18 @@ def service_files(spec: ServiceSpec, scan: RootfsScan) -> list[GeneratedFile]:
             config=True,
         ),
         GeneratedFile(f"{cfg}/mounts", render("mounts.j2", **values, mounts=spec.mounts), 0o644, config=True),
-        GeneratedFile(
-            f"{spec.layout.image_dir}/ownership.sh",
-            render(
-                "ownership.sh.j2",
-                image=spec.image.pinned,
-                rootfs=spec.layout.rootfs,
-                chown_batches=batches,
-                chmods=chmods,
-                hardlinks=hardlinks,
-            ),
-            0o755,
-        ),
     ]
+    if not spec.layers:
+        # Shared layers set their own files up (templates/layer/setup.sh.j2).
+        ownership = render(
+            "ownership.sh.j2",
+            image=spec.image.pinned,
+            rootfs=spec.layout.rootfs,
+            chown_batches=batches,
+            chmods=chmods,
+            hardlinks=hardlinks,
+        )
+        files.append(GeneratedFile(f"{spec.layout.image_dir}/ownership.sh", ownership, 0o755))
     if spec.init is InitSystem.OPENRC:
         # Only where OpenRC is the init: beside a systemd unit, an init.d script breaks `systemctl enable`.
         files.append(GeneratedFile(spec.layout.init_script, render("openrc/init.j2", **values), 0o755))
@@ -193,3 +198,8 @@ def package_scripts(spec: ServiceSpec) -> dict[str, str]:
     """The package's maintainer scripts, keyed by nfpm's script name."""
     values = _values(spec)
     return {key: render(f"{template}.j2", **values) for key, template in SCRIPTS[spec.format].items()}
+
+
+# A layer package's scripts, keyed by nfpm's name (one template each, for every format): make what its
+# payload cannot carry, and take it away again on removal.
+LAYER_SCRIPTS = {"postinstall": "layer/postinst", "preremove": "layer/prerm", "postremove": "layer/postrm"}

@@ -122,13 +122,14 @@ def _scratch() -> Iterator[Path]:
         yield Path(name)
 
 
-def update(project: Project, repo_dir: Path) -> list[Outcome]:
+def update(project: Project, repo_dir: Path, *, rebuild: bool = False) -> list[Outcome]:
+    """REBUILD: every image, moved or not, above the version published (a new ctr2svc's helper)."""
     # One update (or repo add) at a time: from reading the state to recording the new one.
     with repo.locked(repo_dir):
-        return _update(project, repo_dir)
+        return _update(project, repo_dir, rebuild)
 
 
-def _update(project: Project, repo_dir: Path) -> list[Outcome]:
+def _update(project: Project, repo_dir: Path, rebuild: bool = False) -> list[Outcome]:
     state = load_state(repo_dir)
     published: dict[PackageFormat, dict[str, str]] = {}
     outcomes: list[Outcome] = []
@@ -145,7 +146,7 @@ def _update(project: Project, repo_dir: Path) -> list[Outcome]:
                 log.warn(f"{entry.label()} ({fmt}): {exc.one_line()}")
                 outcomes.append(Outcome(entry.label(), fmt, "failed", exc.one_line()))
                 continue
-            if previous and previous.get("digest") == digest and previous.get("version"):
+            if not rebuild and previous and previous.get("digest") == digest and previous.get("version"):
                 outcomes.append(
                     Outcome(entry.label(), fmt, "unchanged", f"{previous['version']} {digest[:19]}")
                 )
@@ -171,13 +172,22 @@ def _update(project: Project, repo_dir: Path) -> list[Outcome]:
         def refused(path: Path, error: UsageError) -> None:
             # Same name and version as a published package, other bytes (a `version` fixed in the
             # project while the tag moved): that image fails, the others are published.
+            if path not in new_state:
+                log.warn(f"{path}: {error.one_line()}")
+                return
             outcome = new_state.pop(path)[0]
             log.warn(f"{outcome.image} ({outcome.format}): {error.one_line()}")
             outcome.status, outcome.detail, outcome.result = "failed", error.one_line(), None
 
+        layer_files = [
+            Path(p)
+            for outcome, _, _ in new_state.values()
+            if outcome.result
+            for p in outcome.result.layer_files
+        ]
         repo.add(
             repo_dir,
-            list(new_state),
+            [*new_state, *dict.fromkeys(layer_files)],
             keep=project.keep,
             signing=project.signing,
             apk_key=project.apk_key,

@@ -163,10 +163,30 @@ def install_busybox(root: Path, *, symlinks: Sequence[str] = (), hardlinks: Sequ
 # Builders
 
 
+# One layer of layered_image: a function that changes the rootfs (umoci repack records the change,
+# deletions as whiteouts), or a ready tar file added as it is (for opaque directories, which umoci
+# never writes).
+LayerStep = Callable[[Path], None] | Path
+
+
 def build_image(
     layout: Path,
     tag: str,
     populate: Callable[[Path], None],
+    **config: Any,
+) -> str:
+    """umoci new + unpack + populate(rootfs) + repack + config. Returns 'oci:LAYOUT:TAG'.
+
+    An existing TAG in LAYOUT is replaced by a fresh image; other tags stay.
+    An empty entrypoint/cmd (None or []) means none at all in the image config.
+    """
+    return layered_image(layout, tag, [populate], **config)
+
+
+def layered_image(
+    layout: Path,
+    tag: str,
+    steps: Sequence[LayerStep],
     *,
     entrypoint: Sequence[str] | None = None,
     cmd: Sequence[str] | None = None,
@@ -179,28 +199,36 @@ def build_image(
     labels: Mapping[str, str] | None = None,
     arch: str = "amd64",
     os_name: str = "linux",
+    base: str | None = None,
 ) -> str:
-    """umoci new + unpack + populate(rootfs) + repack + config. Returns 'oci:LAYOUT:TAG'.
+    """An image with one layer per step (bottom first). Returns 'oci:LAYOUT:TAG'.
 
-    An existing TAG in LAYOUT is replaced by a fresh image; other tags stay.
-    An empty entrypoint/cmd (None or []) means none at all in the image config.
-    """
+    BASE names another tag of LAYOUT to start from (its layers, byte for byte, as `FROM` gives them):
+    images built from one base share its layers' digests only so. Rebuilding a step gives new
+    digests (new file times)."""
     _require_root()
     layout = layout.absolute()
     if not layout.exists():
         layout.parent.mkdir(parents=True, exist_ok=True)
         run(["umoci", "init", "--layout", layout])
     image = f"{layout}:{tag}"
-    run(["umoci", "new", "--image", image])
-    # The bundle lives next to the layout: same filesystem, and the caller's directory gets cleaned up.
-    scratch = Path(tempfile.mkdtemp(prefix=f".bundle-{tag}-", dir=layout.parent))
-    try:
-        bundle = scratch / "bundle"
-        run(["umoci", "unpack", "--image", image, bundle])
-        populate(bundle / "rootfs")
-        run(["umoci", "repack", "--image", image, bundle])
-    finally:
-        shutil.rmtree(scratch)
+    if base is not None:
+        run(["umoci", "tag", "--image", f"{layout}:{base}", tag])
+    else:
+        run(["umoci", "new", "--image", image])
+    for step in steps:
+        if isinstance(step, Path):
+            run(["umoci", "raw", "add-layer", "--image", image, step])
+            continue
+        # The bundle lives next to the layout: same filesystem, and the caller's directory gets cleaned up.
+        scratch = Path(tempfile.mkdtemp(prefix=f".bundle-{tag}-", dir=layout.parent))
+        try:
+            bundle = scratch / "bundle"
+            run(["umoci", "unpack", "--image", image, bundle])
+            step(bundle / "rootfs")
+            run(["umoci", "repack", "--image", image, bundle])
+        finally:
+            shutil.rmtree(scratch)
 
     argv: list[str | Path] = ["umoci", "config", "--image", image, "--architecture", arch, "--os", os_name]
     # `umoci new` starts with neither, but clearing makes "None means absent" hold even if that changes.

@@ -17,7 +17,7 @@ import pytest
 
 from ctr2svc import __version__, runtime_config, units
 from ctr2svc.bundle import Entry, Kind, RootfsScan
-from ctr2svc.model import HealthCheck, InitSystem, Layout, PackageFormat, ServiceSpec
+from ctr2svc.model import HealthCheck, InitSystem, Layout, PackageFormat, ServiceSpec, SharedLayer
 
 from .conftest import make_spec
 
@@ -37,6 +37,40 @@ def sample_scan() -> RootfsScan:
             Entry("usr/bin/agent", Kind.FILE, 0o2755, 0, 42, 0),
         ]
     )
+
+
+SHARED = (
+    SharedLayer("sha256:" + "ab" * 32, "ctr2svc-layer-abababababab", "/opt/containers/layers/abababababab",
+                ("sha256:" + "ab" * 32,), 4096),
+    SharedLayer("sha256:" + "cd" * 32, "ctr2svc-layer-cdcdcdcdcdcd", "/opt/containers/layers/cdcdcdcdcdcd",
+                ("sha256:" + "cd" * 32,), 1024),
+)  # fmt: skip
+
+
+def layer_scripts() -> dict[str, str]:
+    """A layer package's setup script and package scripts, per format."""
+    scan = sample_scan()
+    scan.whiteouts, scan.opaque = ["etc/gone", "-odd name"], ["srv/hidden"]
+    batches, chmods, hardlinks = units.ownership_plan(scan)
+    base = SHARED[0].directory
+    values = {"id": SHARED[0].id, "base": base, "rootfs": f"{base}/rootfs"}
+    files = {
+        "layer-setup.sh": units.render(
+            "layer/setup.sh.j2",
+            **values,
+            chown_batches=batches,
+            chmods=chmods,
+            hardlinks=hardlinks,
+            whiteouts=scan.whiteouts,
+            opaque=scan.opaque,
+        )
+    }
+    dirs = [e for e in scan.foreign_owned if e.kind is Kind.DIR]
+    for fmt in PackageFormat:
+        for key, template in units.LAYER_SCRIPTS.items():
+            files[f"layer-{fmt}-{key}"] = units.render(f"{template}.j2", format=str(fmt), dirs=dirs, **values)
+    files["layer-apk-preinstall"] = units.render("layer/preinst.j2", format="apk", dirs=dirs, **values)
+    return files
 
 
 def for_format(spec: ServiceSpec, fmt: PackageFormat, init: InitSystem, version: str) -> ServiceSpec:
@@ -60,9 +94,12 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
     variants["apk-checked"] = dataclasses.replace(variants["apk"], health=check, ready_port=6379)
     # An image that opens /dev/stdout: its output goes through a pipe and a relay.
     variants["piped"] = dataclasses.replace(spec, stdio="pipe")
+    # Shared layers: the root is mounted from layer packages; no ownership script of its own.
+    variants["shared"] = dataclasses.replace(spec, layers=SHARED)
+    variants["apk-shared"] = dataclasses.replace(variants["apk"], layers=SHARED)
     for prefix, variant in variants.items():
         integration = [variant.layout.unit_path, variant.layout.init_script, variant.layout.preset_path]
-        if prefix.endswith("checked") or prefix == "piped":
+        if prefix.endswith(("checked", "shared")) or prefix == "piped":
             integration += [
                 variant.layout.helper,
                 *(f"{variant.layout.unit_dir}/valkey-svc-health.{k}" for k in ("service", "timer")),
@@ -71,6 +108,7 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
             if f.dest in integration:
                 files[f"{prefix}-{Path(f.dest).name}"] = f.content
         files.update({f"{prefix}-{k}": v for k, v in units.package_scripts(variant).items()})
+    files.update(layer_scripts())
     # The generator's version is in every header: keep the golden files stable across releases.
     return {k: v.replace(f"ctr2svc {__version__}", "ctr2svc VERSION") for k, v in files.items()}
 
