@@ -560,7 +560,8 @@ def _service_files(
 ) -> Generated:
     with log.step(f"Writing the service files for {spec.name} {spec.version}"):
         config = runtime_config.patch(unpacked.config, spec)
-        files = units.service_files(spec, scan)
+        key = hashlib.sha256(f"{spec.version}\0{json.dumps(config, sort_keys=True)}".encode()).hexdigest()
+        files = units.service_files(spec, scan, key[:16])
         scripts = units.package_scripts(spec)
     return Generated(spec, unpacked, scan, config, files, scripts, extracted)
 

@@ -132,9 +132,13 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
     }
 
 
-def service_files(spec: ServiceSpec, scan: RootfsScan) -> list[GeneratedFile]:
-    """The files the package installs besides the image: helper, ownership script, init integration."""
+def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> list[GeneratedFile]:
+    """The files the package installs besides the image: helper, ownership script, init integration.
+
+    RENDER_KEY names the packaged runtime config (a digest of it): the helper renders the runtime
+    bundle again only when it, the host name or the admin's files changed."""
     values = _values(spec)
+    values["render_key"] = render_key or spec.image.digest.split(":")[-1][:16]
     root = scan.entries[0] if scan.entries else Entry("", Kind.DIR, 0o755, 0, 0, 0)
     values.update(root_uid=root.uid, root_gid=root.gid, root_mode=root.mode)
     batches, chmods, hardlinks = ownership_plan(scan)

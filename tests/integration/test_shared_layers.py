@@ -178,7 +178,8 @@ def test_later_layers_delete_replace_and_hide_in_the_running_container(
     layer_names = [str(x["name"]) for x in layers]
     sh("dpkg", "--purge", "layered-svc", *layer_names)
     assert not any(dpkg_installed(n) for n in layer_names)
-    assert not LAYERS.exists() or not any(LAYERS.iterdir()), "whiteouts or layer dirs were left behind"
+    left = [d for d in (base, middle, opaque) if d.exists()]
+    assert not left, f"whiteouts or layer directories were left behind: {left}"
 
 
 def test_two_images_share_their_base_and_a_rebuild_packs_only_the_new_layer(
