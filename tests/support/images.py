@@ -532,3 +532,27 @@ def patch_bundle_for_test(
 def mode_of(path: Path) -> int:
     """Permission bits including setuid/setgid/sticky, without following symlinks."""
     return stat.S_IMODE(path.lstat().st_mode)
+
+
+def layered_service_image(layout: Path, tag: str, *, port: int, version_text: str) -> str:
+    """service_image() in two layers, for shared-layer packages: the service itself at the bottom, the
+    same for every tag of LAYOUT (built once, as a FROM base), and its index page on top."""
+    config: dict[str, Any] = {
+        "entrypoint": ["/usr/local/bin/entrypoint.sh"],
+        "cmd": ["serve"],
+        "env": {"PATH": DEFAULT_PATH, "PORT": str(port), "APP_VERSION": version_text},
+        "volumes": ["/data"],
+        "exposed_ports": [f"{port}/tcp"],
+        "stop_signal": "SIGTERM",
+        "workdir": "/data",
+    }
+    base = "service-base"
+    if not (layout / "index.json").exists() or base not in {
+        d.get("annotations", {}).get(REF_NAME) for d in _read_index(layout)["manifests"]
+    }:
+        layered_image(layout, base, [lambda root: _populate_service(root, "base")], **config)
+
+    def top(root: Path) -> None:
+        put_file(root, "www/index.html", f"{version_text}\n")
+
+    return layered_image(layout, tag, [top], base=base, **config)

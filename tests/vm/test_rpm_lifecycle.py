@@ -7,12 +7,13 @@ and stop/disable on erase really happen.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Cli
-from tests.support.images import service_image
+from tests.support.images import layered_service_image, service_image
 from tests.support.registry import Registry, free_port
 from tests.vm import vmhost
 
@@ -71,3 +72,58 @@ def test_rpm_install_upgrade_erase_under_systemd(
     assert vm.ssh(f"cat /var/lib/{NAME}/volumes/data/answer").stdout.strip() == "42"
     assert NAME not in vm.ssh("ls /etc/systemd/system/multi-user.target.wants/").stdout
     vm.ssh(f"rm -rf /var/lib/{NAME}")
+
+
+SHARED = "kvrpm-shared-svc"
+
+
+def test_shared_layer_rpms_install_upgrade_erase_under_systemd(
+    vm: vmhost.VM, registry: Registry, ctr2svc: Cli, tmp_path: Path
+) -> None:
+    """--layers shared as rpm: the layer packages and the service package in one rpm transaction,
+    an upgrade that brings only the new top layer, the old one erased as `dnf autoremove` would,
+    and nothing left under /opt/containers after the erase."""
+    port = free_port()
+    files: dict[str, list[str]] = {}
+    for version in ("1.0", "2.0"):
+        text = f"shared {version}"
+        source = layered_service_image(tmp_path / "layout", version, port=port, version_text=text)
+        ref = registry.push(source, "e2e/kvrpm-shared", version)
+        argv = ["build", ref, "--format", "rpm", "--layers", "shared", "--name", SHARED, "--json"]
+        summary = json.loads(ctr2svc(*argv, "-o", tmp_path / f"shared-{version}").stdout)
+        local = [Path(summary["package"]), *(Path(x["package"]) for x in summary["layers"])]
+        for path in local:
+            vm.copy_to(path, f"/root/{path.name}")
+        files[version] = [f"/root/{p.name}" for p in local]
+    old_layers = {Path(p).name for p in files["1.0"][1:]}
+    new_layers = {Path(p).name for p in files["2.0"][1:]}
+    assert len(old_layers & new_layers) == 1, "the two versions share their bottom layer"
+
+    try:
+        vm.ssh(f"rpm -Uvh --nodeps {' '.join(files['1.0'])}")
+        assert get(vm, port).strip() == "shared 1.0"
+        assert get(vm, port, "/cgi-bin/put?answer=7").strip() == "ok"
+        assert get(vm, port, "/cgi-bin/whoami").strip() == "999:999"
+
+        # The upgrade: only the new top layer is new; the service restarts on the new stack.
+        fresh = [p for p in files["2.0"] if Path(p).name not in old_layers]
+        assert len(fresh) == 2
+        vm.ssh(f"rpm -Uvh --nodeps {' '.join(fresh)}")
+        assert get(vm, port).strip() == "shared 2.0"
+        assert get(vm, port, "/cgi-bin/get?answer").strip() == "7"
+        lower = vm.ssh(f"findmnt -n -o OPTIONS /run/{SHARED}/rootfs").stdout
+        assert all(f"{name.split('-')[2]}/rootfs" in lower for name in new_layers), lower
+
+        # What dnf autoremove does: the old top layer, which nothing needs any more, goes.
+        stale = sorted(n.rsplit("-1-1.", 1)[0] for n in old_layers - new_layers)
+        vm.ssh(f"rpm -e --nodeps {' '.join(stale)}")
+        assert vm.ssh(f"systemctl is-active {SHARED}.service").stdout.strip() == "active"
+        assert get(vm, port).strip() == "shared 2.0"
+
+        installed = vm.ssh("rpm -qa 'ctr2svc-layer-*'").stdout.split()
+        vm.ssh(f"rpm -e --nodeps {SHARED} {' '.join(installed)}")
+        assert vm.ssh("rpm -qa 'ctr2svc-layer-*'").stdout.strip() == ""
+        assert vm.ssh("ls -A /opt/containers 2>/dev/null || true").stdout.strip() == ""
+    finally:
+        vm.ssh(f"rpm -e --nodeps {SHARED} $(rpm -qa 'ctr2svc-layer-*') 2>/dev/null; rm -rf /var/lib/{SHARED}",
+               check=False)  # fmt: skip
