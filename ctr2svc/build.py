@@ -601,6 +601,9 @@ def generate_shared(
         config = bundle.runtime_config(image.cache_ref, root, work / "config.json", user=opts.user)
         unpacked = Bundle(work, config, root=root)
         scan = bundle.scan(root, layer=True)
+        # What the layers hold that no package can: device nodes, FIFOs, sockets (as a flat build says).
+        scan.skipped = [item for x in extracted for item in x.scan.skipped]
+        bundle.warn_skipped(scan.skipped)
         spec = plan_service(opts, image, unpacked, scan)
         shared = tuple(
             SharedLayer(

@@ -334,14 +334,19 @@ def scan(rootfs: Path, *, layer: bool = False) -> RootfsScan:
                 result.skipped.append((rel, _SPECIAL.get(fmt, "special file")))
                 if not layer:
                     full.unlink()
-    if result.skipped:
+    if not layer:
+        warn_skipped(result.skipped)
+    return result
+
+
+def warn_skipped(skipped: list[tuple[str, str]]) -> None:
+    if skipped:
         # /dev is a tmpfs runc fills at start, so device nodes there are never seen by the service.
-        outside_dev = [p for p, _ in result.skipped if not p.startswith("dev/")]
+        outside_dev = [p for p, _ in skipped if not p.startswith("dev/")]
         log.warn(
-            f"not packaging {len(result.skipped)} special file(s) (device nodes, FIFOs, sockets)"
+            f"not packaging {len(skipped)} special file(s) (device nodes, FIFOs, sockets)"
             + (f", e.g. /{outside_dev[0]}" if outside_dev else " under /dev, which runc provides at run time")
         )
-    return result
 
 
 def _opaque(path: Path) -> bool:
