@@ -4,13 +4,17 @@ Builds its own images (no network needed), serves them from a local registry, an
 (a) a cold `ctr2svc build` against `skopeo copy` + `umoci unpack`; (b) a no-op rebuild; (c) package size
 against the image's compressed layers for each payload compression; (d) start to first TCP accept of the
 packaged service, of bare `runc run` on the same image and of `podman run`; (e) resident processes and
-memory that a running service brings besides the container's own. Needs root.
+memory that a running service brings besides the container's own. Shared layers (`--layers shared`)
+against the flat package: (f) five services on one base, package and installed bytes against the
+registry's unique blobs; (g) a rebuild after a top-layer-only update against a cold build; (h) start to
+first TCP accept with the image's layers as overlay lower layers. Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import platform
@@ -18,9 +22,11 @@ import resource
 import shlex
 import shutil
 import socket
+import stat as stat_module
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -36,7 +42,9 @@ from tests.support.registry import Registry, free_port, start_registry
 REPO = Path(__file__).resolve().parent.parent
 
 # The issue's targets: (a) and (c) are ratios, (b) seconds, (d) a ratio to bare runc, (e) a count.
-TARGETS: dict[str, float] = {"a": 1.3, "b": 0.5, "c": 1.05, "d": 1.1, "e": 0}
+# (f) shared packages against the registry's unique blobs, (g) a top-layer-only rebuild against a cold build.
+TARGETS: dict[str, float] = {"a": 1.3, "b": 0.5, "c": 1.05, "d": 1.1, "e": 0, "f": 1.1, "g": 0.3}
+SECTIONS = "abcdefgh"
 COMPRESSIONS = ("gzip", "zstd", "xz", "none")
 TAG = "1.0"
 START_DEADLINE = 60.0
@@ -137,6 +145,7 @@ class Context:
     podman: str | None
     time_bin: str | None
     counter: int = 0
+    derived: Derived | None = None  # the images of (f) and (g), built once
 
     def path(self, *parts: str) -> Path:
         p = self.work.joinpath(*parts)
@@ -203,8 +212,11 @@ def _measure_runs(
     return measured
 
 
-def timestamped(argv: Sequence[str], time_file: Path | None = None) -> dict[str, Any]:
-    """Run argv (ctr2svc -v ...) once, noting when each line of its stderr arrived.
+def timestamped(
+    argv: Sequence[str], time_file: Path | None = None, stdout: Path | None = None
+) -> dict[str, Any]:
+    """Run argv (ctr2svc -v ...) once, noting when each line of its stderr arrived (its stdout goes to
+    STDOUT, when given: `build --json`).
 
     A `debug: + CMD` line is logged just before ctr2svc runs CMD, and ctr2svc prints nothing while CMD
     runs: the time to its next line is CMD's time (plus a little of ctr2svc's own work).
@@ -213,14 +225,16 @@ def timestamped(argv: Sequence[str], time_file: Path | None = None) -> dict[str,
     if time_file is not None:
         args = ["/usr/bin/time", "-o", str(time_file), "-f", "%e %U %S %M", *args]
     LOG.write(f"+ {shlex.join(args)}\n")
-    start = time.monotonic()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[tuple[float, str]] = []
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        lines.append((time.monotonic() - start, line.rstrip("\n")))
-    rc = proc.wait()
-    total = time.monotonic() - start
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(stdout.open("w")) if stdout is not None else subprocess.DEVNULL
+        start = time.monotonic()
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.PIPE, text=True)
+        lines: list[tuple[float, str]] = []
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append((time.monotonic() - start, line.rstrip("\n")))
+        rc = proc.wait()
+        total = time.monotonic() - start
     LOG.write("".join(f"{t:8.3f} {text}\n" for t, text in lines))
     if rc != 0:
         raise BenchError(f"{shlex.join(args)} exited with {rc}:\n" + "\n".join(t for _, t in lines[-20:]))
@@ -682,12 +696,24 @@ def dpkg(*args: str) -> None:
 
 
 def packaged_variant(
-    ctx: Context, img: Image, deb: Path, cleanups: contextlib.ExitStack, variant: str = "packaged"
+    ctx: Context,
+    img: Image,
+    deb: Path,
+    cleanups: contextlib.ExitStack,
+    variant: str = "packaged",
+    layer_debs: Sequence[Path] = (),
 ) -> Variant:
-    """The .deb installed with dpkg -i, started as its systemd unit starts it."""
+    """The .deb installed with dpkg -i, started as its systemd unit starts it.
+
+    LAYER_DEBS (--layers shared) are installed with it, those not installed already; at the end the
+    service package is purged first, then the layer packages this installed (not those it found).
+    """
     name = deb.name.split("_", 1)[0]
     purge_package(name)
-    dpkg("-i", str(deb))
+    layers_new = [p for p in layer_debs if not installed(p.name.split("_", 1)[0])]
+    for layer in layers_new:
+        cleanups.callback(purge_package, layer.name.split("_", 1)[0])
+    dpkg("-i", *(str(p) for p in layers_new), str(deb))
     cleanups.callback(purge_package, name)
     unit = unit_directives(Path(f"/lib/systemd/system/{name}.service"))
     helper = _exec_argv(unit["ExecStart"][0])[0]
@@ -745,6 +771,11 @@ def packaged_variant(
     )
 
 
+def installed(name: str) -> bool:
+    proc = sh(["dpkg-query", "-W", "-f", "${db:Status-Status}", name], check=False)
+    return proc.returncode == 0 and proc.stdout.strip() == "installed"
+
+
 def purge_package(name: str) -> None:
     if sh(["dpkg-query", "-W", name], check=False).returncode != 0:
         return
@@ -754,11 +785,11 @@ def purge_package(name: str) -> None:
     dpkg("--purge", name)
 
 
-def runc_variant(ctx: Context, img: Image, cleanups: contextlib.ExitStack) -> Variant:
+def runc_variant(ctx: Context, img: Image, cleanups: contextlib.ExitStack, section: str = "d") -> Variant:
     """The same image unpacked by umoci and run by `runc run --detach`: host network, no terminal."""
     name = f"{img.repo}-runc"
-    layout, bundle = ctx.path("d", img.key, "runc-oci"), ctx.path("d", img.key, "runc-bundle")
-    state = ctx.path("d", img.key, "runc-state")
+    layout, bundle = ctx.path(section, img.key, "runc-oci"), ctx.path(section, img.key, "runc-bundle")
+    state = ctx.path(section, img.key, "runc-state")
     copy, unpack = hand_commands(img, layout, bundle)
     sh(copy)
     sh(unpack)
@@ -766,7 +797,7 @@ def runc_variant(ctx: Context, img: Image, cleanups: contextlib.ExitStack) -> Va
     # No network namespace (the port is the host's, as for the packaged service), terminal false, and the
     # capabilities the image's root entrypoint needs to chown /data and drop to its user.
     images.patch_bundle_for_test(bundle)
-    log_path = ctx.path("d", f"{name}.log")
+    log_path = ctx.path(section, f"{name}.log")
     runc = ["runc", "--root", str(state)]
 
     def status() -> str:
@@ -862,9 +893,11 @@ def section_de(ctx: Context, img: Image, deb: Path) -> tuple[dict[str, Any], dic
         return _measure_de(ctx, img, variants)
 
 
-def _measure_de(
+def _time_starts(
     ctx: Context, img: Image, variants: Sequence[Variant]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start to first accept of each variant: (stats by variant, with the median of each step of a
+    packaged start; resident processes by variant, counted during the warm-up start)."""
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     returned: dict[str, list[float]] = {v.name: [] for v in variants}
     procs: dict[str, Any] = {}
@@ -883,25 +916,352 @@ def _measure_de(
             finally:
                 variant.stop()
                 wait_closed(img.port)
-    if variants[0].info.get("steps"):
-        # Leave the warm-up run out of the packaged start's steps too.
-        variants[0].info["steps"] = {k: v[1:] for k, v in variants[0].info["steps"].items()}
     d: dict[str, Any] = {name: stats(t) for name, t in times.items()}
-    for name, t in returned.items():
-        d[name]["returned_median"] = statistics.median(t)
+    for variant in variants:
+        d[variant.name]["returned_median"] = statistics.median(returned[variant.name])
+        # Leave the warm-up run out of a packaged start's steps too.
+        steps = variant.info.get("steps", {})
+        d[variant.name]["steps"] = {k: statistics.median(v[1:]) for k, v in steps.items() if v[1:]}
+    return d, procs
+
+
+def _measure_de(
+    ctx: Context, img: Image, variants: Sequence[Variant]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    d, procs = _time_starts(ctx, img, variants)
     d["ratio"] = d["packaged"]["median"] / d["runc"]["median"]
     if "packaged-pipe" in d:
         d["pipe_ratio"] = d["packaged-pipe"]["median"] / d["runc"]["median"]
     if "podman" in d:
         d["podman_ratio"] = d["podman"]["median"] / d["runc"]["median"]
         d["podman_flags"] = next(v.info["flags"] for v in variants if v.name == "podman")
-    d["packaged_steps"] = {k: statistics.median(v) for k, v in variants[0].info.get("steps", {}).items()}
+    d["packaged_steps"] = d["packaged"]["steps"]
     d["target"] = TARGETS["d"]
     d["met"] = d["ratio"] <= TARGETS["d"]
     e: dict[str, Any] = dict(procs)
     e["target"] = TARGETS["e"]
     e["met"] = procs["packaged"]["extra_processes"] <= TARGETS["e"]
     return d, e
+
+
+# --------------------------------------------------------------------------------------------------
+# (f) N services on one base, (g) rebuild after a top-layer change, (h) start with shared layers
+
+SERVICES = 5  # (f): services built on one base
+TOP_LAYER_BYTES = 1_000_000  # (f), (g): each service's own top layer, unpacked
+
+
+@dataclass
+class Derived:
+    """The images of (f) and (g): the base image plus a small top layer of each service's own."""
+
+    base: Image
+    refs: list[str]  # one repository per service, pushed
+    top_bytes: list[int]  # each top layer's file bytes, unpacked
+    # (g): the first two services' images as tags 1.0 and 2.0 of one repository: an update that
+    # changes only the top layer.
+    update: tuple[str, str]
+
+
+def top_layer_groups(count: int, size: int) -> list[list[Path]]:
+    """COUNT disjoint sets of this host's programs in /usr/bin, each of about SIZE bytes: an
+    application's files (real binaries, so that they compress as an application layer does)."""
+    candidates = sorted(
+        p
+        for p in Path("/usr/bin").iterdir()
+        if p.is_file() and not p.is_symlink() and 0 < p.stat().st_size <= size // 2
+    )
+    groups: list[list[Path]] = []
+    group: list[Path] = []
+    total = 0
+    for path in candidates:
+        group.append(path)
+        total += path.stat().st_size
+        if total >= size:
+            groups.append(group)
+            if len(groups) == count:
+                return groups
+            group, total = [], 0
+    raise BenchError(f"/usr/bin has too few programs for {count} layers of {size / 1e6:.1f} MB")
+
+
+def top_layer_tar(path: Path, files: Sequence[Path], build_id: str) -> int:
+    """An uncompressed layer tar: FILES under /app/bin and /app/build-id (this run's own: the layer is
+    not one that another run, or another test, may have installed). Returns its file bytes."""
+    now = int(time.time())
+    total = 0
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("app", "app/bin"):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+            tar.addfile(info)
+        data = f"{build_id}\n".encode()
+        info = tarfile.TarInfo("app/build-id")
+        info.size, info.mode, info.mtime = len(data), 0o644, now
+        tar.addfile(info, io.BytesIO(data))
+        total += len(data)
+        for file in files:
+            tar.add(file, arcname=f"app/bin/{file.name}", recursive=False)
+            total += file.stat().st_size
+    return total
+
+
+def derive_images(ctx: Context, registry: Registry, base: Image) -> Derived:
+    """SERVICES images on BASE, each with one top layer of its own (umoci raw add-layer: the base's
+    layers stay the same blobs), pushed to the registry."""
+    if ctx.derived is not None:
+        return ctx.derived
+    LOG.say(f"building {SERVICES} images on the {base.key} image, one top layer each")
+    layout, tag = images.split_oci_source(base.source)
+    build_id = os.urandom(8).hex()
+    refs, top_bytes, sources = [], [], []
+    for number, files in enumerate(top_layer_groups(SERVICES, TOP_LAYER_BYTES), 1):
+        derived_tag = f"{tag}-svc{number}"
+        images.run(["umoci", "tag", "--image", f"{layout}:{tag}", derived_tag])
+        tar = ctx.path("images", f"top-{number}.tar")
+        top_bytes.append(top_layer_tar(tar, files, f"{build_id} {number}"))
+        images.run(["umoci", "raw", "add-layer", "--image", f"{layout}:{derived_tag}", tar])
+        tar.unlink()
+        sources.append(f"oci:{layout}:{derived_tag}")
+        refs.append(registry.push(sources[-1], f"{base.repo}-svc{number}", TAG))
+    repo = f"{base.repo}-app"
+    update = (registry.push(sources[0], repo, "1.0"), registry.push(sources[1], repo, "2.0"))
+    ctx.derived = Derived(base, refs, top_bytes, update)
+    return ctx.derived
+
+
+def registry_blobs(refs: Sequence[str]) -> dict[str, Any]:
+    """What the registry stores for these images: each distinct blob (layers and configs) once."""
+    blobs: dict[str, int] = {}
+    per_image = 0
+    for ref in refs:
+        manifest = json.loads(
+            sh(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"]).stdout
+        )
+        for descriptor in [manifest["config"], *manifest["layers"]]:
+            blobs[descriptor["digest"]] = int(descriptor["size"])
+            per_image += int(descriptor["size"])
+    return {
+        "unique_blob_bytes": sum(blobs.values()),
+        "unique_blobs": len(blobs),
+        "sum_per_image_bytes": per_image,
+    }
+
+
+def deb_payload(deb: Path) -> dict[str, int]:
+    """What installing DEB puts on disk, from its contents (nothing is installed): the bytes of its
+    regular files (`dpkg-deb -c`), and its control file's Installed-Size (KiB, rounded up per file)."""
+    listing = sh(["dpkg-deb", "-c", str(deb)]).stdout
+    total = files = 0
+    for line in listing.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[0].startswith("-"):
+            total += int(fields[2])
+            files += 1
+    installed_kib = int(sh(["dpkg-deb", "-f", str(deb), "Installed-Size"]).stdout.strip() or 0)
+    return {"file_bytes": total, "files": files, "installed_size_kib": installed_kib}
+
+
+def regular_file_bytes(root: Path) -> int:
+    """Bytes of the regular files under ROOT, each inode once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))  # noqa: PTH118
+                if stat_module.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+    return total
+
+
+def podman_store(ctx: Context, refs: Sequence[str]) -> dict[str, Any] | None:
+    """podman's store after pulling the images, in a store of its own (--root): none of the host's."""
+    if not ctx.podman:
+        return None
+    root, runroot = ctx.path("f", "podman", "root"), ctx.path("f", "podman", "runroot")
+    podman = [ctx.podman, "--root", str(root), "--runroot", str(runroot), "--storage-driver", "overlay"]
+    try:
+        for ref in refs:
+            proc = sh([*podman, "pull", "--quiet", "--tls-verify=false", ref], check=False)
+            if proc.returncode != 0:
+                LOG.say(f"(f) podman pull failed, leaving podman's store out: {proc.stderr.strip()[-300:]}")
+                return None
+        du = sh(["du", "-s", "--block-size=1", str(root)]).stdout.split()[0]
+        return {"file_bytes": regular_file_bytes(root), "disk_bytes": int(du)}
+    finally:
+        sh([*podman, "rmi", "--all", "--force"], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(runroot, ignore_errors=True)
+
+
+def section_f(ctx: Context, derived: Derived) -> dict[str, Any]:
+    base = derived.base
+    LOG.say(f"(f) {SERVICES} services on the {base.key} image: --layers shared vs flat vs the registry")
+    result: dict[str, Any] = {
+        "services": len(derived.refs),
+        "base": base.key,
+        "base_layers": base.layers,
+        "base_layer_bytes": base.layer_bytes,
+        "top_layer_bytes": derived.top_bytes,
+        "registry": registry_blobs(derived.refs),
+    }
+    for mode in ("flat", "shared"):
+        cache, out = ctx.work / "f" / mode / "cache", ctx.work / "f" / mode / "out"
+        services: list[Path] = []
+        layer_files: dict[str, Path] = {}
+        built: list[list[str]] = []
+        seconds: list[float] = []
+        for ref in derived.refs:
+            argv = [*ctx.ctr2svc, "-q", "build", ref, "-o", str(out), "--cache-dir", str(cache)]
+            start = time.monotonic()
+            doc = json.loads(sh([*argv, "--layers", mode, "--json"]).stdout)
+            seconds.append(time.monotonic() - start)
+            services.append(Path(doc["package"]))
+            built.append([x["name"] for x in doc["layers"] if x["built"]])
+            for layer in doc["layers"]:
+                layer_files[layer["name"]] = Path(layer["package"])
+        # Distinct files: a layer package that several services need is one file (and one install).
+        files = [*services, *layer_files.values()]
+        payloads = {str(p): deb_payload(p) for p in files}
+        result[mode] = {
+            "package_bytes": sum(p.stat().st_size for p in files),
+            "service_package_bytes": sum(p.stat().st_size for p in services),
+            "layer_package_bytes": sum(p.stat().st_size for p in layer_files.values()),
+            "packages": len(files),
+            "layer_packages": len(layer_files),
+            "installed_bytes": sum(x["file_bytes"] for x in payloads.values()),
+            "installed_size_kib": sum(x["installed_size_kib"] for x in payloads.values()),
+            "payloads": payloads,
+            "build_seconds": seconds,
+            "built_layers": built,
+            "output_dir_bytes": sum(p.stat().st_size for p in out.glob("*.deb")),
+        }
+    podman = podman_store(ctx, derived.refs)
+    if podman is not None:
+        result["podman"] = podman
+    unique = result["registry"]["unique_blob_bytes"]
+    result["ratio"] = result["shared"]["package_bytes"] / unique
+    result["flat_ratio"] = result["flat"]["package_bytes"] / unique
+    result["installed_ratio"] = result["shared"]["installed_bytes"] / result["flat"]["installed_bytes"]
+    result["target"] = TARGETS["f"]
+    result["met"] = result["ratio"] <= TARGETS["f"]
+    return result
+
+
+def section_g(ctx: Context, derived: Derived) -> dict[str, Any]:
+    """An update that changes only the top layer: built with the cache of the previous version, against
+    a cold build of the same new version."""
+    base = derived.base
+    LOG.say(f"(g) rebuild after a top-layer-only change vs a cold build, on the {base.key} image")
+    old, new = derived.update
+    jobs: dict[str, tuple[str, str]] = {}
+    argv: dict[str, Callable[..., list[str]]] = {}
+    for mode in ("shared", "flat"):
+        cache, out = ctx.work / "g" / mode / "cache", ctx.work / "g" / mode / "out"
+
+        def build(ref: str, *extra: str, mode: str = mode, cache: Path = cache, out: Path = out) -> list[str]:
+            return [
+                *ctx.ctr2svc,
+                *extra,
+                "build",
+                ref,
+                "-o",
+                str(out),
+                "--cache-dir",
+                str(cache),
+                "--layers",
+                mode,
+            ]
+
+        argv[mode] = build
+        clean = "rm -rf " + shlex.join([str(cache), str(out)])
+        # sync: the previous build's dirty pages are written back before the timed one, not during it.
+        jobs[f"{mode} cold"] = (f"{clean} && sync", shlex.join(build(new, "-q")))
+        jobs[f"{mode} rebuild"] = (
+            f"{clean} && {shlex.join(build(old, '-q'))} && sync",
+            shlex.join(build(new, "-q")),
+        )
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    warmup = 0 if ctx.quick else 1
+    for round_ in range(warmup + ctx.runs):
+        # Interleaved, in turns: a slow spell of the machine weighs on every job alike.
+        for name in list(jobs) if round_ % 2 == 0 else list(reversed(jobs)):
+            prepare, command = jobs[name]
+            one = _measure_runs(ctx, {name: command}, prepare=prepare, runs=1, warmup=0)
+            if round_ >= warmup:
+                times[name] += one[name]["times"]
+
+    result: dict[str, Any] = {
+        "base": base.key,
+        "old": old,
+        "new": new,
+        "top_layer_bytes": derived.top_bytes[1],
+    }
+    for mode in ("shared", "flat"):
+        cold, rebuild = stats(times[f"{mode} cold"]), stats(times[f"{mode} rebuild"])
+        entry: dict[str, Any] = {
+            "cold": cold,
+            "rebuild": rebuild,
+            "ratio": rebuild["median"] / cold["median"],
+        }
+        # Where the time goes: one more of each, command by command, with --json for what was built.
+        prepare_cold, _ = jobs[f"{mode} cold"]
+        prepare_rebuild, _ = jobs[f"{mode} rebuild"]
+        profiles: dict[str, Any] = {}
+        for which, prepare in (("cold", prepare_cold), ("rebuild", prepare_rebuild)):
+            sh(["sh", "-c", prepare])
+            doc_path = ctx.path("g", mode, f"{which}.json")
+            time_file = ctx.path("g", mode, f"{which}.time") if ctx.time_bin else None
+            profiles[which] = timestamped([*argv[mode](new, "-v"), "--json"], time_file, doc_path)
+            doc = json.loads(doc_path.read_text())
+            profiles[which]["built"] = [x["name"] for x in doc["layers"] if x["built"]]
+            profiles[which]["reused"] = [x["name"] for x in doc["layers"] if not x["built"]]
+            profiles[which]["package_bytes"] = doc["size"]
+        entry["profile"] = profiles
+        entry["built_cold"] = profiles["cold"]["built"]
+        entry["built_rebuild"] = profiles["rebuild"]["built"]
+        entry["layer_packages"] = len(profiles["rebuild"]["built"]) + len(profiles["rebuild"]["reused"])
+        result[mode] = entry
+        sh(["sh", "-c", prepare_cold.removesuffix(" && sync")])
+    result["ratio"] = result["shared"]["ratio"]
+    result["rebuild_shared_vs_flat"] = (
+        result["shared"]["rebuild"]["median"] / result["flat"]["rebuild"]["median"]
+    )
+    result["target"] = TARGETS["g"]
+    result["met"] = result["ratio"] <= TARGETS["g"]
+    return result
+
+
+def shared_build(ctx: Context, img: Image) -> tuple[Path, list[Path]]:
+    """The image built with --layers shared under a name of its own: (service package, layer packages)."""
+    cache, _ = warm(ctx, img)
+    out = ctx.work / "warm" / img.key / "out-shared"
+    argv = [*ctx.ctr2svc, "-q", "build", img.ref, "-o", str(out), "--cache-dir", str(cache)]
+    argv += ["--layers", "shared", "--name", f"{img.repo}-shared-svc", "--json"]
+    doc = json.loads(sh(argv).stdout)
+    return Path(doc["package"]), [Path(x["package"]) for x in doc["layers"]]
+
+
+def section_h(ctx: Context, img: Image) -> dict[str, Any]:
+    LOG.say(f"(h) start to first TCP accept, shared layers vs flat, {img.key} image")
+    _, out = warm(ctx, img)
+    flat = next(out.glob("*.deb"))
+    service, layer_debs = shared_build(ctx, img)
+    with contextlib.ExitStack() as cleanups:
+        variants = [
+            packaged_variant(ctx, img, flat, cleanups),
+            packaged_variant(ctx, img, service, cleanups, "packaged-shared", layer_debs),
+            runc_variant(ctx, img, cleanups, section="h"),
+        ]
+        h, procs = _time_starts(ctx, img, variants)
+    h["layers"] = len(layer_debs)
+    h["ratio"] = h["packaged-shared"]["median"] / h["packaged"]["median"]
+    h["shared_runc_ratio"] = h["packaged-shared"]["median"] / h["runc"]["median"]
+    h["flat_runc_ratio"] = h["packaged"]["median"] / h["runc"]["median"]
+    h["resident"] = procs
+    return h
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1006,12 +1366,13 @@ def table(results: Mapping[str, Any]) -> str:
             others = ", ".join(f"{k} {c[k]['ratio']:.2f}{X}" for k in COMPRESSIONS if k != "zstd")
             rows.append(
                 f"| (c) package size, zstd | {key} | {_b(c['zstd']['bytes'])} | {_b(c['layer_bytes'])} "
-                f"layers (gzip); {others} | {c['ratio']:.3f}{X} | ≤ {c['target']}{X} | {_met(c['met'])} |"
+                f"layers (gzip); package / layers with {others} | {c['ratio']:.3f}{X} | "
+                f"≤ {c['target']}{X} | {_met(c['met'])} |"
             )
         d = results["d"].get(key)
         if d:
             podman = (
-                f"; podman run {_s(d['podman']['median'])} ({d['podman_ratio']:.2f}{X})"
+                f"; podman run {_s(d['podman']['median'])} (podman / bare runc = {d['podman_ratio']:.2f}{X})"
                 if "podman" in d
                 else ""
             )
@@ -1046,7 +1407,59 @@ def table(results: Mapping[str, Any]) -> str:
                     f"({q['extra_rss_kib']} KiB RSS, {q['extra_pss_kib']} KiB PSS: {', '.join(q['extra'])}) "
                     "| - | - | 1 | |"
                 )
+        rows += _rows_fgh(results, key)
     return "\n".join(rows)
+
+
+def _rows_fgh(results: Mapping[str, Any], key: str) -> list[str]:
+    rows = []
+    f = results.get("f", {}).get(key)
+    if f:
+        n, reg, shared, flat = f["services"], f["registry"], f["shared"], f["flat"]
+        unique = reg["unique_blob_bytes"]
+        rows.append(
+            f"| (f) {n} services on one base: package bytes | {key} | shared: {_b(shared['package_bytes'])} "
+            f"({shared['packages']} files: {n} service + {shared['layer_packages']} layer packages) | "
+            f"registry: {_b(unique)} unique blobs ({reg['unique_blobs']}); flat: {_b(flat['package_bytes'])} "
+            f"({flat['packages']} packages) | shared / unique blobs = {f['ratio']:.2f}{X}; "
+            f"flat / unique blobs = {f['flat_ratio']:.2f}{X} | ≤ {f['target']}{X} | {_met(f['met'])} |"
+        )
+        podman = ""
+        if "podman" in f:
+            podman = (
+                f"; podman store: {_b(f['podman']['file_bytes'])} "
+                f"(shared / podman = {shared['installed_bytes'] / f['podman']['file_bytes']:.2f}{X})"
+            )
+        rows.append(
+            f"| (f) … installed bytes | {key} | shared: {_b(shared['installed_bytes'])} | "
+            f"flat: {_b(flat['installed_bytes'])}{podman} | "
+            f"shared / flat = {f['installed_ratio']:.2f}{X} | - | |"
+        )
+    g = results.get("g", {}).get(key)
+    if g:
+        for mode in ("shared", "flat"):
+            m = g[mode]
+            built = (
+                f"; built {len(m['built_rebuild'])} of {m['layer_packages']} layer packages"
+                if mode == "shared"
+                else ""
+            )
+            target = f"≤ {g['target']}{X} | {_met(g['met'])}" if mode == "shared" else "- |"
+            rows.append(
+                f"| (g) rebuild after a top-layer change, {mode} | {key} | "
+                f"{_s(m['rebuild']['median'])}{built} | "
+                f"cold build of the same image: {_s(m['cold']['median'])} | "
+                f"rebuild / cold = {m['ratio']:.2f}{X} | {target} |"
+            )
+    h = results.get("h", {}).get(key)
+    if h:
+        rows.append(
+            f"| (h) start → first accept, shared layers | {key} | {_s(h['packaged-shared']['median'])} "
+            f"({h['layers']}-layer overlay) | flat package {_s(h['packaged']['median'])}; bare runc run "
+            f"{_s(h['runc']['median'])} | shared / flat = {h['ratio']:.2f}{X}; shared / bare runc = "
+            f"{h['shared_runc_ratio']:.2f}{X}; flat / bare runc = {h['flat_runc_ratio']:.2f}{X} | - | |"
+        )
+    return rows
 
 
 def profile_table(results: Mapping[str, Any]) -> str:
@@ -1067,6 +1480,22 @@ def profile_table(results: Mapping[str, Any]) -> str:
                 hand = data["profile"]["hand"]
                 line += "; hand: " + ", ".join(f"{k} {_s(v)}" for k, v in hand.items())
             rows.append(line)
+    for key, g in results.get("g", {}).items():
+        for mode in ("shared", "flat"):
+            for which in ("cold", "rebuild"):
+                prof = g[mode]["profile"][which]
+                parts = [f"start-up {_s(prof['startup'])}"]
+                parts += [f"{c['command']} {_s(c['seconds'])}" for c in prof["commands"]]
+                parts.append(f"ctr2svc's own work {_s(prof['own_work'])}")
+                if mode == "shared":
+                    parts.append(f"layer packages built: {', '.join(prof['built']) or 'none'}")
+                rows.append(f"- (g) {which} build, {mode}, {key}: {_s(prof['total'])} = " + ", ".join(parts))
+    for key, h in results.get("h", {}).items():
+        for variant in ("packaged", "packaged-shared"):
+            steps = ", ".join(f"{k} {_s(v)}" for k, v in h[variant].get("steps", {}).items())
+            rows.append(
+                f"- (h) {variant} start, {key}: {_s(h[variant]['median'])} to the first accept = {steps}"
+            )
     for key, d in results["d"].items():
         steps = ", ".join(f"{k} {_s(v)}" for k, v in d.get("packaged_steps", {}).items())
         if steps:
@@ -1091,13 +1520,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--runs",
         type=int,
-        help="Runs per measurement (default: 5 for (a), 10 for (b) and (d); 1 with --quick).",
+        help="Runs per measurement (default: 5 for (a) and (g), 10 for (b), (d) and (h); 1 with --quick).",
     )
     parser.add_argument("--json", type=Path, help="Write the raw results to this file.")
     parser.add_argument("--workdir", type=Path, help="Where to work (default: a new directory in /var/tmp).")
     parser.add_argument("--keep", action="store_true", help="Keep the working directory.")
     parser.add_argument(
-        "--sections", default="abcde", help="Which of the measurements a-e to run (default: all)."
+        "--sections", default=SECTIONS, help="Which of the measurements a-h to run (default: all)."
     )
     return parser.parse_args(list(argv))
 
@@ -1168,7 +1597,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "machine": machine(ctx),
         "targets": TARGETS,
         "images": {},
-        **{s: {} for s in "abcde"},
+        **{s: {} for s in SECTIONS},
     }
     registry: Registry | None = None
     try:
@@ -1187,7 +1616,15 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 _, out = warm(ctx, img)
                 deb = next(out.glob("*.deb"))
                 results["d"][img.key], results["e"][img.key] = section_de(ctx, img, deb)
+            if "h" in args.sections:
+                results["h"][img.key] = section_h(ctx, img)
             results["images"][img.key] = img.describe()
+        # (f) and (g) build services on one base: the large image (the small one with --quick).
+        base = imgs[-1]
+        if "f" in args.sections:
+            results["f"][base.key] = section_f(ctx, derive_images(ctx, registry, base))
+        if "g" in args.sections:
+            results["g"][base.key] = section_g(ctx, derive_images(ctx, registry, base))
     finally:
         if registry is not None:
             registry.stop()
@@ -1208,8 +1645,8 @@ def main(argv: Sequence[str]) -> int:
     m = results["machine"]
     print(
         f"\nMachine: {m['cpu']}, {m['nproc']} CPUs, {m['memory_gib']} GiB, {m['os']}, kernel {m['kernel']}\n"
-        f"ctr2svc {m['ctr2svc_commit']}; runs: {results['settings']['runs']} for (a), "
-        f"{results['settings']['fast_runs']} for (b) and (d)\n"
+        f"ctr2svc {m['ctr2svc_commit']}; runs: {results['settings']['runs']} for (a) and (g), "
+        f"{results['settings']['fast_runs']} for (b), (d) and (h)\n"
     )
     print(table(results))
     print("\nWhere the time goes (one `ctr2svc -v` run each, command by command):\n")

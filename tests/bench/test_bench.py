@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark: `bench/run --quick` measures every section, (a) to (e), and writes numbers.
+"""Smoke test of the benchmark: `bench/run --quick` measures every section, (a) to (h), and writes numbers.
 
 No timing is asserted: how fast this machine is, is not under test (bench/README.md has the results).
 """
@@ -73,6 +73,50 @@ def test_quick_run_measures_every_section(integration_host: None, tmp_path: Path
     assert e["packaged-pipe"]["extra"][0].startswith("cat ")
     assert e["packaged"]["extra_processes"] == 0
 
-    # Every section is in the printed table.
-    for row in ("(a) cold build", "(b) no-op rebuild", "(c) package size", "(d) start", "(e) extra"):
+    # (f) five services on one base: package and installed bytes of both modes against the registry's.
+    f = results["f"]["small"]
+    assert f["services"] == 5
+    assert f["registry"]["unique_blob_bytes"] > 0
+    for mode in ("flat", "shared"):
+        assert f[mode]["package_bytes"] > 0 and f[mode]["installed_bytes"] > 0
+    # The base's layer package is one file, shared by the five: one layer package per distinct layer.
+    assert f["flat"]["packages"] == 5 and f["flat"]["layer_packages"] == 0
+    assert f["shared"]["layer_packages"] == f["base_layers"] + 5
+    assert all(is_number(f[x]) for x in ("ratio", "flat_ratio", "installed_ratio"))
+    if "podman" in f:
+        assert f["podman"]["file_bytes"] > 0
+
+    # (g) a top-layer-only update: cold and rebuild timed in both modes; the rebuild packs only the top.
+    g = results["g"]["small"]
+    for mode in ("shared", "flat"):
+        assert is_number(g[mode]["cold"]["median"]) and is_number(g[mode]["rebuild"]["median"])
+        assert is_number(g[mode]["ratio"])
+        assert g[mode]["profile"]["rebuild"]["commands"], "no per-command profile of the rebuild"
+    assert len(g["shared"]["built_cold"]) == g["shared"]["layer_packages"] == 2
+    assert len(g["shared"]["built_rebuild"]) == 1
+    assert g["shared"]["built_rebuild"][0] in g["shared"]["built_cold"]
+    assert is_number(g["ratio"])
+
+    # (h) start to first accept with shared layers, beside the flat package and bare runc.
+    h = results["h"]["small"]
+    for variant in ("packaged", "packaged-shared", "runc"):
+        assert is_number(h[variant]["median"]) and h[variant]["median"] > 0
+    assert h["packaged-shared"]["steps"], "no steps of the shared start"
+    assert all(is_number(h[x]) for x in ("ratio", "shared_runc_ratio", "flat_runc_ratio"))
+    assert h["resident"]["packaged-shared"]["extra_processes"] == 0
+
+    # Every section is in the printed table, and every ratio of the new ones names its two sides.
+    for row in (
+        "(a) cold build",
+        "(b) no-op rebuild",
+        "(c) package size",
+        "(d) start",
+        "(e) extra",
+        "(f) 5 services on one base",
+        "(g) rebuild after a top-layer change, shared",
+        "(g) rebuild after a top-layer change, flat",
+        "(h) start → first accept, shared layers",
+    ):
         assert f"| {row}" in proc.stdout
+    for ratio in ("shared / unique blobs =", "flat / unique blobs =", "rebuild / cold =", "shared / flat ="):
+        assert ratio in proc.stdout
