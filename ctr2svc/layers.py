@@ -141,8 +141,15 @@ def image_layers(manifest: dict[str, Any], config: dict[str, Any]) -> list[Layer
 
 
 def plan(layers: Sequence[Layer], limit: int | None = None) -> list[Unit]:
-    """The image's layer packages, bottom first: one per layer, the bottom ones merged past the limit."""
+    """The image's layer packages, bottom first: one per layer, the bottom ones merged past the limit.
+
+    A layer that comes again higher up the stack (the empty layer of a `RUN` that changed nothing, say)
+    is kept only there: overlayfs refuses one directory twice among its lower layers, and the higher
+    copy defines every path the lower one does, deletions included, so the root is the same.
+    """
     limit = limit or max_layers()
+    topmost = {layer.diff_id: index for index, layer in enumerate(layers)}
+    layers = [layer for index, layer in enumerate(layers) if topmost[layer.diff_id] == index]
     if len(layers) <= limit:
         return [Unit((layer,)) for layer in layers]
     cut = len(layers) - limit + 1

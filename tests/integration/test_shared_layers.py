@@ -368,3 +368,24 @@ def test_a_flat_package_upgrades_to_a_shared_one_and_keeps_its_data(
     assert inside("cat", "/app/version").strip() == "shared"
     assert inside("cat", "/data/kept").strip() == "data"
     assert inside("cat", "/data/owned").strip() == "x", "the volume was seeded from the image before"
+
+
+def test_a_layer_repeated_in_the_stack_mounts_once(
+    ctr2svc: Cli, tmp_path: Path, installed: list[str]
+) -> None:
+    """The same layer twice (old builders wrote an identical empty layer for many steps): overlayfs
+    refuses a directory twice among its lower layers, so the stack keeps its highest copy."""
+    again = tmp_path / "again.tar"
+    with tarfile.open(again, "w") as tar:
+        info = tarfile.TarInfo("srv/again")
+        info.size, info.mtime = 5, 1_700_000_000
+        tar.addfile(info, io.BytesIO(b"again"))
+    ref = _image(tmp_path / "layout", "1", [_base, again, _top("between"), again])
+    summary = _build(ctr2svc, ref, tmp_path / "out", "--name", "again-svc")
+    names = [str(x["name"]) for x in _layers(summary)]
+    assert len(names) == 3 and len(set(names)) == 3
+    installed.append("again-svc")
+    _install(summary)
+    inside = _run("again-svc")
+    assert inside("cat", "/srv/again") == "again"
+    assert inside("cat", "/app/version").strip() == "between"

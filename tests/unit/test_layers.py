@@ -52,6 +52,12 @@ def test_plan_merges_the_bottom_layers_past_the_limit() -> None:
     assert units[0].package == "ctr2svc-layer-" + units[0].id[7:19]
 
 
+def test_a_layer_that_comes_again_is_kept_only_at_its_highest_place() -> None:
+    # Overlayfs refuses one directory twice among its lower layers ("conflicting lowerdir path").
+    a, b, c = _layer(1), _layer(2), _layer(3)
+    assert [u.layers for u in layers.plan([a, b, a, c, a], 10)] == [(b,), (c,), (a,)]
+
+
 def test_the_layer_limit_can_only_be_lowered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CTR2SVC_MAX_LAYERS", "3")
     assert layers.max_layers() == 3
