@@ -18,7 +18,7 @@ import shlex
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -543,10 +543,16 @@ class Generated:
     extracted: tuple[layers.Extracted, ...] = ()
 
 
-def generate(opts: BuildOptions, cache: registry.ImageCache, image: ResolvedImage, work: Path) -> Generated:
+def generate(
+    opts: BuildOptions,
+    cache: registry.ImageCache,
+    image: ResolvedImage,
+    work: Path,
+    on_layer: Callable[[layers.Extracted], None] | None = None,
+) -> Generated:
     """Unpack the cached image in work/ and produce the service's files and runtime config."""
     if opts.layers == "shared":
-        return generate_shared(opts, cache, image, work)
+        return generate_shared(opts, cache, image, work, on_layer)
     with log.step("Unpacking the image"), cache.locked(exclusive=False):
         count = len((cache.manifest(image.digest) or {}).get("layers", []))
         unpacked = bundle.unpack(image.cache_ref, work / "bundle", count, user=opts.user)
@@ -566,8 +572,13 @@ def _service_files(
     return Generated(spec, unpacked, scan, config, files, scripts, extracted)
 
 
-def unpack_layers(cache: registry.ImageCache, image: ResolvedImage) -> tuple[layers.Extracted, ...]:
-    """The image's layer packages' contents, unpacked into the layer cache unless already there."""
+def unpack_layers(
+    cache: registry.ImageCache,
+    image: ResolvedImage,
+    on_layer: Callable[[layers.Extracted], None] | None = None,
+) -> tuple[layers.Extracted, ...]:
+    """The image's layer packages' contents, unpacked into the layer cache unless already there.
+    ON_LAYER gets each one as soon as it is there (the packer starts on it while the next unpacks)."""
     manifest = cache.manifest(image.digest)
     if manifest is None:
         raise ImageError(
@@ -588,15 +599,21 @@ def unpack_layers(cache: registry.ImageCache, image: ResolvedImage) -> tuple[lay
             else:
                 log.info(f"  {number}/{len(units_)} {unit.short}: already unpacked ({what})")
             done.append(found)
+            if on_layer is not None:
+                on_layer(found)
     return tuple(done)
 
 
 def generate_shared(
-    opts: BuildOptions, cache: registry.ImageCache, image: ResolvedImage, work: Path
+    opts: BuildOptions,
+    cache: registry.ImageCache,
+    image: ResolvedImage,
+    work: Path,
+    on_layer: Callable[[layers.Extracted], None] | None = None,
 ) -> Generated:
     """Shared layers: the service is planned on a read-only overlay of the image's unpacked layers,
     which is the root the service will see."""
-    extracted = unpack_layers(cache, image)
+    extracted = unpack_layers(cache, image, on_layer)
     with layers.merged_view(extracted, work / "view") as root:
         config = bundle.runtime_config(image.cache_ref, root, work / "config.json", user=opts.user)
         unpacked = Bundle(work, config, root=root)
@@ -665,34 +682,47 @@ def build(opts: BuildOptions) -> BuildResult:
                 )
             image = registry.resolve(opts.reference, pull, cache, work, located)
             log.info(f"  {image.pinned} ({image.config.platform})")
-        made = generate(opts, cache, image, work)
-        spec = made.spec
-        with log.step(f"Packing {package.filename(spec)}"):
-            inputs = package.PackageInputs(
-                spec,
-                made.bundle.rootfs,
-                made.scan,
-                made.config,
-                made.files,
-                made.scripts,
-                opts.payload_compression,
-                opts.sign_key_file,
-                opts.sign_key_name,
-            )
-            staging = work / "package"
-            staging.mkdir()
-            opts.output_dir.mkdir(parents=True, exist_ok=True)
-            if made.extracted:
-                # Built (or found) first, placed beside the service package only once it is made.
-                layer_packages, built = pack_layers(opts, cache, made, work)
-                path = package.pack(inputs, staging, work)
-                placed = tuple(str(place(p, opts.output_dir)) for p in layer_packages)
-                path = package.publish(path, opts.output_dir, move=True)
-            else:
-                path = package.pack(inputs, staging, opts.output_dir)
-                placed, built = (), ()
-        result = BuildResult.of(path, spec, made.scan.skipped, placed, built)
-        record.save(cache.root, build_key, result)
+        with LayerPacker(opts, cache, image, work) as packer:
+            made = generate(opts, cache, image, work, packer.submit if opts.layers == "shared" else None)
+            return _pack(opts, cache, made, work, packer, build_key)
+
+
+def _pack(
+    opts: BuildOptions,
+    cache: registry.ImageCache,
+    made: Generated,
+    work: Path,
+    packer: LayerPacker,
+    build_key: str,
+) -> BuildResult:
+    """Pack the service package; with shared layers, wait for the layer packages and place them all."""
+    spec = made.spec
+    with log.step(f"Packing {package.filename(spec)}"):
+        inputs = package.PackageInputs(
+            spec,
+            made.bundle.rootfs,
+            made.scan,
+            made.config,
+            made.files,
+            made.scripts,
+            opts.payload_compression,
+            opts.sign_key_file,
+            opts.sign_key_name,
+        )
+        staging = work / "package"
+        staging.mkdir()
+        opts.output_dir.mkdir(parents=True, exist_ok=True)
+        if made.extracted:
+            # Placed beside the service package only once every package is made.
+            path = package.pack(inputs, staging, work)
+            layer_packages, built = packer.finish()
+            placed = tuple(str(place(p, opts.output_dir)) for p in layer_packages)
+            path = package.publish(path, opts.output_dir, move=True)
+        else:
+            path = package.pack(inputs, staging, opts.output_dir)
+            placed, built = (), ()
+    result = BuildResult.of(path, spec, made.scan.skipped, placed, built)
+    record.save(cache.root, build_key, result)
     return result
 
 
@@ -713,33 +743,56 @@ def layer_package_key(layer: package.LayerPackage) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def pack_layers(
-    opts: BuildOptions, cache: registry.ImageCache, made: Generated, work: Path
-) -> tuple[list[Path], tuple[str, ...]]:
-    """Every layer package of the image, from the cache or built now (in parallel: nfpm uses one core
-    for most of its work). Returns the cached files and the names of the packages built now."""
-    spec = made.spec
-    store = layers.LayerStore(cache.root)
-    # apk signatures name the public key; a key name that defaults to the service's would make each
-    # service's copy of a shared layer a different package.
-    key_name = ""
-    if opts.sign_key_file is not None and spec.format is PackageFormat.APK:
-        key_name = opts.sign_key_name or f"{spec.name}.rsa.pub"
-    wanted = [
-        package.LayerPackage(
-            x, spec.format, spec.arch, opts.payload_compression, spec.maintainer, opts.sign_key_file, key_name
-        )
-        for x in made.extracted
-    ]
-    paths = [store.path(x.extracted.unit) / "packages" / layer_package_key(x) / package.layer_filename(x)
-             for x in wanted]  # fmt: skip
-    missing = [(x, p) for x, p in zip(wanted, paths, strict=True) if not p.is_file()]
-    reused = len(wanted) - len(missing)
-    what = f"{len(missing)} layer package(s)" + (f", {reused} already built" if reused else "")
+class LayerPacker:
+    """Builds the image's layer packages that the layer cache does not have yet, in worker threads as
+    the layers are unpacked: nfpm compresses one layer while the next one unpacks."""
 
-    def build_one(item: tuple[package.LayerPackage, Path]) -> None:
-        layer, final = item
-        staging = work / f"layer-{layer.extracted.unit.hex}"
+    def __init__(
+        self, opts: BuildOptions, cache: registry.ImageCache, image: ResolvedImage, work: Path
+    ) -> None:
+        cfg = image.config
+        name = opts.name or naming.default_package_name(image.reference.basename)
+        # apk signatures name the public key; a key name that defaults to the service's would make each
+        # service's copy of a shared layer a different package.
+        key_name = ""
+        if opts.sign_key_file is not None and opts.format is PackageFormat.APK:
+            key_name = opts.sign_key_name or f"{name}.rsa.pub"
+        self.options = (
+            opts.format,
+            naming.deb_arch(cfg.architecture or "amd64", cfg.variant),
+            opts.payload_compression,
+            metadata.maintainer(opts.maintainer),
+            opts.sign_key_file,
+            key_name,
+        )
+        self.store = layers.LayerStore(cache.root)
+        self.work = work
+        self.paths: list[Path] = []
+        self.built: list[str] = []
+        self.jobs: list[concurrent.futures.Future[None]] = []
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1))
+
+    def __enter__(self) -> LayerPacker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, extracted: layers.Extracted) -> None:
+        layer = package.LayerPackage(extracted, *self.options)
+        final = (
+            self.store.path(extracted.unit)
+            / "packages"
+            / layer_package_key(layer)
+            / package.layer_filename(layer)
+        )
+        self.paths.append(final)
+        if not final.is_file():
+            self.built.append(extracted.unit.package)
+            self.jobs.append(self.pool.submit(self._build, layer, final))
+
+    def _build(self, layer: package.LayerPackage, final: Path) -> None:
+        staging = self.work / f"layer-{layer.extracted.unit.hex}"
         staging.mkdir()
         built = package.pack_layer(layer, staging)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -747,12 +800,14 @@ def pack_layers(
         shutil.move(built, temp)
         temp.replace(final)
 
-    with log.step(f"Packing {what}"):
-        workers = max(1, min(len(missing), os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(build_one, missing):
-                pass
-    return paths, tuple(x.extracted.unit.package for x, _ in missing)
+    def finish(self) -> tuple[list[Path], tuple[str, ...]]:
+        """The cached layer package files, bottom first, and the names of those built now."""
+        reused = len(self.paths) - len(self.built)
+        what = f"{len(self.built)} layer package(s)" + (f", {reused} already built" if reused else "")
+        with log.step(f"Packing {what}"):
+            for job in self.jobs:
+                job.result()  # its error, if it failed
+        return self.paths, tuple(self.built)
 
 
 def place(cached: Path, output_dir: Path) -> Path:

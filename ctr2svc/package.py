@@ -303,13 +303,15 @@ def run_nfpm(
     # JSON is YAML: no YAML writer needed, and no value is ever misread as another YAML type.
     config_path.write_text(json.dumps(config, indent=1))
     try:
-        with log.Progress("packing", total=total or None) as progress:
+        # A progress line for the one large package of a flat build; layer packages are packed in
+        # worker threads, several at once, and the step line says what they are.
+        with log.Progress("packing", total=total) if total else contextlib.nullcontext() as progress:
             run(
                 [nfpm, "package", "-f", config_path, "-p", str(fmt), "-t", built],
                 what="build the package",
                 timeout=7200,
                 env={metadata.NFPM_DOLLAR_VAR: "$", "SOURCE_DATE_EPOCH": str(epoch)},
-                on_start=progress.watch_reads if total else None,
+                on_start=progress.watch_reads if progress is not None else None,
             )
     except ToolFailed as exc:
         raise PackageError(
