@@ -41,7 +41,7 @@ from ctr2svc.model import (
 )
 from ctr2svc.record import BuildResult
 from ctr2svc.reference import ImageReference
-from ctr2svc.run import find_tool
+from ctr2svc.run import find_tool, stop_all
 
 DEFAULT_STOP_TIMEOUT = 30
 DEFAULT_MAINTAINER = "ctr2svc <root@localhost>"
@@ -775,7 +775,11 @@ class LayerPacker:
     def __enter__(self) -> LayerPacker:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None:
+            # Interrupted or failed: the nfpm runs of the workers must not go on after us.
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            stop_all()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, extracted: layers.Extracted) -> None:

@@ -291,6 +291,8 @@ def _communicate(
         # cache or nfpm into the work directory.
         preexec_fn=_die_with_parent(os.getpid()),
     ) as proc:
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
         try:
             return _talk(proc, input, timeout, on_start, on_line)
         except BaseException:
@@ -298,6 +300,23 @@ def _communicate(
             # go on writing into the cache or the output directory after we are gone.
             _stop(proc)
             raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
+
+
+# The tools running now, in any thread: an interrupt reaches the main thread alone, which stops the
+# ones worker threads started (stop_all) before it waits for those threads.
+_LIVE: set[subprocess.Popen[bytes]] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def stop_all() -> None:
+    """Stop every tool still running (their callers then see them fail)."""
+    with _LIVE_LOCK:
+        running = list(_LIVE)
+    for proc in running:
+        _stop(proc)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

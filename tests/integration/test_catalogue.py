@@ -366,6 +366,26 @@ def test_interrupted_pack(ctr2svc: Cli, pushed: dict[str, str], signame: str, tm
         job.close()
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_interrupted_shared_build(ctr2svc: Cli, pushed: dict[str, str], signame: str, tmp_path: Path) -> None:
+    """--layers shared unpacks into the layer cache and packs layers in worker threads: an interrupt
+    there leaves no package in the output, no half layer in the cache, and the next build works."""
+    cache, out = tmp_path / "cache", tmp_path / "o"
+    out.mkdir()
+    argv: list[str | Path] = ["build", pushed["big"], "--layers", "shared", "--compression", "xz"]
+    argv += ["--cache-dir", cache]
+    job = Job([*argv, "-o", out], os.environ)
+    try:
+        job.wait_for(lambda: job.saw("unpacking (layer)"), "the unpack of the layers")
+        time.sleep(0.5)
+        assert job.proc.poll() is None, "the build was over before the signal:\n" + job.stderr
+        interrupt_and_recover(ctr2svc, job, signame, cache, out, [pushed["big"], "--layers", "shared"])
+    finally:
+        job.close()
+    layers = cache / "layers"
+    assert not [p for p in layers.iterdir() if p.name.endswith(".tmp")], "a half-unpacked layer stayed"
+
+
 # --------------------------------------------------------------------------------------------------
 # 8. Missing tools
 
