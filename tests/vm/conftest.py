@@ -1,10 +1,13 @@
 """The session-wide test VM (logic lives in tests/vm/vmhost.py)."""
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.registry import free_port
 from tests.vm import vmhost
 
 
@@ -52,6 +55,24 @@ def timings(vm: vmhost.VM) -> Timings:
     if not any(what.startswith("VM boot") for what, _ in _TIMINGS.entries):
         _TIMINGS.record("VM boot (qemu start → systemd booted, ssh up)", vm.boot_seconds)
     return _TIMINGS
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """An empty repository directory served over HTTP on the host's loopback (10.0.2.2 to the guest)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", repo, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield repo, port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,23 +20,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 NAME = "fleet-svc"
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -q"
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", repo, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield repo, port
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_apt_upgrade_from_a_ctr2svc_repository(
@@ -62,7 +43,9 @@ def test_apt_upgrade_from_a_ctr2svc_repository(
     project = tmp_path / "ctr2svc.toml"
     project.write_text(
         f'[repo]\npath = "{repo}"\nsign_key = "fleet@example.com"\ngnupghome = "{home}"\n\n'
-        f'[[image]]\nref = "{ref}"\nname = "{NAME}"\n'
+        # Flat: this test keeps a flat package's repository path covered (test_shared_layers.py has
+        # the project default, shared layers).
+        f'[[image]]\nref = "{ref}"\nname = "{NAME}"\nlayers = "flat"\n'
     )
     ctr2svc("update", "-c", project)
 
