@@ -152,8 +152,17 @@ def test_later_layers_delete_replace_and_hide_in_the_running_container(
     control = sh("dpkg-deb", "-f", str(summary["package"]), "Depends").stdout
     assert all(str(x["name"]) in control for x in layers)
 
+    def inspected() -> list[dict[str, object]]:
+        shown: list[dict[str, object]] = json.loads(ctr2svc("inspect", ref, "--json").stdout)["layers"]
+        return shown
+
+    # inspect: the four layers, their sizes, built (in the layer cache) and not installed yet.
+    before = inspected()
+    assert [x["package"] for x in before] == [x["name"] for x in layers]
+    assert all(x["built"] and x["unpacked"] is not None and not x["installed"] for x in before)
     installed.append("layered-svc")
     _install(summary)
+    assert all(x["installed"] for x in inspected())
     base, middle, opaque, _ = (LAYERS / str(x["name"]).removeprefix("ctr2svc-layer-") for x in layers)
     # What the packages cannot carry is there, in overlayfs' form.
     gone = (middle / "rootfs/etc/gone").lstat()
