@@ -158,29 +158,36 @@ def run(
     try:
         proc = _communicate(args, input, capture, full_env, timeout, cwd, on_start, on_line)
     except FileNotFoundError as exc:
-        tool = Path(args[0]).name
-        raise ToolError(
-            f"could not find {tool}, which is required to {what or 'build the package'}",
-            hint=INSTALL_HINTS.get(tool, f"install {tool}"),
-        ) from exc
+        raise _not_found(args, what or "build the package") from exc
     except subprocess.TimeoutExpired as exc:
         raise ToolError(
             f"{Path(args[0]).name} did not finish within {timeout:.0f}s: {shlex.join(args)}"
         ) from exc
     if check and proc.returncode != 0:
-        stderr = proc.stderr.decode(errors="replace")
-        log.debug(stderr)
-        tool = Path(args[0]).name
-        raise ToolFailed(
-            f"{tool} failed (exit {proc.returncode})"
-            + (f" while trying to {what}" if what else "")
-            + f": {last_words(stderr) or 'no error output'}",
-            tool=tool,
-            returncode=proc.returncode,
-            stderr=stderr,
-            command=shlex.join(args),
-        )
+        raise _failed(args, proc.returncode, proc.stderr.decode(errors="replace"), what)
     return proc
+
+
+def _not_found(args: list[str], what: str) -> ToolError:
+    tool = Path(args[0]).name
+    return ToolError(
+        f"could not find {tool}, which is required to {what}",
+        hint=INSTALL_HINTS.get(tool, f"install {tool}"),
+    )
+
+
+def _failed(args: list[str], returncode: int, stderr: str, what: str | None) -> ToolFailed:
+    log.debug(stderr)
+    tool = Path(args[0]).name
+    return ToolFailed(
+        f"{tool} failed (exit {returncode})"
+        + (f" while trying to {what}" if what else "")
+        + f": {last_words(stderr) or 'no error output'}",
+        tool=tool,
+        returncode=returncode,
+        stderr=stderr,
+        command=shlex.join(args),
+    )
 
 
 @contextlib.contextmanager
@@ -205,11 +212,7 @@ def stream(argv: Sequence[Arg], *, stdin: Path, what: str) -> Iterator[IO[bytes]
                 preexec_fn=_die_with_parent(os.getpid()),
             )
         except FileNotFoundError as exc:
-            tool = Path(args[0]).name
-            raise ToolError(
-                f"could not find {tool}, which is required to {what}",
-                hint=INSTALL_HINTS.get(tool, f"install {tool}"),
-            ) from exc
+            raise _not_found(args, what) from exc
         assert proc.stdout is not None
         with proc:
             try:
@@ -221,16 +224,7 @@ def stream(argv: Sequence[Arg], *, stdin: Path, what: str) -> Iterator[IO[bytes]
             proc.wait()
         if proc.returncode != 0:
             errors.seek(0)
-            text = errors.read().decode(errors="replace")
-            tool = Path(args[0]).name
-            raise ToolFailed(
-                f"{tool} failed (exit {proc.returncode}) while trying to {what}: "
-                f"{last_words(text) or 'no error output'}",
-                tool=tool,
-                returncode=proc.returncode,
-                stderr=text,
-                command=shlex.join(args),
-            )
+            raise _failed(args, proc.returncode, errors.read().decode(errors="replace"), what)
 
 
 PR_SET_PDEATHSIG = 1
