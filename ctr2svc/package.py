@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import log, metadata, units
+from ctr2svc import debian, log, metadata, units
 from ctr2svc.bundle import Kind, RootfsScan
 from ctr2svc.errors import PackageError, ToolFailed, UsageError
 from ctr2svc.layers import INSTALL_DIR, PACKAGE_VERSION, Extracted
@@ -42,6 +42,10 @@ class PackageInputs:
 
 def _mtime(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _year(seconds: int) -> int:
+    return datetime.fromtimestamp(seconds, tz=UTC).year
 
 
 def source_date_epoch() -> int | None:
@@ -171,6 +175,12 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         contents.append(item)
 
     fmt = spec.format
+    if fmt is PackageFormat.DEB:
+        for number, doc in enumerate(debian_files(spec, inputs.scan, epoch, inputs.compression)):
+            path = staged_file(doc.data, f"doc-{number}")
+            contents.append(
+                {"src": str(path), "dst": doc.dest, "file_info": {"mode": 0o644, "mtime": _mtime(epoch)}}
+            )
     scripts = {key: str(staged_file(text, f"script-{key}")) for key, text in inputs.scripts.items()}
     # nfpm keeps the scripts only apk knows in its apk section.
     apk_scripts = {key: scripts.pop(key) for key in ("preupgrade", "postupgrade") if key in scripts}
@@ -178,6 +188,11 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
     if fmt is PackageFormat.APK:
         # .PKGINFO is one "key = value" per line: apk's description has to be a single line.
         description = f"{spec.description}, from {spec.image.pinned}"
+    elif fmt is PackageFormat.DEB:
+        # Lines within lintian's 80 columns: the image's name wrapped, its digest on a line of its own.
+        name = spec.image.pinned.rsplit("@", 1)[0]
+        runs = f"The container image {name}, run as {init} service with {spec.runtime}, pinned to the digest:"
+        description = debian.description(spec.description, runs, spec.image.digest)
     else:
         # Lines short enough for rpmlint; a reference cannot be wrapped, so it has its own line.
         runs = f"The container image, run as {init} service with {spec.runtime}:"
@@ -202,6 +217,10 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
             spec.runtime,
             *(["openrc"] if spec.init is InitSystem.OPENRC else []),
             *(layer.package for layer in spec.layers),
+            # What the service helper runs besides runc and the Essential packages: mount(8) is
+            # Priority: required in Debian but not Essential. (awk is de facto essential: lintian's
+            # needlessly-depends-on-awk.)
+            *(["mount"] if fmt is PackageFormat.DEB else []),
         ],
         "contents": contents,
         "scripts": scripts,
@@ -250,6 +269,65 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
     return config
 
 
+def debian_files(spec: ServiceSpec, scan: RootfsScan, epoch: int, compression: str) -> list[debian.DocFile]:
+    """A service .deb's copyright file, changelog and lintian overrides."""
+    from ctr2svc import __version__
+
+    name, layout = spec.name, spec.layout
+    version = parse_version(spec.format, spec.version)
+    reference, digest = spec.image.pinned.rsplit("@", 1)
+    init = "an OpenRC" if spec.init is InitSystem.OPENRC else "a systemd"
+    runs = f"run as {init} service by ctr2svc {__version__}"
+    change = f"The container image {reference}, pinned to {digest}, {runs}."
+    rules = [debian.OPT_RULE]
+    if not spec.layers:
+        rules += debian.image_rules(layout.rootfs, scan)
+    rules += [
+        ("/etc/NAME/env is where the admin puts passwords: root-only on purpose",
+         f"non-standard-file-perm 0600 != 0644 [{layout.config_dir.lstrip('/')}/env]"),
+        ("ctr2svc's own control fields (the pinned image, its digest), read by ctr2svc repo and update",
+         "unknown-field X-Ctr2svc-*"),
+    ]  # fmt: skip
+    if spec.init is InitSystem.OPENRC:
+        script = layout.init_script.lstrip("/")
+        rules += [
+            ("an OpenRC runscript: openrc-run is its interpreter (from openrc, a dependency)",
+             f"unusual-interpreter /sbin/openrc-run [{script}]"),
+            ("openrc-run provides the functions; /lib/lsb/init-functions is for sysvinit scripts",
+             f"init.d-script-does-not-source-init-functions [{script}]"),
+            ("built for OpenRC hosts (--init openrc); the systemd variant is a package of its own",
+             f"missing-systemd-service-for-init.d-script {name} [{script}]"),
+        ]  # fmt: skip
+        rules += [
+            ("openrc-run implements restart itself, which lintian's scan for the word cannot see",
+             f"init.d-script-does-not-implement-required-option restart [{script}]"),
+            ("an OpenRC runscript has no force-reload: a command is an sh function, and no function "
+             "can be named so (rc-service NAME restart does it)",
+             f"init.d-script-does-not-implement-required-option force-reload [{script}]"),
+        ]  # fmt: skip
+    else:
+        rules.append(
+            ("postrm: systemctl reset-failed, so that a removed unit leaves no failed state behind "
+             "(deb-systemd-helper and deb-systemd-invoke have no such action)",
+             "maintainer-script-calls-systemctl [postrm:*]")
+        )  # fmt: skip
+    if compression == "zstd":
+        rules.append(debian.ZSTD_RULE)
+    return [
+        debian.DocFile(
+            f"/usr/share/doc/{name}/copyright",
+            debian.copyright_file(
+                name, spec.image.pinned, spec.license, f"the image was made in {_year(epoch)}"
+            ).encode(),
+        ),
+        debian.DocFile(
+            debian.changelog_path(name, native=version.release is None),
+            debian.changelog(name, version.full, [change], spec.maintainer, epoch),
+        ),
+        debian.overrides(name, rules),
+    ]
+
+
 def image_metadata(spec: ServiceSpec) -> dict[str, Any]:
     from ctr2svc import __version__
 
@@ -288,6 +366,9 @@ def nfpm_compression(name: str) -> str:
 
 def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
     """Build the package in staging and move it into output_dir in one rename."""
+    spec = inputs.spec
+    if spec.format is PackageFormat.DEB and debian.local_maintainer(spec.maintainer):
+        log.warn(f"the maintainer {spec.maintainer!r} is not a real address: {debian.LOCAL_ADDRESS_HINT}")
     config = nfpm_config(inputs, staging)
     built = staging / filename(inputs.spec)
     total = inputs.scan.file_bytes if not inputs.spec.layers else 0
@@ -405,6 +486,10 @@ def layer_config(layer: LayerPackage, staging: Path) -> dict[str, Any]:
     owned_dirs = [e for e in scan.foreign_owned if e.kind is Kind.DIR]
     if fmt is PackageFormat.APK and owned_dirs:
         templates["preinstall"] = "layer/preinst"
+    if fmt is PackageFormat.DEB:
+        # dpkg keeps a removed package that has a postrm as "rc" until a purge, which autoremove never
+        # runs; dpkg removes a layer's files itself once prerm has taken its whiteouts away.
+        del templates["postremove"]
     for key, template in templates.items():
         path = staging / f"script-{key}"
         text = units.render(
@@ -417,6 +502,17 @@ def layer_config(layer: LayerPackage, staging: Path) -> dict[str, Any]:
     size = f"{len(scan.entries)} files, {scan.file_bytes / 1e6:.1f} MB"
     summary = f"{what} {unit.id[:19]} ({size}), shared by ctr2svc services"
     version = parse_version(fmt, PACKAGE_VERSION)
+    description = f"{summary}\n{unit.id}" if fmt is not PackageFormat.APK else summary
+    if fmt is PackageFormat.DEB:
+        synopsis = f"{what} {unit.id[:19]} ({size})"
+        description = debian.description(
+            synopsis, "Shared by the ctr2svc services whose images have it.", unit.id
+        )
+        for number, doc in enumerate(layer_debian_files(layer, version.full, epoch)):
+            path = staging / f"doc-{number}"
+            path.write_bytes(doc.data)
+            os.utime(path, (epoch, epoch))
+            contents.append({"src": str(path), "dst": doc.dest, "file_info": {"mode": 0o644, "mtime": stamp}})
     config: dict[str, Any] = {
         "name": unit.package,
         "mtime": stamp,
@@ -427,7 +523,7 @@ def layer_config(layer: LayerPackage, staging: Path) -> dict[str, Any]:
         "section": "admin",
         "priority": "optional",
         "maintainer": metadata.nfpm_text(layer.maintainer),
-        "description": f"{summary}\n{unit.id}" if fmt is not PackageFormat.APK else summary,
+        "description": description,
         # setfattr marks the layer's opaque directories at install.
         "depends": ["attr"] if scan.opaque else [],
         "contents": contents,
@@ -462,6 +558,41 @@ def layer_config(layer: LayerPackage, staging: Path) -> dict[str, Any]:
                 "key_name": layer.sign_key_name or "ctr2svc.rsa.pub",
             }
     return config
+
+
+def layer_debian_files(layer: LayerPackage, version: str, epoch: int) -> list[debian.DocFile]:
+    """A layer .deb's copyright file, changelog and lintian overrides: nothing of the image or service
+    it was built for, so that it stays the same file from any build."""
+    unit = layer.extracted.unit
+    name = unit.package
+    what = f"{len(unit.layers)} bottom layers merged" if unit.merged else "The container image layer"
+    change = f"{what} {unit.id}, for ctr2svc services."
+    rules = [
+        debian.OPT_RULE,
+        *debian.image_rules(f"{unit.install_dir}/rootfs", layer.extracted.scan),
+        (
+            "ctr2svc's own control field (the layer's digest), read by ctr2svc repo",
+            "unknown-field X-Ctr2svc-Layer",
+        ),
+        *([debian.ZSTD_RULE] if layer.compression == "zstd" else []),
+    ]
+    return [
+        debian.DocFile(
+            f"/usr/share/doc/{name}/copyright",
+            debian.copyright_file(
+                name,
+                f"the container image layer {unit.id}",
+                None,
+                f"its newest file dates from {_year(epoch)}",
+                debian.LAYER_LICENSE_UNKNOWN,
+            ).encode(),
+        ),
+        debian.DocFile(
+            debian.changelog_path(name, native=True),
+            debian.changelog(name, version, [change], layer.maintainer, epoch),
+        ),
+        debian.overrides(name, rules),
+    ]
 
 
 def pack_layer(layer: LayerPackage, staging: Path) -> Path:

@@ -100,6 +100,7 @@ class GeneratedFile:
 def _values(spec: ServiceSpec) -> dict[str, Any]:
     return {
         "name": spec.name,
+        "format": str(spec.format),
         "version": spec.version,
         "image": spec.image.pinned,
         "layout": spec.layout,
@@ -173,7 +174,10 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
         files.append(GeneratedFile(f"{spec.layout.image_dir}/ownership.sh", ownership, 0o755))
     if spec.init is InitSystem.OPENRC:
         # Only where OpenRC is the init: beside a systemd unit, an init.d script breaks `systemctl enable`.
-        files.append(GeneratedFile(spec.layout.init_script, render("openrc/init.j2", **values), 0o755))
+        # A .deb's init script is a conffile, as Debian policy wants of everything in /etc.
+        script = render("openrc/init.j2", **values)
+        config = spec.format is PackageFormat.DEB
+        files.append(GeneratedFile(spec.layout.init_script, script, 0o755, config=config))
     else:
         files.append(GeneratedFile(spec.layout.unit_path, render("service.unit.j2", **values), 0o644))
         if spec.health is not None:

@@ -184,6 +184,11 @@ def test_deb_for_an_openrc_host(registry: Registry, ctr2svc: Cli, tmp_path: Path
     )
     assert "systemd" not in listing
     depends = subprocess.run(["dpkg-deb", "-f", deb, "Depends"], capture_output=True, text=True).stdout
-    assert {d.strip() for d in depends.split(",")} == {"runc", "openrc"}
+    assert {d.strip() for d in depends.split(",")} == {"runc", "openrc", "mount"}
     postinst = subprocess.run(["dpkg-deb", "-I", deb, "postinst"], capture_output=True, text=True).stdout
-    assert "rc-update add kvdeb-openrc-svc default" in postinst and "systemctl" not in postinst
+    # As dh_installinit does: update-rc.d enables (rc-update add, on an OpenRC host), invoke-rc.d starts.
+    assert "update-rc.d kvdeb-openrc-svc defaults >/dev/null" in postinst and "systemctl" not in postinst
+    assert 'invoke-rc.d kvdeb-openrc-svc "$action"' in postinst
+    # Debian policy: the init script is a conffile.
+    conffiles = subprocess.run(["dpkg-deb", "-I", deb, "conffiles"], capture_output=True, text=True).stdout
+    assert "/etc/init.d/kvdeb-openrc-svc" in conffiles.splitlines()

@@ -80,7 +80,7 @@ def test_package_metadata(built: Built) -> None:
     }
     assert fields["Package"] == NAME
     assert fields["Version"] == "1.0"
-    assert fields["Depends"] == "runc"
+    assert fields["Depends"] == "runc, mount"
     # Pinned to the digest the registry serves, in the metadata and the description.
     assert fields["X-Ctr2svc-Image-Digest"] == built.digests["1.0"]
     assert fields["X-Ctr2svc-Image"] == f"{built.refs['1.0'].rsplit(':', 1)[0]}@{built.digests['1.0']}"
@@ -190,11 +190,19 @@ def test_install_run_upgrade_remove_purge(built: Built) -> None:
     finally:
         stop_service()
 
+    # Enabled by deb-systemd-helper, which works with no systemd running.
+    wants = Path(f"/etc/systemd/system/multi-user.target.wants/{NAME}.service")
+    assert wants.is_symlink()
+
     # Remove keeps the data, purge deletes it; nothing of the package is left behind.
     sh("dpkg", "--remove", NAME)
     assert (volume / "color").read_text().strip() == "blue"
     assert not IMAGE_DIR.exists() and not HELPER.exists()
+    assert not wants.is_symlink()  # disabled
     sh("dpkg", "--purge", NAME)
+    # Nor any record of deb-systemd-helper's.
+    left = [str(p) for d in ("/etc/systemd", "/var/lib/systemd") for p in Path(d).rglob(f"*{NAME}*")]
+    assert left == []
     assert not DATA.exists()
     assert not Path(f"/run/{NAME}").exists()
     assert sh("dpkg-query", "-W", NAME, check=False).returncode != 0

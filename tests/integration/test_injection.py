@@ -91,7 +91,7 @@ def test_deb_control_has_only_our_fields(packages: dict[str, Path]) -> None:
         "X-Ctr2svc-Image",
         "X-Ctr2svc-Image-Digest",
     }, control
-    assert sh("dpkg-deb", "-f", deb, "Depends").stdout.strip() == "runc"
+    assert sh("dpkg-deb", "-f", deb, "Depends").stdout.strip() == "runc, mount"
     assert "Pre-Depends" not in fields
     # The label's text is one synopsis line, "$" as written: nfpm expanded nothing.
     synopsis = sh("dpkg-deb", "-f", deb, "Description").stdout.splitlines()[0]

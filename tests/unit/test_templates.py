@@ -68,6 +68,8 @@ def layer_scripts() -> dict[str, str]:
     dirs = [e for e in scan.foreign_owned if e.kind is Kind.DIR]
     for fmt in PackageFormat:
         for key, template in units.LAYER_SCRIPTS.items():
+            if (fmt, key) == (PackageFormat.DEB, "postremove"):
+                continue  # a .deb layer has none (package.layer_config)
             files[f"layer-{fmt}-{key}"] = units.render(f"{template}.j2", format=str(fmt), dirs=dirs, **values)
     files["layer-apk-preinstall"] = units.render("layer/preinst.j2", format="apk", dirs=dirs, **values)
     return files

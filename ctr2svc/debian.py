@@ -1,0 +1,166 @@
+"""What a .deb carries besides the service so that Debian's tools accept it: the copyright file, the
+changelog, lintian overrides and a description that fits lintian's limits.
+
+lintian reports 0 errors and 0 warnings on these packages (tests/integration/test_lintian.py). The
+overrides shipped in /usr/share/lintian/overrides/NAME cover only tags that are wrong for this kind of
+package (each with its reason as the comment above it); everything else is fixed for real.
+"""
+
+from __future__ import annotations
+
+import gzip
+import textwrap
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from ctr2svc.bundle import Kind, RootfsScan
+
+COPYRIGHT_FORMAT = "https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
+# lintian's extended-description-line-too-long and debian-changelog-line-too-long: 80 columns.
+LINE_LIMIT = 79
+# lintian's synopsis-too-long.
+SYNOPSIS_LIMIT = 79
+# The default maintainer's address is one lintian flags (root-in-contact, bogus-mail-host).
+LOCAL_ADDRESS_HINT = "pass --maintainer 'Full Name <address@example.com>' (a real address) for Debian's tools"
+
+
+@dataclass(frozen=True)
+class DocFile:
+    dest: str
+    data: bytes
+
+
+def local_maintainer(maintainer: str) -> bool:
+    """An address lintian refuses: root's, or one at localhost."""
+    address = maintainer.rsplit("<", 1)[-1].rstrip(">").lower()
+    user, _, host = address.partition("@")
+    return user == "root" or host in ("localhost", "localhost.localdomain") or "." not in host
+
+
+def wrap(text: str) -> list[str]:
+    # A reference or a digest is never broken: it has to stay copyable.
+    return textwrap.wrap(text, LINE_LIMIT, break_long_words=False, break_on_hyphens=False)
+
+
+def description(synopsis: str, body: str, digest: str) -> str:
+    """A Description: the synopsis, then BODY wrapped within lintian's limit, then the digest alone on
+    its line (sha256:<64 hex> is 71 characters)."""
+    return "\n".join([synopsis, *wrap(body), digest])
+
+
+IMAGE_LICENSE_UNKNOWN = (
+    "The image declares no license (no org.opencontainers.image.licenses label):",
+    "its files are under the licenses their authors chose, unknown to ctr2svc.",
+)
+LAYER_LICENSE_UNKNOWN = (
+    "A layer of container images: its files are under the licenses of those images",
+    "(their org.opencontainers.image.licenses labels), unknown to the layer itself.",
+)
+
+
+def copyright_file(
+    subject: str,
+    source: str,
+    license_id: str | None,
+    dated: str,
+    unknown: tuple[str, ...] = IMAGE_LICENSE_UNKNOWN,
+) -> str:
+    """A machine-readable copyright file for files whose authors and license are the image's."""
+    if license_id:
+        license_text = [
+            f"License: {license_id}",
+            " The license the image declares in its org.opencontainers.image.licenses label;",
+            " the license texts are among the image's own files.",
+        ]
+    else:
+        license_text = ["License: NOASSERTION", *(f" {line}" for line in unknown)]
+    lines = [
+        f"Format: {COPYRIGHT_FORMAT}",
+        f"Upstream-Name: {subject}",
+        *("Source:", *(f" {line}" for line in wrap(source))),
+        "Comment: Packaged by ctr2svc from a container image; the image's files are",
+        " unmodified and keep the copyright and license of the image.",
+        "",
+        "Files: *",
+        f"Copyright: the authors of the container image's contents ({dated})",
+        *license_text,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def changelog(name: str, version: str, changes: list[str], maintainer: str, epoch: int) -> bytes:
+    """A one-entry Debian changelog, gzipped as dpkg-deb expects and byte-reproducibly (no name, mtime 0)."""
+    items = []
+    for change in changes:
+        first, *rest = textwrap.wrap(change, LINE_LIMIT - 4, break_long_words=False, break_on_hyphens=False)
+        items.append(f"  * {first}")
+        items.extend(f"    {line}" for line in rest)
+    date = format_datetime(datetime.fromtimestamp(epoch, tz=UTC))
+    text = f"{name} ({version}) unstable; urgency=medium\n\n" + "\n".join(items)
+    text += f"\n\n -- {maintainer}  {date}\n"
+    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
+
+
+def changelog_path(name: str, native: bool) -> str:
+    # A version with no Debian revision is a native package's: lintian wants changelog.gz then.
+    return f"/usr/share/doc/{name}/changelog.gz" if native else f"/usr/share/doc/{name}/changelog.Debian.gz"
+
+
+# Tags about the image's own files, which ctr2svc ships as the image has them (unpatched, unstripped,
+# setuid where the image is, with the image's modes). Scoped to the image's root directory.
+IMAGE_FILE_TAGS = (
+    "statically-linked-binary",
+    "unstripped-binary-or-object",
+    "uses-dpkg-database-directly",
+    "elevated-privileges",
+    "non-standard-dir-perm",
+    "non-standard-executable-perm",
+    "executable-is-not-world-readable",
+    "embedded-library",
+    "library-not-linked-against-libc",
+    "shared-library-lacks-prerequisites",
+    "binary-or-shlib-defines-rpath",
+    "package-contains-vcs-control-file",
+    "package-installs-python-pycache-dir",
+    "script-not-executable",
+    "executable-not-elf-or-script",
+)
+
+
+def overrides(name: str, rules: list[tuple[str, str]]) -> DocFile:
+    """/usr/share/lintian/overrides/NAME from (reason, override) pairs."""
+    lines = [f"# lintian overrides of {name}, written by ctr2svc: each reason is the comment above it."]
+    previous = ""
+    for reason, rule in rules:
+        if reason != previous:
+            lines.append(f"# {reason}")
+            previous = reason
+        lines.append(rule)
+    return DocFile(f"/usr/share/lintian/overrides/{name}", ("\n".join(lines) + "\n").encode())
+
+
+def image_rules(rootfs: str, scan: RootfsScan) -> list[tuple[str, str]]:
+    """Overrides for the image's files (SCAN) under ROOTFS (an absolute path)."""
+    tags = list(IMAGE_FILE_TAGS)
+    # Only when the image has such files: the service package's own /etc/NAME/env is 0600, and an
+    # override matching none of a tag's hints is a warning (mismatched-override).
+    if any(
+        e.kind in (Kind.FILE, Kind.HARDLINK) and e.mode & 0o7777 not in (0o644, 0o755) for e in scan.entries
+    ):
+        tags.append("non-standard-file-perm")
+    where = rootfs.lstrip("/")
+    reason = "the container image's own files, shipped as the image has them"
+    return [(reason, f"{tag} *[{where}/*]") for tag in tags]
+
+
+OPT_RULE = (
+    "container images are add-on software: /opt/containers is their place (FHS 3.13)",
+    "dir-or-file-in-opt [opt/containers/*]",
+)
+
+ZSTD_RULE = (
+    "a zstd payload, which dpkg reads since 1.21.18 (Debian 12; Ubuntu's default): lintian 2.116 predates it",
+    "malformed-deb-archive third (official) member data.tar.zst not data.tar.(gz|xz|bz2|lzma)",
+)
