@@ -139,9 +139,11 @@ def generated(made: Generated) -> dict[str, Any]:
         "files": files,
         "config_json": f"{layout.image_dir}/config.json",
         "config_diff": "\n".join(diff),
-        "rootfs": layout.rootfs,
+        # Shared layers: the root is in the layer packages (`layers` says which), not this package.
+        "rootfs": layout.rootfs if not spec.layers else None,
         "rootfs_entries": len(made.scan.entries),
         "rootfs_bytes": made.scan.file_bytes,
+        "layer_packages": [x.package for x in spec.layers],
         "scripts": sorted(made.scripts),
     }
 
@@ -203,7 +205,11 @@ def text(info: dict[str, Any]) -> str:
     made = info.get("generated")
     if made:
         lines += ["", f"files of the {made['format']} package ({made['init']}), besides the image:"]
-        lines.append(f"  {made['rootfs']}/  ({made['rootfs_entries']} entries, {made['rootfs_bytes']} bytes)")
+        image = f"({made['rootfs_entries']} entries, {made['rootfs_bytes']} bytes)"
+        if made["rootfs"]:
+            lines.append(f"  {made['rootfs']}/  {image}")
+        else:
+            lines.append(f"  no image files: they are in {', '.join(made['layer_packages'])} {image}")
         lines.append(f"  {made['config_json']}  (0644)")
         lines += [
             f"  {f['path']}  ({f['mode']}{', conffile' if f['conffile'] else ''})" for f in made["files"]
