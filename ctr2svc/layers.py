@@ -247,11 +247,13 @@ class _Hashing:
 
 
 def _compression(layer: Layer, blob: Path) -> str | None:
-    if layer.media_type.endswith(("+gzip", ".gzip")) or layer.media_type.endswith("tar.gzip"):
+    """gzip, zstd or None (a plain tar), by the OCI or Docker media type (…tar+gzip, …tar.gzip)."""
+    kind = layer.media_type
+    if kind.endswith(("+gzip", ".gzip")):
         return "gzip"
-    if layer.media_type.endswith(("+zstd", ".zstd")):
+    if kind.endswith(("+zstd", ".zstd")):
         return "zstd"
-    if layer.media_type.endswith((".tar", "tar")) and layer.media_type:
+    if kind.endswith("tar"):
         return None
     # No or an unknown media type: go by the bytes.
     with blob.open("rb") as handle:
