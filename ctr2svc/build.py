@@ -23,7 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import bundle, layers, log, metadata, naming, package, record, registry, runtime_config, units
+from ctr2svc import (
+    bundle,
+    layers,
+    log,
+    metadata,
+    naming,
+    network,
+    package,
+    record,
+    registry,
+    runtime_config,
+    units,
+)
 from ctr2svc.bundle import Bundle, Kind, RootfsScan
 from ctr2svc.errors import ImageError, UsageError
 from ctr2svc.model import (
@@ -90,6 +102,9 @@ class BuildOptions:
     # Signs the package: an armored OpenPGP secret key (deb, rpm) or a PEM RSA private key (apk).
     sign_key_file: Path | None = None
     sign_key_name: str | None = None  # apk: the public key's file name in /etc/apk/keys
+    # host: the host's network; private: the service's own namespace on the ctr2svc bridge (netavark).
+    network: str = "host"
+    publish: tuple[str, ...] = ()  # [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp] for /etc/NAME/ports
 
     @property
     def init_system(self) -> InitSystem:
@@ -143,6 +158,7 @@ def check_package_options(opts: BuildOptions) -> None:
         check_sign_key(opts.format, opts.sign_key_file)
     env_defaults(opts.env)
     bind_mounts(opts.volumes)
+    network.publish(opts.network, opts.publish)
     resources(opts)
     if opts.user is not None:
         metadata.check_one_line("--user", opts.user, "e.g. --user 999:999")
@@ -461,6 +477,11 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
     stdio, why = stdio_mode(opts, scan, unpacked.rootfs, args)
     if stdio == "pipe" and opts.init_system is InitSystem.SYSTEMD:
         log.info(f"  stdout/stderr through a pipe and a relay process: {why}")
+    published = network.publish(opts.network, opts.publish)
+    if opts.network == "private":
+        ports = ", ".join(str(p) for p in published) or "none"
+        exposed = f" (the image exposes {', '.join(cfg.exposed_ports)})" if cfg.exposed_ports else ""
+        log.info(f"  private network, published ports: {ports}{exposed}")
     if opts.user is not None:
         uid, gid = resolve_user(opts.user, unpacked.rootfs)
     else:
@@ -505,6 +526,8 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         ready_port=opts.ready_port,
         runtime=opts.runtime,
         stdio=stdio,
+        network=opts.network,
+        publish=published,
         homepage=metadata.homepage(labels.get("org.opencontainers.image.url"), "url")
         or metadata.homepage(labels.get("org.opencontainers.image.source"), "source"),
         license=metadata.license_expression(labels.get("org.opencontainers.image.licenses")),

@@ -180,6 +180,22 @@ PACKAGE_OPTIONS = [
     click.option("--memory", metavar="SIZE", help="Memory limit, e.g. 512M (MemoryMax= in the unit)."),
     click.option("--cpus", type=float, help="CPU limit in CPUs, e.g. 1.5 (CPUQuota= in the unit)."),
     click.option(
+        "--network",
+        type=click.Choice(["host", "private"]),
+        default="host",
+        show_default=True,
+        help="host: the service uses the host's network. private: its own network namespace on the "
+        "ctr2svc bridge (netavark), reachable by name from the other private services, with the "
+        "--publish'ed ports forwarded from the host.",
+    ),
+    click.option(
+        "-p",
+        "--publish",
+        multiple=True,
+        metavar="[IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]",
+        help="Forward a host port to the container (--network private; repeatable; /etc/NAME/ports).",
+    ),
+    click.option(
         "--ready-port",
         type=click.IntRange(1, 65535),
         help="The start counts as done once the service listens on this TCP port.",

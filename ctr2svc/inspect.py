@@ -169,7 +169,8 @@ def text(info: dict[str, Any]) -> str:
         f"cmd         {_shown(' '.join(info['cmd'])) or '-'}",
         f"user        {_shown(info['user'])}",
         f"workdir     {_shown(info['working_dir'])}",
-        f"ports       {_shown(', '.join(info['exposed_ports'])) or '-'}",
+        f"ports       {_shown(', '.join(info['exposed_ports'])) or '-'}"
+        + ("  (publish with --network private -p HOST_PORT:PORT)" if info["exposed_ports"] else ""),
         f"volumes     {_shown(', '.join(info['volumes'])) or '-'}",
         f"stop signal {_shown(info['stop_signal'])}",
         f"healthcheck {_shown(check)}",

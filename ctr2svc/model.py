@@ -216,6 +216,10 @@ class Layout:
         return f"{self.libexec}/config.awk"
 
     @property
+    def network_awk(self) -> str:
+        return f"{self.libexec}/network.awk"
+
+    @property
     def config_dir(self) -> str:
         # The admin's settings, applied at each start and kept across upgrades.
         return f"/etc/{self.name}"
@@ -249,6 +253,20 @@ class BindMount:
     source: str
     destination: str
     mode: str = "ro"
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A published port (--publish [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]), a line of /etc/NAME/ports."""
+
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""  # empty: every address of the host
+
+    def __str__(self) -> str:
+        ip = f"{self.host_ip}:" if self.host_ip else ""
+        return f"{ip}{self.host_port}:{self.container_port}/{self.protocol}"
 
 
 @dataclass(frozen=True)
@@ -361,3 +379,21 @@ class ServiceSpec:
     # Shared layers, bottom first: the root is mounted from these packages. Empty: the package holds
     # the flattened root itself.
     layers: tuple[SharedLayer, ...] = ()
+    # "host": the host's network, as `docker run --network host`. "private": a network namespace on the
+    # ctr2svc bridge (netavark), with these ports published (the defaults of /etc/NAME/ports).
+    network: str = "host"
+    publish: tuple[PortMapping, ...] = ()
+
+    @property
+    def private_network(self) -> bool:
+        return self.network == "private"
+
+    @property
+    def network_depends(self) -> tuple[str, ...]:
+        """What a private network needs on the target besides the helper's usual tools: netavark (which
+        drives iptables, in its nftables flavour on current distributions), aardvark-dns for the
+        services' names, ip(8) for the namespace and ss(8) to name who holds a taken port."""
+        if not self.private_network:
+            return ()
+        iproute = "iproute" if self.format is PackageFormat.RPM else "iproute2"
+        return ("netavark", "aardvark-dns", "iptables", iproute)

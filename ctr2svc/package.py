@@ -221,6 +221,7 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
             # Priority: required in Debian but not Essential. (awk is de facto essential: lintian's
             # needlessly-depends-on-awk.)
             *(["mount"] if fmt is PackageFormat.DEB else []),
+            *spec.network_depends,
         ],
         "contents": contents,
         "scripts": scripts,

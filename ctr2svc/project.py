@@ -70,6 +70,8 @@ IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
     "runtime": str,
     "stdio": str,
     "layers": str,
+    "network": str,
+    "publish": list,
     "sign_key_file": str,
     "sign_key_name": str,
 }
@@ -342,6 +344,8 @@ def options(
         runtime=s.get("runtime", "runc"),
         stdio=s.get("stdio", "auto"),
         layers=s.get("layers", DEFAULT_LAYERS),
+        network=s.get("network", "host"),
+        publish=tuple(s.get("publish", ())),
         sign_key_file=base / s["sign_key_file"] if "sign_key_file" in s else None,
         sign_key_name=s.get("sign_key_name"),
     )

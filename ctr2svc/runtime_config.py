@@ -201,8 +201,16 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     # cgroup as the root of /sys/fs/cgroup and nothing of the host's tree.
     if not any(ns.get("type") == "cgroup" for ns in namespaces):
         namespaces.append({"type": "cgroup"})
+    if spec.private_network:
+        # A private network: the namespace the service helper creates and netavark wires to the
+        # ctr2svc bridge before runc starts, and a UTS namespace with the service's name as host name,
+        # which is also the name the other services reach it by.
+        namespaces += [{"type": "network", "path": netns_path(spec.name)}, {"type": "uts"}]
     linux["namespaces"] = namespaces
-    cfg.pop("hostname", None)
+    if spec.private_network:
+        cfg["hostname"] = spec.name
+    else:
+        cfg.pop("hostname", None)
     # Network sysctls need a network namespace, and hooks from other runtimes point at binaries this
     # host does not have: both make `runc run` fail.
     linux.pop("sysctl", None)
@@ -245,6 +253,11 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     annotations[f"{ANNOTATION_PREFIX}.package"] = f"{spec.name}={spec.version}"
     annotations["org.opencontainers.image.stopSignal"] = spec.stop_signal
     return cfg
+
+
+def netns_path(name: str) -> str:
+    """The service's network namespace (private network), as `ip netns add` makes it."""
+    return f"/run/netns/ctr2svc-{name}"
 
 
 def seccomp_profile(arch: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctr2svc import __version__
+from ctr2svc import __version__, network, runtime_config
 from ctr2svc.bundle import Entry, Kind, RootfsScan
 from ctr2svc.layers import INSTALL_DIR
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
@@ -130,6 +130,23 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         # Top layer first, as overlayfs wants them; relative to layers_dir, which keeps the mount
         # options short (a page at most) for images with many layers.
         "lower": ":".join(f"{Path(x.directory).name}/rootfs" for x in reversed(spec.layers)),
+        # Private network: None for the host's.
+        "network": _network_values(spec) if spec.private_network else None,
+    }
+
+
+def _network_values(spec: ServiceSpec) -> dict[str, Any]:
+    subnet = network.SUBNET
+    return {
+        "name": network.NETWORK_NAME,
+        "id": network.NETWORK_ID,
+        "bridge": network.BRIDGE,
+        "subnet": str(subnet),
+        "prefix": str(subnet.network_address).rsplit(".", 1)[0],  # a /24: the first three numbers
+        "gateway": str(network.GATEWAY),
+        "netns": Path(runtime_config.netns_path(spec.name)).name,
+        "container_id": network.container_id(spec.name),
+        "aliases": network.aliases(spec.name),
     }
 
 
@@ -161,6 +178,16 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
         ),
         GeneratedFile(f"{cfg}/mounts", render("mounts.j2", **values, mounts=spec.mounts), 0o644, config=True),
     ]
+    if spec.private_network:
+        net = values["network"]
+        aliases = ", ".join(f'\\"{alias}\\"' for alias in net["aliases"])
+        awk = render("network.awk.j2", **values, net=net, container_id=net["container_id"], aliases=aliases)
+        files += [
+            GeneratedFile(spec.layout.network_awk, awk, 0o644),
+            GeneratedFile(
+                f"{cfg}/ports", render("ports.j2", **values, publish=spec.publish), 0o644, config=True
+            ),
+        ]
     if not spec.layers:
         # Shared layers set their own files up (templates/layer/setup.sh.j2).
         ownership = render(

@@ -556,3 +556,36 @@ def layered_service_image(layout: Path, tag: str, *, port: int, version_text: st
         put_file(root, "www/index.html", f"{version_text}\n")
 
     return layered_image(layout, tag, [top], base=base, **config)
+
+
+WEB_ENTRYPOINT = r"""#!/bin/sh
+# Serves /www on port 80 and on 9090; SIGTERM stops both (PID 1 ignores signals it does not handle).
+httpd -f -p 80 -h /www &
+a=$!
+httpd -f -p 9090 -h /www &
+b=$!
+trap 'kill $a $b; exit 0' TERM
+wait
+"""
+
+
+def web_image(layout: Path, tag: str, text: str) -> str:
+    """A web server on ports 80 and 9090 answering TEXT, with busybox's wget, nslookup and ip for
+    looking around from inside (the network tests)."""
+
+    def populate(root: Path) -> None:
+        applets = ("cat", "echo", "hostname", "httpd", "kill", "nslookup", "sleep", "wget", "ip")
+        install_busybox(root, symlinks=applets)
+        put_dir(root, "tmp", mode=0o1777)
+        put_dir(root, "etc")
+        put_file(root, "www/index.html", f"{text}\n")
+        put_file(root, "entrypoint.sh", WEB_ENTRYPOINT, mode=0o755)
+
+    return build_image(
+        layout,
+        tag,
+        populate,
+        entrypoint=["/entrypoint.sh"],
+        env={"PATH": DEFAULT_PATH},
+        exposed_ports=["80/tcp"],
+    )

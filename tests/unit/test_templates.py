@@ -17,7 +17,15 @@ import pytest
 
 from ctr2svc import __version__, runtime_config, units
 from ctr2svc.bundle import Entry, Kind, RootfsScan
-from ctr2svc.model import HealthCheck, InitSystem, Layout, PackageFormat, ServiceSpec, SharedLayer
+from ctr2svc.model import (
+    HealthCheck,
+    InitSystem,
+    Layout,
+    PackageFormat,
+    PortMapping,
+    ServiceSpec,
+    SharedLayer,
+)
 
 from .conftest import make_spec
 
@@ -45,6 +53,9 @@ SHARED = (
     SharedLayer("sha256:" + "cd" * 32, "ctr2svc-layer-cdcdcdcdcdcd", "/opt/containers/layers/cdcdcdcdcdcd",
                 ("sha256:" + "cd" * 32,), 1024),
 )  # fmt: skip
+
+
+PORTS = (PortMapping(8081, 6379), PortMapping(5353, 53, "udp", "127.0.0.1"))
 
 
 def layer_scripts() -> dict[str, str]:
@@ -99,9 +110,13 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
     # Shared layers: the root is mounted from layer packages; no ownership script of its own.
     variants["shared"] = dataclasses.replace(spec, layers=SHARED)
     variants["apk-shared"] = dataclasses.replace(variants["apk"], layers=SHARED)
+    # A private network: netavark in the helper, the ports file, and its awk program.
+    variants["private"] = dataclasses.replace(spec, network="private", publish=PORTS, ready_port=6379)
     for prefix, variant in variants.items():
         integration = [variant.layout.unit_path, variant.layout.init_script, variant.layout.preset_path]
-        if prefix.endswith(("checked", "shared")) or prefix == "piped":
+        if prefix == "private":
+            integration += [variant.layout.network_awk, f"{variant.layout.config_dir}/ports"]
+        if prefix.endswith(("checked", "shared", "private")) or prefix == "piped":
             integration += [
                 variant.layout.helper,
                 *(f"{variant.layout.unit_dir}/valkey-svc-health.{k}" for k in ("service", "timer")),
@@ -273,3 +288,67 @@ def test_config_awk_applies_the_admins_settings(
     bad = apply("env")
     assert bad.returncode != 0
     assert f"valkey-svc: {tmp_path / 'env'} line 1: not KEY=VALUE" in bad.stderr
+
+
+@pytest.mark.parametrize("awk", AWKS, ids=["awk", "busybox-awk"])
+def test_network_awk_writes_netavarks_options(awk: list[str], spec: ServiceSpec, tmp_path: Path) -> None:
+    if not shutil.which(awk[0]):
+        pytest.skip(f"{awk[0]} is not installed")
+    program = tmp_path / "network.awk"
+    program.write_text(rendered(spec)["private-network.awk"])
+    ports = tmp_path / "ports"
+    ports.write_text(rendered(spec)["private-ports"] + "\n  # comment\n10.0.0.1:8443:443/tcp\r\n")
+
+    def apply() -> subprocess.CompletedProcess[str]:
+        variables = [
+            "NAME=valkey-svc",
+            "ADDRESS=10.89.240.7",
+            f"PORTSFILE={ports}",
+            f"PORTLIST={tmp_path / 'list'}",
+        ]
+        argv = [*awk, *(x for v in variables for x in ("-v", v)), "-f", str(program)]
+        return subprocess.run(argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+
+    result = apply()
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["container_name"] == "valkey-svc"
+    assert doc["networks"]["ctr2svc"] == {
+        "interface_name": "eth0",
+        "static_ips": ["10.89.240.7"],
+        "static_mac": "02:c2:0a:59:f0:07",
+        "aliases": ["valkey-svc", "valkey"],
+    }
+    info = doc["network_info"]["ctr2svc"]
+    assert (info["network_interface"], info["subnets"]) == (
+        "ctr2svc0",
+        [{"subnet": "10.89.240.0/24", "gateway": "10.89.240.1"}],
+    )
+    assert doc["port_mappings"] == [
+        {"host_ip": "", "container_port": 6379, "host_port": 8081, "range": 1, "protocol": "tcp"},
+        {"host_ip": "127.0.0.1", "container_port": 53, "host_port": 5353, "range": 1, "protocol": "udp"},
+        {"host_ip": "10.0.0.1", "container_port": 443, "host_port": 8443, "range": 1, "protocol": "tcp"},
+    ]
+    assert (tmp_path / "list").read_text() == "tcp 8081\nudp 5353\ntcp 8443\n"
+
+    ports.write_text("")
+    empty = apply()
+    assert json.loads(empty.stdout)["port_mappings"] == []
+
+    for line, problem in (
+        ("8081", "not [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]"),
+        ("8081:80/sctp", "not [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]"),
+        ("70000:80", "not [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]"),
+        ("localhost:8081:80", "not [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]"),
+        ("8081:80\n8081:81/tcp", "host port 8081/tcp is published twice"),
+    ):
+        ports.write_text(f"# comment\n{line}\n")
+        bad = apply()
+        assert bad.returncode != 0, line
+        assert f"valkey-svc: {ports} line {line.count(chr(10)) + 2}: {problem}" in bad.stderr, bad.stderr
+
+
+def test_host_network_helper_has_no_network_code(spec: ServiceSpec) -> None:
+    files = rendered(spec)
+    assert "netavark" not in files["service"] and "private-network.awk" in files
+    assert "ports" not in files  # no /etc/NAME/ports in a host-network package

@@ -1,0 +1,90 @@
+"""--network host|private and -p/--publish: what a private network is made of.
+
+A private network is podman's network stack, run by the service helper with no daemon: netavark sets
+up a network namespace per service (a veth on the `ctr2svc0` bridge, NAT outbound, the published ports
+forwarded from the host with iptables/nftables rules) and starts aardvark-dns, one per host, which
+answers the services' names. Everything here is decided at build time and rendered into the helper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+
+from ctr2svc import metadata
+from ctr2svc.errors import UsageError
+from ctr2svc.model import PortMapping
+
+MODES = ("host", "private")
+# One bridge and one /24 for every ctr2svc service on a host: services find each other by name on it.
+# Podman's own networks are 10.88.0.0/16 (its default) and 10.89.0.0/24 upwards (`network create`):
+# this one stays out of the way of both.
+BRIDGE = "ctr2svc0"
+NETWORK_NAME = "ctr2svc"
+SUBNET = ipaddress.IPv4Network("10.89.240.0/24")
+GATEWAY = SUBNET.network_address + 1
+# netavark names the network's firewall chains after a hash of its id: a constant id, so every service
+# (and every version of ctr2svc) tears down what another one set up.
+NETWORK_ID = hashlib.sha256(b"ctr2svc network ctr2svc0").hexdigest()
+
+_PUBLISH = re.compile(r"^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?$")
+_HINT = "e.g. --publish 8081:80, --publish 127.0.0.1:5432:5432 or --publish 5353:53/udp"
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise UsageError(f"unknown --network {mode!r}", hint="use --network host or --network private")
+    return mode
+
+
+def parse_publish(text: str) -> PortMapping:
+    """[IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp], as `docker run -p` takes it (IPv4, one port each)."""
+    metadata.check_one_line("--publish", text, _HINT)
+    match = _PUBLISH.match(text.strip())
+    if not match:
+        raise UsageError(f"--publish {text!r} is not [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]", hint=_HINT)
+    ip, host, container, proto = match.groups()
+    if ip is not None:
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise UsageError(f"--publish {text!r}: {ip} is not an IPv4 address", hint=_HINT) from None
+    for port in (host, container):
+        if not 1 <= int(port) <= 65535:
+            raise UsageError(f"--publish {text!r}: port {port} is not between 1 and 65535", hint=_HINT)
+    return PortMapping(int(host), int(container), proto or "tcp", ip or "")
+
+
+def publish(mode: str, texts: tuple[str, ...]) -> tuple[PortMapping, ...]:
+    """The mappings, checked on their own and together (no host port published twice)."""
+    check_mode(mode)
+    if texts and mode != "private":
+        raise UsageError(
+            "--publish needs --network private: with host networking the service's ports are the host's",
+            hint="add --network private, or drop --publish",
+        )
+    mappings = tuple(parse_publish(text) for text in texts)
+    seen: dict[tuple[int, str], PortMapping] = {}
+    for mapping in mappings:
+        key = (mapping.host_port, mapping.protocol)
+        if key in seen:
+            raise UsageError(
+                f"--publish {mapping} and --publish {seen[key]} both publish host port "
+                f"{mapping.host_port}/{mapping.protocol}",
+                hint="give each host port once",
+            )
+        seen[key] = mapping
+    return mappings
+
+
+def container_id(name: str) -> str:
+    """netavark's container id (64 hex, like podman's): fixed per service, so that aardvark-dns keeps
+    one entry per service whatever happened to the previous run."""
+    return hashlib.sha256(f"ctr2svc service {name}".encode()).hexdigest()
+
+
+def aliases(name: str) -> tuple[str, ...]:
+    """The names other services reach this one by: its own, and without the "-svc" ctr2svc adds."""
+    short = name.removesuffix("-svc")
+    return (name, short) if short and short != name else (name,)
