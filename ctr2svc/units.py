@@ -159,6 +159,7 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
     values["render_key"] = render_key or spec.image.digest.split(":")[-1][:16]
     root = scan.entries[0] if scan.entries else Entry("", Kind.DIR, 0o755, 0, 0, 0)
     values.update(root_uid=root.uid, root_gid=root.gid, root_mode=root.mode)
+    values["layer_mark"] = f".root-{root.mode:04o}-{root.uid}-{root.gid}"
     batches, chmods, hardlinks = ownership_plan(scan)
     cfg = spec.layout.config_dir
     files = [
