@@ -18,17 +18,23 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Cli
-from tests.support.images import service_image
-from tests.support.registry import Registry, free_port
+from tests.support.images import build_image, install_busybox, put_file
+from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 
 
+def _populate(root: Path) -> None:
+    install_busybox(root)
+    # Incompressible bytes: the first build must still hold the lock when the second one, a new
+    # Python process, gets to it (a few MB made that a race a fast or idle machine could lose).
+    put_file(root, "srv/blob", os.urandom(48 * 1024 * 1024))
+
+
 @pytest.fixture(scope="module")
 def image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
-    source = service_image(
-        tmp_path_factory.mktemp("race") / "layout", "1.0", port=free_port(), version_text="race"
-    )
+    layout = tmp_path_factory.mktemp("race") / "layout"
+    source = build_image(layout, "1.0", _populate, entrypoint=["/bin/busybox"], cmd=["sleep", "3600"])
     return registry.push(source, "itest/race", "1.0")
 
 
