@@ -250,18 +250,7 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
     if spec.homepage:
         config["homepage"] = metadata.nfpm_text(spec.homepage)
     if inputs.sign_key_file is not None:
-        # nfpm reads the key's passphrase from $NFPM_PASSPHRASE.
-        key = str(inputs.sign_key_file.absolute())
-        if fmt is PackageFormat.DEB:
-            # dpkg-sig/debsigs "origin" style: a _gpgorigin member over debian-binary, control and data.
-            config["deb"]["signature"] = {"key_file": key, "method": "debsign", "type": "origin"}
-        elif fmt is PackageFormat.RPM:
-            config["rpm"]["signature"] = {"key_file": key}
-        else:
-            config["apk"]["signature"] = {
-                "key_file": key,
-                "key_name": inputs.sign_key_name or f"{spec.name}.rsa.pub",
-            }
+        _sign(config, fmt, inputs.sign_key_file, inputs.sign_key_name or f"{spec.name}.rsa.pub")
     if spec.license:
         config["license"] = spec.license
     elif fmt is PackageFormat.RPM:
@@ -327,6 +316,18 @@ def debian_files(spec: ServiceSpec, scan: RootfsScan, epoch: int, compression: s
         ),
         debian.overrides(name, rules),
     ]
+
+
+def _sign(config: dict[str, Any], fmt: PackageFormat, key_file: Path, apk_key_name: str) -> None:
+    """nfpm's signature section for FMT (it reads the key's passphrase from $NFPM_PASSPHRASE)."""
+    key = str(key_file.absolute())
+    if fmt is PackageFormat.DEB:
+        # dpkg-sig/debsigs "origin" style: a _gpgorigin member over debian-binary, control and data.
+        config["deb"]["signature"] = {"key_file": key, "method": "debsign", "type": "origin"}
+    elif fmt is PackageFormat.RPM:
+        config["rpm"]["signature"] = {"key_file": key}
+    else:
+        config["apk"]["signature"] = {"key_file": key, "key_name": apk_key_name}
 
 
 def image_metadata(spec: ServiceSpec) -> dict[str, Any]:
@@ -548,16 +549,7 @@ def layer_config(layer: LayerPackage, staging: Path) -> dict[str, Any]:
     else:
         config["apk"] = {}
     if layer.sign_key_file is not None:
-        key = str(layer.sign_key_file.absolute())
-        if fmt is PackageFormat.DEB:
-            config["deb"]["signature"] = {"key_file": key, "method": "debsign", "type": "origin"}
-        elif fmt is PackageFormat.RPM:
-            config["rpm"]["signature"] = {"key_file": key}
-        else:
-            config["apk"]["signature"] = {
-                "key_file": key,
-                "key_name": layer.sign_key_name or "ctr2svc.rsa.pub",
-            }
+        _sign(config, fmt, layer.sign_key_file, layer.sign_key_name or "ctr2svc.rsa.pub")
     return config
 
 

@@ -1,5 +1,6 @@
 """The session-wide test VM (logic lives in tests/vm/vmhost.py)."""
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,6 +74,21 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture
+def fleet_key(tmp_path: Path) -> Path:
+    """A gpg home holding the signing key fleet@example.com; its public key exported to
+    tmp_path/key.gpg, for the guest's /etc/apt/keyrings."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    uid = "fleet <fleet@example.com>"
+    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    exported = subprocess.run(["gpg", "--export"], env=env, capture_output=True, check=True).stdout
+    (tmp_path / "key.gpg").write_bytes(exported)
+    return home
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

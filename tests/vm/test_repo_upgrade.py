@@ -5,8 +5,6 @@ the guest reaches as 10.0.2.2); a new image pushed under the same tag reaches it
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,18 +21,10 @@ APT = "DEBIAN_FRONTEND=noninteractive apt-get -q"
 
 
 def test_apt_upgrade_from_a_ctr2svc_repository(
-    vm: vmhost.VM, registry: Registry, ctr2svc: Cli, tmp_path: Path, served: tuple[Path, int]
+    vm: vmhost.VM, registry: Registry, ctr2svc: Cli, tmp_path: Path, served: tuple[Path, int], fleet_key: Path
 ) -> None:
     repo, http_port = served
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    env = {**os.environ, "GNUPGHOME": str(home)}
-    uid = "fleet <fleet@example.com>"
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
-    (tmp_path / "key.gpg").write_bytes(
-        subprocess.run(["gpg", "--export"], env=env, capture_output=True).stdout
-    )
+    home = fleet_key
 
     port = free_port()
     ref = registry.push(

@@ -190,18 +190,11 @@ def test_services_sharing_a_base_layer_through_apt(
     ctr2svc: Cli,
     tmp_path: Path,
     served: tuple[Path, int],
+    fleet_key: Path,
     timings: Timings,
 ) -> None:
     repo, http_port = served
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    env = {**os.environ, "GNUPGHOME": str(home)}
-    uid = "fleet <fleet@example.com>"
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
-    (tmp_path / "key.gpg").write_bytes(
-        subprocess.run(["gpg", "--export"], env=env, capture_output=True).stdout
-    )
+    home = fleet_key
 
     # 1. Three images on one base layer, each with a top layer of its own, published by `update`.
     base = base_layer_tar(tmp_path)
