@@ -53,7 +53,7 @@ from ctr2svc.model import (
 )
 from ctr2svc.record import BuildResult
 from ctr2svc.reference import ImageReference
-from ctr2svc.run import find_tool, stop_all
+from ctr2svc.run import find_tool, halted
 
 DEFAULT_STOP_TIMEOUT = 30
 DEFAULT_MAINTAINER = "ctr2svc <root@localhost>"
@@ -800,9 +800,10 @@ class LayerPacker:
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if kind is not None:
-            # Interrupted or failed: the nfpm runs of the workers must not go on after us.
+            # Interrupted or failed: the nfpm runs of the workers must not go on after us, nor start.
             self.pool.shutdown(wait=False, cancel_futures=True)
-            stop_all()
+            with halted():
+                self.pool.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, extracted: layers.Extracted) -> None:

@@ -287,7 +287,10 @@ def _communicate(
     ) as proc:
         with _LIVE_LOCK:
             _LIVE.add(proc)
+            refuse = _HALTED
         try:
+            if refuse:
+                raise Halted(f"not running {Path(args[0]).name}: ctr2svc is stopping")
             return _talk(proc, input, timeout, on_start, on_line)
         except BaseException:
             # Interrupted (SIGTERM/Ctrl-C turned into an exception, a timeout): the tool must not
@@ -300,17 +303,32 @@ def _communicate(
 
 
 # The tools running now, in any thread: an interrupt reaches the main thread alone, which stops the
-# ones worker threads started (stop_all) before it waits for those threads.
+# ones worker threads started (halted) before it waits for those threads.
 _LIVE: set[subprocess.Popen[bytes]] = set()
 _LIVE_LOCK = threading.Lock()
+_HALTED = False
 
 
-def stop_all() -> None:
-    """Stop every tool still running (their callers then see them fail)."""
+class Halted(ToolError):
+    """A tool a worker thread was about to start while ctr2svc is being interrupted."""
+
+
+@contextlib.contextmanager
+def halted() -> Iterator[None]:
+    """Stop every tool still running (their callers then see them fail) and, until the block ends,
+    refuse to start new ones: a worker that was between two tools must not start the next one (an
+    nfpm run of minutes) that the interrupted main thread would then wait for."""
+    global _HALTED
     with _LIVE_LOCK:
+        _HALTED = True
         running = list(_LIVE)
-    for proc in running:
-        _stop(proc)
+    try:
+        for proc in running:
+            _stop(proc)
+        yield
+    finally:
+        with _LIVE_LOCK:
+            _HALTED = False
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

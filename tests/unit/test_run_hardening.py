@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from ctr2svc.run import last_words, secret_args, tool_message
+from ctr2svc.errors import ToolFailed
+from ctr2svc.run import Halted, halted, last_words, run, secret_args, tool_message
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -169,3 +171,37 @@ def test_internal_error_is_one_line_and_exit_70() -> None:
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("ctr2svc: internal error: KeyError: 'surprise' (please report it;"), last
         assert ("Traceback" in proc.stderr) is debug, proc.stderr
+
+
+def test_halted_stops_running_tools_and_refuses_new_ones() -> None:
+    """The race an interrupted shared build hit in CI: a worker thread between two nfpm runs started the
+    next one after the main thread had stopped the running ones, and the main thread then waited minutes
+    for it. While halted, a running tool is stopped and a new one is not started."""
+    results: dict[str, BaseException | None] = {}
+    started = threading.Event()
+
+    def worker(name: str, argv: list[str], wait: threading.Event | None) -> None:
+        if wait is not None:
+            wait.wait()
+        try:
+            run(argv, on_start=lambda _pid: started.set())
+            results[name] = None
+        except BaseException as exc:
+            results[name] = exc
+
+    go = threading.Event()
+    running = threading.Thread(target=worker, args=("running", ["sleep", "60"], None))
+    late = threading.Thread(target=worker, args=("late", ["touch", "/nonexistent-dir/x"], go))
+    running.start()
+    late.start()
+    assert started.wait(10)
+    begin = time.monotonic()
+    with halted():
+        running.join(15)
+        go.set()
+        late.join(15)
+    assert time.monotonic() - begin < 12, "the running tool was not stopped"
+    assert isinstance(results["running"], ToolFailed), results
+    assert isinstance(results["late"], Halted), results
+    # Once the block is over, tools run again.
+    assert run(["true"]).returncode == 0
