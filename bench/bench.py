@@ -43,8 +43,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 # The issue's targets: (a) and (c) are ratios, (b) seconds, (d) a ratio to bare runc, (e) a count.
 # (f) shared packages against the registry's unique blobs, (g) a top-layer-only rebuild against a cold build.
-TARGETS: dict[str, float] = {"a": 1.3, "b": 0.5, "c": 1.05, "d": 1.1, "e": 0, "f": 1.1, "g": 0.3}
-SECTIONS = "abcdefgh"
+# (i) a private network's start against the host network's (issue 15).
+TARGETS: dict[str, float] = {"a": 1.3, "b": 0.5, "c": 1.05, "d": 1.1, "e": 0, "f": 1.1, "g": 0.3, "i": 1.2}
+SECTIONS = "abcdefghi"
 COMPRESSIONS = ("gzip", "zstd", "xz", "none")
 TAG = "1.0"
 START_DEADLINE = 60.0
@@ -845,7 +846,10 @@ def podman_ulimits(podman: str, ref: str) -> list[str]:
     raise BenchError(f"podman cannot run {ref} here with any of these ulimits: {candidates}")
 
 
-def podman_variant(img: Image, podman: str, cleanups: contextlib.ExitStack) -> Variant:
+def podman_variant(
+    img: Image, podman: str, cleanups: contextlib.ExitStack, network: Sequence[str] = ("--network=host",)
+) -> Variant:
+    """The image run by podman; NETWORK are its network flags (host networking by default)."""
     name = f"{img.repo}-podman"
     sh([podman, "rm", "--force", name], check=False)
     sh([podman, "pull", "--quiet", "--tls-verify=false", img.ref])
@@ -854,7 +858,7 @@ def podman_variant(img: Image, podman: str, cleanups: contextlib.ExitStack) -> V
     container_id: list[str] = []
 
     def start() -> None:
-        argv = [podman, "run", "--detach", "--pull=never", "--name", name, "--network=host", *flags, img.ref]
+        argv = [podman, "run", "--detach", "--pull=never", "--name", name, *network, *flags, img.ref]
         container_id[:] = [started(argv).strip()]
 
     def stop() -> None:
@@ -880,6 +884,44 @@ def piped_deb(ctx: Context, img: Image) -> Path:
         name = f"{img.repo}-pipe-svc"
         sh([*ctr2svc_build(ctx, img, cache, out, "-q"), "--stdio", "pipe", "--name", name])
     return next(out.glob("*.deb"))
+
+
+def private_deb(ctx: Context, img: Image) -> Path:
+    """The same image packaged with --network private, its port published on the same host port."""
+    cache, _ = warm(ctx, img)
+    out = ctx.work / "warm" / img.key / "out-private"
+    if not out.exists():
+        name = f"{img.repo}-private-svc"
+        argv = [*ctr2svc_build(ctx, img, cache, out, "-q"), "--name", name]
+        sh([*argv, "--network", "private", "-p", f"{img.port}:{img.port}"])
+    return next(out.glob("*.deb"))
+
+
+def section_i(ctx: Context, img: Image) -> dict[str, Any]:
+    """(i) start → first accept (on the host's 127.0.0.1, through the published port) of the service
+    with a private network, against the same package on the host's network, and podman's own bridge
+    network with the same port published (netavark too) when podman is here."""
+    LOG.say(f"(i) start to first TCP accept, private network vs host network, {img.key} image")
+    _, out = warm(ctx, img)
+    host = next(out.glob("*.deb"))
+    with contextlib.ExitStack() as cleanups:
+        variants = [
+            packaged_variant(ctx, img, host, cleanups),
+            packaged_variant(ctx, img, private_deb(ctx, img), cleanups, "packaged-private"),
+        ]
+        if ctx.podman:
+            bridge = ("--network=bridge", "--publish", f"{img.port}:{img.port}")
+            podman = podman_variant(img, ctx.podman, cleanups, bridge)
+            podman.name = "podman-bridge"
+            variants.append(podman)
+        i, procs = _time_starts(ctx, img, variants)
+    i["ratio"] = i["packaged-private"]["median"] / i["packaged"]["median"]
+    if "podman-bridge" in i:
+        i["podman_ratio"] = i["packaged-private"]["median"] / i["podman-bridge"]["median"]
+    i["resident"] = procs
+    i["target"] = TARGETS["i"]
+    i["met"] = i["ratio"] <= TARGETS["i"]
+    return i
 
 
 def section_de(ctx: Context, img: Image, deb: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -1459,6 +1501,19 @@ def _rows_fgh(results: Mapping[str, Any], key: str) -> list[str]:
             f"{_s(h['runc']['median'])} | shared / flat = {h['ratio']:.2f}{X}; shared / bare runc = "
             f"{h['shared_runc_ratio']:.2f}{X}; flat / bare runc = {h['flat_runc_ratio']:.2f}{X} | - | |"
         )
+    i = results.get("i", {}).get(key)
+    if i:
+        podman = ""
+        if "podman-bridge" in i:
+            podman = (
+                f"; podman run -p (bridge) {_s(i['podman-bridge']['median'])}, "
+                f"private / podman = {i['podman_ratio']:.2f}{X}"
+            )
+        rows.append(
+            f"| (i) start → first accept, private network | {key} | {_s(i['packaged-private']['median'])} "
+            f"| host network {_s(i['packaged']['median'])}{podman} | {i['ratio']:.2f}{X} | "
+            f"≤ {i['target']}{X} | {_met(i['met'])} |"
+        )
     return rows
 
 
@@ -1496,6 +1551,12 @@ def profile_table(results: Mapping[str, Any]) -> str:
             rows.append(
                 f"- (h) {variant} start, {key}: {_s(h[variant]['median'])} to the first accept = {steps}"
             )
+    for key, i in results.get("i", {}).items():
+        steps = ", ".join(f"{k} {_s(v)}" for k, v in i["packaged-private"].get("steps", {}).items())
+        rows.append(
+            f"- (i) private network start, {key}: {_s(i['packaged-private']['median'])} to the first accept "
+            f"= {steps}"
+        )
     for key, d in results["d"].items():
         steps = ", ".join(f"{k} {_s(v)}" for k, v in d.get("packaged_steps", {}).items())
         if steps:
@@ -1520,13 +1581,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--runs",
         type=int,
-        help="Runs per measurement (default: 5 for (a) and (g), 10 for (b), (d) and (h); 1 with --quick).",
+        help="Runs per measurement (default: 5 for (a) and (g), 10 for (b), (d), (h) and (i); 1 with"
+        " --quick).",
     )
     parser.add_argument("--json", type=Path, help="Write the raw results to this file.")
     parser.add_argument("--workdir", type=Path, help="Where to work (default: a new directory in /var/tmp).")
     parser.add_argument("--keep", action="store_true", help="Keep the working directory.")
     parser.add_argument(
-        "--sections", default=SECTIONS, help="Which of the measurements a-h to run (default: all)."
+        "--sections", default=SECTIONS, help="Which of the measurements a-i to run (default: all)."
     )
     return parser.parse_args(list(argv))
 
@@ -1618,6 +1680,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 results["d"][img.key], results["e"][img.key] = section_de(ctx, img, deb)
             if "h" in args.sections:
                 results["h"][img.key] = section_h(ctx, img)
+            if "i" in args.sections:
+                results["i"][img.key] = section_i(ctx, img)
             results["images"][img.key] = img.describe()
         # (f) and (g) build services on one base: the large image (the small one with --quick).
         base = imgs[-1]
@@ -1646,7 +1710,7 @@ def main(argv: Sequence[str]) -> int:
     print(
         f"\nMachine: {m['cpu']}, {m['nproc']} CPUs, {m['memory_gib']} GiB, {m['os']}, kernel {m['kernel']}\n"
         f"ctr2svc {m['ctr2svc_commit']}; runs: {results['settings']['runs']} for (a) and (g), "
-        f"{results['settings']['fast_runs']} for (b), (d) and (h)\n"
+        f"{results['settings']['fast_runs']} for (b), (d), (h) and (i)\n"
     )
     print(table(results))
     print("\nWhere the time goes (one `ctr2svc -v` run each, command by command):\n")

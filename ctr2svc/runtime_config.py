@@ -166,6 +166,8 @@ SECCOMP_ARCHES = {
 DEFAULT_PIDS_LIMIT = 4096
 
 ANNOTATION_PREFIX = "org.ctr2svc"
+# What umoci 0.4.7 writes; a config without one gets it (runc needs the field).
+OCI_VERSION = "1.0.2"
 
 
 def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
@@ -207,10 +209,7 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
         # which is also the name the other services reach it by.
         namespaces += [{"type": "network", "path": netns_path(spec.name)}, {"type": "uts"}]
     linux["namespaces"] = namespaces
-    if spec.private_network:
-        cfg["hostname"] = spec.name
-    else:
-        cfg.pop("hostname", None)
+    cfg.pop("hostname", None)
     # Network sysctls need a network namespace, and hooks from other runtimes point at binaries this
     # host does not have: both make `runc run` fail.
     linux.pop("sysctl", None)
@@ -252,7 +251,12 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     annotations[f"{ANNOTATION_PREFIX}.image"] = spec.image.pinned
     annotations[f"{ANNOTATION_PREFIX}.package"] = f"{spec.name}={spec.version}"
     annotations["org.opencontainers.image.stopSignal"] = spec.stop_signal
-    return cfg
+    # The helper's awk switches the network at start (/etc/NAME/network): it finds the host name, if
+    # any, right after ociVersion, which leads.
+    head: dict[str, Any] = {"ociVersion": cfg.pop("ociVersion", OCI_VERSION)}
+    if spec.private_network:
+        head["hostname"] = spec.name
+    return head | cfg
 
 
 def netns_path(name: str) -> str:

@@ -130,8 +130,9 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         # Top layer first, as overlayfs wants them; relative to layers_dir, which keeps the mount
         # options short (a page at most) for images with many layers.
         "lower": ":".join(f"{Path(x.directory).name}/rootfs" for x in reversed(spec.layers)),
-        # Private network: None for the host's.
-        "network": _network_values(spec) if spec.private_network else None,
+        # The package's network mode; /etc/NAME/network (the admin's) may say otherwise.
+        "network_mode": spec.network,
+        "network": _network_values(spec),
     }
 
 
@@ -179,16 +180,15 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
         ),
         GeneratedFile(f"{cfg}/mounts", render("mounts.j2", **values, mounts=spec.mounts), 0o644, config=True),
     ]
-    if spec.private_network:
-        net = values["network"]
-        aliases = ", ".join(f'\\"{alias}\\"' for alias in net["aliases"])
-        awk = render("network.awk.j2", **values, net=net, container_id=net["container_id"], aliases=aliases)
-        files += [
-            GeneratedFile(spec.layout.network_awk, awk, 0o644),
-            GeneratedFile(
-                f"{cfg}/ports", render("ports.j2", **values, publish=spec.publish), 0o644, config=True
-            ),
-        ]
+    # Every package can run on either network: the admin switches with /etc/NAME/network.
+    net = values["network"]
+    aliases = ", ".join(f'\\"{alias}\\"' for alias in net["aliases"])
+    awk = render("network.awk.j2", **values, net=net, container_id=net["container_id"], aliases=aliases)
+    files += [
+        GeneratedFile(spec.layout.network_awk, awk, 0o644),
+        GeneratedFile(f"{cfg}/network", render("network.j2", **values), 0o644, config=True),
+        GeneratedFile(f"{cfg}/ports", render("ports.j2", **values, publish=spec.publish), 0o644, config=True),
+    ]
     if not spec.layers:
         # Shared layers set their own files up (templates/layer/setup.sh.j2).
         ownership = render(

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark: `bench/run --quick` measures every section, (a) to (h), and writes numbers.
+"""Smoke test of the benchmark: `bench/run --quick` measures every section, (a) to (i), and writes numbers.
 
 No timing is asserted: how fast this machine is, is not under test (bench/README.md has the results).
 """
@@ -105,6 +105,15 @@ def test_quick_run_measures_every_section(integration_host: None, tmp_path: Path
     assert all(is_number(h[x]) for x in ("ratio", "shared_runc_ratio", "flat_runc_ratio"))
     assert h["resident"]["packaged-shared"]["extra_processes"] == 0
 
+    # (i) start to first accept through a published port of a private network, beside the host network.
+    i = results["i"]["small"]
+    for variant in ("packaged", "packaged-private"):
+        assert is_number(i[variant]["median"]) and i[variant]["median"] > 0
+    assert any("prepare" in step for step in i["packaged-private"]["steps"]), i["packaged-private"]
+    assert is_number(i["ratio"])
+    if "podman-bridge" in i:
+        assert is_number(i["podman_ratio"])
+
     # Every section is in the printed table, and every ratio of the new ones names its two sides.
     for row in (
         "(a) cold build",
@@ -116,6 +125,7 @@ def test_quick_run_measures_every_section(integration_host: None, tmp_path: Path
         "(g) rebuild after a top-layer change, shared",
         "(g) rebuild after a top-layer change, flat",
         "(h) start → first accept, shared layers",
+        "(i) start → first accept, private network",
     ):
         assert f"| {row}" in proc.stdout
     for ratio in ("shared / unique blobs =", "flat / unique blobs =", "rebuild / cold =", "shared / flat ="):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import time
@@ -44,6 +45,34 @@ def sh(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str
         # The command's own words, so that a CI log says why.
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
     return proc
+
+
+def running(comm: str) -> list[int]:
+    """Processes named COMM, zombies left out (PID 1 of this test host does not reap orphans)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text()
+            name, state = fields[fields.index("(") + 1 : fields.rindex(")")], fields[fields.rindex(")") + 2]
+            if name == comm and state != "Z":
+                found.append(int(stat.parent.name))
+    return found
+
+
+def leftovers() -> list[str]:
+    """What a stopped private-network service could leave on the host: none of it may be there."""
+    found = []
+    links = sh("ip", "-o", "link").stdout
+    found += [f"link {m}" for m in re.findall(r"^\d+: (ctr2svc0|veth\w+)", links, re.MULTILINE)]
+    found += [
+        f"netns {n}" for n in sh("ip", "netns", "list").stdout.split() if n.startswith("ctr2svc-ctr2svc")
+    ]
+    ruleset = sh("nft", "list", "ruleset").stdout
+    found += [
+        f"nft {line.strip()}" for line in ruleset.splitlines() if re.search(r"NETAVARK|10\.89\.240", line)
+    ]
+    found += [f"aardvark-dns pid {pid}" for pid in running("aardvark-dns")]
+    return found
 
 
 def dpkg_installed(name: str) -> bool:

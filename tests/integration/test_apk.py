@@ -24,10 +24,10 @@ import pytest
 from tests.conftest import Cli, require
 from tests.support import openrc
 from tests.support.apk import Apk, read_apk, verify_apk
-from tests.support.images import service_image
+from tests.support.images import service_image, web_image
 from tests.support.registry import Registry, free_port
 
-from .helpers import refuses, wait_for_http
+from .helpers import leftovers, refuses, wait_for_http
 
 pytestmark = pytest.mark.integration
 
@@ -192,3 +192,55 @@ def test_deb_for_an_openrc_host(registry: Registry, ctr2svc: Cli, tmp_path: Path
     # Debian policy: the init script is a conffile.
     conffiles = subprocess.run(["dpkg-deb", "-I", deb, "conffiles"], capture_output=True, text=True).stdout
     assert "/etc/init.d/kvdeb-openrc-svc" in conffiles.splitlines()
+
+
+def test_openrc_private_network(registry: Registry, ctr2svc: Cli, tmp_path: Path) -> None:
+    """--network private under OpenRC (the same helper as under systemd): supervise-daemon's `run` gets
+    the network prepare sets up, the published port answers, a respawn after kill -9 sets it up again,
+    and the stop leaves no link, rule or namespace."""
+    missing = openrc.missing_requirements()
+    require(not missing, f"OpenRC tools missing: {', '.join(missing)} (apt-get install openrc)")
+    require(
+        any(Path(d, "netavark").exists() for d in ("/usr/lib/podman", "/usr/libexec/podman")),
+        "netavark is not installed (apt install netavark aardvark-dns)",
+    )
+    name, port = "netapk-svc", free_port()
+    ref = registry.push(web_image(tmp_path / "layout", "1.0", "private under openrc"), "itest/netapk", "1.0")
+    built = ctr2svc(
+        "build", ref, "--format", "apk", "--name", name, "--network", "private", "-p", f"{port}:80",
+        "-o", tmp_path / "out",
+    )  # fmt: skip
+    apk = read_apk(Path(built.stdout.strip()))
+    assert {"netavark", "aardvark-dns", "iptables", "iproute2"} <= set(apk.pkginfo.get("depend", []))
+    url = f"http://127.0.0.1:{port}/"
+    with openrc.OpenRC() as rc:
+        try:
+            install_files(apk)
+            script(rc, apk, ".post-install", "1.0-r0")
+            assert rc.status(name) == "started"
+            assert wait_for_http(url).strip() == "private under openrc"
+            # The namespace is in OpenRC's mount namespace (where `ip netns add` ran), the veth on the host.
+            assert f"ctr2svc-{name}" in rc.sh("ip netns list").stdout
+            assert any(x.startswith("link ") for x in leftovers())
+            # Its own port 9090 is not published.
+            assert refuses("http://127.0.0.1:9090/")
+
+            child = rc.started_child(name)
+            subprocess.run(["kill", "-9", str(child)], check=True)
+            deadline = time.monotonic() + 30
+            while rc.child_pid(name) in (None, child) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert rc.child_pid(name) not in (None, child)
+            assert wait_for_http(url, deadline=30).strip() == "private under openrc"
+
+            script(rc, apk, ".pre-deinstall", "1.0-r0")
+            assert rc.status(name) == "stopped"
+            assert refuses(url)
+            assert f"ctr2svc-{name}" not in rc.sh("ip netns list").stdout
+            assert leftovers() == []
+        finally:
+            rc.run(name, "stop", check=False)
+            remove_files(apk)
+            subprocess.run(["rc-update", "-a", "del", name], check=False, capture_output=True)
+            for path in (Path(f"/var/lib/{name}"), Path(f"/run/{name}"), Path(f"/usr/libexec/{name}")):
+                shutil.rmtree(path, ignore_errors=True)

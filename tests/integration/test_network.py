@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import subprocess
 import time
@@ -23,12 +22,13 @@ from tests.conftest import Cli, require
 from tests.support.images import web_image
 from tests.support.registry import free_port
 
-from .helpers import purge, sh, wait_for_http
+from .helpers import leftovers, purge, sh, wait_for_http
 
 pytestmark = pytest.mark.integration
 
 # Unique names: the host's dpkg is shared with other tests running at the same time.
 NAMES = ("ctr2svc-neta-svc", "ctr2svc-netb-svc")
+SWITCHED = "ctr2svc-netc-svc"  # built for the host's network; the admin switches it
 PEER = "ctr2svc-netpeer"  # the other machine's namespace
 HOST_SIDE, PEER_SIDE = "c2snpeer0", "c2snpeer1"
 HOST_IP, PEER_IP = "192.168.251.1", "192.168.251.2"
@@ -70,34 +70,6 @@ def refused(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def running(comm: str) -> list[int]:
-    """Processes named COMM, zombies left out (PID 1 of this test host does not reap orphans)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text()
-            name, state = fields[fields.index("(") + 1 : fields.rindex(")")], fields[fields.rindex(")") + 2]
-            if name == comm and state != "Z":
-                found.append(int(stat.parent.name))
-    return found
-
-
-def leftovers() -> list[str]:
-    """What a stopped private-network service could leave on the host: none of it may be there."""
-    found = []
-    links = sh("ip", "-o", "link").stdout
-    found += [f"link {m}" for m in re.findall(r"^\d+: (ctr2svc0|veth\w+)", links, re.MULTILINE)]
-    found += [
-        f"netns {n}" for n in sh("ip", "netns", "list").stdout.split() if n.startswith("ctr2svc-ctr2svc")
-    ]
-    ruleset = sh("nft", "list", "ruleset").stdout
-    found += [
-        f"nft {line.strip()}" for line in ruleset.splitlines() if re.search(r"NETAVARK|10\.89\.240", line)
-    ]
-    found += [f"aardvark-dns pid {pid}" for pid in running("aardvark-dns")]
-    return found
 
 
 @dataclass(frozen=True)
@@ -142,11 +114,11 @@ def installed(
             "-p", f"{ports[name]}:80", "--stop-timeout", "5", "-o", work / name,
         )  # fmt: skip
         debs[name] = Path(proc.stdout.strip())
-    for name in NAMES:
+    for name in (*NAMES, SWITCHED):
         purge(name)
     with peer_machine():
         yield Installed(debs, ports)
-        for name in NAMES:
+        for name in (*NAMES, SWITCHED):
             if helper(name).exists():
                 sh(helper(name), "stop", check=False)
             purge(name)
@@ -344,4 +316,58 @@ def test_purge_releases_the_address(installed: Installed) -> None:
     start(b)
     sh(helper(b), "stop")
     assert Path(f"/var/lib/{b}/address").read_text().strip() == address
+    assert leftovers() == []
+
+
+def test_admin_switches_the_network(ctr2svc: Cli, installed: Installed, tmp_path: Path) -> None:
+    """/etc/NAME/network, the admin's like /etc/NAME/ports: a package built for the host's network
+    runs on a private one with published ports, and back, each at the next start, leaving nothing."""
+    source = web_image(tmp_path / "layout", "gamma", "gamma")
+    built = ctr2svc("build", source, "--name", SWITCHED, "--version", "1.0", "-o", tmp_path / "o")
+    deb = Path(built.stdout.strip())
+    conffiles = sh("dpkg-deb", "-I", deb, "conffiles").stdout.split()
+    assert {f"/etc/{SWITCHED}/network", f"/etc/{SWITCHED}/ports"} <= set(conffiles)
+    # The network stack is the private network's to need: the host package does not pull it in.
+    assert "netavark" not in sh("dpkg-deb", "-f", deb, "Depends").stdout
+    dpkg_install(deb)
+    config = Path("/etc") / SWITCHED
+    assert [w for w in (config / "network").read_text().split("\n") if w and w[0] != "#"] == ["host"]
+    published, own, second = free_port(), free_port(), free_port()
+    env = (config / "env").read_text()
+    (config / "env").write_text(env + f"HTTP_PORT={own}\nSECOND_PORT={second}\n")
+
+    # Host package, private network: its own namespace, its name, the published port only.
+    (config / "network").write_text("# the admin's\nprivate\n")
+    (config / "ports").write_text(f"{published}:{own}\n")
+    start(SWITCHED)
+    try:
+        assert Path(f"/run/netns/ctr2svc-{SWITCHED}").exists()
+        assert peer_get(f"http://{HOST_IP}:{published}/").strip() == "gamma"
+        assert refused("127.0.0.1", own) and refused("127.0.0.1", second)
+        assert in_container(SWITCHED, "hostname").stdout.strip() == SWITCHED
+        assert Path(f"/var/lib/{SWITCHED}/address").read_text().startswith("10.89.240.")
+    finally:
+        sh(helper(SWITCHED), "stop")
+    assert leftovers() == []
+
+    # Back to the host's network: its ports are the host's; the ports file is said to be unused.
+    (config / "network").write_text("host\n")
+    prepared = sh(helper(SWITCHED), "prepare")
+    assert f"the ports in {config}/ports are not published" in prepared.stderr, prepared.stderr
+    start(SWITCHED)
+    try:
+        assert not Path(f"/run/netns/ctr2svc-{SWITCHED}").exists()
+        assert wait_for_http(f"http://{HOST_IP}:{own}/").strip() == "gamma"
+        assert refused("127.0.0.1", published)
+        assert in_container(SWITCHED, "hostname").stdout.strip() == socket.gethostname()
+    finally:
+        sh(helper(SWITCHED), "stop")
+    assert leftovers() == []
+
+    # A word the helper does not know: the start fails, naming the file and the two it takes.
+    (config / "network").write_text("bridge\n")
+    proc = sh(helper(SWITCHED), "prepare", check=False)
+    sh(helper(SWITCHED), "cleanup")
+    assert proc.returncode != 0
+    assert f"{SWITCHED}: {config}/network says 'bridge': write host or private there" in proc.stderr
     assert leftovers() == []

@@ -559,10 +559,11 @@ def layered_service_image(layout: Path, tag: str, *, port: int, version_text: st
 
 
 WEB_ENTRYPOINT = r"""#!/bin/sh
-# Serves /www on port 80 and on 9090; SIGTERM stops both (PID 1 ignores signals it does not handle).
-httpd -f -p 80 -h /www &
+# Serves /www on port 80 and on 9090 (HTTP_PORT and SECOND_PORT say otherwise); SIGTERM stops both
+# (PID 1 ignores signals it does not handle).
+httpd -f -p "${HTTP_PORT:-80}" -h /www &
 a=$!
-httpd -f -p 9090 -h /www &
+httpd -f -p "${SECOND_PORT:-9090}" -h /www &
 b=$!
 trap 'kill $a $b; exit 0' TERM
 wait

@@ -348,7 +348,38 @@ def test_network_awk_writes_netavarks_options(awk: list[str], spec: ServiceSpec,
         assert f"valkey-svc: {ports} line {line.count(chr(10)) + 2}: {problem}" in bad.stderr, bad.stderr
 
 
-def test_host_network_helper_has_no_network_code(spec: ServiceSpec) -> None:
-    files = rendered(spec)
-    assert "netavark" not in files["service"] and "private-network.awk" in files
-    assert "ports" not in files  # no /etc/NAME/ports in a host-network package
+@pytest.mark.parametrize("awk", AWKS, ids=["awk", "busybox-awk"])
+@pytest.mark.parametrize(("packaged_mode", "admin_mode"), [("host", "private"), ("private", "host")])
+def test_config_awk_switches_the_network(
+    awk: list[str],
+    packaged_mode: str,
+    admin_mode: str,
+    spec: ServiceSpec,
+    umoci_config: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """/etc/NAME/network says otherwise than the package: the runtime config the helper writes is the
+    one ctr2svc would have packaged for the admin's mode (namespaces, host name), valid JSON."""
+    if not shutil.which(awk[0]):
+        pytest.skip(f"{awk[0]} is not installed")
+    built = dataclasses.replace(spec, network=packaged_mode)
+    wanted = runtime_config.patch(umoci_config, dataclasses.replace(spec, network=admin_mode))
+    program = tmp_path / "config.awk"
+    program.write_text(rendered(built)["config.awk"])
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(runtime_config.patch(umoci_config, built), indent=2) + "\n")
+    missing = tmp_path / "missing"
+    hostname = "valkey-svc" if admin_mode == "private" else "somehost"
+    variables = [f"ENVFILE={missing}", f"ARGSFILE={missing}", f"MOUNTSFILE={missing}"]
+    variables += ["NAME=valkey-svc", "ENTRYPOINT_N=1", f"HOSTNAME={hostname}", f"NETWORK={admin_mode}"]
+    variables.append(f"NETNS_PATH={runtime_config.netns_path(spec.name)}")
+    argv: list[str | Path] = [*awk, *(f"-v{v}" for v in variables), "-f", program, config]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    switched = json.loads(result.stdout)
+    # The host name goes into the environment as HOSTNAME, as Docker sets it: the rest is the same.
+    env = [e for e in switched["process"]["env"] if not e.startswith("HOSTNAME=")]
+    assert (env, switched["process"]["env"][0]) == (wanted["process"]["env"], f"HOSTNAME={hostname}")
+    switched["process"]["env"] = wanted["process"]["env"]
+    assert switched == wanted
+    assert next(iter(switched)) == "ociVersion"

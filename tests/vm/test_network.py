@@ -2,8 +2,9 @@
 listen on port 80, installed side by side with `-p 8081:80` and `-p 8082:80`; both answer from the VM
 itself and from a network namespace in it that plays another machine (a veth into the VM); an
 unpublished port is not reachable; A reaches B by name; outbound works; restart, upgrade and reboot keep
-the addresses and ports; a port conflict fails the start clearly; after kill -9, stop, remove and purge
-nothing is left (interfaces, nft ruleset, namespaces).
+the addresses and ports; a port conflict fails the start clearly; the admin switches a service to the
+host's network and back; after kill -9, stop, remove and purge nothing is left (interfaces, nft ruleset,
+namespaces).
 
 The VM has no route to Debian's mirror: netavark, aardvark-dns and iptables (with the libraries the
 minimal image lacks) are downloaded on this host and installed with dpkg first.
@@ -184,6 +185,25 @@ def test_a_taken_port_fails_the_start_clearly(vm: vmhost.VM, debs: Debs) -> None
         vm.ssh("pkill -f 'busybox [h]ttpd -p 8083' || true")
         vm.ssh(f"cp /root/ports.saved /etc/{B}/ports && systemctl reset-failed {B} && systemctl restart {B}")
     answers(vm)
+
+
+def test_the_admin_switches_the_network(vm: vmhost.VM, debs: Debs) -> None:
+    """/etc/NAME/network under systemd: B onto the host's network (its ports are the VM's own, none
+    published), then back onto the bridge, each with a `systemctl restart`."""
+    vm.ssh(f"cp /etc/{B}/env /root/env.saved && printf 'HTTP_PORT=8090\\nSECOND_PORT=8091\\n' >>/etc/{B}/env")
+    try:
+        vm.ssh(f"echo host >/etc/{B}/network && systemctl restart {B}")
+        assert get(vm, f"http://{HOST_IP}:8090/", where=f"ip netns exec {PEER}") == "beta"
+        assert vm.ssh(f"ip netns list | grep -c ctr2svc-{B}", check=False).stdout.strip() == "0"
+        assert in_container(vm, B, "hostname") == vm.ssh("hostname").stdout.strip()
+        refused = vm.ssh(f"curl -sS --max-time 2 http://127.0.0.1:{PORTS[B]}/", check=False)
+        assert refused.returncode != 0
+        journal = vm.ssh(f"journalctl -u {B} --no-pager -o cat -n 20").stdout
+        assert f"the ports in /etc/{B}/ports are not published" in journal, journal
+    finally:
+        vm.ssh(f"cp /root/env.saved /etc/{B}/env && echo private >/etc/{B}/network && systemctl restart {B}")
+    answers(vm)
+    assert in_container(vm, B, "hostname") == B
 
 
 def test_stop_remove_purge_leave_nothing(vm: vmhost.VM, debs: Debs) -> None:

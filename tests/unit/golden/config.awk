@@ -5,6 +5,7 @@
 #   env:    KEY=VALUE lines; they replace the image's value of KEY or add it.
 #   args:   one argument a line; if any, they replace the image's command (the entrypoint stays).
 #   mounts: "SOURCE DESTINATION [OPTIONS]" lines; OPTIONS is ro (default) or rw.
+#   network: host or private (read by the helper, which passes NETWORK).
 # Lines starting with # and empty lines are skipped everywhere.
 
 function fail(file, n, msg) {
@@ -101,6 +102,42 @@ BEGIN {
 # An absolute cgroup path worked out at start (crun), instead of the packaged relative one.
 CGROUPS_PATH != "" && /^    "cgroupsPath": / {
     print "    \"cgroupsPath\": " quote(CGROUPS_PATH) (($0 ~ /,$/) ? "," : "")
+    next
+}
+
+# The network ($CONFIG_DIR/network): the host's, or the private namespace at NETNS_PATH with a UTS
+# namespace of its own whose name is HOSTNAME. The packaged file has one or the other; both ways are
+# rewritten here. ctr2svc writes "hostname" right after "ociVersion", never last: no comma to mend.
+/^  "hostname": / { next }
+/^  "ociVersion": / {
+    print
+    if (NETWORK == "private") print "  \"hostname\": " quote(HOSTNAME) ","
+    next
+}
+/^    "namespaces": \[$/ {
+    print
+    n = 0
+    split("", body)
+    while ((getline line) > 0 && line !~ /^    \],?$/) {
+        if (line ~ /^      \{$/) { body[++n] = ""; dropped[n] = 0; continue }
+        if (line ~ /^      \},?$/) continue
+        if (line ~ /^        "type": "(network|uts)"/) dropped[n] = 1
+        body[n] = body[n] line "\n"
+    }
+    end = line
+    m = 0
+    split("", kept)
+    for (i = 1; i <= n; i++) if (!dropped[i]) kept[++m] = body[i]
+    if (NETWORK == "private") {
+        kept[++m] = "        \"type\": \"network\",\n        \"path\": " quote(NETNS_PATH) "\n"
+        kept[++m] = "        \"type\": \"uts\"\n"
+    }
+    for (i = 1; i <= m; i++) {
+        print "      {"
+        printf "%s", kept[i]
+        print "      }" (i < m ? "," : "")
+    }
+    print end
     next
 }
 
