@@ -168,7 +168,9 @@ def test_unit_values(spec: ServiceSpec) -> None:
     for line in (
         "ExecStart=/usr/libexec/valkey-svc/service start",
         "KillSignal=SIGTERM",
-        "TimeoutStopSec=30",
+        # The helper's stop waits the stop timeout; the unit's allows the network's teardown more.
+        "ExecStop=/usr/libexec/valkey-svc/service stop",
+        "TimeoutStopSec=120",
         "Restart=on-failure",
         "Delegate=yes",
         "WantedBy=multi-user.target",
