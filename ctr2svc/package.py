@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import shutil
+import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,9 +195,11 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         runs = f"The container image {name}, run as {init} service with {spec.runtime}, pinned to the digest:"
         description = debian.description(spec.description, runs, spec.image.digest)
     else:
-        # Lines short enough for rpmlint; a reference cannot be wrapped, so it has its own line.
-        runs = f"The container image, run as {init} service with {spec.runtime}:"
-        description = f"{spec.description}\n{runs}\n{spec.image.pinned}"
+        # rpmlint's 79 columns, as the .deb's: the image's name wrapped, its digest on a line of its
+        # own. The Summary is the first line already: the description does not repeat it.
+        name = spec.image.pinned.rsplit("@", 1)[0]
+        runs = f"The container image {name}, run as {init} service with {spec.runtime}, pinned to the digest:"
+        description = "\n".join([*debian.wrap(runs), spec.image.digest])
     version = parse_version(fmt, spec.version)
     config: dict[str, Any] = {
         "name": spec.name,
@@ -239,12 +242,17 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
             },
         }
     elif fmt is PackageFormat.RPM:
-        config["rpm"] = {
-            "compression": nfpm_compression(inputs.compression),
-            "summary": spec.description,
-            "group": "System Environment/Daemons",
-            "packager": spec.maintainer,
-        }
+        from ctr2svc import __version__
+
+        reference, digest = spec.image.pinned.rsplit("@", 1)
+        runs = f"run as {init} service by ctr2svc {__version__}"
+        change = f"The container image {reference}, pinned to {digest}, {runs}."
+        config["rpm"] = rpm_section(
+            spec.description, "System Environment/Daemons", spec.maintainer, inputs.compression
+        )
+        config["changelog"] = str(
+            staged_file(rpm_changelog(version.full, [change], spec.maintainer, epoch), "changelog.yaml")
+        )
     else:
         config["apk"] = {"scripts": apk_scripts}
     if spec.homepage:
@@ -504,12 +512,12 @@ def layer_config(layer: LayerPackage, staging: Path) -> dict[str, Any]:
     size = f"{len(scan.entries)} files, {scan.file_bytes / 1e6:.1f} MB"
     summary = f"{what} {unit.id[:19]} ({size}), shared by ctr2svc services"
     version = parse_version(fmt, PACKAGE_VERSION)
-    description = f"{summary}\n{unit.id}" if fmt is not PackageFormat.APK else summary
+    synopsis = f"{what} {unit.id[:19]} ({size})"
+    shared_by = "Shared by the ctr2svc services whose images have it."
+    # apk's description is one line; rpm's Summary is the synopsis, its description the rest.
+    description = summary if fmt is PackageFormat.APK else f"{shared_by}\n{unit.id}"
     if fmt is PackageFormat.DEB:
-        synopsis = f"{what} {unit.id[:19]} ({size})"
-        description = debian.description(
-            synopsis, "Shared by the ctr2svc services whose images have it.", unit.id
-        )
+        description = debian.description(synopsis, shared_by, unit.id)
         for number, doc in enumerate(layer_debian_files(layer, version.full, epoch)):
             path = staging / f"doc-{number}"
             path.write_bytes(doc.data)
@@ -540,17 +548,46 @@ def layer_config(layer: LayerPackage, staging: Path) -> dict[str, Any]:
             "fields": {"X-Ctr2svc-Layer": unit.id},
         }
     elif fmt is PackageFormat.RPM:
-        config["rpm"] = {
-            "compression": nfpm_compression(layer.compression),
-            "summary": summary,
-            "group": "System Environment/Base",
-            "packager": layer.maintainer,
-        }
+        config["rpm"] = rpm_section(synopsis, "System Environment/Base", layer.maintainer, layer.compression)
+        change = f"The container image layer {unit.id}, for ctr2svc services."
+        changelog = staging / "changelog.yaml"
+        changelog.write_text(rpm_changelog(version.full, [change], layer.maintainer, epoch))
+        config["changelog"] = str(changelog)
     else:
         config["apk"] = {}
     if layer.sign_key_file is not None:
         _sign(config, fmt, layer.sign_key_file, layer.sign_key_name or "ctr2svc.rsa.pub")
     return config
+
+
+def rpm_section(summary: str, group: str, packager: str, compression: str) -> dict[str, Any]:
+    """nfpm's rpm section: the Summary capitalised and within rpmlint's 79 columns, and a fixed build
+    host (nfpm's default is this machine's name, which would make the package differ by machine;
+    openSUSE's reproducible builds use the same word)."""
+    summary = metadata.one_line(summary, debian.SYNOPSIS_LIMIT)
+    return {
+        "compression": nfpm_compression(compression),
+        "summary": summary[:1].upper() + summary[1:],
+        "group": group,
+        "packager": packager,
+        "buildhost": "reproducible",
+    }
+
+
+def rpm_changelog(version: str, changes: list[str], packager: str, epoch: int) -> str:
+    """A one-entry %changelog as nfpm reads it (goreleaser/chglog's YAML; JSON is YAML), dated EPOCH:
+    rpm shows it as "* DATE PACKAGER - VERSION" and one "- CHANGE" each."""
+    notes = [
+        "\n  ".join(textwrap.wrap(c, debian.LINE_LIMIT - 2, break_long_words=False, break_on_hyphens=False))
+        for c in changes
+    ]
+    entry = {
+        "semver": version,
+        "date": _mtime(epoch),
+        "packager": packager,
+        "changes": [{"note": note} for note in notes],
+    }
+    return json.dumps([entry], indent=1) + "\n"
 
 
 def layer_debian_files(layer: LayerPackage, version: str, epoch: int) -> list[debian.DocFile]:

@@ -390,6 +390,14 @@ def _directory(repo: Path, package: PackageFile) -> Path:
     return repo / str(package.format)
 
 
+def _published_name(package: PackageFile) -> str:
+    """A new package's file name in the repository: as given, but NAME-VERSION.apk for apk, the name
+    apk-tools downloads a package by (its index has the P: and V: fields, no file name)."""
+    if package.format is PackageFormat.APK:
+        return f"{package.name}-{package.version}.apk"
+    return package.path.name
+
+
 def _scan(repo: Path, fmt: PackageFormat) -> list[PackageFile]:
     base = repo / str(fmt)
     found = base.glob(f"*/*.{fmt}") if fmt is PackageFormat.APK else base.glob(f"*.{fmt}")
@@ -525,12 +533,14 @@ def _add_locked(
     accepted: list[PackageFile] = []
     unchanged: list[Path] = []
     for new in files:
-        target = _directory(repo, new) / new.path.name
+        target = _directory(repo, new) / _published_name(new)
         problem = None
         for other, in_repo in [(o, False) for o in accepted] + [(o, True) for o in existing]:
             if other.format is not new.format:
                 continue
-            same_place = (_directory(repo, other) / other.path.name) == target
+            same_place = (
+                _directory(repo, other) / (other.path.name if in_repo else _published_name(other))
+            ) == target
             if other.identity != new.identity and not same_place:
                 continue
             if new.is_layer and other.is_layer and new.identity == other.identity:
@@ -601,7 +611,7 @@ def _add_locked(
         shutil.rmtree(staging, ignore_errors=True)
     for old in pruned:
         log.info(f"  pruned {old.path.name}")
-    added = [_directory(repo, p) / p.path.name for p in accepted]
+    added = [_directory(repo, p) / _published_name(p) for p in accepted]
     return RepoResult(added, [p.path for p in pruned], index, unchanged)
 
 
@@ -645,7 +655,7 @@ def _stage_and_commit(
                 _link_or_copy(package.path, stage / package.path.name)
         for package in accepted:
             if _directory(repo, package) == directory:
-                shutil.copyfile(package.path, stage / package.path.name)
+                shutil.copyfile(package.path, stage / _published_name(package))
         fmt = rel.parts[0]
         if fmt == "deb":
             index += [directory / p.name for p in _index_deb(stage, signing, staging / "release")]
@@ -662,8 +672,9 @@ def _stage_and_commit(
         directory.mkdir(parents=True, exist_ok=True)
         for package in accepted:
             if _directory(repo, package) == directory:
-                (stage / package.path.name).replace(directory / package.path.name)
-                log.debug(f"wrote {directory / package.path.name}")
+                name = _published_name(package)
+                (stage / name).replace(directory / name)
+                log.debug(f"wrote {directory / name}")
     for directory, stage in staged.items():
         fmt = directory.relative_to(repo).parts[0]
         if fmt == "deb":

@@ -206,6 +206,9 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
         script = render("openrc/init.j2", **values)
         config = spec.format is PackageFormat.DEB
         files.append(GeneratedFile(spec.layout.init_script, script, 0o755, config=config))
+        # The init script sends the output to /var/log/NAME.log: logrotate keeps it in bounds.
+        logrotate = render("openrc/logrotate.j2", **values)
+        files.append(GeneratedFile(f"/etc/logrotate.d/{spec.name}", logrotate, 0o644, config=True))
     else:
         files.append(GeneratedFile(spec.layout.unit_path, render("service.unit.j2", **values), 0o644))
         if spec.health is not None:

@@ -1,16 +1,20 @@
-"""The Alpine .apk: its streams and fields checked by a reader of our own (apk-tools is not reachable
-from here), then its files put in place as apk would and its scripts and OpenRC init script run for
-real with Debian's openrc (openrc-run, supervise-daemon) and runc: install, answer, respawn, upgrade,
-stop with the image's STOPSIGNAL, deinstall.
+"""The Alpine .apk: its streams and fields checked by a reader of our own, then its files put in place
+as apk would and its scripts and OpenRC init script run for real with Debian's openrc (openrc-run,
+supervise-daemon) and runc: install, answer, the log rotated by the package's logrotate file while
+the service runs, upgrade, stop with the image's STOPSIGNAL, deinstall; and a respawn after the
+container's init is killed (a new container, started by supervise-daemon). The files are extracted
+as root, which is what apk does for owners the target has no user for; ownership.sh then puts the
+image's owners back, as the package's scripts do on Alpine.
 
-What this cannot show: apk-tools itself (its database, owner lookup, file replacement). The files are
-extracted as root, which is what apk does for owners the target has no user for; ownership.sh then puts
-the image's owners back, as the package's scripts do on Alpine.
+Then the repository `ctr2svc repo add` writes, read over HTTP by the real apk-tools 2.14 (built from
+tests/vendor/apk-tools, as test_shared_formats.py does) installing into a root of its own: the signed
+index, dependencies resolved from it, install and upgrade, and what apk refuses.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import tarfile
@@ -26,14 +30,18 @@ from tests.support import openrc
 from tests.support.apk import Apk, read_apk, verify_apk
 from tests.support.images import service_image, web_image
 from tests.support.registry import Registry, free_port
+from tests.support.webserver import serve
 
-from .helpers import leftovers, refuses, wait_for_http
+from .helpers import leftovers, refuses, sh, wait_for_http
+from .test_shared_formats import apk_tool, make_root, stub_packages  # noqa: F401 - apk_tool: a fixture
 
 pytestmark = pytest.mark.integration
 
 NAME = "kvapk-svc"
 INIT = Path("/etc/init.d") / NAME
 LOG = Path("/var/log") / f"{NAME}.log"
+ROTATED = Path("/var/log") / f"{NAME}.log.1"
+LOGROTATE = Path("/etc/logrotate.d") / NAME
 DATA = Path("/var/lib") / NAME
 
 
@@ -77,6 +85,10 @@ def test_structure_and_fields(built: Built) -> None:
     assert apk.member(f"{rootfs}/var/run").type == "symlink"
     # OpenRC only: a systemd unit beside an init.d script would be the wrong integration.
     assert not [m for m in apk.members if "systemd" in m.name]
+    # The init script's log file, rotated by logrotate.
+    logrotate = apk.member(f"etc/logrotate.d/{NAME}")
+    assert logrotate.mode & 0o777 == 0o644
+    assert logrotate.data is not None and f"/var/log/{NAME}.log {{".encode() in logrotate.data
 
 
 def install_files(apk: Apk) -> None:
@@ -107,8 +119,8 @@ def rc() -> Iterator[openrc.OpenRC]:
     subprocess.run(["rc-update", "-a", "del", NAME], check=False, capture_output=True)
     for path in (Path("/opt/containers") / NAME, Path(f"/usr/libexec/{NAME}"), DATA, Path(f"/run/{NAME}")):
         shutil.rmtree(path, ignore_errors=True)
-    INIT.unlink(missing_ok=True)
-    LOG.unlink(missing_ok=True)
+    for leftover in (INIT, LOG, ROTATED, LOGROTATE):
+        leftover.unlink(missing_ok=True)
 
 
 def runlevels() -> list[str]:
@@ -126,7 +138,10 @@ def script(rc: openrc.OpenRC, apk: Apk, name: str, *args: str) -> None:
     rc.sh(f"sh -s {' '.join(args)} <<'CTR2SVC_SCRIPT'\n{body}\nCTR2SVC_SCRIPT", timeout=180)
 
 
-def test_openrc_service_lifecycle(built: Built, rc: openrc.OpenRC) -> None:
+def test_openrc_service_lifecycle(built: Built, rc: openrc.OpenRC, tmp_path: Path) -> None:
+    logrotate = shutil.which("logrotate")
+    require(logrotate is not None, "logrotate is not installed (apt-get install logrotate)")
+    assert logrotate is not None
     url = f"http://127.0.0.1:{built.port}"
     v1, v2 = read_apk(built.apks["1.0"]), read_apk(built.apks["2.0"])
     install_files(v1)
@@ -142,14 +157,17 @@ def test_openrc_service_lifecycle(built: Built, rc: openrc.OpenRC) -> None:
     assert wait_for_http(f"{url}/cgi-bin/whoami").strip() == "999:999"
     assert "kv 1.0 serving on port" in LOG.read_text()
 
-    # A crash: supervise-daemon runs the helper again, whose prepare clears runc's leftover state.
-    child = rc.started_child(NAME)
-    subprocess.run(["kill", "-9", str(child)], check=True)
-    deadline = time.monotonic() + 30
-    while rc.child_pid(NAME) in (None, child) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert rc.child_pid(NAME) not in (None, child)
-    assert wait_for_http(f"{url}/cgi-bin/get?answer", deadline=30).strip() == "42"
+    # logrotate with the package's configuration: the log moves to NAME.log.1 (copied, then emptied)
+    # and the running container, whose output supervise-daemon opened for appending, goes on writing
+    # at the start of the emptied file, with no hole.
+    sh(logrotate, "--force", "--state", tmp_path / "logrotate.state", LOGROTATE)
+    assert "kv 1.0 serving on port" in ROTATED.read_text()
+    assert wait_for_http(f"{url}/").strip() == "kv 1.0"  # httpd -v logs a static file's response
+    deadline = time.monotonic() + 10
+    while b"response:200" not in LOG.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = LOG.read_bytes()
+    assert b"response:200" in after and not after.startswith(b"\0") and b"serving" not in after, after
 
     # Upgrade: apk swaps the files, then post-upgrade restarts the running service on the new image.
     install_files(v2)
@@ -172,6 +190,36 @@ def test_openrc_service_lifecycle(built: Built, rc: openrc.OpenRC) -> None:
     assert (DATA / "volumes/data/answer").read_text() == "42"
 
 
+def test_respawn_after_kill_runs_a_new_container(built: Built, rc: openrc.OpenRC) -> None:
+    """A crash (the container's init killed with SIGKILL): runc exits with it, supervise-daemon runs the
+    helper again, and a new container serves, its output in the log.
+
+    A SIGKILL of runc itself leaves its container running as an orphan, which the helper's `run`
+    removes before it starts a new one; that path is not run here: this test host's PID 1 reaps no
+    orphans, and `runc delete` waits for the killed init's zombie (up to the helper's 10 s bound)."""
+    url = f"http://127.0.0.1:{built.port}"
+    v1 = read_apk(built.apks["1.0"])
+    install_files(v1)
+    script(rc, v1, ".post-install", "1.0-r0")
+    assert wait_for_http(f"{url}/").strip() == "kv 1.0"
+
+    def init_pid() -> str:
+        state = rc.sh(f"runc --root /run/{NAME}/runc state {NAME}", check=False).stdout
+        return str(json.loads(state)["pid"]) if state.strip() else ""
+
+    before = init_pid()
+    subprocess.run(["kill", "-9", before], check=True)
+    deadline = time.monotonic() + 30
+    now = init_pid()
+    while now in ("", before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = init_pid()
+    assert now not in ("", before), LOG.read_text()[-2000:]
+    assert wait_for_http(f"{url}/", deadline=30).strip() == "kv 1.0"
+    assert LOG.read_text().count("kv 1.0 serving on port") == 2, LOG.read_text()[-2000:]
+    script(rc, v1, ".pre-deinstall", "1.0-r0")
+
+
 def test_deb_for_an_openrc_host(registry: Registry, ctr2svc: Cli, tmp_path: Path) -> None:
     """--init openrc with a .deb: the init script instead of the unit, and a dependency on openrc."""
     source = service_image(tmp_path / "layout", "1.0", port=free_port(), version_text="kv")
@@ -192,12 +240,13 @@ def test_deb_for_an_openrc_host(registry: Registry, ctr2svc: Cli, tmp_path: Path
     # Debian policy: the init script is a conffile.
     conffiles = subprocess.run(["dpkg-deb", "-I", deb, "conffiles"], capture_output=True, text=True).stdout
     assert "/etc/init.d/kvdeb-openrc-svc" in conffiles.splitlines()
+    assert "/etc/logrotate.d/kvdeb-openrc-svc" in conffiles.splitlines()
 
 
 def test_openrc_private_network(registry: Registry, ctr2svc: Cli, tmp_path: Path) -> None:
     """--network private under OpenRC (the same helper as under systemd): supervise-daemon's `run` gets
-    the network prepare sets up, the published port answers, a respawn after kill -9 sets it up again,
-    and the stop leaves no link, rule or namespace."""
+    the network prepare sets up, the published port answers, a respawn after a crash runs a new
+    container on it, and the stop leaves no link, rule or namespace."""
     missing = openrc.missing_requirements()
     require(not missing, f"OpenRC tools missing: {', '.join(missing)} (apt-get install openrc)")
     require(
@@ -225,12 +274,19 @@ def test_openrc_private_network(registry: Registry, ctr2svc: Cli, tmp_path: Path
             # Its own port 9090 is not published.
             assert refuses("http://127.0.0.1:9090/")
 
-            child = rc.started_child(name)
-            subprocess.run(["kill", "-9", str(child)], check=True)
+            def init_pid() -> str:
+                state = rc.sh(f"runc --root /run/{name}/runc state {name}", check=False).stdout
+                return str(json.loads(state)["pid"]) if state.strip() else ""
+
+            # A crash (its init killed): a new container on the network prepare set up.
+            before = init_pid()
+            subprocess.run(["kill", "-9", before], check=True)
             deadline = time.monotonic() + 30
-            while rc.child_pid(name) in (None, child) and time.monotonic() < deadline:
+            now = init_pid()
+            while now in ("", before) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert rc.child_pid(name) not in (None, child)
+                now = init_pid()
+            assert now not in ("", before)
             assert wait_for_http(url, deadline=30).strip() == "private under openrc"
 
             script(rc, apk, ".pre-deinstall", "1.0-r0")
@@ -244,3 +300,77 @@ def test_openrc_private_network(registry: Registry, ctr2svc: Cli, tmp_path: Path
             subprocess.run(["rc-update", "-a", "del", name], check=False, capture_output=True)
             for path in (Path(f"/var/lib/{name}"), Path(f"/run/{name}"), Path(f"/usr/libexec/{name}")):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def test_repository_read_by_apk(built: Built, ctr2svc: Cli, apk_tool: Path, tmp_path: Path) -> None:  # noqa: F811
+    """`repo add` makes a repository apk-tools itself uses: `apk update` over HTTP checks the index's
+    RSA signature with the key in /etc/apk/keys, `apk add` resolves the dependencies from the index and
+    downloads each package by the name the index implies, checked against the index's C: checksum,
+    and `apk upgrade` moves to the newer version. With another key, or none, apk refuses the index; a
+    package swapped for another in the repository is refused."""
+    for name in ("ops", "other"):
+        sh("openssl", "genrsa", "-out", tmp_path / f"{name}.rsa", "2048")
+        sh("openssl", "rsa", "-in", tmp_path / f"{name}.rsa", "-pubout", "-out", tmp_path / f"{name}.rsa.pub")
+    # Stand-ins for runc and openrc, as files named runc.apk and openrc.apk: the repository stores
+    # every package under the name apk fetches it by.
+    stubs = stub_packages("apk", tmp_path / "stubs", ("runc", "openrc"))
+    repo = tmp_path / "repo"
+    ctr2svc(
+        "repo", "add", repo, built.apks["1.0"], built.apks["2.0"], *stubs,
+        "--apk-key", tmp_path / "ops.rsa", "--apk-key-name", "ops.rsa.pub",
+    )  # fmt: skip
+    arch_dir = repo / "apk" / "x86_64"
+    assert sorted(p.name for p in arch_dir.glob("*.apk")) == [
+        f"{NAME}-1.0-r0.apk",
+        f"{NAME}-2.0-r0.apk",
+        "openrc-1.0.0.apk",
+        "runc-1.0.0.apk",
+    ]
+
+    with serve(repo) as url:
+
+        def host(name: str, key: Path | None) -> list[str]:
+            """An empty root that trusts KEY as ops.rsa.pub and lists the repository."""
+            root = make_root(tmp_path / name)
+            (root / "etc/apk/keys").mkdir(parents=True)
+            if key is not None:
+                shutil.copyfile(key, root / "etc/apk/keys/ops.rsa.pub")
+            (root / "etc/apk/repositories").write_text(f"{url}/apk\n")
+            apk = [str(apk_tool), "--root", str(root)]
+            sh(*apk, "--initdb", "add")
+            return apk
+
+        def installed(apk: list[str]) -> list[str]:
+            return sorted(sh(*apk, "info", "-v").stdout.split())
+
+        apk = host("good", tmp_path / "ops.rsa.pub")
+        assert "OK: 4 distinct packages available" in sh(*apk, "update").stdout
+        proc = sh(*apk, "add", f"{NAME}=1.0-r0")
+        assert "ERROR" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        assert installed(apk) == [f"{NAME}-1.0-r0", "openrc-1.0.0", "runc-1.0.0"]
+        rootfs = Path(apk[2]) / f"opt/containers/{NAME}/1.0-r0/rootfs"
+        assert (rootfs / "home/app/owned.txt").stat().st_uid == 999  # post-install ran
+        sh(*apk, "add", NAME)  # no longer pinned to 1.0-r0
+        proc = sh(*apk, "upgrade")
+        assert f"Upgrading {NAME} (1.0-r0 -> 2.0-r0)" in proc.stdout, proc.stdout + proc.stderr
+        assert installed(apk) == [f"{NAME}-2.0-r0", "openrc-1.0.0", "runc-1.0.0"]
+        new_rootfs = Path(apk[2]) / f"opt/containers/{NAME}/2.0-r0/rootfs"
+        assert (new_rootfs / "www/index.html").read_text() == "kv 2.0\n"
+
+        for name, key, says in (
+            ("other-key", tmp_path / "other.rsa.pub", "BAD signature"),
+            ("no-key", None, "UNTRUSTED signature"),
+        ):
+            apk = host(name, key)
+            update = sh(*apk, "update", check=False)
+            assert update.returncode != 0 and says in update.stderr, update.stdout + update.stderr
+            assert sh(*apk, "add", NAME, check=False).returncode != 0
+            assert installed(apk) == []
+
+        # Another package under 2.0's name: its control data is not what the signed index vouches for.
+        (arch_dir / f"{NAME}-2.0-r0.apk").write_bytes(built.apks["1.0"].read_bytes())
+        apk = host("swapped", tmp_path / "ops.rsa.pub")
+        sh(*apk, "update")
+        proc = sh(*apk, "add", NAME, check=False)
+        assert proc.returncode != 0 and f"{NAME}-2.0-r0: BAD signature" in proc.stderr, proc.stderr
+        assert NAME not in " ".join(installed(apk))

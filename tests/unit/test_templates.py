@@ -124,6 +124,8 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
         for f in units.service_files(variant, sample_scan()):
             if f.dest in integration:
                 files[f"{prefix}-{Path(f.dest).name}"] = f.content
+            elif f.dest.startswith("/etc/logrotate.d/"):
+                files[f"{prefix}-logrotate"] = f.content
         files.update({f"{prefix}-{k}": v for k, v in units.package_scripts(variant).items()})
     files.update(layer_scripts())
     # The generator's version is in every header: keep the golden files stable across releases.
