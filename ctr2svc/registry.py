@@ -403,7 +403,9 @@ def _map_registry_error(
             + ")",
             "check the registry address and port: it must point at a registry's API",
         )
-    if re.search(r"(?:^|: )(?:unexpected )?eof$|connection reset by peer", message.lower()):
+    # Go's client says "EOF", or "server closed idle connection" when it reused a kept-alive one.
+    closed = r"(?:^|: )(?:unexpected )?eof$|connection reset by peer|server closed idle connection"
+    if re.search(closed, message.lower()):
         return image_error(
             f"{where} closed the connection without answering as a container registry",
             "check the registry address and port, and whether it needs --tls-verify or --no-tls-verify",
