@@ -133,6 +133,7 @@ def test_unit_scripts_and_config_carry_the_values_as_data(packages: dict[str, Pa
     assert execs == [
         f"ExecStartPre=/usr/libexec/{NAME}/service prepare",
         f"ExecStart=/usr/libexec/{NAME}/service start",
+        f"ExecStop=/usr/libexec/{NAME}/service stop",
         f"ExecStopPost=/usr/libexec/{NAME}/service cleanup",
     ], unit
     assert "Documentation=https://example.com/$HOME/src" in directives
