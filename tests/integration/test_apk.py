@@ -190,6 +190,25 @@ def test_openrc_service_lifecycle(built: Built, rc: openrc.OpenRC, tmp_path: Pat
     assert (DATA / "volumes/data/answer").read_text() == "42"
 
 
+def init_pid(rc: openrc.OpenRC, name: str) -> str:
+    """The container's init, as runc reports it; empty when there is no container."""
+    state = rc.sh(f"runc --root /run/{name}/runc state {name}", check=False).stdout
+    return str(json.loads(state)["pid"]) if state.strip() else ""
+
+
+def crash(rc: openrc.OpenRC, name: str, deadline: float = 30.0) -> tuple[str, str]:
+    """Kill the container's init with SIGKILL and wait for supervise-daemon's respawn: (the old init,
+    the new one, or empty when none came within DEADLINE seconds)."""
+    before = init_pid(rc, name)
+    subprocess.run(["kill", "-9", before], check=True)
+    end = time.monotonic() + deadline
+    now = init_pid(rc, name)
+    while now in ("", before) and time.monotonic() < end:
+        time.sleep(0.2)
+        now = init_pid(rc, name)
+    return before, now
+
+
 def test_respawn_after_kill_runs_a_new_container(built: Built, rc: openrc.OpenRC) -> None:
     """A crash (the container's init killed with SIGKILL): runc exits with it, supervise-daemon runs the
     helper again, and a new container serves, its output in the log.
@@ -203,17 +222,7 @@ def test_respawn_after_kill_runs_a_new_container(built: Built, rc: openrc.OpenRC
     script(rc, v1, ".post-install", "1.0-r0")
     assert wait_for_http(f"{url}/").strip() == "kv 1.0"
 
-    def init_pid() -> str:
-        state = rc.sh(f"runc --root /run/{NAME}/runc state {NAME}", check=False).stdout
-        return str(json.loads(state)["pid"]) if state.strip() else ""
-
-    before = init_pid()
-    subprocess.run(["kill", "-9", before], check=True)
-    deadline = time.monotonic() + 30
-    now = init_pid()
-    while now in ("", before) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = init_pid()
+    before, now = crash(rc, NAME)
     assert now not in ("", before), LOG.read_text()[-2000:]
     assert wait_for_http(f"{url}/", deadline=30).strip() == "kv 1.0"
     assert LOG.read_text().count("kv 1.0 serving on port") == 2, LOG.read_text()[-2000:]
@@ -274,18 +283,8 @@ def test_openrc_private_network(registry: Registry, ctr2svc: Cli, tmp_path: Path
             # Its own port 9090 is not published.
             assert refuses("http://127.0.0.1:9090/")
 
-            def init_pid() -> str:
-                state = rc.sh(f"runc --root /run/{name}/runc state {name}", check=False).stdout
-                return str(json.loads(state)["pid"]) if state.strip() else ""
-
             # A crash (its init killed): a new container on the network prepare set up.
-            before = init_pid()
-            subprocess.run(["kill", "-9", before], check=True)
-            deadline = time.monotonic() + 30
-            now = init_pid()
-            while now in ("", before) and time.monotonic() < deadline:
-                time.sleep(0.2)
-                now = init_pid()
+            before, now = crash(rc, name)
             assert now not in ("", before)
             assert wait_for_http(url, deadline=30).strip() == "private under openrc"
 
