@@ -1,10 +1,17 @@
-"""A directory served over HTTP on 127.0.0.1, as a web server serves a package repository to its hosts."""
+"""A directory served over HTTP on 127.0.0.1, as a web server serves a package repository to its hosts.
+
+The server runs in a process of its own: package clients (dnf's librepo, apk) open parallel and
+kept-alive connections and drop them mid-transfer, and a server thread inside the test process
+then leaves sockets for the garbage collector, which pytest (warnings are errors) reports as a
+failure of whichever test happens to be running.
+"""
 
 from __future__ import annotations
 
 import functools
 import http.server
-import threading
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,12 +25,31 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 @contextmanager
 def serve(directory: Path) -> Iterator[str]:
     """Serve DIRECTORY until the block ends; yields its base URL (http://127.0.0.1:PORT)."""
-    handler = functools.partial(_Quiet, directory=str(directory))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.webserver", str(directory)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        if not port.isdigit():
+            raise RuntimeError(f"the test web server did not start (exit {server.wait(10)})")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def _main(directory: str) -> None:
+    handler = functools.partial(_Quiet, directory=directory)
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            server.shutdown()
-            thread.join(timeout=10)
+        print(server.server_address[1], flush=True)
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
