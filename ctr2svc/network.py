@@ -24,6 +24,11 @@ BRIDGE = "ctr2svc0"
 NETWORK_NAME = "ctr2svc"
 SUBNET = ipaddress.IPv4Network("10.89.240.0/24")
 GATEWAY = SUBNET.network_address + 1
+# A Linux bridge not given a MAC address takes the lowest of its ports': every service that starts or
+# stops would change the gateway's MAC under the others, whose ARP entries then point at nothing (their
+# name lookups through aardvark-dns time out until the entry fails). The helper gives it this one, made
+# from the gateway's address as the services' own are made from theirs (network.awk).
+BRIDGE_MAC = "02:c2:" + ":".join(f"{octet:02x}" for octet in GATEWAY.packed)
 # netavark names the network's firewall chains after a hash of its id: a constant id, so every service
 # (and every version of ctr2svc) tears down what another one set up.
 NETWORK_ID = hashlib.sha256(b"ctr2svc network ctr2svc0").hexdigest()

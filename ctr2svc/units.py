@@ -142,6 +142,7 @@ def _network_values(spec: ServiceSpec) -> dict[str, Any]:
         "name": network.NETWORK_NAME,
         "id": network.NETWORK_ID,
         "bridge": network.BRIDGE,
+        "bridge_mac": network.BRIDGE_MAC,
         "subnet": str(subnet),
         "prefix": str(subnet.network_address).rsplit(".", 1)[0],  # a /24: the first three numbers
         "gateway": str(network.GATEWAY),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ctr2svc.network import BRIDGE, BRIDGE_MAC
 from tests.conftest import Cli, require
 from tests.support.images import web_image
 from tests.support.registry import free_port
@@ -221,6 +222,11 @@ def test_two_services_on_one_container_port(installed: Installed) -> None:
             start(a)
             assert Path(f"/var/lib/{a}/address").read_text().strip() == addresses[a]
             assert wait_for_http(f"http://127.0.0.1:{installed.ports[a]}/").strip() == "alpha"
+            # The bridge kept the MAC the helper gave it while A's veth went and came: B's ARP entry
+            # for the gateway (aardvark-dns) stayed right, so B finds A by name at once.
+            assert Path(f"/sys/class/net/{BRIDGE}/address").read_text().strip() == BRIDGE_MAC
+            found = in_container(b, "wget", "-q", "-O", "-", f"http://{a}:9090/")
+            assert found.stdout.strip() == "alpha"
         finally:
             sh(helper(b), "stop")
     finally:

@@ -122,3 +122,5 @@ def test_names_and_ids() -> None:
     ids = {network.container_id(name) for name in ("a-svc", "b-svc")}
     assert len(ids) == 2 and all(len(i) == 64 for i in ids)
     assert str(network.SUBNET) == "10.89.240.0/24" and str(network.GATEWAY) == "10.89.240.1"
+    # The bridge's MAC follows the gateway's address as a service's follows its own (network.awk).
+    assert network.BRIDGE_MAC == "02:c2:0a:59:f0:01"
