@@ -43,12 +43,14 @@ from ctr2svc.model import (
     HealthCheck,
     InitSystem,
     Layout,
+    PackagedFile,
     PackageFormat,
     ResolvedImage,
     Resources,
     Security,
     ServiceSpec,
     SharedLayer,
+    TmpfsMount,
     Volume,
 )
 from ctr2svc.record import BuildResult
@@ -105,6 +107,24 @@ class BuildOptions:
     # host: the host's network; private: the service's own namespace on the ctr2svc bridge (netavark).
     network: str = "host"
     publish: tuple[str, ...] = ()  # [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp] for /etc/NAME/ports
+    # What compose applications need (ctr2svc/compose.py; systemd only). The defaults change nothing.
+    working_dir: str | None = None  # the process's working directory instead of the image's
+    read_only: bool = False  # the container's root read-only
+    tmpfs: tuple[str, ...] = ()  # PATH[:OPTIONS], as `docker run --tmpfs`
+    restart: str | None = None  # compose's no|always|on-failure|unless-stopped; None: on-failure
+    requires: tuple[str, ...] = ()  # ctr2svc services this one needs and starts after (Requires=)
+    wants: tuple[str, ...] = ()  # ctr2svc services this one starts after when they are there (Wants=)
+    stack: str | None = None  # the application's target (NAME.target) that starts and stops it
+    oneshot: bool = False  # runs to completion (others wait for it to finish) instead of staying up
+    ready_health: bool = False  # the start is done once the health check passes
+    labels: tuple[str, ...] = ()  # KEY=VALUE annotations of the runtime config
+    init_process: bool = False  # tini as the container's PID 1, as `docker run --init`
+    files: tuple[PackagedFile, ...] = ()  # files packaged below /etc/NAME and mounted into the container
+    volume_paths: tuple[str, ...] = ()  # container paths that get a data directory, as image VOLUMEs do
+    aliases: tuple[str, ...] = ()  # more names the other services reach this one by (private network)
+    health_test: tuple[str, ...] | None = None  # the health check's argv, instead of the image's
+    health_timeout: int | None = None
+    health_start_period: int | None = None
 
     @property
     def init_system(self) -> InitSystem:
@@ -174,6 +194,80 @@ def check_package_options(opts: BuildOptions) -> None:
         metadata.file_name(
             "--sign-key-name", opts.sign_key_name, "name the public key's file, e.g. ops.rsa.pub"
         )
+    check_compose_options(opts)
+
+
+# compose's restart policies -> systemd's Restart=. systemd has no "unless-stopped": a service an admin
+# stops stays stopped until started again, which is what "unless-stopped" means under Docker too.
+RESTART = {"no": "no", "always": "always", "on-failure": "on-failure", "unless-stopped": "always"}
+
+
+def _compose_only(opts: BuildOptions) -> list[str]:
+    """The compose-only settings OPTS uses, by name."""
+    defaults = BuildOptions(reference=opts.reference)
+    names = (
+        "working_dir", "read_only", "tmpfs", "restart", "requires", "wants", "stack", "oneshot",
+        "ready_health", "labels", "init_process", "files", "volume_paths", "aliases",
+    )  # fmt: skip
+    return [n for n in names if getattr(opts, n) != getattr(defaults, n)]
+
+
+def check_compose_options(opts: BuildOptions) -> None:
+    used = _compose_only(opts)
+    if not used:
+        return
+    if opts.init_system is not InitSystem.SYSTEMD:
+        raise UsageError(
+            f"{', '.join(used)}: compose applications run under systemd only, not {opts.init_system}",
+            hint="build them with --format deb or rpm and --init systemd",
+        )
+    if opts.working_dir is not None:
+        metadata.check_one_line("working_dir", opts.working_dir, "e.g. /srv/app")
+        if not opts.working_dir.startswith("/"):
+            raise UsageError(f"working directory {opts.working_dir!r} is not absolute", hint="e.g. /srv/app")
+    tmpfs_mounts(opts.tmpfs)
+    restart_policy(opts)
+    for label in opts.labels:
+        metadata.check_one_line("label", label, "a label is one line")
+        if "=" not in label or label.startswith(runtime_config.ANNOTATION_PREFIX):
+            raise UsageError(
+                f"label {label!r} is not KEY=VALUE, or uses ctr2svc's own prefix",
+                hint=f"e.g. com.example.role=web ({runtime_config.ANNOTATION_PREFIX}.* keys are ctr2svc's)",
+            )
+    for path in opts.volume_paths:
+        metadata.check_one_line("volume", path, "a path is one line")
+        if not path.startswith("/"):
+            raise UsageError(f"volume path {path!r} is not absolute", hint="e.g. /var/lib/postgresql/data")
+
+
+def restart_policy(opts: BuildOptions) -> str:
+    """systemd's Restart= for OPTS: compose's policy mapped, ctr2svc's on-failure when none is given."""
+    given = opts.restart
+    if given is None:
+        return "no" if opts.oneshot else "on-failure"
+    if given not in RESTART:
+        raise UsageError(
+            f"unknown restart policy {given!r}", hint="use no, always, on-failure or unless-stopped"
+        )
+    if opts.oneshot and RESTART[given] == "always":
+        raise UsageError(
+            f"restart: {given} on a service that others wait to complete (service_completed_successfully)",
+            hint='use restart: "no" or on-failure: a service that must finish cannot restart for ever',
+        )
+    return RESTART[given]
+
+
+def tmpfs_mounts(texts: tuple[str, ...]) -> tuple[TmpfsMount, ...]:
+    """PATH[:OPTIONS] each, as `docker run --tmpfs` (Docker's defaults nosuid, nodev, noexec go first)."""
+    mounts = []
+    for text in texts:
+        metadata.check_one_line("tmpfs", text, "e.g. /run:size=64m")
+        path, _, options = text.partition(":")
+        opts = tuple(o for o in options.split(",") if o)
+        if not path.startswith("/") or any(c.isspace() or c in '"' for c in text):
+            raise UsageError(f"tmpfs {text!r} is not PATH[:OPTIONS]", hint="e.g. /run:size=64m,mode=0755")
+        mounts.append(TmpfsMount(path, opts))
+    return tuple(mounts)
 
 
 def _existing_parent(path: Path) -> Path:
@@ -364,12 +458,17 @@ def health_check(opts: BuildOptions, declared: Mapping[str, Any] | None) -> Heal
     check = HealthCheck.from_image(declared)
     if opts.health_cmd is not None:
         check = HealthCheck(("/bin/sh", "-c", opts.health_cmd))
+    if opts.health_test is not None:
+        # compose's healthcheck: a new test keeps the image's timings unless it gives its own.
+        check = dataclasses.replace(check or HealthCheck(()), command=opts.health_test)
     if check is None:
         return None
     return dataclasses.replace(
         check,
         interval=opts.health_interval or check.interval,
         retries=opts.health_retries or check.retries,
+        timeout=opts.health_timeout or check.timeout,
+        start_period=opts.health_start_period if opts.health_start_period is not None else check.start_period,
     )
 
 
@@ -469,6 +568,12 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
     # As with `docker run --entrypoint`, a new entrypoint drops the image's Cmd.
     cmd = opts.cmd if opts.cmd is not None else (() if opts.entrypoint is not None else cfg.cmd)
     args = (*entrypoint, *cmd)
+    entrypoint_n = len(entrypoint)
+    if opts.init_process and args:
+        # As `docker run --init`: tini (the host's static build, mounted read-only) is PID 1, reaps
+        # zombies and passes signals on; the entrypoint runs below it.
+        args = (runtime_config.INIT_PATH, "--", *args)
+        entrypoint_n += 2
     if not args:
         raise ImageError(
             f"image {image.reference} has no Entrypoint or Cmd, so there is nothing to run",
@@ -489,8 +594,15 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
     volumes = tuple(
         _volume(layout, path, scan, uid, gid)
-        for path in dict.fromkeys(metadata.volume_path(v) for v in cfg.volumes)
+        for path in dict.fromkeys(metadata.volume_path(v) for v in (*cfg.volumes, *opts.volume_paths))
     )
+    health = health_check(opts, cfg.healthcheck) if not opts.oneshot else None
+    if opts.ready_health and health is None:
+        raise UsageError(
+            f"{name}: another service waits for it to be healthy (service_healthy), but it has no health "
+            f"check: image {image.reference} has no HEALTHCHECK and none is given",
+            hint="give it a healthcheck: in the compose file, or wait for service_started",
+        )
     labels = cfg.labels
     # Labels are the image author's text: one line, no control characters, and no "$" that nfpm would
     # expand; URLs and licenses only when they are what they claim to be.
@@ -518,11 +630,14 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         init=opts.init_system,
         security=security(opts),
         user=opts.user,
-        entrypoint_n=len(entrypoint),
+        entrypoint_n=entrypoint_n,
         env=env_defaults(opts.env),
-        mounts=bind_mounts(opts.volumes),
+        mounts=(
+            *bind_mounts(opts.volumes),
+            *(BindMount(f.dest, f.target, "ro" if f.read_only else "rw") for f in opts.files if f.target),
+        ),
         resources=resources(opts),
-        health=health_check(opts, cfg.healthcheck),
+        health=health,
         ready_port=opts.ready_port,
         runtime=opts.runtime,
         stdio=stdio,
@@ -531,6 +646,19 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         homepage=metadata.homepage(labels.get("org.opencontainers.image.url"), "url")
         or metadata.homepage(labels.get("org.opencontainers.image.source"), "source"),
         license=metadata.license_expression(labels.get("org.opencontainers.image.licenses")),
+        working_dir=opts.working_dir,
+        read_only=opts.read_only,
+        tmpfs=tmpfs_mounts(opts.tmpfs),
+        restart=restart_policy(opts),
+        requires=opts.requires,
+        wants=opts.wants,
+        stack=opts.stack,
+        oneshot=opts.oneshot,
+        ready_health=opts.ready_health,
+        annotations=tuple((key, value) for key, _, value in (x.partition("=") for x in opts.labels)),
+        init_process=opts.init_process,
+        files=opts.files,
+        aliases=opts.aliases,
     )
 
 

@@ -273,6 +273,18 @@ def build_options(image: str, **given: Any) -> BuildOptions:
     help="Build every image of a project file (ctr2svc.toml) instead of IMAGE.",
 )
 @click.option(
+    "--compose",
+    "compose_file",
+    type=click.Path(path_type=Path),
+    help="Build a compose application: one package per service and NAME-stack, which starts them all.",
+)
+@click.option(
+    "--project-name",
+    metavar="NAME",
+    help="With --compose: the application's name, which package names start with (default: the "
+    "compose file's name:, or its directory's name).",
+)
+@click.option(
     "-o", "--output-dir", type=click.Path(path_type=Path), default=Path(), help="Where to write the package."
 )
 @package_options
@@ -290,7 +302,13 @@ def build_options(image: str, **given: Any) -> BuildOptions:
     help="Print a JSON summary of the package (with -c: a list, one per package) instead of its path.",
 )
 def build_command(
-    image: str | None, project_file: Path | None, output_dir: Path, as_json: bool, **package: Any
+    image: str | None,
+    project_file: Path | None,
+    compose_file: Path | None,
+    project_name: str | None,
+    output_dir: Path,
+    as_json: bool,
+    **package: Any,
 ) -> None:
     """Build a package that runs IMAGE as a service.
 
@@ -305,7 +323,20 @@ def build_command(
       ctr2svc build oci:examples/hello:1.0 --format rpm
       ctr2svc build oci:examples/hello:1.0 --format apk        # OpenRC
       ctr2svc build -c ctr2svc.toml                             # every image of a project
+      ctr2svc build --compose compose.yaml -o dist/             # a compose application
     """
+    if compose_file is not None:
+        if image is not None or project_file is not None:
+            raise UsageError(
+                "give one of IMAGE, -c FILE or --compose FILE",
+                hint="--compose builds every service of the file",
+            )
+        _build_compose(compose_file, project_name, output_dir, as_json, package)
+        return
+    if project_name is not None:
+        raise UsageError(
+            "--project-name goes with --compose", hint="add --compose FILE, or drop --project-name"
+        )
     if project_file is not None:
         if image is not None:
             raise UsageError("give either IMAGE or -c FILE, not both", hint="drop IMAGE to build the project")
@@ -336,6 +367,55 @@ def build_command(
     log.info(f"  install: {summary.install_command(options.format, result)}")
     # The package path alone on stdout, for scripts (or all of the above as JSON).
     click.echo(summary.dumps(summary.package(options.format, result)) if as_json else str(result.path))
+
+
+# Package options that are the same for every service of a compose application; the others describe
+# one image and are the compose file's to give, per service.
+COMPOSE_COMMON = {
+    "fmt", "init", "arch", "creds", "authfile", "tls_verify", "cache_dir", "maintainer", "compression",
+    "runtime", "stdio", "layers", "pkg_version", "sign_key_file", "sign_key_name",
+}  # fmt: skip
+
+
+def _build_compose(
+    path: Path, project_name: str | None, output_dir: Path, as_json: bool, given: dict[str, Any]
+) -> None:
+    from ctr2svc import compose, stack
+
+    ctx = click.get_current_context()
+    for key in given:
+        source = ctx.get_parameter_source(key)
+        if key not in COMPOSE_COMMON and source is not click.core.ParameterSource.DEFAULT:
+            option = next(p for p in ctx.command.params if p.name == key)
+            raise UsageError(
+                f"{option.opts[-1]} describes one image, and --compose builds many",
+                hint=f"set it per service in {path} ({compose.DOCS})",
+            )
+    fmt = PackageFormat(given["fmt"])
+    init = InitSystem(given["init"]) if given.get("init") else None
+    compose.check_format(fmt, init)
+    common: dict[str, Any] = {
+        "format": fmt,
+        "init": init,
+        "output_dir": output_dir,
+        **{k: given[k] for k in ("arch", "creds", "authfile", "tls_verify", "cache_dir", "maintainer")},
+        **{k: given[k] for k in ("compression", "runtime", "stdio", "sign_key_file", "sign_key_name")},
+    }
+    if ctx.get_parameter_source("layers") is not click.core.ParameterSource.DEFAULT:
+        common["layers"] = given["layers"]
+    app = compose.load(path, project_name, common)
+    result = stack.build_application(app, version=given.get("pkg_version"))
+    for plan, built in result.services:
+        log.info(f"✓ {plan.service}: {built.path} ({'up to date' if built.up_to_date else built.version})")
+    log.info(f"✓ {result.stack} ({'up to date' if result.stack_up_to_date else 'the application'})")
+    log.info(f"  start:   systemctl start {app.stack}.target (installing it starts it)")
+    log.info(f"  install: {stack.install_command(result)}")
+    if as_json:
+        click.echo(summary.dumps(stack.summary(result)))
+        return
+    click.echo(str(result.stack))
+    for _, built in result.services:
+        click.echo(str(built.path))
 
 
 def _report(outcomes: list[Outcome], action: str, *, as_json: bool = False) -> None:

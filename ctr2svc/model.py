@@ -270,6 +270,27 @@ class PortMapping:
 
 
 @dataclass(frozen=True)
+class TmpfsMount:
+    """A tmpfs in the container (compose's `tmpfs:`): empty at every start, in memory."""
+
+    destination: str
+    options: tuple[str, ...] = ()  # mount options besides the defaults: size=64m, mode=1777
+
+
+@dataclass(frozen=True)
+class PackagedFile:
+    """A file the package installs below /etc/NAME and mounts into the container (a compose
+    application's config files and secrets): the admin's to change, kept on upgrade."""
+
+    source: str  # where it was read on the build machine, for messages
+    dest: str  # where it is installed on the host
+    target: str  # where the container sees it
+    content: str
+    mode: int = 0o644
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
 class Resources:
     """Packaged resource limits (--memory, --cpus); an admin changes them in a unit drop-in."""
 
@@ -383,6 +404,35 @@ class ServiceSpec:
     # ctr2svc bridge (netavark), with these ports published (the defaults of /etc/NAME/ports).
     network: str = "host"
     publish: tuple[PortMapping, ...] = ()
+    # What compose applications need (ctr2svc build --compose); the defaults change nothing.
+    working_dir: str | None = None  # the process's working directory instead of the image's
+    read_only: bool = False  # the container's root read-only (volumes and tmpfs mounts stay writable)
+    tmpfs: tuple[TmpfsMount, ...] = ()
+    restart: str = "on-failure"  # systemd's Restart=
+    # Other ctr2svc services, by name: this one starts after them and needs them (Requires=, and the
+    # package depends on theirs), or only starts after them when they are there (Wants=).
+    requires: tuple[str, ...] = ()
+    wants: tuple[str, ...] = ()
+    # The application's target (NAME.target) the service is part of and enabled by.
+    stack: str | None = None
+    # Runs to completion instead of staying up (Type=oneshot): what others wait for to finish.
+    oneshot: bool = False
+    # The start counts as done once the health check passes (others wait for a healthy service).
+    ready_health: bool = False
+    annotations: tuple[tuple[str, str], ...] = ()  # added to the runtime config's annotations
+    init_process: bool = False  # tini as the container's PID 1, as `docker run --init`
+    files: tuple[PackagedFile, ...] = ()
+    aliases: tuple[str, ...] = ()  # more names the other services reach this one by (private network)
+
+    @property
+    def package_depends(self) -> tuple[str, ...]:
+        """What the package depends on for the compose features: the services it needs, tini."""
+        tini = ("tini-static" if self.format is PackageFormat.RPM else "tini",) if self.init_process else ()
+        return (*self.requires, *tini)
+
+    @property
+    def wanted_by(self) -> str:
+        return f"{self.stack}.target" if self.stack else "multi-user.target"
 
     @property
     def private_network(self) -> bool:

@@ -19,6 +19,7 @@ Unknown keys are errors: a typo must not silently build something else.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ REPO_KEYS = {"path": str, "keep": int, "sign_key": str, "gnupghome": str, "apk_k
 class ImageEntry:
     number: int
     settings: Mapping[str, Any]
+    # A compose file's service: its options as ctr2svc/compose.py mapped them (settings has ref, name).
+    preset: BuildOptions | None = None
 
     @property
     def ref(self) -> str:
@@ -113,6 +116,9 @@ class Project:
     apk_key: ApkKey | None = None
     cache_dir: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # A compose file's application (ctr2svc.compose.Application): its package is built and published
+    # after its services'.
+    application: Any = None
 
 
 def _fail(path: Path, where: str, problem: str, hint: str) -> UsageError:
@@ -235,6 +241,11 @@ def _suggest(entry: ImageEntry, taken: str) -> str:
 
 
 def load(path: Path) -> Project:
+    if path.suffix in (".yaml", ".yml"):
+        # A compose file: its services are the images, its application one more package.
+        from ctr2svc import compose
+
+        return compose.as_project(path)
     doc = _read(path)
     base = path.parent
     _check_keys(path, "top level", doc, TOP_KEYS)
@@ -303,6 +314,10 @@ def options(
     project: Project, entry: ImageEntry, fmt: PackageFormat, *, min_version: str | None = None
 ) -> BuildOptions:
     """The BuildOptions `ctr2svc build` would get for this image and format."""
+    if entry.preset is not None:
+        return dataclasses.replace(
+            entry.preset, format=fmt, output_dir=project.output_dir, min_version=min_version
+        )
     s = entry.settings
     base = project.path.parent
 

@@ -168,6 +168,12 @@ DEFAULT_PIDS_LIMIT = 4096
 ANNOTATION_PREFIX = "org.ctr2svc"
 # What umoci 0.4.7 writes; a config without one gets it (runc needs the field).
 OCI_VERSION = "1.0.2"
+# `init: true` (compose) / `docker run --init`: the host's static tini, where Docker mounts its
+# docker-init. Debian's and Fedora's tini packages install it there.
+INIT_PATH = "/sbin/docker-init"
+TINI_STATIC = "/usr/bin/tini-static"
+# Docker's options for a tmpfs (`--tmpfs`, compose's `tmpfs:`); the user's come after and win.
+TMPFS_OPTIONS = ("nosuid", "nodev", "noexec")
 
 
 def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
@@ -186,7 +192,9 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     # The installed image dir stays pristine (dpkg -V keeps meaning something): the container's root is
     # an overlay of it that the service mounts here before runc starts (runc hooks run inside the
     # container's namespaces and cannot do it).
-    cfg["root"] = {"path": spec.layout.merged_root, "readonly": False}
+    cfg["root"] = {"path": spec.layout.merged_root, "readonly": spec.read_only}
+    if spec.working_dir is not None:
+        process["cwd"] = spec.working_dir
 
     _set_capabilities(process, spec)
     _set_rlimits(process)
@@ -251,6 +259,8 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     annotations[f"{ANNOTATION_PREFIX}.image"] = spec.image.pinned
     annotations[f"{ANNOTATION_PREFIX}.package"] = f"{spec.name}={spec.version}"
     annotations["org.opencontainers.image.stopSignal"] = spec.stop_signal
+    for key, value in spec.annotations:
+        annotations.setdefault(key, value)
     # The helper's awk switches the network at start (/etc/NAME/network): it finds the host name, if
     # any, right after ociVersion, which leads.
     head: dict[str, Any] = {"ociVersion": cfg.pop("ociVersion", OCI_VERSION)}
@@ -343,6 +353,20 @@ def _mounts(mounts: list[dict[str, Any]], spec: ServiceSpec) -> list[dict[str, A
                 "source": volume.host_path,
                 "options": ["rbind"],
             }
+        )
+    for tmpfs in spec.tmpfs:
+        kept = [m for m in kept if m.get("destination") != tmpfs.destination]
+        kept.append(
+            {
+                "destination": tmpfs.destination,
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": [*TMPFS_OPTIONS, *tmpfs.options],
+            }
+        )
+    if spec.init_process:
+        kept.append(
+            {"destination": INIT_PATH, "type": "bind", "source": TINI_STATIC, "options": ["rbind", "ro"]}
         )
     # No tmpfs on /tmp (Docker and podman mount none): the image's /tmp stays visible, and the overlay's
     # writable layer, emptied at every start, already keeps nothing between starts.

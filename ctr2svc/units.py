@@ -133,7 +133,25 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         # The package's network mode; /etc/NAME/network (the admin's) may say otherwise.
         "network_mode": spec.network,
         "network": _network_values(spec),
+        # Compose applications (their defaults render as before).
+        "restart_policy": spec.restart,
+        "requires": [f"{name}.service" for name in spec.requires],
+        "wants": [f"{name}.service" for name in spec.wants],
+        "stack_target": f"{spec.stack}.target" if spec.stack else None,
+        "wanted_by": spec.wanted_by,
+        "oneshot": spec.oneshot,
+        "ready_health": spec.ready_health,
+        "health_deadline": health_deadline(spec),
     }
+
+
+def health_deadline(spec: ServiceSpec) -> int:
+    """Seconds a start waits for a health check to pass (a service others wait for to be healthy): its
+    start period, then as many intervals as failures in a row make Docker call it unhealthy."""
+    check = spec.health
+    if check is None:
+        return 0
+    return check.start_period + check.retries * (check.interval + check.timeout)
 
 
 def _network_values(spec: ServiceSpec) -> dict[str, Any]:
@@ -148,7 +166,7 @@ def _network_values(spec: ServiceSpec) -> dict[str, Any]:
         "gateway": str(network.GATEWAY),
         "netns": Path(runtime_config.netns_path(spec.name)).name,
         "container_id": network.container_id(spec.name),
-        "aliases": network.aliases(spec.name),
+        "aliases": tuple(dict.fromkeys((*network.aliases(spec.name), *spec.aliases))),
     }
 
 
@@ -190,6 +208,8 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
         GeneratedFile(f"{cfg}/network", render("network.j2", **values), 0o644, config=True),
         GeneratedFile(f"{cfg}/ports", render("ports.j2", **values, publish=spec.publish), 0o644, config=True),
     ]
+    # A compose application's config files and secrets: the admin's, kept on upgrade, mounted at start.
+    files += [GeneratedFile(f.dest, f.content, f.mode, config=True) for f in spec.files]
     if not spec.layers:
         # Shared layers set their own files up (templates/layer/setup.sh.j2).
         ownership = render(

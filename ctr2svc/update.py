@@ -51,7 +51,24 @@ def build_all(project: Project) -> list[Outcome]:
     for entry in project.images:
         for fmt in entry.formats:
             outcomes.append(_build_one(project, entry, fmt))
-    return outcomes
+    stack = _application(project)
+    return outcomes if stack is None else [*outcomes, stack]
+
+
+def _application(project: Project) -> Outcome | None:
+    """A compose file's application package (ctr2svc/compose.py), after its services'."""
+    app = project.application
+    if app is None:
+        return None
+    from ctr2svc import stack
+
+    fmt = app.services[0].options.format
+    try:
+        path, same = stack.build_stack(app, project.output_dir)
+    except Ctr2svcError as exc:
+        log.warn(f"{app.stack} ({fmt}): {exc.one_line()}")
+        return Outcome(app.stack, fmt, "failed", exc.one_line())
+    return Outcome(app.stack, fmt, "built", str(path), stack.stack_result(app, path, same))
 
 
 def _build_one(
@@ -167,7 +184,16 @@ def _update(project: Project, repo_dir: Path, rebuild: bool = False) -> list[Out
                     key,
                     {"digest": done.digest, "version": done.version, "name": done.name},
                 )
-    if new_state:
+    stack = _application(project)
+    extra: list[Path] = []
+    if stack is not None:
+        outcomes.append(stack)
+        if stack.result is not None:
+            # Given to every update: the same file again is a no-op for the repository.
+            extra.append(stack.result.path)
+            if stack.result.up_to_date:
+                stack.status, stack.detail = "unchanged", stack.result.version
+    if new_state or extra:
 
         def refused(path: Path, error: UsageError) -> None:
             # Same name and version as a published package, other bytes (a `version` fixed in the
@@ -187,7 +213,7 @@ def _update(project: Project, repo_dir: Path, rebuild: bool = False) -> list[Out
         ]
         repo.add(
             repo_dir,
-            [*new_state, *dict.fromkeys(layer_files)],
+            [*new_state, *dict.fromkeys(layer_files), *extra],
             keep=project.keep,
             signing=project.signing,
             apk_key=project.apk_key,

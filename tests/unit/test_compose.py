@@ -1,0 +1,735 @@
+"""Compose files: the real docker-compose reads them (validation, interpolation, .env, env_file), then
+ctr2svc maps every key it supports and refuses every other one, naming the key and the service.
+
+Golden files (tests/unit/golden/compose-*) hold the mapping of a realistic application
+(tests/support/compose_app.py) and the units and scripts it renders; CTR2SVC_UPDATE_GOLDEN=1 rewrites
+them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctr2svc import __version__, compose, runtime_config, stack, units
+from ctr2svc.build import RESTART, BuildOptions, check_package_options, health_check, restart_policy
+from ctr2svc.errors import UsageError
+from ctr2svc.model import HealthCheck, PackagedFile, PackageFormat, ServiceSpec, TmpfsMount
+from ctr2svc.reference import parse
+from tests.support import compose_app
+
+from .conftest import make_spec
+from .test_templates import GOLDEN, sample_scan
+
+REGISTRY = "registry.example.com:5000"
+COMMON: dict[str, Any] = {"output_dir": Path("dist")}
+
+
+def write(directory: Path, text: str, **files: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (directory / name.replace("__", "/").replace("_dot_", ".")).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name.replace("__", "/").replace("_dot_", ".")).write_text(content)
+    path = directory / "compose.yaml"
+    path.write_text(text)
+    return path
+
+
+def load(path: Path, name: str | None = None, **common: Any) -> compose.Application:
+    return compose.load(path, name, {**COMMON, **common})
+
+
+def service(app: compose.Application, name: str) -> BuildOptions:
+    return next(s.options for s in app.services if s.service == name)
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> compose.Application:
+    return load(compose_app.write_project(tmp_path / "shop", REGISTRY))
+
+
+# --- reading: the reference loader ------------------------------------------------------------------
+
+
+def test_the_binary_is_compose_gos() -> None:
+    found = compose.find_compose()
+    assert Path(found).name == "docker-compose"
+    version = subprocess.run([found, "version"], capture_output=True, text=True, check=True).stdout
+    assert "Docker Compose version v2." in version
+
+
+def test_interpolation_env_file_and_dot_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FROM_ENV", "environment")
+    monkeypatch.delenv("UNSET", raising=False)
+    path = write(
+        tmp_path / "proj",
+        """
+services:
+  api:
+    image: ${REG}/api:${TAG:-3.1}
+    env_file: api.env
+    environment:
+      A: ${FROM_ENV}
+      B: ${UNSET:-fallback}
+      C: ${DOTENV}
+      PASSED_THROUGH:
+""",
+        api_dot_env="FROM_FILE=file\nA=overridden-by-environment\n",
+        _dot_env="REG=reg.example.com\nDOTENV=dotenv\n",
+    )
+    app = load(path)
+    opts = service(app, "api")
+    assert app.name == "proj"  # the directory's name, as compose does
+    assert str(opts.reference) == "reg.example.com/api:3.1"
+    assert dict(e.split("=", 1) for e in opts.env) == {
+        "A": "environment",
+        "B": "fallback",
+        "C": "dotenv",
+        "FROM_FILE": "file",
+    }
+
+
+def test_project_name_names_the_packages(tmp_path: Path) -> None:
+    path = write(tmp_path / "dir", "services:\n  db_main:\n    image: postgres:16\n")
+    assert load(path).packages == ("dir-db-main",)
+    app = load(path, "shop")
+    assert app.name == "shop" and app.stack == "shop-stack" and app.packages == ("shop-db-main",)
+    named = write(tmp_path / "other", "name: erp\nservices:\n  web:\n    image: nginx:1\n")
+    assert load(named).packages == ("erp-web",)
+
+
+def test_compose_validation_errors_are_one_line_usage_errors(tmp_path: Path) -> None:
+    path = write(tmp_path / "p", "services:\n  db:\n    image: postgres:16\n    bogus: 1\n")
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    message = caught.value.one_line()
+    assert "services.db" in message and "'bogus'" in message and str(path) in message
+    assert "\n" not in message and caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "services:\n  a:\n    image: a:1\n    depends_on: [b]\n"
+            "  b:\n    image: b:1\n    depends_on: [a]\n",
+            "dependency cycle detected: a -> b -> a",
+        ),
+        (
+            "services:\n  a:\n    image: ${TAG:?set TAG to the release}\n",
+            "required variable TAG is missing a value: set TAG to the release",
+        ),
+        ("services:\n  a:\n    image: a:1\n    depends_on: [nothere]\n", 'undefined service "nothere"'),
+        ("services:\n  a:\n    image: a:1\n    ports: ['x:y']\n", "invalid containerPort: y"),
+        ("nonsense: : :\n", "yaml: mapping values are not allowed"),
+    ],
+)
+def test_composes_own_errors_are_one_line(tmp_path: Path, text: str, problem: str) -> None:
+    path = write(tmp_path / "p", text)
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    message = caught.value.one_line()
+    assert problem in message and str(path) in message and "\n" not in message, message
+
+
+def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no such compose file"):
+        load(tmp_path / "nothing.yaml")
+
+
+# --- mapping ---------------------------------------------------------------------------------------
+
+
+def test_start_order_follows_depends_on(shop: compose.Application) -> None:
+    assert [s.service for s in shop.services] == ["store", "seed", "app", "web"]
+
+
+def test_depends_on_conditions(shop: compose.Application) -> None:
+    store, seed, app, web = (service(shop, n) for n in ("store", "seed", "app", "web"))
+    assert store.ready_health and not store.oneshot  # app waits for it to be healthy
+    assert seed.oneshot and not seed.ready_health  # app waits for it to complete
+    assert sorted(app.requires) == ["shop-seed", "shop-store"] and app.ready_health
+    assert web.requires == ("shop-app",) and not web.ready_health
+    assert {o.stack for o in (store, seed, app, web)} == {"shop-stack"}
+
+
+def test_optional_dependencies_are_wants(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "p",
+        """
+services:
+  a:
+    image: a:1
+    depends_on:
+      b: {condition: service_started, required: false}
+  b:
+    image: b:1
+""",
+    )
+    a = service(load(path), "a")
+    assert a.wants == ("p-b",) and a.requires == ()
+
+
+def test_the_mapping_of_every_supported_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", "from-the-environment")
+    path = write(
+        tmp_path / "p",
+        """
+services:
+  api:
+    image: api:2
+    platform: linux/arm64
+    entrypoint: /bin/api
+    command: ["serve", "--port", "80"]
+    user: "1000:1000"
+    working_dir: /srv
+    ports: ["8080:80", "127.0.0.1:5353:53/udp"]
+    expose: ["9000"]
+    networks:
+      default:
+        aliases: [backend]
+    container_name: api-main
+    volumes:
+      - data:/var/lib/api
+      - ./conf/api.ini:/etc/api.ini
+      - ./static:/srv/static:ro
+      - /srv/host-certs:/certs:ro
+      - type: tmpfs
+        target: /cache
+        tmpfs: {size: 1048576, mode: 0o700}
+    tmpfs: [/tmp, "/run:size=64m"]
+    healthcheck:
+      test: curl -f http://localhost/
+      interval: 1m30s
+      timeout: 500ms
+      retries: 4
+      start_period: 2m
+    restart: unless-stopped
+    stop_signal: SIGQUIT
+    stop_grace_period: 45s
+    cap_add: [NET_ADMIN]
+    cap_drop: [MKNOD]
+    privileged: false
+    read_only: true
+    mem_limit: 512m
+    cpus: 1.5
+    pids_limit: 100
+    secrets:
+      - token
+      - source: key
+        target: /etc/api/key.pem
+        mode: 0440
+    configs:
+      - site
+    labels:
+      com.example.team: core
+    init: true
+volumes:
+  data:
+secrets:
+  token:
+    file: ./token.txt
+  key:
+    environment: API_KEY
+configs:
+  site:
+    content: "inline config"
+""",
+        conf__api_dot_ini="[api]\n",
+        static__index_dot_html="<h1>hi</h1>\n",
+        static__css__site_dot_css="body {}\n",
+        token_dot_txt="t0ken\n",  # noqa: S106 - a test secret
+    )
+    o = service(load(path), "api")
+    assert o.arch == "arm64"
+    assert o.entrypoint == ("/bin/api",) and o.cmd == ("serve", "--port", "80")
+    assert (o.user, o.working_dir, o.stop_signal, o.stop_timeout) == ("1000:1000", "/srv", "SIGQUIT", 45)
+    assert o.network == "private" and o.publish == ("8080:80/tcp", "127.0.0.1:5353:53/udp")
+    assert o.aliases == ("api", "backend", "api-main")
+    assert o.volume_paths == ("/var/lib/api",)
+    assert o.volumes == ("/etc/p-api/files/static:/srv/static:ro", "/srv/host-certs:/certs:ro")
+    assert o.tmpfs == ("/tmp", "/run:size=64m", "/cache:size=1048576,mode=700")
+    assert o.health_test == ("/bin/sh", "-c", "curl -f http://localhost/")
+    assert (o.health_interval, o.health_timeout, o.health_retries, o.health_start_period) == (90, 1, 4, 120)
+    assert o.restart == "unless-stopped" and restart_policy(o) == "always"
+    assert (o.cap_add, o.cap_drop, o.privileged, o.read_only) == (("NET_ADMIN",), ("MKNOD",), False, True)
+    assert (o.memory, o.cpus, o.pids_limit) == ("536870912", 1.5, 100)
+    assert o.labels == ("com.example.team=core",) and o.init_process
+    files = {f.dest: f for f in o.files}
+    assert files["/etc/p-api/secrets/token"] == PackagedFile(
+        str(tmp_path / "p/token.txt"), "/etc/p-api/secrets/token", "/run/secrets/token", "t0ken\n", 0o600
+    )
+    assert files["/etc/p-api/secrets/key"].content == "from-the-environment"
+    assert (files["/etc/p-api/secrets/key"].target, files["/etc/p-api/secrets/key"].mode) == (
+        "/etc/api/key.pem",
+        0o440,
+    )
+    assert (files["/etc/p-api/configs/site"].target, files["/etc/p-api/configs/site"].mode) == (
+        "/site",
+        0o644,
+    )
+    assert files["/etc/p-api/files/conf/api.ini"].target == "/etc/api.ini"
+    assert not files["/etc/p-api/files/conf/api.ini"].read_only
+    # A directory: its files packaged, the directory mounted once (in volumes above).
+    assert files["/etc/p-api/files/static/css/site.css"].target == ""
+    assert files["/etc/p-api/files/static/index.html"].content == "<h1>hi</h1>\n"
+    check_package_options(o)
+
+
+def test_deploy_resources_and_restart_policy(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "p",
+        """
+services:
+  db:
+    image: postgres:16
+    deploy:
+      replicas: 1
+      resources:
+        limits: {cpus: "0.5", memory: 1G, pids: 50}
+      restart_policy: {condition: on-failure}
+""",
+    )
+    o = service(load(path), "db")
+    assert (o.cpus, o.memory, o.pids_limit, o.restart) == (0.5, "1073741824", 50, "on-failure")
+
+
+def test_network_mode_host(tmp_path: Path) -> None:
+    path = write(tmp_path / "p", "services:\n  a:\n    image: a:1\n    network_mode: host\n")
+    assert service(load(path), "a").network == "host"
+
+
+def test_healthcheck_none_switches_the_images_off(tmp_path: Path) -> None:
+    path = write(tmp_path / "p", "services:\n  a:\n    image: a:1\n    healthcheck:\n      disable: true\n")
+    assert service(load(path), "a").health_cmd == "none"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("1m30s", 90), ("500ms", 1), ("2h", 7200), ("1.5s", 2), ("0s", 0)]
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert compose.duration(Path("c.yaml"), "x", text) == seconds
+
+
+def test_restart_policies() -> None:
+    assert RESTART == {"no": "no", "always": "always", "on-failure": "on-failure", "unless-stopped": "always"}
+    base = BuildOptions(reference=parse("a:1"))
+    assert restart_policy(base) == "on-failure"  # ctr2svc's default when compose says nothing
+    assert restart_policy(dataclasses.replace(base, oneshot=True)) == "no"
+    with pytest.raises(UsageError, match="others wait to complete"):
+        restart_policy(dataclasses.replace(base, oneshot=True, restart="always"))
+
+
+def test_health_check_merges_compose_timings_over_the_images() -> None:
+    image = {"Test": ["CMD-SHELL", "true"], "Interval": 10 * 10**9, "Retries": 7}
+    opts = BuildOptions(reference=parse("a:1"), health_test=("pg_isready",), health_timeout=4)
+    assert health_check(opts, image) == HealthCheck(("pg_isready",), 10, 4, 7, 0)
+    assert health_check(dataclasses.replace(opts, health_start_period=60), None) == HealthCheck(
+        ("pg_isready",), 30, 4, 3, 60
+    )
+
+
+# --- refused keys: one line, the key, the service, a hint ---------------------------------------------
+
+REFUSED = [
+    ("    hostname: x\n", "services.a.hostname: not supported", "host name is its package name"),
+    ("    logging: {driver: json-file}\n", "services.a.logging: not supported", "journal"),
+    ("    extra_hosts: ['h:1.2.3.4']\n", "services.a.extra_hosts: not supported", "/etc/hosts"),
+    ("    dns: 1.1.1.1\n", "services.a.dns: not supported", "resolver"),
+    ("    ulimits: {nofile: 1024}\n", "services.a.ulimits: not supported", "LimitNOFILE"),
+    ("    sysctls: {net.core.somaxconn: 1024}\n", "services.a.sysctls: not supported", "sysctl"),
+    ("    shm_size: 1g\n", "services.a.shm_size: not supported", "/dev/shm"),
+    ("    devices: ['/dev/fuse']\n", "services.a.devices: not supported", "devices"),
+    ("    security_opt: ['no-new-privileges']\n", "services.a.security_opt: not supported", "seccomp"),
+    ("    pid: host\n", "services.a.pid: not supported", "process namespace"),
+    ("    ipc: host\n", "services.a.ipc: not supported", "IPC"),
+    ("    stdin_open: true\n", "services.a.stdin_open: not supported", "docs/compose.md"),
+    ("    network_mode: bridge\n", "services.a.network_mode: 'bridge' is not supported", "host"),
+    ("    ports: ['80']\n", "published on a random host port", "one host port"),
+    ("    restart: on-failure:3\n", "retry count", "on-failure"),
+    ("    stop_grace_period: 2h\n", "7200 s is not 1 s to 1 h", "30s"),
+    ("    volumes: ['./missing:/x']\n", "does not exist beside the compose file", "create it"),
+    ("    volumes: ['vol:/x:ro']\n", "read-only volume", "drop :ro"),
+    ("    deploy: {replicas: 3}\n", "one container per service", "replicas"),
+    ("    deploy: {resources: {reservations: {memory: 1G}}}\n", "deploy.resources.reservations", "remove"),
+    ("    deploy: {placement: {constraints: ['node.role==manager']}}\n", "deploy.placement", "remove"),
+    ("    healthcheck: {test: [CMD]}\n", "healthcheck.test: is not CMD", "CMD"),
+    ("    secrets: [{source: s, uid: '0'}]\n", "secrets[0].uid: not supported", "remove"),
+    ("    networks: [n1, n2]\n", "on 2 networks", "one network"),
+    ("    cap_add: [FROBNICATE]\n", "unknown capability 'FROBNICATE'", "capabilities(7)"),
+    ('    environment: {A: "x\\ny"}\n', "environment.A: has a line break", "secret"),
+]
+
+
+@pytest.mark.parametrize(("extra", "problem", "hint"), REFUSED, ids=[r[1][:40] for r in REFUSED])
+def test_refused(tmp_path: Path, extra: str, problem: str, hint: str) -> None:
+    text = f"services:\n  a:\n    image: a:1\n{extra}volumes:\n  vol:\nnetworks:\n  n1:\n  n2:\n"
+    text += "secrets:\n  s:\n    file: ./s.txt\n"
+    path = write(tmp_path / "p", text, s_dot_txt="x\n")
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    message = caught.value.one_line()
+    assert problem in message and hint in message, message
+    assert str(path) in message and "\n" not in message
+
+
+def test_a_service_with_only_build_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "p", "services:\n  a:\n    build: .\n")
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    assert "services.a: has no image" in caught.value.one_line()
+    assert "build the image, push it to a registry, then name it with image:" in caught.value.one_line()
+
+
+def test_a_volume_shared_by_two_services_is_refused(tmp_path: Path) -> None:
+    text = "services:\n  a:\n    image: a:1\n    volumes: [data:/a]\n"
+    text += "  b:\n    image: b:1\n    volumes: [data:/b]\n"
+    path = write(tmp_path / "p", text + "volumes:\n  data:\n")
+    with pytest.raises(UsageError, match="the volume data is also a's"):
+        load(path)
+
+
+@pytest.mark.parametrize(
+    ("use", "top", "problem"),
+    [
+        ("volumes: ['vol:/x']", "volumes:\n  vol:\n    driver: local\n", "volumes.vol.driver: not supported"),
+        (
+            "volumes: ['vol:/x']",
+            "volumes:\n  vol:\n    external: true\n",
+            "volumes.vol.external: not supported",
+        ),
+        ("networks: [net]", "networks:\n  net:\n    driver: macvlan\n", "networks.net"),
+        (
+            "networks: [net]",
+            "networks:\n  net:\n    ipam: {config: [{subnet: 10.0.0.0/24}]}\n",
+            "networks.net",
+        ),
+        ("secrets: [sec]", "secrets:\n  sec:\n    external: true\n", "secrets.sec.external: not supported"),
+    ],
+)
+def test_refused_top_level_definitions(tmp_path: Path, use: str, top: str, problem: str) -> None:
+    path = write(tmp_path / "p", f"services:\n  a:\n    image: a:1\n    {use}\n{top}")
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    assert problem in caught.value.one_line()
+
+
+def test_port_ranges_are_one_mapping_each(tmp_path: Path) -> None:
+    path = write(tmp_path / "p", "services:\n  a:\n    image: a:1\n    ports: ['8000-8001:80-81']\n")
+    assert service(load(path), "a").publish == ("8000:80/tcp", "8001:81/tcp")
+
+
+def test_a_binary_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "p", "services:\n  a:\n    image: a:1\n    volumes: ['./blob:/blob']\n")
+    (tmp_path / "p" / "blob").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UsageError, match="is not UTF-8 text"):
+        load(path)
+
+
+def test_openrc_and_apk_are_refused() -> None:
+    with pytest.raises(UsageError, match="systemd only"):
+        compose.check_format(PackageFormat.APK, None)
+    base = BuildOptions(reference=parse("a:1"), init=None, format=PackageFormat.APK, stack="x-stack")
+    with pytest.raises(UsageError, match="systemd only"):
+        check_package_options(base)
+
+
+# --- the CLI -----------------------------------------------------------------------------------------
+
+
+def ctr2svc(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CTR2SVC_CACHE_DIR": str(cwd / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "ctr2svc", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[2],
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (("--entrypoint", "/x"), "--entrypoint describes one image, and --compose builds many"),
+        (("-p", "8080:80"), "--publish describes one image"),
+        (("--format", "apk"), "systemd only"),
+        (("--init", "openrc"), "systemd only"),
+        (("oci:x:1",), "give one of IMAGE, -c FILE or --compose FILE"),
+    ],
+)
+def test_cli_refuses_what_does_not_go_with_compose(
+    tmp_path: Path, args: tuple[str, ...], problem: str
+) -> None:
+    path = compose_app.write_project(tmp_path / "shop", REGISTRY)
+    out = tmp_path / "out"
+    proc = ctr2svc("build", "--compose", path, "-o", out, *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert problem in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out.exists()
+
+
+def test_cli_bad_compose_file_writes_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path / "p", "services:\n  a:\n    image: a:1\n    logging: {driver: syslog}\n")
+    out = tmp_path / "out"
+    proc = ctr2svc("build", "--compose", path, "-o", out, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "services.a.logging: not supported by ctr2svc" in proc.stderr
+    assert not out.exists()
+
+
+def test_project_name_needs_compose(tmp_path: Path) -> None:
+    proc = ctr2svc("build", "oci:x:1", "--project-name", "x", cwd=tmp_path)
+    assert proc.returncode == 2 and "--project-name goes with --compose" in proc.stderr
+
+
+# --- what the packages hold: golden files -------------------------------------------------------------
+
+
+def plan_document(app: compose.Application, base: Path) -> str:
+    """The mapping of every service, as JSON, with the temporary directory replaced by $DIR."""
+    doc = {
+        "name": app.name,
+        "stack": app.stack,
+        "services": {s.service: dataclasses.asdict(s.options) for s in app.services},
+    }
+    text = json.dumps(doc, indent=2, default=str, sort_keys=True) + "\n"
+    return text.replace(str(base), "$DIR")
+
+
+def compose_spec(opts: BuildOptions) -> ServiceSpec:
+    """make_spec()'s image as the service OPTS describes (what plan_service decides from them)."""
+    from ctr2svc.build import bind_mounts, tmpfs_mounts
+    from ctr2svc.model import BindMount
+
+    spec = make_spec()
+    check = health_check(opts, None) if opts.ready_health else None
+    return dataclasses.replace(
+        spec,
+        name=str(opts.name),
+        layout=dataclasses.replace(spec.layout, name=str(opts.name)),
+        health=check,
+        network=opts.network,
+        working_dir=opts.working_dir,
+        read_only=opts.read_only,
+        tmpfs=tmpfs_mounts(opts.tmpfs),
+        restart=restart_policy(opts),
+        requires=opts.requires,
+        wants=opts.wants,
+        stack=opts.stack,
+        oneshot=opts.oneshot,
+        ready_health=opts.ready_health,
+        annotations=tuple((k, v) for k, _, v in (x.partition("=") for x in opts.labels)),
+        init_process=opts.init_process,
+        files=opts.files,
+        aliases=opts.aliases,
+        mounts=(
+            *bind_mounts(opts.volumes),
+            *(BindMount(f.dest, f.target, "ro" if f.read_only else "rw") for f in opts.files if f.target),
+        ),
+    )
+
+
+def shop_files(tmp_path: Path) -> dict[str, str]:
+    base = tmp_path / "shop"
+    app = load(compose_app.write_project(base, REGISTRY))
+    files = {"compose-plan.json": plan_document(app, base)}
+    for plan in app.services:
+        spec = compose_spec(plan.options)
+        for f in units.service_files(spec, sample_scan()):
+            if f.dest.endswith((".service", "/mounts")) or ("/etc/shop-" in f.dest and "/files/" in f.dest):
+                files[f"compose-{plan.service}-{Path(f.dest).name}"] = f.content
+            if f.dest == spec.layout.helper and plan.service in ("store", "seed"):
+                files[f"compose-{plan.service}-helper"] = f.content
+        config = runtime_config.patch(
+            json.loads((Path(__file__).parent / "data/umoci-config.json").read_text()), spec
+        )
+        files[f"compose-{plan.service}-config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    for fmt in (PackageFormat.DEB, PackageFormat.RPM):
+        packaged, scripts = stack.stack_files(app, fmt, "1")
+        for f in packaged:
+            files[f"compose-{fmt}-{Path(f.dest).name}"] = f.content
+        files.update({f"compose-{fmt}-stack-{key}": text for key, text in scripts.items()})
+    return {k: v.replace(f"ctr2svc {__version__}", "ctr2svc VERSION") for k, v in files.items()}
+
+
+def _shop_names() -> list[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return sorted(shop_files(Path(tmp)))
+
+
+SHOP = _shop_names()
+
+
+@pytest.mark.parametrize("name", SHOP)
+def test_golden(tmp_path: Path, name: str) -> None:
+    content = shop_files(tmp_path)[name]
+    golden = GOLDEN / name
+    if os.environ.get("CTR2SVC_UPDATE_GOLDEN"):
+        golden.write_text(content)
+    assert content == golden.read_text()
+
+
+def test_golden_set_is_complete() -> None:
+    assert {
+        "compose-plan.json",
+        "compose-app-shop-app.service",
+        "compose-seed-shop-seed.service",
+        "compose-store-helper",
+        "compose-web-app.conf",
+        "compose-deb-shop-stack.target",
+        "compose-deb-stack-postinstall",
+        "compose-rpm-50-shop-stack.preset",
+    } <= set(SHOP)
+
+
+@pytest.mark.parametrize("name", [n for n in SHOP if "stack-" in n or n.endswith("-helper")])
+def test_scripts_parse(tmp_path: Path, name: str) -> None:
+    script = tmp_path / name
+    script.write_text(shop_files(tmp_path)[name])
+    subprocess.run(["sh", "-n", str(script)], check=True)
+    if subprocess.run(["which", "shellcheck"], capture_output=True, check=False).returncode == 0:
+        subprocess.run(["shellcheck", "-s", "sh", "-S", "warning", str(script)], check=True)
+
+
+def test_units_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify reads the units as systemd will (it exits 0 on warnings: stderr too)."""
+    files = shop_files(tmp_path)
+    units_dir = tmp_path / "units"
+    units_dir.mkdir()
+    for name, text in files.items():
+        if name.endswith((".service", ".target")) and name.startswith("compose-") and "-rpm-" not in name:
+            (units_dir / name.split("-", 2)[2]).write_text(text)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *sorted(str(p) for p in units_dir.iterdir())],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wrong = [
+        line
+        for line in proc.stderr.splitlines()
+        if "Unknown key" in line or "Failed to parse" in line or "Invalid" in line or "bad-setting" in line
+    ]
+    assert not wrong, proc.stderr
+
+
+def test_the_units_depend_and_order(tmp_path: Path) -> None:
+    files = shop_files(tmp_path)
+    app_unit = files["compose-app-shop-app.service"].splitlines()
+    for line in (
+        "PartOf=shop-stack.target",
+        "Requires=shop-store.service",
+        "After=shop-store.service",
+        "Requires=shop-seed.service",
+        "After=shop-seed.service",
+        "WantedBy=shop-stack.target",
+        "Restart=on-failure",
+    ):
+        assert line in app_unit
+    seed = files["compose-seed-shop-seed.service"].splitlines()
+    for line in ("Type=oneshot", "RemainAfterExit=yes", "ExecStart=/usr/libexec/shop-seed/service run-once"):
+        assert line in seed
+    assert "Restart=no" in seed and "PIDFile=/run/shop-seed/pid" not in seed
+    store = files["compose-store-shop-store.service"].splitlines()
+    assert "ExecStartPost=/usr/libexec/shop-store/service wait-healthy 480" in store
+    assert "Restart=always" in files["compose-web-shop-web.service"].splitlines()  # unless-stopped
+    target = files["compose-deb-shop-stack.target"]
+    assert "Wants=shop-store.service shop-seed.service shop-app.service shop-web.service" in target
+
+
+def test_the_runtime_config(tmp_path: Path) -> None:
+    config = json.loads(shop_files(tmp_path)["compose-app-config.json"])
+    assert config["root"]["readonly"] is True
+    tmp = next(m for m in config["mounts"] if m["destination"] == "/tmp")
+    assert tmp == {
+        "destination": "/tmp",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "noexec"],
+    }
+    web = json.loads(shop_files(tmp_path)["compose-web-config.json"])
+    assert web["annotations"]["com.example.role"] == "frontend"
+
+
+def test_init_mounts_tini_and_runs_below_it() -> None:
+    spec = dataclasses.replace(make_spec(), init_process=True, working_dir="/srv")
+    config = runtime_config.patch({"process": {}, "mounts": []}, spec)
+    assert {"destination": "/sbin/docker-init", "type": "bind", "source": "/usr/bin/tini-static",
+            "options": ["rbind", "ro"]} in config["mounts"]  # fmt: skip
+    assert config["process"]["cwd"] == "/srv"
+    assert spec.package_depends == ("tini",)
+    assert dataclasses.replace(spec, format=PackageFormat.RPM).package_depends == ("tini-static",)
+
+
+def test_tmpfs_options() -> None:
+    from ctr2svc.build import tmpfs_mounts
+
+    assert tmpfs_mounts(("/run:size=64m,mode=0755",)) == (TmpfsMount("/run", ("size=64m", "mode=0755")),)
+    with pytest.raises(UsageError, match="is not PATH"):
+        tmpfs_mounts(("run",))
+
+
+def test_a_secret_is_root_only_and_a_conffile(tmp_path: Path) -> None:
+    app = load(compose_app.write_project(tmp_path / "shop", REGISTRY))
+    spec = compose_spec(service(app, "app"))
+    secret = next(
+        f for f in units.service_files(spec, sample_scan()) if f.dest.endswith("/secrets/app_token")
+    )
+    assert (secret.mode, secret.config, secret.content) == (0o600, True, compose_app.TOKEN + "\n")
+    assert "/etc/shop-app/secrets/app_token /run/secrets/app_token ro" in (
+        next(f for f in units.service_files(spec, sample_scan()) if f.dest.endswith("/mounts")).content
+    )
+
+
+def test_json_has_the_documented_fields(tmp_path: Path) -> None:
+    from ctr2svc.record import BuildResult
+    from tests.support.docs import json_fields, top_level
+
+    app = load(compose_app.write_project(tmp_path / "shop", REGISTRY))
+    files = []
+    for name in ("shop-stack_1_all.deb", *(f"{p}_1.0_amd64.deb" for p in app.packages)):
+        (tmp_path / name).write_bytes(b"x")
+        files.append(tmp_path / name)
+    done = tuple(
+        (
+            plan,
+            BuildResult(
+                path, str(plan.options.name), "1.0", "sha256:00", "x@sha256:00", "x.service", "/var/lib/x"
+            ),
+        )
+        for plan, path in zip(app.services, files[1:], strict=True)
+    )
+    result = stack.ApplicationResult(app, files[0], "1", "00", False, done)
+    shown = stack.summary(result)
+    fields = json_fields("`ctr2svc build --compose --json`")
+    assert set(shown) == top_level(fields)
+    nested = {f.split(".", 1)[1] for f in fields if f.startswith("services[].")}
+    assert all(set(service) == nested for service in shown["services"])
+    assert shown["install"].startswith(f"apt install {files[0]} ") and "apt-mark auto" in shown["install"]
+
+
+def test_a_compose_file_is_a_project_file(tmp_path: Path) -> None:
+    from ctr2svc.project import load as load_project
+    from ctr2svc.project import options
+
+    path = compose_app.write_project(tmp_path / "shop", REGISTRY)
+    project = load_project(path)
+    assert project.application.stack == "shop-stack"
+    assert project.output_dir == tmp_path / "shop" / "dist"
+    assert [e.name for e in project.images] == ["shop-store", "shop-seed", "shop-app", "shop-web"]
+    entry = project.images[2]
+    opts = options(project, entry, PackageFormat.RPM, min_version="1.0")
+    assert (opts.format, opts.output_dir, opts.min_version) == (PackageFormat.RPM, project.output_dir, "1.0")
+    assert entry.preset is not None and opts.requires == entry.preset.requires
