@@ -632,10 +632,6 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         user=opts.user,
         entrypoint_n=entrypoint_n,
         env=env_defaults(opts.env),
-        mounts=(
-            *bind_mounts(opts.volumes),
-            *(BindMount(f.dest, f.target, "ro" if f.read_only else "rw") for f in opts.files if f.target),
-        ),
         resources=resources(opts),
         health=health,
         ready_port=opts.ready_port,
@@ -646,20 +642,32 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         homepage=metadata.homepage(labels.get("org.opencontainers.image.url"), "url")
         or metadata.homepage(labels.get("org.opencontainers.image.source"), "source"),
         license=metadata.license_expression(labels.get("org.opencontainers.image.licenses")),
-        working_dir=opts.working_dir,
-        read_only=opts.read_only,
-        tmpfs=tmpfs_mounts(opts.tmpfs),
-        restart=restart_policy(opts),
-        requires=opts.requires,
-        wants=opts.wants,
-        stack=opts.stack,
-        oneshot=opts.oneshot,
-        ready_health=opts.ready_health,
-        annotations=tuple((key, value) for key, _, value in (x.partition("=") for x in opts.labels)),
-        init_process=opts.init_process,
-        files=opts.files,
-        aliases=opts.aliases,
+        **option_fields(opts),
     )
+
+
+def option_fields(opts: BuildOptions) -> dict[str, Any]:
+    """The ServiceSpec fields that follow from the options alone, whatever the image (compose's keys,
+    mostly): one place, which the compose goldens use too."""
+    return {
+        "mounts": (
+            *bind_mounts(opts.volumes),
+            *(BindMount(f.dest, f.target, "ro" if f.read_only else "rw") for f in opts.files if f.target),
+        ),
+        "working_dir": opts.working_dir,
+        "read_only": opts.read_only,
+        "tmpfs": tmpfs_mounts(opts.tmpfs),
+        "restart": restart_policy(opts),
+        "requires": opts.requires,
+        "wants": opts.wants,
+        "stack": opts.stack,
+        "oneshot": opts.oneshot,
+        "ready_health": opts.ready_health,
+        "annotations": tuple((key, value) for key, _, value in (x.partition("=") for x in opts.labels)),
+        "init_process": opts.init_process,
+        "files": opts.files,
+        "aliases": opts.aliases,
+    }
 
 
 def _volume(layout: Layout, path: str, scan: RootfsScan, uid: int, gid: int) -> Volume:

@@ -75,6 +75,18 @@ def leftovers() -> list[str]:
     return found
 
 
+def dpkg(*args: str | Path) -> None:
+    # Other tests use dpkg at the same time: wait for its lock rather than fail.
+    for _ in range(60):
+        proc = sh("dpkg", *args, check=False)
+        if proc.returncode == 0:
+            return
+        if "lock" not in proc.stderr:
+            raise AssertionError(proc.stderr)
+        time.sleep(2)
+    raise AssertionError(f"dpkg {args}: the lock stayed taken")
+
+
 def dpkg_installed(name: str) -> bool:
     proc = sh("dpkg-query", "-W", "-f", "${Status}", name, check=False)
     return proc.returncode == 0 and proc.stdout.startswith("install ok installed")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from tests.conftest import Cli, require
 from tests.support import compose_app, realistic
 from tests.support.registry import Registry, free_port
 
-from .helpers import deb_listing, leftovers, purge, sh, wait_for_http
+from .helpers import deb_listing, dpkg, leftovers, purge, sh, wait_for_http
 
 pytestmark = pytest.mark.integration
 
@@ -150,17 +149,6 @@ def installed(built: Built, integration_host: None) -> Iterator[Built]:
             {layer.name.split("_")[0] for layer in built.files if layer.name.startswith("ctr2svc-layer-")}
         )
         dpkg("--purge", *layers)
-
-
-def dpkg(*args: str | Path) -> None:
-    for _ in range(60):
-        proc = sh("dpkg", *args, check=False)
-        if proc.returncode == 0:
-            return
-        if "lock" not in proc.stderr:
-            raise AssertionError(proc.stderr)
-        time.sleep(2)
-    raise AssertionError(f"dpkg {args}: the lock stayed taken")
 
 
 def start(name: str, *then: str) -> None:

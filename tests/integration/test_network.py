@@ -23,7 +23,7 @@ from tests.conftest import Cli, require
 from tests.support.images import web_image
 from tests.support.registry import free_port
 
-from .helpers import leftovers, purge, sh, wait_for_http
+from .helpers import dpkg, leftovers, purge, sh, wait_for_http
 
 pytestmark = pytest.mark.integration
 
@@ -123,18 +123,6 @@ def installed(
             if helper(name).exists():
                 sh(helper(name), "stop", check=False)
             purge(name)
-
-
-def dpkg(*args: str | Path) -> None:
-    # Other tests use dpkg at the same time: wait for its lock rather than fail.
-    for _ in range(60):
-        proc = sh("dpkg", *args, check=False)
-        if proc.returncode == 0:
-            return
-        if "lock" not in proc.stderr:
-            raise AssertionError(proc.stderr)
-        time.sleep(2)
-    raise AssertionError(f"dpkg {args}: the lock stayed taken")
 
 
 def dpkg_install(deb: Path) -> None:

@@ -508,8 +508,7 @@ def plan_document(app: compose.Application, base: Path) -> str:
 
 def compose_spec(opts: BuildOptions) -> ServiceSpec:
     """make_spec()'s image as the service OPTS describes (what plan_service decides from them)."""
-    from ctr2svc.build import bind_mounts, tmpfs_mounts
-    from ctr2svc.model import BindMount
+    from ctr2svc.build import option_fields
 
     spec = make_spec()
     check = health_check(opts, None) if opts.ready_health else None
@@ -519,23 +518,7 @@ def compose_spec(opts: BuildOptions) -> ServiceSpec:
         layout=dataclasses.replace(spec.layout, name=str(opts.name)),
         health=check,
         network=opts.network,
-        working_dir=opts.working_dir,
-        read_only=opts.read_only,
-        tmpfs=tmpfs_mounts(opts.tmpfs),
-        restart=restart_policy(opts),
-        requires=opts.requires,
-        wants=opts.wants,
-        stack=opts.stack,
-        oneshot=opts.oneshot,
-        ready_health=opts.ready_health,
-        annotations=tuple((k, v) for k, _, v in (x.partition("=") for x in opts.labels)),
-        init_process=opts.init_process,
-        files=opts.files,
-        aliases=opts.aliases,
-        mounts=(
-            *bind_mounts(opts.volumes),
-            *(BindMount(f.dest, f.target, "ro" if f.read_only else "rw") for f in opts.files if f.target),
-        ),
+        **option_fields(opts),
     )
 
 
