@@ -122,6 +122,7 @@ class BuildOptions:
     files: tuple[PackagedFile, ...] = ()  # files packaged below /etc/NAME and mounted into the container
     volume_paths: tuple[str, ...] = ()  # container paths that get a data directory, as image VOLUMEs do
     aliases: tuple[str, ...] = ()  # more names the other services reach this one by (private network)
+    application_network: str = ""  # a compose application's own network ("": the ctr2svc network)
     health_test: tuple[str, ...] | None = None  # the health check's argv, instead of the image's
     health_timeout: int | None = None
     health_start_period: int | None = None
@@ -667,6 +668,7 @@ def option_fields(opts: BuildOptions) -> dict[str, Any]:
         "init_process": opts.init_process,
         "files": opts.files,
         "aliases": opts.aliases,
+        "application_network": opts.application_network,
     }
 
 

@@ -7,7 +7,7 @@ canonical model, with no daemon. This module maps that model onto BuildOptions, 
 and refuses, naming the key and the service, everything it does not map: a key left out silently would
 make a package that runs something other than what the file says.
 
-The services of an application share the ctr2svc network (names resolve between them), start in the
+The services of an application share a network of their own (names resolve between them only), start in the
 order depends_on gives (systemd's Requires=/After=, a health-gated start for service_healthy, a
 one-shot unit for service_completed_successfully), and are part of the application's target,
 NAME.target, in the application package NAME, which depends on them all.
@@ -344,7 +344,13 @@ def _service(
     except UsageError as exc:
         raise refuse(path, f"{where}.image", exc.brief, exc.hint or DOCS) from exc
     opts: dict[str, Any] = dict(common)
-    opts.update(reference=reference, name=pkg, stack=f"{app}{STACK_SUFFIX}", network="private")
+    opts.update(
+        reference=reference,
+        name=pkg,
+        stack=f"{app}{STACK_SUFFIX}",
+        network="private",
+        application_network=app,
+    )
     opts.setdefault("layers", "shared")
     if svc.get("entrypoint") is not None:
         opts["entrypoint"] = _strings(path, f"{where}.entrypoint", svc["entrypoint"])

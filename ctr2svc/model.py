@@ -423,6 +423,8 @@ class ServiceSpec:
     init_process: bool = False  # tini as the container's PID 1, as `docker run --init`
     files: tuple[PackagedFile, ...] = ()
     aliases: tuple[str, ...] = ()  # more names the other services reach this one by (private network)
+    # The compose application whose own network the service is on ("": the host's ctr2svc network).
+    application_network: str = ""
 
     @property
     def package_depends(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from dataclasses import dataclass
 
 from ctr2svc import metadata
 from ctr2svc.errors import UsageError
@@ -81,6 +82,42 @@ def publish(mode: str, texts: tuple[str, ...]) -> tuple[PortMapping, ...]:
             )
         seen[key] = mapping
     return mappings
+
+
+# A compose application's network: a /24 of its own, given out on the host at the first start of one of
+# its services (the helper's allocate_subnet), from these: above the default network's first, then
+# below it. Podman's own `network create` counts up from 10.89.0.0/24, so these stay out of its way
+# unless a host has more than a hundred podman networks (and a subnet podman has is skipped anyway).
+APPLICATION_SUBNETS = (*range(241, 255), *range(239, 127, -1))
+_APPLICATION = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Network:
+    """A netavark network the helper sets up: name, id and bridge are fixed at build time; the /24 is
+    fixed for the default network and given out on the host for an application's."""
+
+    name: str
+    id: str
+    bridge: str
+    prefix: str  # the /24's first three numbers; "" for an application's network (given out at start)
+
+
+def for_service(application: str) -> Network:
+    """The network of a service: the host's ctr2svc network, or compose APPLICATION's own, on which its
+    service names resolve only between its services."""
+    if not application:
+        return Network(NETWORK_NAME, NETWORK_ID, BRIDGE, str(SUBNET.network_address).rsplit(".", 1)[0])
+    if not _APPLICATION.match(application):
+        raise UsageError(
+            f"application name {application!r} cannot name a network",
+            hint="use lowercase letters, digits, '-' and '_' (as compose does)",
+        )
+    name = f"{NETWORK_NAME}-{application}"
+    digest = hashlib.sha256(f"ctr2svc network {name}".encode()).hexdigest()
+    # Interface names have at most 15 characters: the application's name when it fits, else a hash.
+    bridge = f"c2s-{application}" if len(application) <= 11 else f"c2s-{digest[:11]}"
+    return Network(name, digest, bridge, "")
 
 
 def container_id(name: str) -> str:

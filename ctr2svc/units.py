@@ -155,15 +155,13 @@ def health_deadline(spec: ServiceSpec) -> int:
 
 
 def _network_values(spec: ServiceSpec) -> dict[str, Any]:
-    subnet = network.SUBNET
+    net = network.for_service(spec.application_network)
     return {
-        "name": network.NETWORK_NAME,
-        "id": network.NETWORK_ID,
-        "bridge": network.BRIDGE,
-        "bridge_mac": network.BRIDGE_MAC,
-        "subnet": str(subnet),
-        "prefix": str(subnet.network_address).rsplit(".", 1)[0],  # a /24: the first three numbers
-        "gateway": str(network.GATEWAY),
+        "name": net.name,
+        "id": net.id,
+        "bridge": net.bridge,
+        "prefix": net.prefix,  # a /24: the first three numbers; "" when given out at the first start
+        "candidates": " ".join(f"10.89.{n}" for n in network.APPLICATION_SUBNETS),
         "netns": Path(runtime_config.netns_path(spec.name)).name,
         "container_id": network.container_id(spec.name),
         "aliases": tuple(dict.fromkeys((*network.aliases(spec.name), *spec.aliases))),

@@ -63,14 +63,14 @@ def leftovers() -> list[str]:
     """What a stopped private-network service could leave on the host: none of it may be there."""
     found = []
     links = sh("ip", "-o", "link").stdout
-    found += [f"link {m}" for m in re.findall(r"^\d+: (ctr2svc0|veth\w+)", links, re.MULTILINE)]
+    found += [f"link {m}" for m in re.findall(r"^\d+: (ctr2svc0|c2s-[\w-]+|veth\w+)", links, re.MULTILINE)]
     found += [
-        f"netns {n}" for n in sh("ip", "netns", "list").stdout.split() if n.startswith("ctr2svc-ctr2svc")
+        f"netns {n}"
+        for n in sh("ip", "netns", "list").stdout.split()
+        if n.startswith(("ctr2svc-ctr2svc", "ctr2svc-c2s-"))
     ]
     ruleset = sh("nft", "list", "ruleset").stdout
-    found += [
-        f"nft {line.strip()}" for line in ruleset.splitlines() if re.search(r"NETAVARK|10\.89\.240", line)
-    ]
+    found += [f"nft {line.strip()}" for line in ruleset.splitlines() if re.search(r"NETAVARK|10\.89\.", line)]
     found += [f"aardvark-dns pid {pid}" for pid in running("aardvark-dns")]
     return found
 

@@ -203,6 +203,42 @@ def test_the_application_runs_in_order(installed: Built) -> None:
     assert leftovers() == []
 
 
+def test_each_application_has_its_own_network(
+    installed: Built, images: Registry, ctr2svc: Cli, tmp_path: Path
+) -> None:
+    """A second application with the same service names: each is on a bridge and a /24 of its own, and
+    each app server finds its own store by the short name `store`."""
+    other = "c2s-two"
+    project = compose_app.write_project(tmp_path / "two", images.host, web_port=free_port())
+    proc = ctr2svc("build", "--compose", project, "--project-name", other, "-o", tmp_path / "dist", "--json")
+    summary = json.loads(proc.stdout)
+    files = [summary["package"], *(s["package"] for s in summary["services"])]
+    files += [layer["package"] for s in summary["services"] for layer in s["layers"]]
+    dpkg("-i", *dict.fromkeys(files))
+    apps = (APP, other)
+    try:
+        for app in apps:
+            start(f"{app}-store", "wait-healthy", "120")
+            start(f"{app}-app")
+        prefixes = {app: Path(f"/var/lib/ctr2svc/networks/ctr2svc-{app}").read_text().strip() for app in apps}
+        assert len(set(prefixes.values())) == 2 and "10.89.240" not in prefixes.values(), prefixes
+        stores = {app: Path(f"/var/lib/{app}-store/address").read_text().strip() for app in apps}
+        for app in apps:
+            assert stores[app].startswith(prefixes[app] + "."), (stores, prefixes)
+            gateway = Path(f"/sys/class/net/c2s-{app}/address").read_text().strip()
+            assert gateway == "02:c2:" + ":".join(f"{int(n):02x}" for n in f"{prefixes[app]}.1".split("."))
+            runc = ("runc", "--root", f"/run/{app}-app/runc", "exec", f"{app}-app")
+            found = sh(*runc, "nslookup", "store").stdout
+            theirs = next(stores[a] for a in apps if a != app)
+            assert stores[app] in found and theirs not in found, found
+    finally:
+        for app in apps:
+            for service in ("app", "store"):
+                sh(helper(f"{app}-{service}"), "stop", check=False)
+        dpkg("--purge", f"{other}-stack", *(f"{other}-{s}" for s in SERVICES))
+    assert leftovers() == []
+
+
 def test_update_publishes_the_application(images: Registry, ctr2svc: Cli, tmp_path: Path) -> None:
     """`update -c compose.yaml`: every service and the application package into the repository; a
     second run with nothing moved publishes nothing."""

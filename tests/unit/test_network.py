@@ -124,3 +124,21 @@ def test_names_and_ids() -> None:
     assert str(network.SUBNET) == "10.89.240.0/24" and str(network.GATEWAY) == "10.89.240.1"
     # The bridge's MAC follows the gateway's address as a service's follows its own (network.awk).
     assert network.BRIDGE_MAC == "02:c2:0a:59:f0:01"
+
+
+def test_an_applications_own_network() -> None:
+    default = network.for_service("")
+    assert (default.name, default.bridge, default.prefix) == ("ctr2svc", "ctr2svc0", "10.89.240")
+    shop = network.for_service("shop")
+    assert (shop.name, shop.bridge, shop.prefix) == ("ctr2svc-shop", "c2s-shop", "")
+    assert shop.id != default.id and len(shop.id) == 64
+    # Interface names have 15 characters at most: a long application name gives a hash, fixed.
+    long = network.for_service("a-rather-long-application")
+    assert long.bridge.startswith("c2s-") and len(long.bridge) == 15
+    assert long == network.for_service("a-rather-long-application")
+    with pytest.raises(UsageError, match="cannot name a network"):
+        network.for_service("Shop App")
+    # The /24s an application's network may get: in 10.89.0.0/16, never the default network's.
+    subnets = network.APPLICATION_SUBNETS
+    assert len(set(subnets)) == len(subnets) == 126 and 240 not in subnets
+    assert subnets[0] == 241 and all(0 < n < 255 for n in subnets)

@@ -307,6 +307,7 @@ def test_network_awk_writes_netavarks_options(awk: list[str], spec: ServiceSpec,
         variables = [
             "NAME=valkey-svc",
             "ADDRESS=10.89.240.7",
+            "SUBNET_PREFIX=10.89.240",
             f"PORTSFILE={ports}",
             f"PORTLIST={tmp_path / 'list'}",
         ]

@@ -142,6 +142,10 @@ def test_install_brings_the_application_up_in_order(vm: vmhost.VM, installed: De
     assert vm.ssh(f"systemctl show -p MemoryMax --value {UNITS['store']}").stdout.strip() == str(256 << 20)
     # The store's data is its named volume, in the service's data directory.
     vm.ssh(f"redis-cli -h $(cat /var/lib/{APP}-store/address) -p {realistic.REDIS_PORT} save")
+    # The application's own network: its bridge and /24, where the store's address is.
+    prefix = vm.ssh(f"cat /var/lib/ctr2svc/networks/ctr2svc-{APP}").stdout.strip()
+    assert vm.ssh(f"cat /var/lib/{APP}-store/address").stdout.startswith(prefix + ".")
+    assert prefix != "10.89.240" and vm.ssh(f"ip -o link show c2s-{APP}", check=False).returncode == 0
     vm.ssh(f"test -s /var/lib/{APP}-store/volumes/data/dump.rdb")
     # The whole application is the target's: its dependencies are the four services.
     deps = vm.ssh(f"systemctl list-dependencies --plain --no-pager {TARGET}").stdout
@@ -183,7 +187,7 @@ def test_remove_of_the_application_stops_everything(vm: vmhost.VM, installed: De
             logs = vm.ssh("journalctl -b --no-pager -o short-monotonic | tail -n 120", check=False).stdout
             raise AssertionError(f"{service}: {state}\n{removed.stdout}\n{units}\n{shown.stdout}\n{logs}")
     assert vm.ssh(f"curl -fsS --max-time 3 {URL}/", check=False).returncode != 0
-    assert vm.ssh("ip -o link show ctr2svc0", check=False).returncode != 0  # no service left on it
+    assert vm.ssh(f"ip -o link show c2s-{APP}", check=False).returncode != 0  # no service left on it
     # The target is masked, as debhelper masks a removed package's units: nothing starts the services
     # at boot any more. They stay installed until autoremove (the install marked them automatic).
     assert vm.ssh(f"systemctl is-enabled {TARGET}", check=False).stdout.strip() == "masked"

@@ -62,7 +62,7 @@ BEGIN {
     print "    \"ctr2svc\": {"
     print "      \"name\": \"ctr2svc\", \"id\": \"ce91cb7e5f49a5d2e3c8b9ead7353f707859886684043e2adaa702ba42445720\", \"driver\": \"bridge\","
     print "      \"network_interface\": \"ctr2svc0\","
-    print "      \"subnets\": [{\"subnet\": \"10.89.240.0/24\", \"gateway\": \"10.89.240.1\"}],"
+    print "      \"subnets\": [{\"subnet\": \"" SUBNET_PREFIX ".0/24\", \"gateway\": \"" SUBNET_PREFIX ".1\"}],"
     print "      \"ipv6_enabled\": false, \"internal\": false, \"dns_enabled\": true,"
     print "      \"ipam_options\": {\"driver\": \"host-local\"}"
     print "    }"
