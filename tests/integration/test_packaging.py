@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ctr2svc import __version__
 from tests.conftest import REPO, require
 from tests.integration.helpers import dpkg_installed, sh
 from tests.integration.test_repo import Apt
@@ -27,8 +28,8 @@ from tests.integration.test_repo import Apt
 pytestmark = pytest.mark.integration
 
 BUILD = REPO / "packaging" / "build"
-DEB = "ctr2svc_0.1.0_amd64.deb"
-RPM = "ctr2svc-0.1.0-1.x86_64.rpm"
+DEB = f"ctr2svc_{__version__}_amd64.deb"
+RPM = f"ctr2svc-{__version__}-1.x86_64.rpm"
 MAINTAINER = "Ops <ops@example.com>"
 # What the installed ctr2svc sees: no venv on PATH, so that only the package's own tools can be found.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -207,7 +208,7 @@ def test_installed_builder_builds_and_publishes(installed: Path, built: Built, t
         assert proc.returncode == 0, proc.stderr
         return proc
 
-    assert ctr2svc("--version").stdout.strip() == "ctr2svc, version 0.1.0"
+    assert ctr2svc("--version").stdout.strip() == f"ctr2svc, version {__version__}"
     example = f"oci:{REPO / 'examples' / 'hello'}:1.0"
     out = tmp_path / "out"
     proc = ctr2svc("--debug", "build", example, "--maintainer", MAINTAINER, "-o", out)
@@ -227,7 +228,7 @@ def test_installed_builder_builds_and_publishes(installed: Path, built: Built, t
     apt = Apt(tmp_path / "apt")
     apt.sources.write_text(f"deb [trusted=yes] file:{repo / 'deb'} ./\n")
     sh("apt-get", *apt.options(), "update")
-    assert apt.candidate("ctr2svc") == "0.1.0"
+    assert apt.candidate("ctr2svc") == __version__
 
 
 def test_a_failure_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
