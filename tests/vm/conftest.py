@@ -8,8 +8,30 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
 from tests.support.registry import free_port
 from tests.vm import vmhost
+
+# The private network's stack: the VM has no route to Debian's mirror, so its packages are downloaded
+# on this host and installed in the VM with dpkg.
+NETWORK_DEBS = (
+    *("netavark", "aardvark-dns", "iptables", "netbase", "libmnl0", "libip4tc2", "libip6tc2"),
+    *("libxtables12", "libnetfilter-conntrack3", "libnfnetlink0", "libnftnl11"),
+)
+
+
+def install_network_stack(vm: vmhost.VM, work: Path) -> None:
+    """netavark, aardvark-dns and what they need, in the VM (downloaded into WORK on this host)."""
+    downloads = work / "downloads"
+    downloads.mkdir()
+    got = subprocess.run(
+        ["apt-get", "download", *NETWORK_DEBS], cwd=downloads, capture_output=True, text=True, check=False
+    )
+    require(got.returncode == 0, f"cannot download the network stack's packages: {got.stderr}")
+    vm.ssh("mkdir -p /root/netdebs")
+    for deb in downloads.glob("*.deb"):
+        vm.copy_to(deb, f"/root/netdebs/{deb.name}")
+    vm.ssh("dpkg -i /root/netdebs/*.deb", timeout=300)
 
 
 @pytest.fixture(scope="session")

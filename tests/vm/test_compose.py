@@ -14,7 +14,6 @@ installed with dpkg first (as tests/vm/test_network.py does).
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from tests.conftest import Cli, require
 from tests.support import compose_app, realistic
 from tests.support.registry import Registry
 from tests.vm import vmhost
-from tests.vm.conftest import Timings
+from tests.vm.conftest import Timings, install_network_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -35,10 +34,6 @@ SERVICES = ("store", "seed", "app", "web")  # in start order
 UNITS = {s: f"{APP}-{s}.service" for s in SERVICES}
 TARGET = f"{APP}-stack.target"
 URL = f"http://127.0.0.1:{compose_app.WEB_PORT}"
-NETWORK_DEBS = (
-    *("netavark", "aardvark-dns", "iptables", "netbase", "libmnl0", "libip4tc2", "libip6tc2"),
-    *("libxtables12", "libnetfilter-conntrack3", "libnfnetlink0", "libnftnl11"),
-)
 
 
 @dataclass(frozen=True)
@@ -58,16 +53,8 @@ def debs(vm: vmhost.VM, registry: Registry, ctr2svc: Cli, tmp_path_factory: pyte
     missing = realistic.missing_requirements()
     require(not missing, f"cannot build the realistic images: {', '.join(missing)}")
     work = tmp_path_factory.mktemp("compose")
-    downloads = work / "downloads"
-    downloads.mkdir()
-    got = subprocess.run(
-        ["apt-get", "download", *NETWORK_DEBS], cwd=downloads, capture_output=True, text=True, check=False
-    )
-    require(got.returncode == 0, f"cannot download the network stack's packages: {got.stderr}")
-    vm.ssh("mkdir -p /root/netdebs /root/compose/dist /root/upgrade")
-    for deb in downloads.glob("*.deb"):
-        vm.copy_to(deb, f"/root/netdebs/{deb.name}")
-    vm.ssh("dpkg -i /root/netdebs/*.deb", timeout=300)
+    install_network_stack(vm, work)
+    vm.ssh("mkdir -p /root/compose/dist /root/upgrade")
 
     compose_app.push_images(registry, work / "images")
     project = compose_app.write_project(work / APP, registry.host)

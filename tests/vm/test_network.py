@@ -12,15 +12,15 @@ minimal image lacks) are downloaded on this host and installed with dpkg first.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, require
+from tests.conftest import Cli
 from tests.support.images import web_image
 from tests.vm import vmhost
+from tests.vm.conftest import install_network_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -28,10 +28,6 @@ A, B = "neta-svc", "netb-svc"
 PORTS = {A: 8081, B: 8082}
 TEXT = {A: "alpha", B: "beta"}
 PEER, PEER_IP, HOST_IP = "peer", "192.168.77.2", "192.168.77.1"
-NETWORK_DEBS = (
-    *("netavark", "aardvark-dns", "iptables", "netbase", "libmnl0", "libip4tc2", "libip6tc2"),
-    *("libxtables12", "libnetfilter-conntrack3", "libnfnetlink0", "libnftnl11"),
-)
 
 
 @dataclass(frozen=True)
@@ -43,16 +39,7 @@ class Debs:
 @pytest.fixture(scope="module")
 def debs(vm: vmhost.VM, ctr2svc: Cli, tmp_path_factory: pytest.TempPathFactory) -> Debs:
     work = tmp_path_factory.mktemp("network")
-    downloads = work / "downloads"
-    downloads.mkdir()
-    got = subprocess.run(
-        ["apt-get", "download", *NETWORK_DEBS], cwd=downloads, capture_output=True, text=True, check=False
-    )
-    require(got.returncode == 0, f"cannot download the network stack's packages: {got.stderr}")
-    vm.ssh("mkdir -p /root/netdebs")
-    for deb in downloads.glob("*.deb"):
-        vm.copy_to(deb, f"/root/netdebs/{deb.name}")
-    vm.ssh("dpkg -i /root/netdebs/*.deb", timeout=300)
+    install_network_stack(vm, work)
 
     def build(name: str, version: str, text: str) -> str:
         source = web_image(work / "layout", f"{name}-{version}", text)
