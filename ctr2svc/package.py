@@ -388,20 +388,26 @@ def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
     built = staging / filename(inputs.spec)
     total = inputs.scan.file_bytes if not inputs.spec.layers else 0
     run_nfpm(config, inputs.spec.format, staging, built, build_epoch(inputs.spec), total)
-    relax_rpm_verify(
+    finish_rpm(
         built, inputs.spec.format, inputs.scan, spec.layout.rootfs, inputs.sign_key_file, build_epoch(spec)
     )
     return publish(built, output_dir, move=True)
 
 
-def relax_rpm_verify(
+def finish_rpm(
     built: Path, fmt: PackageFormat, scan: RootfsScan, rootfs: str, key_file: Path | None, epoch: int
 ) -> None:
-    """%verify(not user group) on the image files whose owner the ownership script sets (nfpm cannot
-    write it): `rpm -V` then reports only what really changed."""
-    if fmt is PackageFormat.RPM:
-        paths = [f"{rootfs}/{e.path}" if e.path else rootfs for e in scan.entries if (e.uid, e.gid) != (0, 0)]
-        rpmheader.relax_owner_verify(built, paths, key_file=key_file, epoch=epoch)
+    """What nfpm cannot write into an rpm (ctr2svc/rpmheader.py): hard links as hard links, and
+    %verify(not user group) on the image files whose owner the ownership script sets."""
+    if fmt is not PackageFormat.RPM:
+        return
+
+    def installed(rel: str) -> str:
+        return f"{rootfs}/{rel}" if rel else rootfs
+
+    owners = [installed(e.path) for e in scan.entries if (e.uid, e.gid) != (0, 0)]
+    links = [(installed(e.path), installed(e.target)) for e in scan.hardlinks if e.target]
+    rpmheader.finish(built, owner_paths=owners, links=links, key_file=key_file, epoch=epoch)
 
 
 def run_nfpm(
@@ -650,7 +656,7 @@ def pack_layer(layer: LayerPackage, staging: Path) -> Path:
     run_nfpm(config, layer.format, staging, built, layer_epoch(layer.extracted))
     extracted = layer.extracted
     rootfs = f"{extracted.unit.install_dir}/rootfs"
-    relax_rpm_verify(built, layer.format, extracted.scan, rootfs, layer.sign_key_file, layer_epoch(extracted))
+    finish_rpm(built, layer.format, extracted.scan, rootfs, layer.sign_key_file, layer_epoch(extracted))
     return built
 
 

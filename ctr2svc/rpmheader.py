@@ -12,7 +12,9 @@ with the same key (gpg, with the build's time as the signature's, so the build s
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import lzma
 import os
 import struct
 import tempfile
@@ -34,6 +36,16 @@ SIG_SHA1 = 269  # hex SHA-1 of the main header
 SIG_SHA256 = 273  # hex SHA-256 of the main header
 SIG_PGP = 1002  # OpenPGP signature of the main header and the payload
 SIG_MD5 = 1004  # MD5 of the main header and the payload
+SIG_SIZE = 1000  # main header and payload, in bytes
+SIG_PAYLOADSIZE = 1007  # the uncompressed payload
+SIZE = 1009  # installed size
+FILESIZES = 1028
+FILEINODES = 1096
+PAYLOADFORMAT = 1124
+PAYLOADCOMPRESSOR = 1125
+PAYLOADDIGEST = 5092
+PAYLOADDIGESTALGO = 5093
+PGPHASHALGO_SHA256 = 8
 DIRINDEXES = 1116
 BASENAMES = 1117
 DIRNAMES = 1118
@@ -131,36 +143,38 @@ def _paths(header: Header) -> list[str]:
     return [dirs[i] + name for i, name in zip(header.int32s(DIRINDEXES), names, strict=True)]
 
 
-def relax_owner_verify(
-    rpm: Path, paths: Collection[str], *, key_file: Path | None = None, epoch: int = 0
-) -> int:
-    """Clear the user and group verify flags of PATHS (as installed) in RPM; sign again with
-    KEY_FILE (its passphrase in $NFPM_PASSPHRASE) if given. Returns how many files changed."""
-    wanted = set(paths)
-    if not wanted:
-        return 0
+def finish(
+    rpm: Path,
+    *,
+    owner_paths: Collection[str] = (),
+    links: Collection[tuple[str, str]] = (),
+    key_file: Path | None = None,
+    epoch: int = 0,
+) -> bool:
+    """Edit the rpm nfpm wrote, in place: `%verify(not user group)` on OWNER_PATHS, and every
+    (path, target) of LINKS a hard link of its target in the payload instead of a copy. A signed
+    package is signed again with KEY_FILE (its passphrase in $NFPM_PASSPHRASE). Paths are as
+    installed. Returns whether anything changed."""
+    if not owner_paths and not links:
+        return False
     blob = rpm.read_bytes()
     signature, end = Header.parse(blob, LEAD_SIZE)
     main_start = end + (-end % 8)
     main, main_end = Header.parse(blob, main_start)
-    flags = main.find(FILEVERIFYFLAGS)
-    if flags is None:
-        raise PackageError(f"nfpm wrote {rpm.name} without per-file verify flags")
-    changed = 0
-    for i, path in enumerate(_paths(main)):
-        if path in wanted:
-            at = flags.offset + 4 * i
-            (value,) = struct.unpack_from(">i", main.data, at)
-            struct.pack_into(">i", main.data, at, value & ~(VERIFY_USER | VERIFY_GROUP))
-            changed += 1
-    if not changed:
-        return 0
-    header = main.serialize()
     payload = blob[main_end:]
+    changed = _relax_verify(main, set(owner_paths), rpm.name)
+    if links:
+        relinked = _link(main, signature, payload, links)
+        if relinked is not None:
+            payload, changed = relinked, True
+    if not changed:
+        return False
+    header = main.serialize()
     values = {
         SIG_SHA1: hashlib.sha1(header).hexdigest().encode() + b"\0",  # noqa: S324 - rpm's digest
         SIG_SHA256: hashlib.sha256(header).hexdigest().encode() + b"\0",
         SIG_MD5: hashlib.md5(header + payload).digest(),  # noqa: S324 - rpm's digest
+        SIG_SIZE: struct.pack(">i", len(header) + len(payload)),
     }
     for tag, value in values.items():
         entry = signature.find(tag)
@@ -173,10 +187,127 @@ def relax_owner_verify(
             {SIG_RSA: _sign(header, key_file, epoch), SIG_PGP: _sign(header + payload, key_file, epoch)}
         )
     sig = signature.serialize()
-    tmp = rpm.with_name(rpm.name + ".verify")
+    tmp = rpm.with_name(rpm.name + ".edit")
     tmp.write_bytes(blob[:LEAD_SIZE] + sig + b"\0" * (-len(sig) % 8) + header + payload)
     tmp.replace(rpm)
+    return True
+
+
+def _relax_verify(main: Header, wanted: set[str], name: str) -> bool:
+    if not wanted:
+        return False
+    flags = main.find(FILEVERIFYFLAGS)
+    if flags is None:
+        raise PackageError(f"nfpm wrote {name} without per-file verify flags")
+    changed = False
+    for i, path in enumerate(_paths(main)):
+        if path in wanted:
+            at = flags.offset + 4 * i
+            (value,) = struct.unpack_from(">i", main.data, at)
+            struct.pack_into(">i", main.data, at, value & ~(VERIFY_USER | VERIFY_GROUP))
+            changed = True
     return changed
+
+
+def _set_int32(header: Header, tag: int, index: int, value: int) -> None:
+    entry = header.find(tag)
+    if entry is not None:
+        struct.pack_into(">i", header.data, entry.offset + 4 * index, value)
+
+
+def _link(
+    main: Header, signature: Header, payload: bytes, links: Collection[tuple[str, str]]
+) -> bytes | None:
+    """The payload with each hard link set stored once, as rpmbuild stores it: every member shares
+    the first one's inode number (in FILEINODES and in cpio), and only the last member in the archive
+    carries the content (the others have size 0). rpm creates the first member empty, links the
+    others to it and fills it when the content comes. None when the payload is not one this can
+    rewrite (then the copies stay, and the ownership script links them on install)."""
+    compressor = main.strings(PAYLOADCOMPRESSOR)
+    algo = main.int32s(PAYLOADDIGESTALGO)
+    if main.strings(PAYLOADFORMAT) != ["cpio"] or not compressor or compressor[0] not in CODECS:
+        return None
+    if algo and algo[0] != PGPHASHALGO_SHA256:
+        return None
+    paths = _paths(main)
+    index = {path: i for i, path in enumerate(paths)}
+    inodes = main.int32s(FILEINODES)
+    sizes = main.int32s(FILESIZES)
+    sets: dict[int, list[int]] = {}
+    for path, target in links:
+        if path in index and target in index:
+            sets.setdefault(index[target], [index[target]]).append(index[path])
+    if not sets:
+        return None
+    member_of = {fx: sorted(members) for members in sets.values() for fx in members}
+    for members in sets.values():
+        for fx in members:
+            _set_int32(main, FILEINODES, fx, inodes[min(members)])
+
+    raw = _decompress(compressor[0], payload)
+    out = bytearray()
+    pos = fx = 0
+    while True:
+        fields = [int(raw[pos + 6 + 8 * k : pos + 14 + 8 * k], 16) for k in range(13)]
+        if raw[pos : pos + 6] != b"070701":
+            return None
+        name_end = pos + 110 + fields[11]
+        data = name_end + (-name_end % 4)
+        data_end = data + fields[6]
+        after = data_end + (-data_end % 4)
+        name = raw[pos + 110 : name_end - 1]
+        if name == b"TRAILER!!!":
+            out += raw[pos:]
+            break
+        if fx >= len(paths) or name.decode(errors="replace")[1:] != paths[fx]:
+            return None  # not in the header's order: leave it as nfpm wrote it
+        group = member_of.get(fx)
+        if group is None:
+            out += raw[pos:after]
+        else:
+            content = fx == group[-1]
+            fields[0], fields[4] = inodes[group[0]], len(group)
+            fields[6] = fields[6] if content else 0
+            out += b"070701" + b"".join(b"%08X" % f for f in fields)
+            out += raw[pos + 110 : data] + (raw[data:after] if content else b"")
+        pos, fx = after, fx + 1
+    if fx != len(paths):
+        return None
+    # The installed size counts each file once (rpmbuild's SIZE does).
+    total = main.int32s(SIZE)
+    if total:
+        dropped = sum(sizes[m] for members in sets.values() for m in sorted(members)[:-1])
+        _set_int32(main, SIZE, 0, total[0] - dropped)
+    _set_int32(signature, SIG_PAYLOADSIZE, 0, len(out))
+    compressed = _compress(compressor[0], bytes(out))
+    digest = main.find(PAYLOADDIGEST)
+    if digest is not None:
+        value = hashlib.sha256(compressed).hexdigest().encode()
+        main.data[digest.offset : digest.offset + len(value)] = value
+    return compressed
+
+
+CODECS = ("gzip", "xz", "zstd")
+
+
+def _decompress(codec: str, data: bytes) -> bytes:
+    if codec == "gzip":
+        return gzip.decompress(data)
+    if codec == "xz":
+        return lzma.decompress(data)
+    return run(
+        [find_tool("zstd", "rewrite the rpm payload"), "-dcq"], input=data, what="read the rpm payload"
+    ).stdout
+
+
+def _compress(codec: str, data: bytes) -> bytes:
+    # Deterministic: no name or time in the gzip header, one xz block, zstd's level as nfpm's.
+    if codec == "gzip":
+        return gzip.compress(data, compresslevel=9, mtime=0)
+    if codec == "xz":
+        return lzma.compress(data, format=lzma.FORMAT_XZ, preset=6)
+    zstd = find_tool("zstd", "rewrite the rpm payload")
+    return run([zstd, "-3", "-cq", "--no-check"], input=data, what="compress the rpm payload").stdout
 
 
 def _sign(data: bytes, key_file: Path, epoch: int) -> bytes:
