@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import debian, log, metadata, units
+from ctr2svc import debian, log, metadata, payload, units
 from ctr2svc.bundle import Kind, RootfsScan
 from ctr2svc.errors import PackageError, ToolFailed, UsageError
 from ctr2svc.layers import INSTALL_DIR, PACKAGE_VERSION, Extracted
@@ -108,7 +108,8 @@ def tree_contents(
             info["mode"] = 0o777
             contents.append({"src": entry.target, "dst": dst, "type": "symlink", "file_info": info})
         else:
-            # A hard link's second name ships as a copy; the ownership script links it again on install.
+            # A hard link's second name is given to nfpm as a copy of the first: finish() makes it a
+            # hard link in a .deb, the ownership script links it again on install (rpm, apk).
             first = staged.get(entry.target) if entry.kind is Kind.HARDLINK and entry.target else None
             if first is None:
                 first = files_dir / str(number)
@@ -116,6 +117,28 @@ def tree_contents(
                 staged[entry.path] = first
             contents.append({"src": str(first), "dst": dst, "type": "file", "file_info": info})
     return contents
+
+
+def hardlink_groups(scan: RootfsScan, dest: str) -> list[tuple[str, ...]]:
+    """The names (package paths) of each file tree_contents() gives nfpm more than once: the first
+    name, then its hard links."""
+    groups: dict[str, list[str]] = {}
+    for entry in scan.entries:
+        if entry.kind is Kind.HARDLINK and entry.target in groups:
+            groups[entry.target].append(entry.path)
+        elif entry.kind in (Kind.FILE, Kind.HARDLINK):
+            groups[entry.path] = [entry.path]
+    return [
+        tuple(payload.package_path(f"{dest}/{path}") for path in names)
+        for names in groups.values()
+        if len(names) > 1
+    ]
+
+
+def finish(built: Path, fmt: PackageFormat, groups: list[tuple[str, ...]], staging: Path) -> None:
+    """What nfpm cannot write: a .deb's hard links (payload.py). rpm and apk keep their copies."""
+    if fmt is PackageFormat.DEB and payload.relink_deb(built, groups, staging / "relink"):
+        log.debug(f"{built.name}: {len(groups)} hard-linked files made hard links again")
 
 
 def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
@@ -385,6 +408,8 @@ def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
     built = staging / filename(inputs.spec)
     total = inputs.scan.file_bytes if not inputs.spec.layers else 0
     run_nfpm(config, inputs.spec.format, staging, built, build_epoch(inputs.spec), total)
+    groups = [] if spec.layers else hardlink_groups(inputs.scan, spec.layout.rootfs)
+    finish(built, spec.format, groups, staging)
     return publish(built, output_dir, move=True)
 
 
@@ -632,6 +657,8 @@ def pack_layer(layer: LayerPackage, staging: Path) -> Path:
     config = layer_config(layer, staging)
     built = staging / layer_filename(layer)
     run_nfpm(config, layer.format, staging, built, layer_epoch(layer.extracted))
+    rootfs = f"{layer.extracted.unit.install_dir}/rootfs"
+    finish(built, layer.format, hardlink_groups(layer.extracted.scan, rootfs), staging)
     return built
 
 
