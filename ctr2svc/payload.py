@@ -173,15 +173,17 @@ def set_installed_size(control_tar: bytes, kib: int) -> bytes:
                 continue
             if member.offset_data - member.offset != BLOCK:
                 raise PackageError(f"unexpected control.tar member header for {member.name}")
-            text = control_tar[member.offset_data : member.offset_data + member.size].decode()
-            # In place: the other fields keep nfpm's order.
-            lines = text.splitlines(keepends=True)
-            found = [n for n, line in enumerate(lines) if line.startswith("Installed-Size:")]
+            # Bytes, in place: the other fields keep nfpm's order and encoding.
+            lines = control_tar[member.offset_data : member.offset_data + member.size].splitlines(
+                keepends=True
+            )
+            field = f"Installed-Size: {kib}\n".encode()
+            found = [n for n, line in enumerate(lines) if line.startswith(b"Installed-Size:")]
             if found:
-                lines[found[0]] = f"Installed-Size: {kib}\n"
+                lines[found[0]] = field
             else:
-                lines.append(f"Installed-Size: {kib}\n")
-            data = "".join(lines).encode()
+                lines.append(field)
+            data = b"".join(lines)
             out.write(_resized(control_tar[member.offset : member.offset_data], len(data)))
             out.write(data + b"\0" * (_blocks(len(data)) - len(data)))
     out.write(control_tar[end:])
@@ -203,9 +205,9 @@ def installed_size(control_tar: bytes) -> int | None:
             if package_path(member.name) == "control":
                 handle = archive.extractfile(member)
                 assert handle is not None
-                for line in handle.read().decode().splitlines():
-                    if line.startswith("Installed-Size:"):
-                        return int(line.split(":", 1)[1])
+                for line in handle.read().splitlines():
+                    if line.startswith(b"Installed-Size:"):
+                        return int(line.split(b":", 1)[1])
     return None
 
 
