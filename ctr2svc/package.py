@@ -138,7 +138,7 @@ def hardlink_groups(scan: RootfsScan, dest: str) -> list[tuple[str, ...]]:
 def finish(built: Path, fmt: PackageFormat, groups: list[tuple[str, ...]], staging: Path) -> None:
     """What nfpm cannot write: a .deb's hard links (payload.py). rpm and apk keep their copies."""
     if fmt is PackageFormat.DEB and payload.relink_deb(built, groups, staging / "relink"):
-        log.debug(f"{built.name}: {len(groups)} hard-linked files made hard links again")
+        log.debug(f"{built.name}: Installed-Size counted again, {len(groups)} hard-linked files linked")
 
 
 def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
