@@ -109,7 +109,7 @@ def tree_contents(
             contents.append({"src": entry.target, "dst": dst, "type": "symlink", "file_info": info})
         else:
             # A hard link's second name is given to nfpm as a copy of the first: finish() makes it a
-            # hard link in a .deb, the ownership script links it again on install (rpm, apk).
+            # hard link in a .deb or .apk, the ownership script links it again on install (rpm).
             first = staged.get(entry.target) if entry.kind is Kind.HARDLINK and entry.target else None
             if first is None:
                 first = files_dir / str(number)
@@ -135,10 +135,15 @@ def hardlink_groups(scan: RootfsScan, dest: str) -> list[tuple[str, ...]]:
     ]
 
 
-def finish(built: Path, fmt: PackageFormat, groups: list[tuple[str, ...]], staging: Path) -> None:
-    """What nfpm cannot write: a .deb's hard links (payload.py). rpm and apk keep their copies."""
+def finish(
+    built: Path, fmt: PackageFormat, groups: list[tuple[str, ...]], staging: Path, key_file: Path | None
+) -> None:
+    """What nfpm cannot write: hard links in a .deb or .apk (payload.py); an .rpm keeps its copies.
+    KEY_FILE signs an .apk again (a signed .deb is left as nfpm wrote it)."""
     if fmt is PackageFormat.DEB and payload.relink_deb(built, groups, staging / "relink"):
         log.debug(f"{built.name}: Installed-Size counted again, {len(groups)} hard-linked files linked")
+    elif fmt is PackageFormat.APK and payload.relink_apk(built, groups, staging / "relink", key_file):
+        log.debug(f"{built.name}: {len(groups)} hard-linked files linked")
 
 
 def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
@@ -409,7 +414,7 @@ def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
     total = inputs.scan.file_bytes if not inputs.spec.layers else 0
     run_nfpm(config, inputs.spec.format, staging, built, build_epoch(inputs.spec), total)
     groups = [] if spec.layers else hardlink_groups(inputs.scan, spec.layout.rootfs)
-    finish(built, spec.format, groups, staging)
+    finish(built, spec.format, groups, staging, inputs.sign_key_file)
     return publish(built, output_dir, move=True)
 
 
@@ -658,7 +663,8 @@ def pack_layer(layer: LayerPackage, staging: Path) -> Path:
     built = staging / layer_filename(layer)
     run_nfpm(config, layer.format, staging, built, layer_epoch(layer.extracted))
     rootfs = f"{layer.extracted.unit.install_dir}/rootfs"
-    finish(built, layer.format, hardlink_groups(layer.extracted.scan, rootfs), staging)
+    groups = hardlink_groups(layer.extracted.scan, rootfs)
+    finish(built, layer.format, groups, staging, layer.sign_key_file)
     return built
 
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import lzma
 import math
+import os
 import shutil
 import tarfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +103,7 @@ def _blocks(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
 
 
-def relink_tar(source: Path, dest: Path | None, groups: Iterable[Sequence[str]]) -> int:
+def relink_tar(source: Path, dest: Path | None, groups: Iterable[Sequence[str]], *, apk: bool = False) -> int:
     """Copy the tar SOURCE to DEST (None: only count) with hard links for GROUPS (the package paths of
     each file's names); returns the Installed-Size of the result in KiB, counted as dpkg-gencontrol
     does: each regular file (a hard-linked one once) and symlink ceil(size / 1024), any other entry 1.
@@ -127,7 +130,7 @@ def relink_tar(source: Path, dest: Path | None, groups: Iterable[Sequence[str]])
                         f"{target.size} bytes): cannot make them a hard link"
                     )
                 if out is not None:
-                    out.write(_link_header(member, target.name))
+                    out.write(_link_header(member, target.name, apk=apk))
                 continue
             if member.isreg() and number is not None:
                 first[number] = member
@@ -146,9 +149,10 @@ def relink_tar(source: Path, dest: Path | None, groups: Iterable[Sequence[str]])
     return kib
 
 
-def _link_header(member: tarfile.TarInfo, target: str) -> bytes:
-    """A GNU tar hard-link entry for MEMBER's name naming TARGET, nfpm's tar format (GNU), with the
-    member's own mode, owner and time."""
+def _link_header(member: tarfile.TarInfo, target: str, *, apk: bool = False) -> bytes:
+    """A hard-link entry for MEMBER's name naming TARGET, with the member's own mode, owner and time,
+    in the tar format nfpm wrote: GNU for a .deb; PAX for an .apk, whose reader ignores GNU's long
+    link names but reads PAX's linkpath (always given: it never cuts a name short)."""
     link = tarfile.TarInfo(member.name)
     link.type = tarfile.LNKTYPE
     link.linkname = target
@@ -157,6 +161,9 @@ def _link_header(member: tarfile.TarInfo, target: str) -> bytes:
     link.uid, link.gid = member.uid, member.gid
     link.uname, link.gname = member.uname, member.gname
     link.mtime = member.mtime
+    if apk:
+        link.pax_headers = {"linkpath": target}
+        return link.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     return link.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
 
 
@@ -298,3 +305,111 @@ def relink_deb(deb: Path, groups: Sequence[Sequence[str]], work: Path) -> bool:
                 member.data.unlink(missing_ok=True)
         for leftover in [*work.glob("plain-*"), *work.glob("packed-*")]:
             leftover.unlink()
+
+
+def gzip_streams(blob: bytes) -> list[tuple[bytes, bytes]]:
+    """(compressed, uncompressed) of each of BLOB's concatenated gzip streams."""
+    streams: list[tuple[bytes, bytes]] = []
+    while blob:
+        stream = zlib.decompressobj(wbits=31)
+        plain = stream.decompress(blob) + stream.flush()
+        if not stream.eof:
+            raise PackageError("the package ends in the middle of a gzip stream")
+        used = len(blob) - len(stream.unused_data)
+        streams.append((blob[:used], plain))
+        blob = stream.unused_data
+    return streams
+
+
+def _replace_member(plain: bytes, name: str, data: bytes) -> bytes:
+    """The tar PLAIN with member NAME's content replaced by DATA (its one-block header resized);
+    every other byte as it was. apk's control and signature tars have no end-of-archive blocks."""
+    out = io.BytesIO()
+    end = 0
+    with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as archive:
+        for member in archive:
+            end = member.offset_data + _blocks(member.size)
+            if member.name != name:
+                out.write(plain[member.offset : end])
+                continue
+            if member.offset_data - member.offset != BLOCK:
+                raise PackageError(f"unexpected header for {member.name} in the .apk")
+            out.write(_resized(plain[member.offset : member.offset_data], len(data)))
+            out.write(data + b"\0" * (_blocks(len(data)) - len(data)))
+    out.write(plain[end:])
+    return out.getvalue()
+
+
+def _member_data(plain: bytes, prefix: str) -> tuple[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as archive:
+        for member in archive:
+            if member.name.startswith(prefix):
+                handle = archive.extractfile(member)
+                assert handle is not None
+                return member.name, handle.read()
+    raise PackageError(f"no {prefix} in the .apk")
+
+
+def _pkginfo(text: bytes, size: int, datahash: str) -> bytes:
+    lines = text.splitlines(keepends=True)
+    for number, line in enumerate(lines):
+        if line.startswith(b"size = "):
+            lines[number] = f"size = {size}\n".encode()
+        elif line.startswith(b"datahash = "):
+            lines[number] = f"datahash = {datahash}\n".encode()
+    return b"".join(lines)
+
+
+def _rsa_sha1(data: bytes, key_file: Path) -> bytes:
+    """What nfpm signs an .apk's control stream with: RSA (PKCS #1 v1.5) over its SHA-1, the key's
+    passphrase from $NFPM_PASSPHRASE as nfpm reads it (none: never a prompt)."""
+    openssl = find_tool("openssl", "sign the .apk again")
+    passin = "env:NFPM_PASSPHRASE" if "NFPM_PASSPHRASE" in os.environ else "pass:"
+    proc = run(
+        [openssl, "dgst", "-sha1", "-sign", key_file, "-passin", passin],
+        input=data,
+        what="sign the .apk's control stream",
+    )
+    return proc.stdout
+
+
+def relink_apk(apk: Path, groups: Sequence[Sequence[str]], work: Path, key_file: Path | None) -> bool:
+    """Rewrite the .apk APK in place with hard links for GROUPS: its data stream, .PKGINFO's size
+    (the bytes of distinct files, as the hard links are no longer counted) and datahash, and the
+    signature over the control stream (made again with KEY_FILE when the package is signed).
+    Returns False, leaving APK as it is, when there is nothing to link."""
+    groups = [g for g in groups if len(g) > 1]
+    if not groups:
+        return False
+    streams = gzip_streams(apk.read_bytes())
+    if len(streams) not in (2, 3):
+        raise PackageError(f"{apk.name}: {len(streams)} gzip streams, not an apk v2 package")
+    signed = len(streams) == 3
+    if signed and key_file is None:
+        raise PackageError(f"{apk.name} is signed, and no key to sign it again was given")
+    work.mkdir(parents=True, exist_ok=True)
+    plain, relinked = work / "plain-data.tar", work / "plain-relinked.tar"
+    try:
+        plain.write_bytes(streams[-1][1])
+        relink_tar(plain, relinked, groups, apk=True)
+        with tarfile.open(relinked, "r:") as archive:
+            size = sum(m.size for m in archive if m.isreg())
+        data = gzip.compress(relinked.read_bytes(), compresslevel=9, mtime=0)
+    finally:
+        plain.unlink(missing_ok=True)
+        relinked.unlink(missing_ok=True)
+    control_plain = streams[-2][1]
+    _, info = _member_data(control_plain, ".PKGINFO")
+    info = _pkginfo(info, size, hashlib.sha256(data).hexdigest())
+    control = gzip.compress(_replace_member(control_plain, ".PKGINFO", info), compresslevel=9, mtime=0)
+    parts = [control, data]
+    if signed:
+        assert key_file is not None
+        signature_plain = streams[0][1]
+        name, _ = _member_data(signature_plain, ".SIGN.")
+        signature = _rsa_sha1(control, key_file)
+        parts.insert(0, gzip.compress(_replace_member(signature_plain, name, signature), 9, mtime=0))
+    rewritten = work / apk.name
+    rewritten.write_bytes(b"".join(parts))
+    rewritten.replace(apk)
+    return True

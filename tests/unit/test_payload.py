@@ -4,6 +4,7 @@ it, everything else as it was, the same bytes from the same input."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import lzma
 import shutil
@@ -237,3 +238,123 @@ def test_hardlink_groups_follow_tree_contents() -> None:
         (f"{ROOT}/bin/busybox", f"{ROOT}/bin/sh", f"{ROOT}/usr/bin/["),
         (f"{ROOT}/lib/a", f"{ROOT}/lib/b"),
     ]
+
+
+# .apk: gzip streams (signature, control, data), as nfpm writes them.
+
+PKGINFO = b"pkgname = x\npkgver = 1.0-r0\narch = x86_64\nsize = 20502\npkgdesc = x\ndatahash = 00\n"
+
+
+def apk_data_tar() -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for info, data in [
+            _member(f"{ROOT}/bin", tarfile.DIRTYPE),
+            _member(f"{ROOT}/bin/ash", data=BIG),
+            _member(f"{ROOT}/bin/busybox", data=BIG),
+            _member(f"{ROOT}/bin/sh", data=BIG),
+            _member(f"{ROOT}/etc/passwd", data=b"root:x:0:0::/:/bin/sh\n"),
+        ]:
+            info.name = info.name.removeprefix("./")
+            info.pax_headers = {"APK-TOOLS.checksum.SHA1": hashlib.sha1(data).hexdigest()}  # noqa: S324
+            archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def cut_tar(name: str, data: bytes) -> bytes:
+    """A tar with no end-of-archive blocks, as apk's control and signature streams are."""
+    info, _ = _member(name, data=data)
+    return info.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
+
+
+def make_apk(path: Path, key: Path | None = None) -> Path:
+    data = gzip.compress(apk_data_tar(), mtime=0)
+    info = PKGINFO.replace(b"datahash = 00", f"datahash = {hashlib.sha256(data).hexdigest()}".encode())
+    control = gzip.compress(cut_tar(".PKGINFO", info), mtime=0)
+    parts = [control, data]
+    if key is not None:
+        signature = openssl("dgst", "-sha1", "-sign", str(key), input=control)
+        parts.insert(0, gzip.compress(cut_tar(".SIGN.RSA.ops.rsa.pub", signature), mtime=0))
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def openssl(*args: str, input: bytes = b"") -> bytes:
+    return subprocess.run(["openssl", *args], input=input, capture_output=True, check=True).stdout
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl")
+    openssl("genrsa", "-out", str(tmp_path / "ops.rsa"), "2048")
+    return tmp_path / "ops.rsa"
+
+
+def apk_streams(apk: Path) -> list[bytes]:
+    return [plain for _, plain in payload.gzip_streams(apk.read_bytes())]
+
+
+def test_apk_second_names_become_hard_links(tmp_path: Path) -> None:
+    apk = make_apk(tmp_path / "x.apk")
+    assert payload.relink_apk(apk, GROUPS, tmp_path / "work", None)
+    compressed = [raw for raw, _ in payload.gzip_streams(apk.read_bytes())]
+    control, data = apk_streams(apk)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        members = {m.name: m for m in archive.getmembers()}
+    assert members[f"{ROOT}/bin/ash"].isreg()
+    for name in ("busybox", "sh"):
+        link = members[f"{ROOT}/bin/{name}"]
+        # apk reads a link's target from PAX's linkpath (it ignores GNU's long names).
+        assert (
+            link.islnk()
+            and link.linkname == f"{ROOT}/bin/ash"
+            and link.pax_headers["linkpath"] == link.linkname
+        )
+    # .PKGINFO: size counts the file once, datahash is the new data stream's; the control stream is
+    # still a tar without end-of-archive blocks.
+    with tarfile.open(fileobj=io.BytesIO(control)) as archive:
+        handle = archive.extractfile(".PKGINFO")
+        assert handle is not None
+        info = handle.read().decode()
+    assert "size = 5142\n" in info  # 5120 + 22
+    assert f"datahash = {hashlib.sha256(compressed[1]).hexdigest()}\n" in info
+    assert len(control) % 512 == 0 and control[-512:] != b"\0" * 512
+
+
+def test_apk_signed_again(tmp_path: Path, key: Path) -> None:
+    apk = make_apk(tmp_path / "x.apk", key)
+    assert payload.relink_apk(apk, GROUPS, tmp_path / "work", key)
+    signature_stream, control_raw = (raw for raw, _ in payload.gzip_streams(apk.read_bytes())[:2])
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(signature_stream))) as archive:
+        member = archive.getmembers()[0]
+        handle = archive.extractfile(member)
+        assert member.name == ".SIGN.RSA.ops.rsa.pub" and handle is not None
+        signature = handle.read()
+    public = tmp_path / "ops.rsa.pub"
+    openssl("rsa", "-in", str(key), "-pubout", "-out", str(public))
+    (tmp_path / "sig").write_bytes(signature)
+    proc = subprocess.run(
+        ["openssl", "dgst", "-sha1", "-verify", str(public), "-signature", str(tmp_path / "sig")],
+        input=control_raw,
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The same input, the same bytes (RSA PKCS #1 v1.5 signatures are deterministic).
+    again = make_apk(tmp_path / "y.apk", key)
+    payload.relink_apk(again, GROUPS, tmp_path / "work2", key)
+    assert again.read_bytes() == apk.read_bytes()
+
+
+def test_a_signed_apk_needs_its_key(tmp_path: Path, key: Path) -> None:
+    apk = make_apk(tmp_path / "x.apk", key)
+    with pytest.raises(PackageError, match="no key"):
+        payload.relink_apk(apk, GROUPS, tmp_path / "work", None)
+
+
+def test_an_apk_without_hard_links_is_left_alone(tmp_path: Path) -> None:
+    apk = make_apk(tmp_path / "x.apk")
+    before = apk.read_bytes()
+    assert not payload.relink_apk(apk, [], tmp_path / "work", None)
+    assert apk.read_bytes() == before
