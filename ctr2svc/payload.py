@@ -1,16 +1,17 @@
-"""Give a built .deb its hard links back: nfpm writes every name of a hard-linked file as a full copy.
+"""Give a built package its hard links back: nfpm writes every name of a hard-linked file as a copy.
 
-After nfpm, before the package is published, `relink_deb` rewrites the .deb's data.tar so that each
+After nfpm, before the package is published, `relink_deb` rewrites a .deb's data.tar so that each
 later name of a hard-linked file is a tar hard-link entry (type "1") naming the first one in the
-archive, and sets Installed-Size the way dpkg-gencontrol counts it (below). Everything else stays as
-nfpm wrote it: the other tar members' bytes and order, control.tar's other members, md5sums (dpkg
-lists every name of a hard link, with the file's digest) and the ar members' headers but for their
-sizes. The compressors are deterministic (gzip with no name and time 0; xz with liblzma's preset 6,
-one thread; zstd's level 3, one thread, as `--compression zstd` asks of nfpm), so the same input still
-gives the same bytes.
+archive, and sets Installed-Size the way dpkg-gencontrol counts it (see relink_tar). Everything else
+stays as nfpm wrote it: the other tar members' bytes and order, control.tar's other members, md5sums
+(dpkg lists every name of a hard link, with the file's digest) and the ar members' headers but for
+their sizes. The compressors are deterministic (gzip with no name and time 0; xz with liblzma's
+preset 6, one thread; zstd's level 3, one thread, as `--compression zstd` asks of nfpm), so the same
+input still gives the same bytes. A signed .deb (a `_gpg*` member) is left as nfpm wrote it: its
+signature covers the payload, and ownership.sh links the copies on install.
 
-A signed .deb (a `_gpg*` member) is left as nfpm wrote it: its signature covers the payload. rpm and
-apk packages keep their copies too; their install scripts link the names again (ownership.sh).
+`relink_apk` does the same to an .apk's data stream, then .PKGINFO's size and datahash, and signs the
+control stream again when the package is signed. An .rpm keeps its copies (ownership.sh links them).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ The test image has busybox with bin/sh hard-linked to it (as Debian's busybox-st
 3 MB file with two more names, one sorting before it in the archive; shared layers get the same
 treatment in their layer packages. examples/hello (busybox applets as symlinks) is checked for its
 Installed-Size too.
+
+The .apk carries them as hard-link entries as well (its size, datahash and signature made again): the
+real apk-tools 2.14 installs the signed package with the key trusted, one inode for all the names.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli
+from tests.support.apk import read_apk, verify_apk, verify_signature
 from tests.support.images import build_image, install_busybox, put_file
 
 from .helpers import dpkg, purge, sh
+from .test_shared_formats import apk_tool, make_root, stub_packages  # noqa: F401 - apk_tool: a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -172,3 +177,35 @@ def test_layer_packages_carry_hard_links(built: Built, ctr2svc: Cli, tmp_path: P
     entries = members(layers[0])
     assert sum(m.islnk() for m in entries) == 3
     assert int(field(layers[0], "Installed-Size")) == listed_size(entries)
+
+
+def test_apk_carries_hard_links(built: Built, ctr2svc: Cli, apk_tool: Path, tmp_path: Path) -> None:  # noqa: F811
+    sh("openssl", "genrsa", "-out", tmp_path / "ops.rsa", "2048")
+    sh("openssl", "rsa", "-in", tmp_path / "ops.rsa", "-pubout", "-out", tmp_path / "ops.rsa.pub")
+    args = ("build", built.source, "-q", "-f", "apk", "--name", NAME, "--sign-key-file", tmp_path / "ops.rsa")
+    apk_file = Path(ctr2svc(*args, "--sign-key-name", "ops.rsa.pub", "-o", tmp_path / "a").stdout.strip())
+    again = Path(ctr2svc(*args, "--sign-key-name", "ops.rsa.pub", "-o", tmp_path / "b").stdout.strip())
+    assert sh("cmp", apk_file, again, check=False).returncode == 0
+    assert verify_apk(apk_file) == []
+    assert verify_signature(apk_file, tmp_path / "ops.rsa.pub", key_name="ops.rsa.pub")
+    package = read_apk(apk_file)
+    assert sum(m.type == "hardlink" for m in package.members) == 3
+    assert int(package.value("size") or 0) == sum(m.size for m in package.members if m.type == "file")
+
+    root = make_root(tmp_path / "root")
+    (root / "etc/apk/keys").mkdir(parents=True)
+    (root / "etc/apk/keys/ops.rsa.pub").write_bytes((tmp_path / "ops.rsa.pub").read_bytes())
+    apk = [str(apk_tool), "--root", str(root)]
+    stubs = stub_packages("apk", tmp_path / "stubs", ("runc", "openrc"))
+    sh(*apk, "--initdb", "add", "--allow-untrusted", *stubs)
+    proc = sh(*apk, "add", apk_file)  # no --allow-untrusted: the signature is checked
+    assert "ERROR" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    rootfs = root / f"opt/containers/{NAME}/1.0-r0/rootfs"
+    inodes = {os.lstat(rootfs / name).st_ino for name in BIG_NAMES}
+    assert len(inodes) == 1 and os.lstat(rootfs / BIG_NAMES[0]).st_nlink == 3
+    assert os.lstat(rootfs / "bin/sh").st_ino == os.lstat(rootfs / "bin/busybox").st_ino
+    # apk audit compares every file with its recorded checksum: the hard links are not in question.
+    audit = sh(*apk, "audit", "--system").stdout
+    assert not any(name in audit for name in (*BIG_NAMES, "bin/sh", "bin/busybox")), audit
+    sh(*apk, "del", NAME)
+    assert not (root / f"opt/containers/{NAME}").exists()
