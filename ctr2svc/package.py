@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import debian, log, metadata, payload, units
+from ctr2svc import debian, log, metadata, payload, rpmheader, seccomp, units
 from ctr2svc.bundle import Kind, RootfsScan
 from ctr2svc.errors import PackageError, ToolFailed, UsageError
 from ctr2svc.layers import INSTALL_DIR, PACKAGE_VERSION, Extracted
@@ -388,7 +388,10 @@ def image_metadata(spec: ServiceSpec) -> dict[str, Any]:
             "cap_add": list(spec.security.cap_add),
             "cap_drop": list(spec.security.cap_drop),
             "pids_limit": spec.security.pids_limit,
-            "seccomp": "none" if spec.security.privileged else "ctr2svc default (Docker's blocked calls)",
+            # Which allow-list, and which version of it: the filter is fixed at build time.
+            "seccomp": "none"
+            if spec.security.privileged
+            else f"Docker's default from {seccomp.load().source}",
         },
         "layers": [
             {"id": x.id, "package": x.package, "diff_ids": list(x.diff_ids), "size": x.size}
@@ -413,9 +416,22 @@ def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
     built = staging / filename(inputs.spec)
     total = inputs.scan.file_bytes if not inputs.spec.layers else 0
     run_nfpm(config, inputs.spec.format, staging, built, build_epoch(inputs.spec), total)
+    relax_rpm_verify(
+        built, inputs.spec.format, inputs.scan, spec.layout.rootfs, inputs.sign_key_file, build_epoch(spec)
+    )
     groups = [] if spec.layers else hardlink_groups(inputs.scan, spec.layout.rootfs)
     finish(built, spec.format, groups, staging, inputs.sign_key_file)
     return publish(built, output_dir, move=True)
+
+
+def relax_rpm_verify(
+    built: Path, fmt: PackageFormat, scan: RootfsScan, rootfs: str, key_file: Path | None, epoch: int
+) -> None:
+    """%verify(not user group) on the image files whose owner the ownership script sets (nfpm cannot
+    write it): `rpm -V` then reports only what really changed."""
+    if fmt is PackageFormat.RPM:
+        paths = [f"{rootfs}/{e.path}" if e.path else rootfs for e in scan.entries if (e.uid, e.gid) != (0, 0)]
+        rpmheader.relax_owner_verify(built, paths, key_file=key_file, epoch=epoch)
 
 
 def run_nfpm(
@@ -662,9 +678,10 @@ def pack_layer(layer: LayerPackage, staging: Path) -> Path:
     config = layer_config(layer, staging)
     built = staging / layer_filename(layer)
     run_nfpm(config, layer.format, staging, built, layer_epoch(layer.extracted))
-    rootfs = f"{layer.extracted.unit.install_dir}/rootfs"
-    groups = hardlink_groups(layer.extracted.scan, rootfs)
-    finish(built, layer.format, groups, staging, layer.sign_key_file)
+    extracted = layer.extracted
+    rootfs = f"{extracted.unit.install_dir}/rootfs"
+    relax_rpm_verify(built, layer.format, extracted.scan, rootfs, layer.sign_key_file, layer_epoch(extracted))
+    finish(built, layer.format, hardlink_groups(extracted.scan, rootfs), staging, layer.sign_key_file)
     return built
 
 

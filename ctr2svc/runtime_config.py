@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ctr2svc import seccomp
 from ctr2svc.model import ServiceSpec
 
 # Docker's default capability set (moby's oci/caps/defaults.go): enough for entrypoints that chown
@@ -92,77 +93,6 @@ MASKED_PATHS = (
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
-# The system calls Docker's default seccomp profile keeps from a container without extra capabilities
-# (docs.docker.com, "Seccomp security profiles": significant syscalls blocked). They fail with EPERM.
-# Docker's profile is an allow-list; this is the same block-list as a deny-list, which also lets
-# through system calls newer than the profile.
-SECCOMP_BLOCKED = (
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "get_mempolicy",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mbind",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "move_pages",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "set_mempolicy",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "sysfs",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vm86",
-    "vm86old",
-)
-CLONE_NEWUSER = 0x10000000
-SECCOMP_ARCHES = {
-    "amd64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-    "i386": ["SCMP_ARCH_X86"],
-    "arm64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-    "armhf": ["SCMP_ARCH_ARM"],
-    "armel": ["SCMP_ARCH_ARM"],
-    "ppc64el": ["SCMP_ARCH_PPC64LE"],
-    "s390x": ["SCMP_ARCH_S390X", "SCMP_ARCH_S390"],
-    "riscv64": ["SCMP_ARCH_RISCV64"],
-    "mips64el": ["SCMP_ARCH_MIPSEL64", "SCMP_ARCH_MIPSEL64N32", "SCMP_ARCH_MIPSEL"],
-}
 DEFAULT_PIDS_LIMIT = 4096
 
 ANNOTATION_PREFIX = "org.ctr2svc"
@@ -234,7 +164,7 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     else:
         linux["maskedPaths"] = sorted(set(linux.get("maskedPaths", [])) | set(MASKED_PATHS))
         linux["readonlyPaths"] = sorted(set(linux.get("readonlyPaths", [])) | set(READONLY_PATHS))
-        linux["seccomp"] = seccomp_profile(spec.arch)
+        linux["seccomp"] = seccomp.oci_seccomp(seccomp.load(), spec.arch, capabilities(spec))
     resources = linux.setdefault("resources", {})
     # A fork bomb in one service must not starve the host.
     if spec.security.pids_limit:
@@ -272,33 +202,6 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
 def netns_path(name: str) -> str:
     """The service's network namespace (private network), as `ip netns add` makes it."""
     return f"/run/netns/ctr2svc-{name}"
-
-
-def seccomp_profile(arch: str) -> dict[str, Any]:
-    return {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": SECCOMP_ARCHES.get(arch, []),
-        "syscalls": [
-            {"names": list(SECCOMP_BLOCKED), "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
-            # New user namespaces reach kernel code that is otherwise root-only; Docker refuses them too.
-            {
-                "names": ["clone"],
-                "action": "SCMP_ACT_ERRNO",
-                "errnoRet": 1,
-                "args": [
-                    {
-                        "index": 0,
-                        "value": CLONE_NEWUSER,
-                        "valueTwo": CLONE_NEWUSER,
-                        "op": "SCMP_CMP_MASKED_EQ",
-                    }
-                ],
-            },
-            # clone3 passes its flags in memory a filter cannot read: ENOSYS makes libc fall back to
-            # clone, where the rule above applies (Docker does the same).
-            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
-        ],
-    }
 
 
 def capabilities(spec: ServiceSpec) -> list[str]:

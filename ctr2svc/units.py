@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctr2svc import __version__, network, runtime_config
+from ctr2svc import __version__, network, runtime_config, sandbox
 from ctr2svc.bundle import Entry, Kind, RootfsScan
 from ctr2svc.layers import INSTALL_DIR
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
@@ -142,6 +142,7 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         "oneshot": spec.oneshot,
         "ready_health": spec.ready_health,
         "health_deadline": health_deadline(spec),
+        "sandbox": sandbox.unit_sandbox(spec),
     }
 
 

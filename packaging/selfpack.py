@@ -57,7 +57,8 @@ ABOUT = (
 
 # Build-time needs only: the packages ctr2svc builds depend on runc themselves, so the builder does
 # not (Suggests, for a host that both builds and runs). mount(8): overlays for --layers shared
-# (Priority: required, not Essential); zstd: zstd image layers and shared-layer unpacking.
+# (Priority: required, not Essential); zstd: zstd image layers and shared-layer unpacking;
+# containers-common: Docker's seccomp allow-list, which every service's filter is made from.
 RELATIONS: dict[PackageFormat, dict[str, list[str]]] = {
     PackageFormat.DEB: {
         "depends": [
@@ -68,6 +69,8 @@ RELATIONS: dict[PackageFormat, dict[str, list[str]]] = {
             "umoci",
             "zstd",
             "mount",
+            # /usr/share/containers/seccomp.json: the services' system call allow-list.
+            "golang-github-containers-common",
         ],
         # `repo add` on a Debian host: apt-ftparchive indexes, gpg signs.
         "recommends": ["apt-utils", "gnupg"],
@@ -83,6 +86,7 @@ RELATIONS: dict[PackageFormat, dict[str, list[str]]] = {
             "umoci",
             "zstd",
             "util-linux-core",
+            "containers-common",
         ],
         # `repo add` on a Fedora host: createrepo_c indexes, gpg signs.
         "recommends": ["createrepo_c", "gnupg2"],

@@ -7,6 +7,7 @@ compared with Docker's defaults. The same image built with --privileged shows th
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, require
 from tests.support.images import service_image
 from tests.support.registry import Registry, free_port
 
@@ -114,6 +115,43 @@ def test_seccomp_blocks_what_docker_blocks(default: Running) -> None:
     assert "Operation not permitted" in refused.stderr
 
 
+# x86_64 system call numbers, and what the probe's arguments make the kernel answer without a filter.
+GETPID = ("39",)  # 0
+KEYCTL = ("250", "0", "-3", "0")  # KEYCTL_GET_KEYRING_ID of the session keyring
+IO_URING_SETUP = ("425", "1", "0")  # EFAULT: no parameters
+FUTEX_WAITV = ("449", "0", "0", "0", "0", "0")  # EINVAL: no futexes
+EPERM, EFAULT, EINVAL, ENOSYS = 1, 14, 22, 38
+
+
+@pytest.fixture(scope="module")
+def syscall_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/support/syscall_probe.c, static, so that it runs in the busybox image."""
+    require(shutil.which("gcc") is not None, "gcc is not installed (scripts/bootstrap --test)")
+    binary = tmp_path_factory.mktemp("probe-bin") / "syscall-probe"
+    sh("gcc", "-static", "-O2", "-o", binary, Path(__file__).parents[1] / "support" / "syscall_probe.c")
+    return binary
+
+
+def probe(running: Running, binary: Path, call: tuple[str, ...]) -> int:
+    # The volume is a bind mount of this directory: the container sees the file at /data.
+    target = Path(f"/var/lib/{running.name}/volumes/data/syscall-probe")
+    if not target.exists():
+        shutil.copy2(binary, target)
+    proc = running.exec("/data/syscall-probe", *call)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.strip())
+
+
+def test_seccomp_is_dockers_allow_list(default: Running, syscall_probe: Path) -> None:
+    """System calls the allow-list does not name fail with ENOSYS, as under Docker and podman: io_uring
+    and futex_waitv, which the block-list ctr2svc used before let through (as --privileged shows)."""
+    assert probe(default, syscall_probe, GETPID) == 0
+    assert probe(default, syscall_probe, IO_URING_SETUP) == ENOSYS
+    assert probe(default, syscall_probe, FUTEX_WAITV) == ENOSYS
+    # Named in the list, but behind Docker's gate: the kernel keyring is not namespaced.
+    assert probe(default, syscall_probe, KEYCTL) == EPERM
+
+
 def test_paths(default: Running) -> None:
     # /proc/sys is read-only, /proc/kcore masked; /tmp is the image's, as under Docker (no tmpfs), and
     # private: in the writable layer, emptied at every start.
@@ -140,7 +178,7 @@ def test_pids_limit(default: Running) -> None:
 
 
 def test_privileged_lifts_it_all(
-    default: Running, image: tuple[str, int], ctr2svc: Cli, tmp_path: Path
+    default: Running, image: tuple[str, int], ctr2svc: Cli, syscall_probe: Path, tmp_path: Path
 ) -> None:
     sh(f"/usr/libexec/{default.name}/service", "stop")
     # This machine's sandbox lacks CAP_SYS_RESOURCE in its own bounding set, and runc cannot grant what
@@ -153,6 +191,10 @@ def test_privileged_lifts_it_all(
             assert int(init["CapBnd"], 16) == expected
             assert init["Seccomp"] == "0" and init["NoNewPrivs"] == "0"
             assert privileged.exec("unshare", "-U", "true").returncode == 0
+            # No filter: the kernel answers the calls the default profile refuses.
+            assert probe(privileged, syscall_probe, IO_URING_SETUP) == EFAULT
+            assert probe(privileged, syscall_probe, FUTEX_WAITV) == EINVAL
+            assert probe(privileged, syscall_probe, KEYCTL) != EPERM
     finally:
         sh(f"/usr/libexec/{default.name}/service", "prepare")
         with (tmp_path / "restart.log").open("ab") as log:

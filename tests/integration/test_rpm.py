@@ -126,6 +126,13 @@ def test_install_upgrade_downgrade_erase(built: Built, root: Path) -> None:
     assert data.is_dir()
     assert (root / f"usr/lib/systemd/system/{NAME}.service").is_file()
     assert sh("rpm", "--root", root, "-q", NAME).stdout.strip() == f"{NAME}-1.0-1.x86_64"
+    # %verify(not user group) on the files the ownership script gave their owners: rpm -V is quiet
+    # about them, and still reports a file that really changed.
+    assert sh("rpm", "--root", root, "-V", "--nodeps", NAME, check=False).stdout == ""
+    owned.write_text("changed")
+    verify = sh("rpm", "--root", root, "-V", "--nodeps", NAME, check=False).stdout
+    changed = f"/opt/containers/{NAME}/1.0-1/rootfs/home/app/owned.txt"
+    assert verify.splitlines() == [f"S.5....T.    {changed}"], verify
 
     (data / "answer").write_text("42")
     # As if the service ran: an upgrade must leave its runtime state and writable layer alone (the
