@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import debian, log, metadata, rpmheader, seccomp, units
+from ctr2svc import debian, log, metadata, payload, rpmheader, seccomp, units
 from ctr2svc.bundle import Kind, RootfsScan
 from ctr2svc.errors import PackageError, ToolFailed, UsageError
 from ctr2svc.layers import INSTALL_DIR, PACKAGE_VERSION, Extracted
@@ -108,7 +108,8 @@ def tree_contents(
             info["mode"] = 0o777
             contents.append({"src": entry.target, "dst": dst, "type": "symlink", "file_info": info})
         else:
-            # A hard link's second name ships as a copy; the ownership script links it again on install.
+            # A hard link's second name is given to nfpm as a copy of the first (nfpm cannot write a
+            # hard link): finish() makes it one in the package nfpm wrote.
             first = staged.get(entry.target) if entry.kind is Kind.HARDLINK and entry.target else None
             if first is None:
                 first = files_dir / str(number)
@@ -116,6 +117,51 @@ def tree_contents(
                 staged[entry.path] = first
             contents.append({"src": str(first), "dst": dst, "type": "file", "file_info": info})
     return contents
+
+
+def hardlink_groups(scan: RootfsScan, dest: str) -> list[tuple[str, ...]]:
+    """The names (package paths) of each file tree_contents() gives nfpm more than once: the first
+    name, then its hard links."""
+    groups: dict[str, list[str]] = {}
+    for entry in scan.entries:
+        if entry.kind is Kind.HARDLINK and entry.target in groups:
+            groups[entry.target].append(entry.path)
+        elif entry.kind in (Kind.FILE, Kind.HARDLINK):
+            groups[entry.path] = [entry.path]
+    return [
+        tuple(payload.package_path(f"{dest}/{path}") for path in names)
+        for names in groups.values()
+        if len(names) > 1
+    ]
+
+
+def finish(
+    built: Path,
+    fmt: PackageFormat,
+    scan: RootfsScan | None,
+    rootfs: str,
+    staging: Path,
+    key_file: Path | None,
+    epoch: int,
+) -> None:
+    """What nfpm cannot write, written into the package it built: hard links as hard links in every
+    format (payload.py for .deb and .apk, rpmheader.py for .rpm), and %verify(not user group) on the
+    rpm's files whose owner the ownership script sets. ROOTFS is where SCAN's files are installed.
+    KEY_FILE signs an .apk or .rpm again (a signed .deb is left as nfpm wrote it)."""
+    groups = hardlink_groups(scan, rootfs) if scan is not None else []
+    if fmt is PackageFormat.DEB and payload.relink_deb(built, groups, staging / "relink", key_file, epoch):
+        log.debug(f"{built.name}: Installed-Size counted again, {len(groups)} hard-linked files linked")
+    elif fmt is PackageFormat.APK and payload.relink_apk(built, groups, staging / "relink", key_file):
+        log.debug(f"{built.name}: {len(groups)} hard-linked files linked")
+    elif fmt is PackageFormat.RPM and scan is not None:
+
+        def installed(rel: str) -> str:
+            return f"{rootfs}/{rel}" if rel else rootfs
+
+        owners = [installed(e.path) for e in scan.entries if (e.uid, e.gid) != (0, 0)]
+        links = [(installed(e.path), installed(e.target)) for e in scan.hardlinks if e.target]
+        if rpmheader.finish(built, owner_paths=owners, links=links, key_file=key_file, epoch=epoch):
+            log.debug(f"{built.name}: verify flags and {len(groups)} hard-linked files written")
 
 
 def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
@@ -388,26 +434,17 @@ def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
     built = staging / filename(inputs.spec)
     total = inputs.scan.file_bytes if not inputs.spec.layers else 0
     run_nfpm(config, inputs.spec.format, staging, built, build_epoch(inputs.spec), total)
-    finish_rpm(
-        built, inputs.spec.format, inputs.scan, spec.layout.rootfs, inputs.sign_key_file, build_epoch(spec)
+    # With shared layers the image's files are in the layer packages.
+    finish(
+        built,
+        spec.format,
+        None if spec.layers else inputs.scan,
+        spec.layout.rootfs,
+        staging,
+        inputs.sign_key_file,
+        build_epoch(spec),
     )
     return publish(built, output_dir, move=True)
-
-
-def finish_rpm(
-    built: Path, fmt: PackageFormat, scan: RootfsScan, rootfs: str, key_file: Path | None, epoch: int
-) -> None:
-    """What nfpm cannot write into an rpm (ctr2svc/rpmheader.py): hard links as hard links, and
-    %verify(not user group) on the image files whose owner the ownership script sets."""
-    if fmt is not PackageFormat.RPM:
-        return
-
-    def installed(rel: str) -> str:
-        return f"{rootfs}/{rel}" if rel else rootfs
-
-    owners = [installed(e.path) for e in scan.entries if (e.uid, e.gid) != (0, 0)]
-    links = [(installed(e.path), installed(e.target)) for e in scan.hardlinks if e.target]
-    rpmheader.finish(built, owner_paths=owners, links=links, key_file=key_file, epoch=epoch)
 
 
 def run_nfpm(
@@ -656,7 +693,7 @@ def pack_layer(layer: LayerPackage, staging: Path) -> Path:
     run_nfpm(config, layer.format, staging, built, layer_epoch(layer.extracted))
     extracted = layer.extracted
     rootfs = f"{extracted.unit.install_dir}/rootfs"
-    finish_rpm(built, layer.format, extracted.scan, rootfs, layer.sign_key_file, layer_epoch(extracted))
+    finish(built, layer.format, extracted.scan, rootfs, staging, layer.sign_key_file, layer_epoch(extracted))
     return built
 
 

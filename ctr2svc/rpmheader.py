@@ -15,13 +15,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import lzma
-import os
 import struct
 import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctr2svc import gpgsign
 from ctr2svc.errors import PackageError
 from ctr2svc.run import find_tool, run
 
@@ -311,33 +311,7 @@ def _compress(codec: str, data: bytes) -> bytes:
 
 
 def _sign(data: bytes, key_file: Path, epoch: int) -> bytes:
-    """A binary OpenPGP signature of DATA by the secret key in KEY_FILE, made at EPOCH."""
-    gpg = find_tool("gpg", "sign the rpm again after setting its verify flags (apt-get install gnupg)")
-    passphrase = os.environ.get("NFPM_PASSPHRASE", "").encode()
-    base = [gpg, "--batch", "--no-tty", "--pinentry-mode", "loopback", "--passphrase-fd", "0"]
-    with tempfile.TemporaryDirectory(prefix="ctr2svc-gpg-") as home:
-        env = {"GNUPGHOME": home}
-        run([*base, "--import", key_file], input=passphrase + b"\n", env=env, what="read the signing key")
-        (Path(home) / "data").write_bytes(data)
-        proc = run(
-            [
-                *base,
-                "--faked-system-time",
-                f"{epoch}!",
-                # A key made after the image (the signing time) is still good for it.
-                "--ignore-time-conflict",
-                "--ignore-valid-from",
-                "--digest-algo",
-                "SHA256",
-                "--detach-sign",
-                "--output",
-                "-",
-                Path(home) / "data",
-            ],
-            input=passphrase + b"\n",
-            env=env,
-            what="sign the rpm",
-        )
-        # The agent gpg started for this home would outlive it.
-        run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False, what="stop gpg-agent")
-        return proc.stdout
+    with tempfile.TemporaryDirectory(prefix="ctr2svc-rpm-") as work:
+        signed = Path(work) / "signed"
+        signed.write_bytes(data)
+        return gpgsign.detach_sign(signed, key_file, epoch)

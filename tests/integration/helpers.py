@@ -103,14 +103,15 @@ class TarEntry:
     owner: str
     path: str
     link: str | None
+    hardlink: str | None = None  # a hard link's target (without ./); its mode starts with "h"
 
 
 def deb_listing(deb: Path) -> dict[str, TarEntry]:
     """`dpkg-deb -c` parsed: path (without ./) -> entry."""
     entries: dict[str, TarEntry] = {}
     for line in sh("dpkg-deb", "-c", deb).stdout.splitlines():
-        m = re.match(r"^(\S+) (\S+)\s+\d+ \S+ \S+ \./(.*?)(?: -> (.*))?$", line)
+        m = re.match(r"^(\S+) (\S+)\s+\d+ \S+ \S+ \./(.*?)(?: -> (.*)| link to \./(.*))?$", line)
         assert m, line
-        mode, owner, path, link = m.groups()
-        entries[path.rstrip("/")] = TarEntry(mode, owner, path.rstrip("/"), link)
+        mode, owner, path, link, hardlink = m.groups()
+        entries[path.rstrip("/")] = TarEntry(mode, owner, path.rstrip("/"), link, hardlink)
     return entries

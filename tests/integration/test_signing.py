@@ -103,8 +103,18 @@ def test_deb_signature(ctr2svc: Cli, ref: str, keys: Keys, tmp_path: Path) -> No
         capture_output=True,
     )
     assert verify.returncode == 0, verify.stderr
-    # Still an ordinary package for dpkg.
+    # Still an ordinary package for dpkg, with the image's hard link (bin/sh) as a hard link: the
+    # payload was rewritten after nfpm and signed again, with the same bytes at every build.
     assert subprocess.run(["dpkg-deb", "--info", deb], capture_output=True).returncode == 0
+    listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout
+    assert any(
+        line.endswith("/rootfs/bin/busybox") and "/rootfs/bin/sh link to" in line
+        for line in listing.splitlines()
+    )
+    again = Path(
+        ctr2svc("build", ref, "--sign-key-file", keys.pgp_secret, "-o", tmp_path / "again").stdout.strip()
+    )
+    assert again.read_bytes() == deb.read_bytes()
 
 
 def test_apk_signature(ctr2svc: Cli, ref: str, keys: Keys, tmp_path: Path) -> None:
