@@ -17,7 +17,6 @@ with its reason and where it may appear.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -80,6 +79,7 @@ def lintian(deb: Path) -> tuple[list[str], str]:
         timeout=1200,
     )
     tags = [line for line in proc.stdout.splitlines() if line.startswith(("E:", "W:"))]
+    # (--show-overrides would show what the overrides silence, but makes --fail-on count it too.)
     if proc.returncode != 0 and not tags:
         tags = [f"lintian exited {proc.returncode}"]
     return tags, proc.stdout + proc.stderr
@@ -149,9 +149,6 @@ def test_lintian_is_clean(variant: Variant, built: Built) -> None:
     assert len(debs) == (3 if SHARED[0] in variant.args else 1), debs
     failed = [built.lintian[deb.name][1] for deb in debs if built.lintian[deb.name][0]]
     assert not failed, "\n".join(failed)
-    # lintian did read the image tree: the package's overrides silenced some of what it found there.
-    overridden = [re.search(r"^N: (\d+) hints? overridden", built.lintian[deb.name][1], re.M) for deb in debs]
-    assert any(m and int(m[1]) > 0 for m in overridden), [built.lintian[deb.name][1] for deb in debs]
 
 
 def test_rpmlint_findings_are_all_accounted_for(built: Built) -> None:
