@@ -108,24 +108,47 @@ def changelog_path(name: str, native: bool) -> str:
     return f"/usr/share/doc/{name}/changelog.gz" if native else f"/usr/share/doc/{name}/changelog.Debian.gz"
 
 
-# Tags about the image's own files, which ctr2svc ships as the image has them (unpatched, unstripped,
-# setuid where the image is, with the image's modes). Scoped to the image's root directory.
-IMAGE_FILE_TAGS = (
-    "statically-linked-binary",
-    "unstripped-binary-or-object",
-    "uses-dpkg-database-directly",
-    "elevated-privileges",
-    "non-standard-dir-perm",
-    "non-standard-executable-perm",
-    "executable-is-not-world-readable",
-    "embedded-library",
-    "library-not-linked-against-libc",
-    "shared-library-lacks-prerequisites",
-    "binary-or-shlib-defines-rpath",
-    "package-contains-vcs-control-file",
-    "package-installs-python-pycache-dir",
-    "script-not-executable",
-    "executable-not-elf-or-script",
+# Tags about the image's own files, which ctr2svc ships as the image has them, each group with the reason
+# the tag is wrong for them. Scoped to the image's root directory.
+IMAGE_FILE_TAGS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "the container image's own files, shipped as the image has them (unpatched, unstripped, its modes)",
+        (
+            "statically-linked-binary",
+            "unstripped-binary-or-object",
+            "uses-dpkg-database-directly",
+            "elevated-privileges",
+            "non-standard-dir-perm",
+            "non-standard-executable-perm",
+            "non-standard-file-perm",
+            "executable-is-not-world-readable",
+            "embedded-library",
+            "binary-or-shlib-defines-rpath",
+            "package-contains-vcs-control-file",
+            "package-installs-python-pycache-dir",
+            "script-not-executable",
+            "executable-not-elf-or-script",
+            "shared-library-is-executable",
+            "national-encoding",
+            "broken-gz",
+            "package-contains-hardlink",
+        ),
+    ),
+    (
+        "the image's programs run in the container on the image's own libraries and tools, not the host's",
+        (
+            "undeclared-elf-prerequisites",
+            "missing-dependency-on-libc",
+            "library-not-linked-against-libc",
+            "shared-library-lacks-prerequisites",
+            "missing-depends-on-sensible-utils",
+            "unusual-interpreter",
+        ),
+    ),
+    (
+        "the image's own systemd units, which the host's systemd never reads (the image tree is not /)",
+        ("service-file-is-not-a-file", "systemd-service-file-refers-to-unusual-wantedby-target"),
+    ),
 )
 
 
@@ -141,18 +164,26 @@ def overrides(name: str, rules: list[tuple[str, str]]) -> DocFile:
     return DocFile(f"/usr/share/lintian/overrides/{name}", ("\n".join(lines) + "\n").encode())
 
 
-def image_rules(rootfs: str, scan: RootfsScan) -> list[tuple[str, str]]:
-    """Overrides for the image's files (SCAN) under ROOTFS (an absolute path)."""
-    tags = list(IMAGE_FILE_TAGS)
-    # Only when the image has such files: the service package's own /etc/NAME/env is 0600, and an
-    # override matching none of a tag's hints is a warning (mismatched-override).
-    if any(
-        e.kind in (Kind.FILE, Kind.HARDLINK) and e.mode & 0o7777 not in (0o644, 0o755) for e in scan.entries
-    ):
-        tags.append("non-standard-file-perm")
+def image_rules(rootfs: str, scan: RootfsScan, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Overrides for the image's files (SCAN) under ROOTFS (an absolute path), but for the tags in SKIP.
+
+    An override of a tag lintian emits, but never in the override's context, is a warning
+    (mismatched-override): a caller whose own files get one of these tags leaves it out (SKIP).
+    """
     where = rootfs.lstrip("/")
-    reason = "the container image's own files, shipped as the image has them"
-    return [(reason, f"{tag} *[{where}/*]") for tag in tags]
+    # Only when the image has such files: the service package's own /etc/NAME/env is 0600.
+    odd_modes = any(
+        e.kind in (Kind.FILE, Kind.HARDLINK) and e.mode & 0o7777 not in (0o644, 0o755) for e in scan.entries
+    )
+    rules = []
+    for reason, tags in IMAGE_FILE_TAGS:
+        for tag in tags:
+            if tag in skip or (tag == "non-standard-file-perm" and not odd_modes):
+                continue
+            # This one names the first binary (sorted) and counts the others, with no [pointer].
+            pattern = f"needed by {where}/*" if tag == "missing-dependency-on-libc" else f"*[{where}/*]"
+            rules.append((reason, f"{tag} {pattern}"))
+    return rules
 
 
 OPT_RULE = (

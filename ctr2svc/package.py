@@ -327,7 +327,10 @@ def debian_files(spec: ServiceSpec, scan: RootfsScan, epoch: int, compression: s
     change = f"The container image {reference}, pinned to {digest}, {runs}."
     rules = [debian.OPT_RULE]
     if not spec.layers:
-        rules += debian.image_rules(layout.rootfs, scan)
+        # The OpenRC script has an unusual interpreter of its own (below): overridden for the image's
+        # files too, the tag would be a mismatched override on images whose scripts have none.
+        skip = ("unusual-interpreter",) if spec.init is InitSystem.OPENRC else ()
+        rules += debian.image_rules(layout.rootfs, scan, skip)
     rules += [
         ("/etc/NAME/env is where the admin puts passwords: root-only on purpose",
          f"non-standard-file-perm 0600 != 0644 [{layout.config_dir.lstrip('/')}/env]"),
@@ -651,6 +654,9 @@ def rpm_changelog(version: str, changes: list[str], packager: str, epoch: int) -
     return json.dumps([entry], indent=1) + "\n"
 
 
+DPKG_TAG = "uses-dpkg-database-directly"
+
+
 def layer_debian_files(layer: LayerPackage, version: str, epoch: int) -> list[debian.DocFile]:
     """A layer .deb's copyright file, changelog and lintian overrides: nothing of the image or service
     it was built for, so that it stays the same file from any build."""
@@ -660,7 +666,13 @@ def layer_debian_files(layer: LayerPackage, version: str, epoch: int) -> list[de
     change = f"{what} {unit.id}, for ctr2svc services."
     rules = [
         debian.OPT_RULE,
-        *debian.image_rules(f"{unit.install_dir}/rootfs", layer.extracted.scan),
+        # One pattern for the image's files and setup.sh: with two, one of them is often unused while
+        # the tag is emitted, which lintian warns about (mismatched-override).
+        *debian.image_rules(f"{unit.install_dir}/rootfs", layer.extracted.scan, (DPKG_TAG,)),
+        (
+            "setup.sh remakes the image's own var/lib/dpkg files (owners, whiteouts), never the host's",
+            f"{DPKG_TAG} *[{unit.install_dir.lstrip('/')}/*]",
+        ),
         (
             "ctr2svc's own control field (the layer's digest), read by ctr2svc repo",
             "unknown-field X-Ctr2svc-Layer",

@@ -1,15 +1,19 @@
-"""Small helpers for the integration tests: HTTP polling, dpkg queries, package listings."""
+"""Small helpers for the integration tests: HTTP polling, dpkg queries, package listings, rpmlint."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.conftest import require
 
 
 def http_get(url: str, timeout: float = 2.0) -> str:
@@ -115,3 +119,125 @@ def deb_listing(deb: Path) -> dict[str, TarEntry]:
         mode, owner, path, link, hardlink = m.groups()
         entries[path.rstrip("/")] = TarEntry(mode, owner, path.rstrip("/"), link, hardlink)
     return entries
+
+
+# rpmlint (Debian's 2.4, with its default configuration: close to openSUSE's, with Fedora's old license
+# names) on the packages a repository would publish: signed, flat and with shared layers. Every finding
+# left is here, with the reason it stays and where it may be: a code with a pattern is accepted only
+# when its argument (the path, the command, the value) matches it, so that a finding on a file of
+# ctr2svc's own fails the test even under a code accepted for the image's files. Anything else fails.
+IMAGE_FILE = r"/opt/containers/(\S+/\S+|layers/[0-9a-f]{12})/rootfs/\S+"
+RPMLINT_ACCEPTED: dict[str, tuple[str, str | None]] = {
+    "dir-or-file-in-opt": (
+        "the image tree lives in /opt/containers by design: FHS 3.13 puts add-on software in /opt",
+        r"/opt/containers(/\S+)?",
+    ),
+    # The image's own files, shipped as they are in the image (the test image has a static busybox,
+    # a setuid file, a root-only home, a sticky /tmp and a hard link on purpose).
+    "statically-linked-binary": ("the image's own files", IMAGE_FILE),
+    "position-independent-executable-suggested": ("the image's own files", IMAGE_FILE),
+    "setuid-binary": ("the image's own files", IMAGE_FILE + r" \S+ \d+"),
+    "non-standard-executable-perm": ("the image's own files", IMAGE_FILE + r" \d+"),
+    "non-standard-dir-perm": ("the image's own files", IMAGE_FILE + r" \d+"),
+    "non-readable": (
+        "the image's own files, and /etc/NAME/env, root-only on purpose: it is where the admin puts "
+        "passwords",
+        rf"({IMAGE_FILE} \d+|/etc/[a-z-]+/env 600)",
+    ),
+    # Metadata.
+    "no-url-tag": ("set only from the image's org.opencontainers.image.url or .source label", None),
+    "no-documentation": ("a service made of an image has no documentation of its own", None),
+    "invalid-license": (
+        "SPDX (what Fedora and openSUSE use now), or NOASSERTION when the image has no licenses label: "
+        "Debian's rpmlint 2.4 knows only Fedora's old short names",
+        r"\S+",
+    ),
+    "no-dependency-on": (
+        "rpmlint reads NAME-svc as a locale package (svc is an ISO 639-3 code)",
+        r"locales-svc",
+    ),
+    "only-non-binary-in-usr-lib": (
+        "the systemd unit and preset are where systemd wants them (/usr/lib/systemd)",
+        None,
+    ),
+    "no-binary": (
+        "a service package with shared layers holds only text, and stays of the layers' architecture",
+        None,
+    ),
+    # Scriptlets.
+    "dangerous-command-in-%postun": (
+        "rm of the runtime state (service) or of the whiteouts (layer), on erase only ($1 = 0)",
+        r"rm",
+    ),
+}
+
+
+# What images made of real Debian packages add (tests/integration/test_lint_realistic.py): all of it
+# about the image's own files, which run inside the container on the image's own libraries.
+RPMLINT_ACCEPTED_REAL_IMAGES: dict[str, tuple[str, str | None]] = {
+    # Hard links are stored once (rpmheader.py); these are distinct files with the same content.
+    "files-duplicate": (
+        "the image's own identical files, which are not hard links in the image",
+        rf"{IMAGE_FILE} {IMAGE_FILE}",
+    ),
+    "files-duplicated-waste": ("the same files, counted in bytes", r"\d+"),
+    "setgid-binary": ("the image's own files (chage, expiry, unix_chkpwd)", IMAGE_FILE + r" \S+ \d+"),
+    "missing-call-to-setgroups-before-setuid": ("the image's own files", IMAGE_FILE),
+    "call-to-mktemp": ("the image's own files", IMAGE_FILE),
+    "binary-or-shlib-calls-gethostbyname": ("the image's own files", IMAGE_FILE),
+    "binary-or-shlib-defines-rpath": ("the image's own files", IMAGE_FILE + r" \(RU?N?PATH: .*\)"),
+    "shared-library-without-dependency-information": ("the image's own files", IMAGE_FILE),
+    "library-not-linked-against-libc": ("the image's own files", IMAGE_FILE),
+    "devel-file-in-non-devel-package": ("the image's own files", IMAGE_FILE),
+    "non-executable-script": ("the image's own files", IMAGE_FILE + r" \d+ .+"),
+    "shared-library-not-executable": ("the image's own files (PostgreSQL's modules)", IMAGE_FILE),
+    "no-soname": ("the image's own files (PostgreSQL's modules, loaded with dlopen)", IMAGE_FILE),
+    "missing-hash-section": ("the image's own files (PostgreSQL's modules)", IMAGE_FILE),
+    "non-versioned-file-in-library-package": (
+        "openSUSE's policy for a package that holds a shared library: a layer package holds an image "
+        "layer as the image has it, libraries and all",
+        r"/opt/containers(/\S+)?",
+    ),
+    "zero-length": ("the image's own files (/etc/machine-id, lock files)", IMAGE_FILE),
+    "hidden-file-or-dir": ("the image's own files (/etc/skel, lock files)", IMAGE_FILE),
+    "dangling-symlink": (
+        "the image's own links, resolved inside the container (/dev/fd -> /proc/self/fd)",
+        IMAGE_FILE + r" \S+",
+    ),
+    "dangling-relative-symlink": (
+        "the image's own links, to files the image leaves out (its docs are excluded)",
+        IMAGE_FILE + r" \S+",
+    ),
+    "symlink-should-be-relative": (
+        "the image's own links: absolute ones are resolved inside the container's root",
+        IMAGE_FILE + r" \S+",
+    ),
+}
+
+
+def rpmlint(rpm: Path, home: Path) -> list[tuple[str, str]]:
+    """rpmlint's errors and warnings on RPM as (code, argument); rpm -K inside it reads HOME's rpmdb."""
+    require(shutil.which("rpmlint") is not None, "rpmlint is not installed (apt-get install rpmlint)")
+    proc = subprocess.run(
+        ["rpmlint", rpm], capture_output=True, text=True, env={**os.environ, "HOME": str(home)}, check=False
+    )
+    findings = []
+    for line in proc.stdout.splitlines():
+        parts = line.split(": ", 2)
+        if len(parts) == 3 and parts[1] in ("E", "W"):
+            code, _, argument = parts[2].partition(" ")
+            findings.append((code, argument.strip()))
+    assert "packages and 0 specfiles checked" in proc.stdout, proc.stdout + proc.stderr
+    return findings
+
+
+def unexplained(
+    findings: list[tuple[str, str]], accepted_codes: dict[str, tuple[str, str | None]] = RPMLINT_ACCEPTED
+) -> list[str]:
+    """The findings (as 'code argument') that ACCEPTED_CODES does not account for."""
+    bad = []
+    for code, argument in findings:
+        accepted = accepted_codes.get(code)
+        if accepted is None or (accepted[1] is not None and not re.fullmatch(accepted[1], argument)):
+            bad.append(f"{code} {argument}")
+    return bad

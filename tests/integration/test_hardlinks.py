@@ -209,3 +209,19 @@ def test_apk_carries_hard_links(built: Built, ctr2svc: Cli, apk_tool: Path, tmp_
     assert not any(name in audit for name in (*BIG_NAMES, "bin/sh", "bin/busybox")), audit
     sh(*apk, "del", NAME)
     assert not (root / f"opt/containers/{NAME}").exists()
+
+
+def test_lintian_is_clean_with_hard_links(built: Built, ctr2svc: Cli, tmp_path: Path) -> None:
+    """A hard link across directories is the image's choice: the package's override says so."""
+    args = ("build", built.source, "-q", "--name", NAME, "--maintainer", "Ops <ops@example.com>")
+    deb = Path(ctr2svc(*args, "-o", tmp_path / "out").stdout.strip())
+    proc = subprocess.run(
+        ["lintian", "--fail-on", "error,warning", "--tag-display-limit", "0", deb],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    tags = [line for line in proc.stdout.splitlines() if line.startswith(("E:", "W:"))]
+    assert proc.returncode == 0 and tags == [], proc.stdout + proc.stderr
+    assert "package-contains-hardlink" in sh("lintian", "--show-overrides", deb, check=False).stdout

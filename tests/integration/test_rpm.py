@@ -25,7 +25,7 @@ from tests.conftest import Cli, require
 from tests.support.images import service_image
 from tests.support.registry import Registry, free_port
 
-from .helpers import sh
+from .helpers import RPMLINT_ACCEPTED, rpmlint, sh, unexplained
 
 pytestmark = pytest.mark.integration
 
@@ -187,57 +187,6 @@ def test_install_upgrade_downgrade_erase(built: Built, root: Path) -> None:
     assert (data / "answer").read_text() == "42"
 
 
-# rpmlint (Debian's 2.4, with its default configuration: close to openSUSE's, with Fedora's old license
-# names) on the packages a repository would publish: signed, flat and with shared layers. Every finding
-# left is here, with the reason it stays and where it may be: a code with a pattern is accepted only
-# when its argument (the path, the command, the value) matches it, so that a finding on a file of
-# ctr2svc's own fails the test even under a code accepted for the image's files. Anything else fails.
-IMAGE_FILE = r"/opt/containers/(\S+/\S+|layers/[0-9a-f]{12})/rootfs/\S+"
-RPMLINT_ACCEPTED: dict[str, tuple[str, str | None]] = {
-    "dir-or-file-in-opt": (
-        "the image tree lives in /opt/containers by design: FHS 3.13 puts add-on software in /opt",
-        r"/opt/containers(/\S+)?",
-    ),
-    # The image's own files, shipped as they are in the image (the test image has a static busybox,
-    # a setuid file, a root-only home, a sticky /tmp and a hard link on purpose).
-    "statically-linked-binary": ("the image's own files", IMAGE_FILE),
-    "position-independent-executable-suggested": ("the image's own files", IMAGE_FILE),
-    "setuid-binary": ("the image's own files", IMAGE_FILE + r" \S+ \d+"),
-    "non-standard-executable-perm": ("the image's own files", IMAGE_FILE + r" \d+"),
-    "non-standard-dir-perm": ("the image's own files", IMAGE_FILE + r" \d+"),
-    "non-readable": (
-        "the image's own files, and /etc/NAME/env, root-only on purpose: it is where the admin puts "
-        "passwords",
-        rf"({IMAGE_FILE} \d+|/etc/[a-z-]+/env 600)",
-    ),
-    # Metadata.
-    "no-url-tag": ("set only from the image's org.opencontainers.image.url or .source label", None),
-    "no-documentation": ("a service made of an image has no documentation of its own", None),
-    "invalid-license": (
-        "SPDX (what Fedora and openSUSE use now), or NOASSERTION when the image has no licenses label: "
-        "Debian's rpmlint 2.4 knows only Fedora's old short names",
-        r"\S+",
-    ),
-    "no-dependency-on": (
-        "rpmlint reads NAME-svc as a locale package (svc is an ISO 639-3 code)",
-        r"locales-svc",
-    ),
-    "only-non-binary-in-usr-lib": (
-        "the systemd unit and preset are where systemd wants them (/usr/lib/systemd)",
-        None,
-    ),
-    "no-binary": (
-        "a service package with shared layers holds only text, and stays of the layers' architecture",
-        None,
-    ),
-    # Scriptlets.
-    "dangerous-command-in-%postun": (
-        "rm of the runtime state (service) or of the whiteouts (layer), on erase only ($1 = 0)",
-        r"rm",
-    ),
-}
-
-
 @dataclass(frozen=True)
 class Signing:
     secret: Path  # armored OpenPGP secret key, for --sign-key-file
@@ -263,31 +212,6 @@ def signing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signing]:
     sh("rpm", "--dbpath", home / "rpmdb", "--import", base / "public.asc")
     yield Signing(base / "secret.asc", home)
     subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True, check=False)
-
-
-def rpmlint(rpm: Path, home: Path) -> list[tuple[str, str]]:
-    """rpmlint's errors and warnings on RPM as (code, argument); rpm -K inside it reads HOME's rpmdb."""
-    require(shutil.which("rpmlint") is not None, "rpmlint is not installed (apt-get install rpmlint)")
-    proc = subprocess.run(
-        ["rpmlint", rpm], capture_output=True, text=True, env={**os.environ, "HOME": str(home)}, check=False
-    )
-    findings = []
-    for line in proc.stdout.splitlines():
-        parts = line.split(": ", 2)
-        if len(parts) == 3 and parts[1] in ("E", "W"):
-            code, _, argument = parts[2].partition(" ")
-            findings.append((code, argument.strip()))
-    assert "packages and 0 specfiles checked" in proc.stdout, proc.stdout + proc.stderr
-    return findings
-
-
-def unexplained(findings: list[tuple[str, str]]) -> list[str]:
-    bad = []
-    for code, argument in findings:
-        accepted = RPMLINT_ACCEPTED.get(code)
-        if accepted is None or (accepted[1] is not None and not re.fullmatch(accepted[1], argument)):
-            bad.append(f"{code} {argument}")
-    return bad
 
 
 def test_rpmlint_findings_are_all_accounted_for(
