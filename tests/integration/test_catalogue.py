@@ -416,6 +416,8 @@ def build_with_tools(
         "skopeo": which("skopeo"),
         "umoci": which("umoci"),
         "nfpm": real_nfpm(),
+        # A zstd .deb (the default) is recompressed after nfpm (hard links, Installed-Size).
+        "zstd": which("zstd"),
     }
     for name in (missing, old):
         if name:
