@@ -24,19 +24,30 @@ def set_verbosity(level: int) -> None:
     STATE.verbosity = level
 
 
+_LINES = threading.Lock()
+
+
+def _line(text: str) -> None:
+    # One write per line, under a lock: layer packages are packed in worker threads, and print()'s
+    # separate write of the newline let their lines run into each other.
+    with _LINES:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
 def debug(message: str) -> None:
     if STATE.verbosity > 0:
-        print(f"debug: {message}", file=sys.stderr, flush=True)
+        _line(f"debug: {message}")
 
 
 def info(message: str) -> None:
     if STATE.verbosity >= 0:
-        print(message, file=sys.stderr, flush=True)
+        _line(message)
 
 
 def warn(message: str) -> None:
     # Warnings show even with -q: they describe something the package will not do.
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    _line(f"warning: {message}")
 
 
 @contextlib.contextmanager
