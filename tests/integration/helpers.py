@@ -241,3 +241,19 @@ def unexplained(
         if accepted is None or (accepted[1] is not None and not re.fullmatch(accepted[1], argument)):
             bad.append(f"{code} {argument}")
     return bad
+
+
+def lintian(deb: Path, timeout: float = 600) -> tuple[list[str], str]:
+    """lintian's E:/W: lines on DEB (a non-zero exit without one counts as one), and its output."""
+    proc = subprocess.run(
+        ["lintian", "--fail-on", "error,warning", "--tag-display-limit", "0", str(deb)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    tags = [line for line in proc.stdout.splitlines() if line.startswith(("E:", "W:"))]
+    # (--show-overrides would show what the overrides silence, but makes --fail-on count it too.)
+    if proc.returncode != 0 and not tags:
+        tags = [f"lintian exited {proc.returncode}"]
+    return tags, proc.stdout + proc.stderr

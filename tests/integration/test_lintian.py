@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import REPO, require
 
+from .helpers import lintian
+
 pytestmark = pytest.mark.integration
 
 EXAMPLE = "oci:examples/hello:1.0"
@@ -65,15 +67,8 @@ def test_lintian_is_clean(variant: str, cache: Path, tmp_path: Path) -> None:
     debs = build(tmp_path / "out", cache, *VARIANTS[variant])
     assert len(debs) == (2 if variant == "shared" else 1), debs
     for deb in debs:
-        proc = subprocess.run(
-            ["lintian", "--fail-on", "error,warning", "--tag-display-limit", "0", str(deb)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-        tags = [line for line in proc.stdout.splitlines() if line.startswith(("E:", "W:"))]
-        assert proc.returncode == 0 and tags == [], f"lintian on {deb.name}:\n{proc.stdout}{proc.stderr}"
+        tags, output = lintian(deb)
+        assert tags == [], f"lintian on {deb.name}:\n{output}"
 
 
 def test_debian_files(cache: Path, tmp_path: Path) -> None:
