@@ -147,21 +147,26 @@ def finish(
     """What nfpm cannot write, written into the package it built: hard links as hard links in every
     format (payload.py for .deb and .apk, rpmheader.py for .rpm), and %verify(not user group) on the
     rpm's files whose owner the ownership script sets. ROOTFS is where SCAN's files are installed.
-    KEY_FILE signs an .apk or .rpm again (a signed .deb is left as nfpm wrote it)."""
+    KEY_FILE signs again what was changed of a signed package."""
+    if fmt is PackageFormat.RPM:
+        if scan is not None:
+            finish_rpm(built, scan, rootfs, key_file, epoch)
+        return
     groups = hardlink_groups(scan, rootfs) if scan is not None else []
     if fmt is PackageFormat.DEB and payload.relink_deb(built, groups, staging / "relink", key_file, epoch):
         log.debug(f"{built.name}: Installed-Size counted again, {len(groups)} hard-linked files linked")
     elif fmt is PackageFormat.APK and payload.relink_apk(built, groups, staging / "relink", key_file):
         log.debug(f"{built.name}: {len(groups)} hard-linked files linked")
-    elif fmt is PackageFormat.RPM and scan is not None:
 
-        def installed(rel: str) -> str:
-            return f"{rootfs}/{rel}" if rel else rootfs
 
-        owners = [installed(e.path) for e in scan.entries if (e.uid, e.gid) != (0, 0)]
-        links = [(installed(e.path), installed(e.target)) for e in scan.hardlinks if e.target]
-        if rpmheader.finish(built, owner_paths=owners, links=links, key_file=key_file, epoch=epoch):
-            log.debug(f"{built.name}: verify flags and {len(groups)} hard-linked files written")
+def finish_rpm(built: Path, scan: RootfsScan, rootfs: str, key_file: Path | None, epoch: int) -> None:
+    def installed(rel: str) -> str:
+        return f"{rootfs}/{rel}" if rel else rootfs
+
+    owners = [installed(e.path) for e in scan.entries if (e.uid, e.gid) != (0, 0)]
+    links = [(installed(e.path), installed(e.target)) for e in scan.hardlinks if e.target]
+    if rpmheader.finish(built, owner_paths=owners, links=links, key_file=key_file, epoch=epoch):
+        log.debug(f"{built.name}: verify flags and {len(links)} hard links written")
 
 
 def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:

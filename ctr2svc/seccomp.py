@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ class Profile:
         return f"{self.path} sha256:{self.sha256[:12]}"
 
 
+@cache  # read once per build: the runtime config and image.json both need it
 def load(path: Path = PROFILE_PATH) -> Profile:
     try:
         raw = path.read_bytes()
