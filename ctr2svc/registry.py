@@ -163,7 +163,7 @@ class ImageCache:
             try:
                 manifest: dict[str, Any] = self._read_json(self.blob_path(desc["digest"]))
                 needed = [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest["layers"]]
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 return None
             if all(self.blob_path(d).is_file() for d in needed):
                 return manifest
@@ -171,7 +171,29 @@ class ImageCache:
         return None
 
     def config(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        doc: dict[str, Any] = self._read_json(self.blob_path(manifest["config"]["digest"]))
+        """The image config, read as umoci (Go's encoding/json) reads it: bytes that are not UTF-8 become
+        U+FFFD, and what is still no JSON is the image's fault."""
+        path = self.blob_path(manifest["config"]["digest"])
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(
+                f"the image's config {path.name[:12]} cannot be read from the cache: {exc.strerror}",
+                hint="build again: it will be pulled again",
+            ) from exc
+        hint = "rebuild the image with a standard tool (docker, buildah)"
+        if data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+            raise ImageError(
+                "the image's config starts with a byte order mark, which JSON has not", hint=hint
+            )
+        try:
+            doc: dict[str, Any] = json.loads(data.decode("utf-8", errors="replace"))
+        except json.JSONDecodeError as exc:
+            raise ImageError(
+                f"the image's config is not valid JSON ({exc.msg} at byte {exc.pos})", hint=hint
+            ) from exc
+        except RecursionError as exc:
+            raise ImageError("the image's config is nested too deeply to be read", hint=hint) from exc
         return doc
 
 
@@ -617,7 +639,7 @@ def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
         raw = _raw_manifest(ref, opts, _policy_args(workdir), auth, ref.skopeo())
     try:
         top = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ImageError(f"the manifest of {ref} is not valid JSON", hint="check the image source") from exc
     if not isinstance(top, dict):
         raise ImageError(f"the manifest of {ref} is not a JSON object", hint="check the image source")
