@@ -158,6 +158,7 @@ def check_options(opts: BuildOptions) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"output directory {out} is not writable", hint="pass a writable directory with -o")
     registry.check_transport(opts.reference)
+    registry.limits()
     for tool, reason in (("skopeo", "pull images"), ("umoci", "unpack images"), ("nfpm", "build packages")):
         find_tool(tool, reason)
 
@@ -800,7 +801,7 @@ def _volume(layout: Layout, path: str, scan: RootfsScan, uid: int, gid: int) -> 
 
 def pull_options(opts: BuildOptions) -> registry.PullOptions:
     arch, variant = naming.split_platform(opts.arch or naming.host_oci_arch())
-    return registry.PullOptions(arch, variant, opts.creds, opts.authfile, opts.tls_verify)
+    return registry.PullOptions(arch, variant, opts.creds, opts.authfile, opts.tls_verify, registry.limits())
 
 
 @dataclass(frozen=True)
