@@ -198,6 +198,16 @@ def check_package_options(opts: BuildOptions) -> None:
     if opts.user is not None:
         metadata.check_one_line("--user", opts.user, "e.g. --user 999:999")
         _split_user(opts.user)
+    if opts.entrypoint in ((), ("",)) and not opts.cmd:
+        raise UsageError(
+            "an empty --entrypoint leaves nothing to run: a new entrypoint drops the image's Cmd, as with "
+            "docker run",
+            hint="pass the command to run with --cmd as well",
+        )
+    for what, words in (("--entrypoint", opts.entrypoint), ("--cmd", opts.cmd)):
+        if any("\0" in word for word in words or ()):
+            # runc cannot pass a NUL on to the process and refuses to start; a project file can hold one.
+            raise UsageError(f"{what} holds a NUL character", hint="write the command without it")
     if opts.arch is not None:
         arch, variant = naming.split_platform(opts.arch)
         naming.format_arch(fmt, naming.deb_arch(arch, variant))
@@ -655,9 +665,19 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
     unit_dir = "/usr/lib/systemd/system" if fmt is PackageFormat.RPM else "/lib/systemd/system"
     layout = Layout(name, version, unit_dir=unit_dir)
     entrypoint = opts.entrypoint if opts.entrypoint is not None else cfg.entrypoint
+    # An entrypoint of one empty word is none, as `docker run --entrypoint ""` and Docker's builder
+    # (`ENTRYPOINT [""]`) mean it; runc would try to run "" instead.
+    entrypoint = () if entrypoint == ("",) else entrypoint
     # As with `docker run --entrypoint`, a new entrypoint drops the image's Cmd.
     cmd = opts.cmd if opts.cmd is not None else (() if opts.entrypoint is not None else cfg.cmd)
     args = (*entrypoint, *cmd)
+    if args and not args[0]:
+        given = opts.entrypoint is not None or opts.cmd is not None
+        raise (UsageError if given else ImageError)(
+            f"the command to run, {shlex.join(args)[:60]}, starts with an empty word: there is no program "
+            "to run",
+            hint="pass the program to run with --entrypoint, e.g. --entrypoint /usr/bin/server",
+        )
     entrypoint_n = len(entrypoint)
     if opts.init_process and args:
         # As `docker run --init`: tini (the host's static build, mounted read-only) is PID 1, reaps

@@ -119,6 +119,16 @@ def _check_env(env: tuple[str, ...]) -> None:
         )
 
 
+def _check_no_nul(cfg: Mapping[str, Any]) -> None:
+    """No NUL in what becomes the process's arguments, directory or user: runc cannot pass one on and
+    refuses to start (config.json carries it as \\u0000, so the build would not notice)."""
+    for key in ("Entrypoint", "Cmd", "WorkingDir", "User"):
+        value = cfg.get(key)
+        words = value if isinstance(value, list) else [value]
+        if any(isinstance(word, str) and "\0" in word for word in words):
+            raise _bad_config(f"has a config.{key} that holds a NUL character")
+
+
 def _check_user(user: str) -> None:
     """A numeric user or group in the image's User must be an id umoci (and runc) can use."""
     for part in user.split(":", 1):
@@ -159,6 +169,7 @@ class ImageConfig:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             raise _bad_config("has config.Labels that are not all strings")
         health = _typed(cfg, "Healthcheck", Mapping, "config.Healthcheck")
+        _check_no_nul(cfg)
         created = _typed(doc, "created", str, "created")
         if created is not None and not is_rfc3339(created):
             raise _bad_config(f"has a created time that is not an RFC 3339 time: {created[:40]!r}")

@@ -39,6 +39,8 @@ MAX_NAME_LENGTH = 63
 # file name (NAME_VERSION_ARCH.deb, NAME-VERSION.ARCH.rpm) below the file systems' 255 bytes, and it
 # holds every version derived from a tag (tags have at most 128 characters: 0+TAG.YYYYMMDDHHMMSS).
 MAX_VERSION_LENGTH = 160
+# dpkg refuses an epoch above INT_MAX ("epoch in version is too big"), rpm keeps it in an int32.
+MAX_EPOCH = 2**31 - 1
 # ctr2svc's own packages: the builder itself, and the layer packages of --layers shared.
 RESERVED_NAME = "ctr2svc"
 RESERVED_PREFIX = "ctr2svc-layer-"
@@ -288,6 +290,11 @@ def default_version(fmt: PackageFormat, tag: str | None, digest: str, created: s
 def parse_version(fmt: PackageFormat, text: str) -> PackageVersion:
     """Check TEXT against FMT's version grammar and length, and split it into the format's fields."""
     parsed = _parse_version(fmt, text)
+    if parsed.epoch is not None and parsed.epoch > MAX_EPOCH:
+        raise UsageError(
+            f"the epoch of version {text[:40]!r} is larger than {MAX_EPOCH}, which dpkg and rpm refuse",
+            hint="pass a smaller epoch, e.g. --version 1:2.0, or none",
+        )
     if len(parsed.full) > MAX_VERSION_LENGTH:
         raise UsageError(
             f"the version {parsed.full[:20]}… has {len(parsed.full)} characters as {fmt} writes it, more "

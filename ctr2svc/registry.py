@@ -104,10 +104,13 @@ class PullOptions:
 
 
 def default_cache_dir() -> Path:
+    """The cache when --cache-dir is not given, absolute (as BuildOptions makes --cache-dir)."""
     if env := os.environ.get("CTR2SVC_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ctr2svc"
+        return Path(env).absolute()
+    # The XDG base directory spec: a relative XDG_CACHE_HOME is invalid and ignored.
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg.startswith("/") else Path.home() / ".cache"
+    return base / "ctr2svc"
 
 
 def _is_loopback(registry: str) -> bool:
@@ -136,6 +139,9 @@ class ImageCache:
 
     def ensure(self) -> None:
         """The cache directory exists and can be written, or a UsageError (exit 2) says why not."""
+        if ":" in str(self.root):
+            # The cache is named to skopeo and umoci as DIR:TAG, and both split at the first ':'.
+            raise self._unusable("has a ':' in its path, which skopeo and umoci take for the start of a tag")
         if self.root.exists() and not self.root.is_dir():
             raise self._unusable("is not a directory")
         try:

@@ -98,6 +98,12 @@ CONFIG_DEFECTS: list[tuple[str, Callable[[Path, Json, Json], None], str, str]] =
     ("created-feb-30", _set("created", "2024-02-30T00:00:00Z"), r"not an RFC 3339 time", r"rebuild"),
     ("created-year-10000", _set("created", "10000-01-01T00:00:00Z"), r"not an RFC 3339 time", r"rebuild"),
     ("labels-not-strings", _set("Labels", {"a": 1}), r"config.Labels that are not all strings", r"rebuild"),
+    # runc cannot pass a NUL on, nor run a program named "": each started on the host and failed there.
+    ("cmd-nul", _set("Cmd", ["/bin/busybox", "sle\0ep"]), r"config.Cmd that holds a NUL character",
+     r"rebuild"),
+    ("workdir-nul", _set("WorkingDir", "/srv\0"), r"config.WorkingDir that holds a NUL", r"rebuild"),
+    ("cmd-empty-word", _set("Cmd", ["", "x"]), r"the command to run, '' x, starts with an empty word",
+     r"--entrypoint"),
 ]  # fmt: skip
 
 RAW_DEFECTS: list[tuple[str, Callable[[bytes], bytes], str]] = [
@@ -176,6 +182,12 @@ REFUSED_OPTIONS: list[tuple[str, list[str], str, str]] = [
     ("version-161", ["--version", LONG_VERSION], r"has 161 characters as deb writes it, more than the 160",
      r"--version"),
     ("version-161-rpm", ["--format", "rpm", "--version", LONG_VERSION], r"more than the 160", r"--version"),
+    # dpkg: "epoch in version is too big"; nfpm for rpm: Go's "strconv.ParseUint: ... value out of range".
+    ("epoch-too-big", ["--version", "2147483648:1.0"], r"epoch of version '2147483648:1\.0' is larger than "
+     r"2147483647", r"--version 1:2\.0"),
+    ("epoch-too-big-rpm", ["--format", "rpm", "--version", "99999999999:1.0"], r"is larger than 2147483647",
+     r"--version"),
+    ("entrypoint-empty", ["--entrypoint", "''"], r"an empty --entrypoint leaves nothing to run", r"--cmd"),
     ("volume-at-root", ["--volume", "/srv:/"], r"--volume '/': the container's root cannot be a mount point",
      r"--volume /srv/certs:/certs"),
     ("volume-at-proc", ["--volume", "/srv:/proc"], r"/proc is the kernel's process file system", r"--volume"),
@@ -332,15 +344,16 @@ SCRIPT = (
 
 @pytest.fixture
 def quirky(base: Path, tmp_path: Path) -> Iterator[Path]:
-    """An image with a relative WorkingDir and VOLUMEs at /, /proc, /dev and in /sys beside a real one;
-    it writes where it runs and what it sees to its volume /srv/out."""
+    """An image with a relative WorkingDir, VOLUMEs at /, /proc, /dev and in /sys beside a real one,
+    and an Entrypoint of one empty word; it writes where it runs and what it sees to its volume."""
 
     def change(layout: Path, manifest: Json, config: Json) -> None:
         config["config"].update(
             WorkingDir="srv/app",
             Volumes={"/": {}, "/proc": {}, "/dev": {}, "/sys/kernel/x": {}, "/srv/out": {}},
-            Entrypoint=["/bin/busybox", "sh", "-c", SCRIPT],
-            Cmd=None,
+            # One empty word is no entrypoint, as Docker reads it (runc would run "").
+            Entrypoint=[""],
+            Cmd=["/bin/busybox", "sh", "-c", SCRIPT],
         )
 
     ref = mutated(base, tmp_path / "quirky", "1.0", change)
@@ -360,11 +373,12 @@ def quirky(base: Path, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_relative_workdir_and_runtime_volumes_run(quirky: Path, tmp_path: Path) -> None:
-    """runc refused the relative cwd at every start, and the VOLUMEs became mounts over the root, /proc
-    and /dev (or a tmpfs umoci put there); now the service starts in /srv/app, with the real /proc and
-    /dev, and keeps its one real volume."""
+    """runc refused the relative cwd and the program "" at every start, and the VOLUMEs became mounts
+    over the root, /proc and /dev (or a tmpfs umoci put there); now the service starts in /srv/app,
+    runs the Cmd, with the real /proc and /dev, and keeps its one real volume."""
     config = json.loads(_config_json(quirky, tmp_path))
     assert config["process"]["cwd"] == "/srv/app"
+    assert config["process"]["args"][:2] == ["/bin/busybox", "sh"]
     destinations = [m["destination"] for m in config["mounts"]]
     assert "/" not in destinations and "/sys/kernel/x" not in destinations
     assert [m["type"] for m in config["mounts"] if m["destination"] == "/proc"] == ["proc"]
@@ -419,6 +433,32 @@ def test_relative_cache_dir_with_shared_layers(base: Path, tmp_path: Path) -> No
     assert all_entries(work / "cache" / "work") == []
 
 
+def test_relative_cache_dir_from_the_environment(base: Path, tmp_path: Path) -> None:
+    """The same through CTR2SVC_CACHE_DIR, which did not go through BuildOptions."""
+
+    def top(root: Path) -> None:
+        put_file(root, "srv/top.txt", "top\n")
+
+    layered_image(tmp_path / "two", "1.0", [_populate, top], cmd=["/bin/busybox", "sleep", "1000"])
+    work = tmp_path / "here"
+    work.mkdir()
+    proc = build({"CTR2SVC_CACHE_DIR": "cache"}, f"oci:{tmp_path / 'two'}:1.0", "--layers", "shared",
+                 "-o", "out", cwd=work)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "cache" / "layers").is_dir()
+
+
+def test_a_cache_dir_with_a_colon(base: Path, tmp_path: Path) -> None:
+    """skopeo and umoci are given the cache as DIR:TAG: with a ':' in DIR the pull went elsewhere and
+    the build said 'skopeo reported success but ... is not complete' (exit 3). Now exit 2, at once."""
+    out = tmp_path / "o"
+    out.mkdir()
+    proc = build(None, f"oci:{base}:1.0", "--cache-dir", tmp_path / "a:b", "-o", out)
+    check_error(proc, out, 2, r"has a ':' in its path, which skopeo and umoci take for the start of a tag",
+                r"--cache-dir")  # fmt: skip
+    assert not (tmp_path / "a:b").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # 5. Registries that hang: every network step has a limit, and says which one ran out
 
@@ -442,11 +482,11 @@ def _timed(env: dict[str, str], *args: str | Path) -> tuple[subprocess.Completed
     return proc, time.monotonic() - start
 
 
-@pytest.mark.parametrize("mode", ["silent", "trickle"])
+@pytest.mark.parametrize("mode", ["silent", "trickle", "api-only"])
 def test_a_registry_that_never_answers(mode: str, tmp_path: Path) -> None:
-    """Accepts the connection, then sends nothing, or an HTTP answer a byte every 2 s: skopeo waited
-    for ever. With CTR2SVC_REGISTRY_TIMEOUT=3 the build stops within seconds, naming the registry, the
-    step and the variable."""
+    """Accepts the connection, then sends nothing, or an HTTP answer a byte every 2 s, or answers the
+    API check and then nothing: skopeo waited for ever. With CTR2SVC_REGISTRY_TIMEOUT=3 the build stops
+    within seconds, naming the registry, the step and the variable."""
     out = tmp_path / "o"
     out.mkdir()
     with HangingServer(mode) as server:

@@ -108,12 +108,17 @@ class SlowProxy:
 
 class HangingServer:
     """A TCP server on 127.0.0.1 that reads each request and then, by MODE: `silent` sends nothing,
-    `trickle` sends an HTTP answer one byte every `every` seconds. Connections stay open until close()."""
+    `trickle` sends an HTTP answer one byte every `every` seconds, `api-only` answers the registry API
+    check (GET /v2/) as a registry does and nothing else. Connections stay open until close()."""
 
     ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    API = (
+        b"HTTP/1.1 200 OK\r\nDocker-Distribution-Api-Version: registry/2.0\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
 
     def __init__(self, mode: str, every: float = 2.0) -> None:
-        assert mode in ("silent", "trickle"), mode
+        assert mode in ("silent", "trickle", "api-only"), mode
         self.mode = mode
         self.every = every
         self.accepted = 0
@@ -139,7 +144,14 @@ class HangingServer:
 
     def _serve(self, client: socket.socket) -> None:
         try:
-            client.recv(65536)
+            request = client.recv(65536)
+            if self.mode == "api-only" and not request.startswith((b"GET ", b"HEAD ")):
+                # A TLS handshake: refused at once, so the client goes on to plain HTTP.
+                client.close()
+                return
+            while self.mode == "api-only" and request.startswith(b"GET /v2/ "):
+                client.sendall(self.API)
+                request = client.recv(65536)
             if self.mode == "trickle":
                 for byte in self.ANSWER:
                     if self._closed.wait(self.every):

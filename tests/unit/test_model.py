@@ -57,6 +57,10 @@ BAD_CONFIGS = [
     ({"created": "2023-02-29T00:00:00Z"}, "not an RFC 3339 time"),
     ({"created": "2024-01-01T00:00:60Z"}, "not an RFC 3339 time"),
     ({"created": "10000-01-01T00:00:00Z"}, "not an RFC 3339 time"),
+    ({"config": {"Cmd": ["/bin/sh", "-c", "a\0b"]}}, "config.Cmd that holds a NUL character"),
+    ({"config": {"Entrypoint": ["/bin/\0sh"]}}, "config.Entrypoint that holds a NUL character"),
+    ({"config": {"WorkingDir": "/srv\0"}}, "config.WorkingDir that holds a NUL character"),
+    ({"config": {"User": "app\0"}}, "config.User that holds a NUL character"),
 ]
 
 

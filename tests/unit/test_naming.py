@@ -176,3 +176,11 @@ def test_the_longest_tag_gives_a_version_within_the_limit() -> None:
         for fmt in PackageFormat:
             version = naming.default_version(fmt, tag, DIGEST, CREATED)
             assert len(version.full) <= naming.MAX_VERSION_LENGTH, (fmt, tag)
+
+
+@pytest.mark.parametrize("fmt", [PackageFormat.DEB, PackageFormat.RPM])
+def test_an_epoch_dpkg_cannot_read_is_refused(fmt: PackageFormat) -> None:
+    # dpkg: "epoch in version is too big" above INT_MAX; nfpm failed with Go's strconv text for rpm.
+    assert naming.parse_version(fmt, "2147483647:1.0").epoch == 2147483647
+    with pytest.raises(UsageError, match=r"epoch of version '2147483648:1\.0' is larger than 2147483647"):
+        naming.parse_version(fmt, "2147483648:1.0")

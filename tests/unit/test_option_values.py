@@ -238,3 +238,39 @@ def test_relative_paths_become_absolute_once(tmp_path: Path, monkeypatch: pytest
     assert opts.output_dir == Path("out")
     assert dataclasses.replace(opts, name="x-svc").cache_dir == tmp_path / "cache"
     assert build.BuildOptions(reference=REF).cache_dir is None
+
+
+def test_the_default_cache_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CTR2SVC_CACHE_DIR", "cache")
+    assert registry.default_cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("CTR2SVC_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # A relative XDG_CACHE_HOME is invalid by the XDG spec, and ignored.
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")
+    assert registry.default_cache_dir() == tmp_path / "home" / ".cache" / "ctr2svc"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert registry.default_cache_dir() == tmp_path / "xdg" / "ctr2svc"
+
+
+def test_a_cache_path_with_a_colon_is_refused(tmp_path: Path) -> None:
+    # skopeo and umoci are given the cache as DIR:TAG and split at the first ':'.
+    cache = registry.ImageCache(tmp_path / "a:b" / "cache")
+    with pytest.raises(UsageError, match=r"has a ':' in its path") as info:
+        cache.ensure()
+    assert info.value.hint and "--cache-dir" in info.value.hint
+    assert not (tmp_path / "a:b").exists()
+
+
+@pytest.mark.parametrize("key", ["entrypoint", "cmd"])
+def test_a_nul_in_the_command_is_refused(key: str) -> None:
+    with pytest.raises(UsageError, match=f"--{key} holds a NUL character"):
+        check_package_options(options(**{key: ("/bin/sh", "-c", "a\0b")}))
+
+
+@pytest.mark.parametrize("entrypoint", [(), ("",)])
+def test_an_empty_entrypoint_without_cmd_is_refused(entrypoint: tuple[str, ...]) -> None:
+    # `--entrypoint ""` (or "''"): no entrypoint, and a new one drops the image's Cmd.
+    with pytest.raises(UsageError, match="an empty --entrypoint leaves nothing to run"):
+        check_package_options(options(entrypoint=entrypoint))
+    check_package_options(options(entrypoint=entrypoint, cmd=("/bin/server",)))
