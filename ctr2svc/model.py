@@ -130,7 +130,13 @@ def _check_no_nul(cfg: Mapping[str, Any]) -> None:
 
 
 def _check_user(user: str) -> None:
-    """A numeric user or group in the image's User must be an id umoci (and runc) can use."""
+    """A numeric user or group in the image's User must be an id umoci (and runc) can use; no part
+    is a user or group name with white space, which no passwd file has."""
+    if any(c.isspace() for c in user):
+        raise ImageError(
+            f"the image's User {user[:40]!r} has white space, so it is neither a user name nor an id",
+            hint="rebuild the image with a User such as app or 1000:1000",
+        )
     for part in user.split(":", 1):
         if _NUMBER.match(part) and not 0 <= int(part) <= MAX_IMAGE_ID:
             raise ImageError(

@@ -89,6 +89,7 @@ CONFIG_DEFECTS: list[tuple[str, Callable[[Path, Json, Json], None], str, str]] =
      r"rebuild the image"),
     ("user-2^31", _set("User", "2147483648"), r"User '2147483648' is out of range", r"rebuild"),
     ("user-negative", _set("User", "-1"), r"User '-1' is out of range", r"rebuild"),
+    ("user-white-space", _set("User", " 1000"), r"User ' 1000' has white space", r"rebuild"),
     ("group-out-of-range", _set("User", "0:99999999999"), r"User '0:99999999999' is out of range",
      r"rebuild"),
     ("created-word", _set("created", "yesterday"), r"created time that is not an RFC 3339 time: 'yesterday'",

@@ -50,6 +50,9 @@ BAD_CONFIGS = [
     ({"config": {"User": "2147483648"}}, "User '2147483648' is out of range"),
     ({"config": {"User": "-1"}}, "User '-1' is out of range"),
     ({"config": {"User": "app:99999999999"}}, "User 'app:99999999999' is out of range"),
+    # umoci's "unable to find user  1000" (two spaces) escaped the mapping of a missing user: exit 4.
+    ({"config": {"User": " 1000"}}, "User ' 1000' has white space"),
+    ({"config": {"User": "app:my group"}}, "User 'app:my group' has white space"),
     ({"created": "yesterday"}, "created time that is not an RFC 3339 time: 'yesterday'"),
     ({"created": ""}, "created time that is not an RFC 3339 time: ''"),
     ({"created": "2024-01-01T00:00:00"}, "not an RFC 3339 time"),
