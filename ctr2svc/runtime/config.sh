@@ -58,12 +58,17 @@ render_config() {
         && ! [ "$CONFIG_DIR/mounts" -nt "$BUNDLE/config.json" ]; then
         return 0
     fi
-    rm -f "$BUNDLE/inputs"
+    # The record of what it was made of goes first and comes back last: a render cut short is redone.
+    # (Emptied with a redirection, the config written in place, deleted if awk fails: processes cost
+    # a start.)
+    : >"$BUNDLE/inputs"
     awk -v NAME="$NAME" -v ENTRYPOINT_N="$ENTRYPOINT_N" -v CGROUPS_PATH="$cgroups_path" \
         -v HOSTNAME="$hostname" -v NETWORK="$NETWORK" -v NETNS_PATH="$NETNS_PATH" \
         -v ENVFILE="$CONFIG_DIR/env" -v ARGSFILE="$CONFIG_DIR/args" -v MOUNTSFILE="$CONFIG_DIR/mounts" \
-        -f "$CONFIG_AWK" "$IMAGE_DIR/config.json" >"$BUNDLE/config.json.new"
-    mv "$BUNDLE/config.json.new" "$BUNDLE/config.json"
+        -f "$CONFIG_AWK" "$IMAGE_DIR/config.json" >"$BUNDLE/config.json" || {
+        rm -f "$BUNDLE/config.json"
+        return 1
+    }
     echo "$inputs" >"$BUNDLE/inputs"
 }
 

@@ -14,6 +14,9 @@ import pytest
 
 from .conftest import Helper
 
+# Network namespaces of their own (unshare --net), away from the host's routes.
+pytestmark = pytest.mark.usefixtures("as_root")
+
 # One service's start as network_setup does it (the address part), as service $1 on network $2.
 ALLOCATE = """
     NAME=$1
@@ -42,7 +45,8 @@ def allocate(
 ) -> subprocess.CompletedProcess[str]:
     settings = "".join(f"{key}='{value}'\n" for key, value in values.items())
     script = f"set -- {name} {network}\n{settings}{ALLOCATE}"
-    return helper.shell(script, extra={"BOOK": str(book)}, check=False)
+    # In a network namespace of its own: the host's routes (another service's bridge) are not the test's.
+    return helper.shell(script, extra={"BOOK": str(book)}, check=False, network=True)
 
 
 def address(helper: Helper, book: Path, name: str, network: str = "", **values: str) -> str:
@@ -135,7 +139,7 @@ def test_application_networks_get_a_24_each_and_keep_it(helper: Helper, book: Pa
     assert address(helper, book, "wiki-web", "wiki", **candidates) == "10.89.242.2"
 
 
-def test_a_24_in_use_elsewhere_is_skipped(helper: Helper, book: Path, as_root: None) -> None:
+def test_a_24_in_use_elsewhere_is_skipped(helper: Helper, book: Path) -> None:
     """A /24 the host routes to another interface, or that a podman network has, is not taken."""
     (book / "podman").mkdir(parents=True)
     (book / "podman/web.json").write_text('{"subnets": [{"subnet": "10.89.242.0/24"}]}\n')
