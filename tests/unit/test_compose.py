@@ -531,8 +531,8 @@ def shop_files(tmp_path: Path) -> dict[str, str]:
         for f in units.service_files(spec, sample_scan()):
             if f.dest.endswith((".service", "/mounts")) or ("/etc/shop-" in f.dest and "/files/" in f.dest):
                 files[f"compose-{plan.service}-{Path(f.dest).name}"] = f.content
-            if f.dest == spec.layout.helper and plan.service in ("store", "seed"):
-                files[f"compose-{plan.service}-helper"] = f.content
+            if f.dest == spec.layout.service_env and plan.service in ("store", "seed"):
+                files[f"compose-{plan.service}-service.env"] = f.content
         config = runtime_config.patch(
             json.loads((Path(__file__).parent / "data/umoci-config.json").read_text()), spec
         )
@@ -569,7 +569,7 @@ def test_golden_set_is_complete() -> None:
         "compose-plan.json",
         "compose-app-shop-app.service",
         "compose-seed-shop-seed.service",
-        "compose-store-helper",
+        "compose-store-service.env",
         "compose-web-app.conf",
         "compose-deb-shop-stack.target",
         "compose-deb-stack-postinstall",
