@@ -292,12 +292,18 @@ def _suggest(entry: ImageEntry, taken: str) -> str:
     return f"{taken.removesuffix('-svc')}{entry.number}-svc"
 
 
-def load(path: Path) -> Project:
+def load(path: Path, allow_outside: tuple[Path, ...] = ()) -> Project:
+    """The project in PATH; ALLOW_OUTSIDE is for a compose file (compose.load)."""
     if path.suffix in (".yaml", ".yml"):
         # A compose file: its services are the images, its application one more package.
         from ctr2svc import compose
 
-        return compose.as_project(path)
+        return compose.as_project(path, allow_outside)
+    if allow_outside:
+        raise UsageError(
+            f"{path}: --allow-outside goes with a compose file",
+            hint="a project file's images package nothing from this machine: drop --allow-outside",
+        )
     doc = _read(path)
     base = path.parent
     _check_keys(path, "top level", doc, TOP_KEYS)

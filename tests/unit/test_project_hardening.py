@@ -230,6 +230,13 @@ def test_accepted(tmp_path: Path) -> None:
     assert project.keep == 1
 
 
+def test_allow_outside_goes_with_a_compose_file(tmp_path: Path) -> None:
+    path = tmp_path / "ctr2svc.toml"
+    path.write_text(images(f'ref = "{R}/v:1"'))
+    with pytest.raises(UsageError, match="--allow-outside goes with a compose file"):
+        load(path, (tmp_path,))
+
+
 # --- update's state file ---------------------------------------------------------------------------
 
 GOOD = {"digest": "sha256:" + "a" * 64, "version": "1.0", "name": "v-svc"}
