@@ -945,6 +945,18 @@ secrets:
         load(path, allow_outside=(elsewhere / "key.txt",))
 
 
+def test_allow_outside_reaches_a_compose_file_given_as_a_project(outside: Path) -> None:
+    """`build -c compose.yaml --allow-outside` and `update -c`: project.load passes it on."""
+    from ctr2svc.project import load as load_project
+
+    path = write(outside, "services:\n  a:\n    image: a:1\n    volumes: ['./key-link.txt:/k']\n")
+    with pytest.raises(UsageError, match="outside the project's directory"):
+        load_project(path)
+    project = load_project(path, (outside.parent / "elsewhere",))
+    assert project.images[0].preset is not None
+    assert project.images[0].preset.files[0].content == "not the project's\n"
+
+
 def test_a_host_path_bind_mount_is_mounted_not_read(outside: Path) -> None:
     """A bind mount of a path outside the project is the host's at each start (nothing read here)."""
     path = write(outside, "services:\n  a:\n    image: a:1\n    volumes: ['../elsewhere:/e:ro']\n")
