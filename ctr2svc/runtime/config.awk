@@ -33,7 +33,7 @@ function readlines(file, kind,    line, n, count) {
         sub(/\r$/, "", line)
         if (line ~ /^[ \t]*(#|$)/) continue
         if (kind == "env") {
-            if (line !~ /^[A-Za-z_][A-Za-z0-9_]*=/) fail(file, n, "not KEY=VALUE")
+            if (line !~ /^[^=# \t][^= \t]*=/) fail(file, n, "not KEY=VALUE")
             envkey[substr(line, 1, index(line, "=") - 1)] = 1
             env[++envn] = line
         } else if (kind == "args") {
