@@ -847,7 +847,8 @@ def test_dollars_in_the_generated_files(dollars: compose.Application, umoci_conf
         assert line in env
     assert files["/etc/p-a/secrets/pw"] == "read from pw$.txt\n"
     assert files["/etc/p-a/configs/site"] == "price: $5"
-    assert shlex.join(("/bin/sh", "-c", 'test -n "$HOME"')) in files[spec.layout.helper]
+    health = shlex.join(("/bin/sh", "-c", 'test -n "$HOME"'))
+    assert f"HEALTH_CMD={shlex.quote(health)}\n" in files[spec.layout.service_env]
     config = runtime_config.patch(umoci_config, spec)
     assert config["process"]["args"] == [
         "/bin/sh", "-c", "echo $(cat /x)", "sh", "-c", "echo $HOME $$ ${X} d end$",
