@@ -381,7 +381,9 @@ def security(opts: BuildOptions) -> Security:
     return Security(cap_add=add, cap_drop=drop, privileged=opts.privileged, pids_limit=opts.pids_limit)
 
 
-_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+# KEY=VALUE, as Docker takes it: any name without "=" (elasticsearch's discovery.type, for one), but one
+# that a line of /etc/NAME/env can hold (templates/config.awk.j2): no blanks, no "#" first (a comment).
+_ENV = re.compile(r"^[^=\s#][^=\s]*=")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
 
 

@@ -285,6 +285,14 @@ def build_options(image: str, **given: Any) -> BuildOptions:
     "compose file's name:, or its directory's name).",
 )
 @click.option(
+    "--allow-outside",
+    multiple=True,
+    metavar="PATH",
+    type=click.Path(path_type=Path),
+    help="With a compose file: a file or directory outside the file's own that its secrets, configs, "
+    "env_files or bind mounts may package from this machine (repeatable).",
+)
+@click.option(
     "-o", "--output-dir", type=click.Path(path_type=Path), default=Path(), help="Where to write the package."
 )
 @package_options
@@ -306,6 +314,7 @@ def build_command(
     project_file: Path | None,
     compose_file: Path | None,
     project_name: str | None,
+    allow_outside: tuple[Path, ...],
     output_dir: Path,
     as_json: bool,
     **package: Any,
@@ -331,7 +340,7 @@ def build_command(
                 "give one of IMAGE, -c FILE or --compose FILE",
                 hint="--compose builds every service of the file",
             )
-        _build_compose(compose_file, project_name, output_dir, as_json, package)
+        _build_compose(compose_file, project_name, output_dir, as_json, package, allow_outside)
         return
     if project_name is not None:
         raise UsageError(
@@ -340,13 +349,17 @@ def build_command(
     if project_file is not None:
         if image is not None:
             raise UsageError("give either IMAGE or -c FILE, not both", hint="drop IMAGE to build the project")
-        project = load_project(project_file)
+        project = load_project(project_file, allow_outside)
         outcomes = build_all(project)
         _report(outcomes, "built", as_json=as_json)
         return
     if image is None:
         raise UsageError(
             "no image given", hint="pass an image reference, e.g. ctr2svc build valkey/valkey:9.0.0"
+        )
+    if allow_outside:
+        raise UsageError(
+            "--allow-outside goes with a compose file", hint="add --compose FILE, or drop --allow-outside"
         )
     options = build_options(image, output_dir=output_dir, **package)
     result = build(options)
@@ -378,7 +391,12 @@ COMPOSE_COMMON = {
 
 
 def _build_compose(
-    path: Path, project_name: str | None, output_dir: Path, as_json: bool, given: dict[str, Any]
+    path: Path,
+    project_name: str | None,
+    output_dir: Path,
+    as_json: bool,
+    given: dict[str, Any],
+    allow_outside: tuple[Path, ...],
 ) -> None:
     from ctr2svc import compose, stack
 
@@ -403,7 +421,7 @@ def _build_compose(
     }
     if ctx.get_parameter_source("layers") is not click.core.ParameterSource.DEFAULT:
         common["layers"] = given["layers"]
-    app = compose.load(path, project_name, common)
+    app = compose.load(path, project_name, common, allow_outside)
     result = stack.build_application(app, version=given.get("pkg_version"))
     for plan, built in result.services:
         log.info(f"✓ {plan.service}: {built.path} ({'up to date' if built.up_to_date else built.version})")
@@ -538,7 +556,17 @@ def repo_add_command(
     help="Rebuild and publish every image, moved or not (a new release each): how a newer ctr2svc's "
     "service helper reaches the hosts. Layer packages already published are reused.",
 )
-def update_command(project_file: Path, repo_dir: Path | None, rebuild: bool) -> None:
+@click.option(
+    "--allow-outside",
+    multiple=True,
+    metavar="PATH",
+    type=click.Path(path_type=Path),
+    help="With a compose file: a file or directory outside the file's own that its secrets, configs, "
+    "env_files or bind mounts may package from this machine (repeatable).",
+)
+def update_command(
+    project_file: Path, repo_dir: Path | None, rebuild: bool, allow_outside: tuple[Path, ...]
+) -> None:
     """Rebuild the images whose tag moved to a new digest and publish them to the repository.
 
     Asks the registry for each tag's digest (no download when unchanged); safe to run from cron. Exit
@@ -550,7 +578,7 @@ def update_command(project_file: Path, repo_dir: Path | None, rebuild: bool) -> 
       ctr2svc update -c ctr2svc.toml --repo /srv/repo
       ctr2svc update -c ctr2svc.toml --rebuild      # after upgrading ctr2svc
     """
-    project = load_project(project_file)
+    project = load_project(project_file, allow_outside)
     target = repo_dir or project.repo
     if target is None:
         raise UsageError("no repository given", hint="pass --repo DIR or set [repo] path in the project file")

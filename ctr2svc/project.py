@@ -20,6 +20,7 @@ Unknown keys are errors: a typo must not silently build something else.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,6 +79,50 @@ IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 TOP_KEYS = {"output", "repo", "defaults", "image", "cache_dir"}
 REPO_KEYS = {"path": str, "keep": int, "sign_key": str, "gnupghome": str, "apk_key": str, "apk_key_name": str}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The values a number may take: what the unit, runc, the kernel and the helper's shell accept, or,
+    where they would take anything, what a setting can sensibly be. A value outside passes TOML and
+    the type check, then fails on the host (a pids limit above the kernel's refused by the cgroup, a
+    retry count the shell cannot compare), so it is refused up front, in the file's own terms."""
+
+    low: int
+    high: int
+    what: str
+    example: str
+    low_open: bool = False  # above LOW rather than from it (a CPU count)
+
+    def problem(self, value: float) -> str | None:
+        low_ok = value > self.low if self.low_open else value >= self.low
+        if math.isfinite(value) and low_ok and value <= self.high:
+            return None
+        low = f"above {self.low}" if self.low_open else f"{self.low}"
+        return f"{value} is not {self.what} ({low} to {self.high})"
+
+
+# The kernel's most processes (PID_MAX_LIMIT): pids.max refuses anything above it.
+MAX_PIDS = 4_194_304
+# uid_t and gid_t are 32 bits, and (uid_t)-1 means "no change" to the kernel.
+MAX_ID = 2**32 - 2
+LIMITS = {
+    "stop_timeout": Limit(1, 3600, "a stop timeout in seconds", "stop_timeout = 30"),
+    "pids_limit": Limit(0, MAX_PIDS, "a number of processes", "pids_limit = 4096, or 0 for no limit"),
+    "ready_port": Limit(1, 65535, "a TCP port", "ready_port = 8080"),
+    "health_interval": Limit(1, 86400, "an interval in seconds", "health_interval = 30"),
+    "health_retries": Limit(1, 10_000, "a number of failures", "health_retries = 3"),
+    "cpus": Limit(0, 4096, "a number of CPUs", "cpus = 1.5", low_open=True),
+    "keep": Limit(1, 1000, "a number of versions to keep", "keep = 3"),
+}
+
+
+def user_problem(text: str) -> str | None:
+    """What is wrong with the numbers of a USER[:GROUP] (names are the image's to resolve)."""
+    for part in text.split(":", 1):
+        if part.isdigit() and int(part) > MAX_ID:
+            return f"{part} is not a user or group id (0 to {MAX_ID})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -149,6 +194,13 @@ def _check_types(path: Path, where: str, table: Mapping[str, Any]) -> None:
             raise _fail(path, where, f"unknown format {fmt!r}", "formats are deb, rpm and apk")
     if "env" in table and not all(isinstance(v, str | int | float) for v in table["env"].values()):
         raise _fail(path, where, "env values must be strings", 'e.g. env = { LOG_LEVEL = "debug" }')
+    for key, limit in LIMITS.items():
+        problem = limit.problem(table[key]) if key in table else None
+        if problem is not None:
+            raise _fail(path, where, f"{key}: {problem}", f"e.g. {limit.example}")
+    problem = user_problem(table["user"]) if "user" in table else None
+    if problem is not None:
+        raise _fail(path, where, f"user: {problem}", 'e.g. user = "999:999"')
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -240,12 +292,18 @@ def _suggest(entry: ImageEntry, taken: str) -> str:
     return f"{taken.removesuffix('-svc')}{entry.number}-svc"
 
 
-def load(path: Path) -> Project:
+def load(path: Path, allow_outside: tuple[Path, ...] = ()) -> Project:
+    """The project in PATH; ALLOW_OUTSIDE is for a compose file (compose.load)."""
     if path.suffix in (".yaml", ".yml"):
         # A compose file: its services are the images, its application one more package.
         from ctr2svc import compose
 
-        return compose.as_project(path)
+        return compose.as_project(path, allow_outside)
+    if allow_outside:
+        raise UsageError(
+            f"{path}: --allow-outside goes with a compose file",
+            hint="a project file's images package nothing from this machine: drop --allow-outside",
+        )
     doc = _read(path)
     base = path.parent
     _check_keys(path, "top level", doc, TOP_KEYS)
@@ -289,6 +347,9 @@ def load(path: Path) -> Project:
         raise _fail(
             path, "[repo]", f"keep = {repo_table['keep']} would empty the repository", "keep = 1 or more"
         )
+    problem = LIMITS["keep"].problem(repo_table["keep"]) if "keep" in repo_table else None
+    if problem is not None:
+        raise _fail(path, "[repo]", f"keep: {problem}", f"e.g. {LIMITS['keep'].example}")
     signing = None
     if "sign_key" in repo_table:
         home = repo_table.get("gnupghome")

@@ -12,9 +12,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctr2svc import __version__, network, runtime_config, sandbox
+from ctr2svc import __version__, runtime, sandbox
 from ctr2svc.bundle import Entry, Kind, RootfsScan
-from ctr2svc.layers import INSTALL_DIR
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
 
 if TYPE_CHECKING:
@@ -124,15 +123,9 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         "health": spec.health,
         "ready_port": spec.ready_port,
         "runtime": spec.runtime,
-        "stdio_pipe": spec.stdio == "pipe",
         "layers": spec.layers,
-        "layers_dir": INSTALL_DIR,
-        # Top layer first, as overlayfs wants them; relative to layers_dir, which keeps the mount
-        # options short (a page at most) for images with many layers.
-        "lower": ":".join(f"{Path(x.directory).name}/rootfs" for x in reversed(spec.layers)),
         # The package's network mode; /etc/NAME/network (the admin's) may say otherwise.
         "network_mode": spec.network,
-        "network": _network_values(spec),
         # Compose applications (their defaults render as before).
         "restart_policy": spec.restart,
         "requires": [f"{name}.service" for name in spec.requires],
@@ -155,35 +148,23 @@ def health_deadline(spec: ServiceSpec) -> int:
     return check.start_period + check.retries * (check.interval + check.timeout)
 
 
-def _network_values(spec: ServiceSpec) -> dict[str, Any]:
-    net = network.for_service(spec.application_network)
-    return {
-        "name": net.name,
-        "id": net.id,
-        "bridge": net.bridge,
-        "prefix": net.prefix,  # a /24: the first three numbers; "" when given out at the first start
-        "candidates": " ".join(f"10.89.{n}" for n in network.APPLICATION_SUBNETS),
-        "netns": Path(runtime_config.netns_path(spec.name)).name,
-        "container_id": network.container_id(spec.name),
-        "aliases": tuple(dict.fromkeys((*network.aliases(spec.name), *spec.aliases))),
-    }
-
-
 def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> list[GeneratedFile]:
     """The files the package installs besides the image: helper, ownership script, init integration.
 
     RENDER_KEY names the packaged runtime config (a digest of it): the helper renders the runtime
     bundle again only when it, the host name or the admin's files changed."""
     values = _values(spec)
-    values["render_key"] = render_key or spec.image.digest.split(":")[-1][:16]
     root = scan.entries[0] if scan.entries else Entry("", Kind.DIR, 0o755, 0, 0, 0)
-    values.update(root_uid=root.uid, root_gid=root.gid, root_mode=root.mode)
-    values["layer_mark"] = f".root-{root.mode:04o}-{root.uid}-{root.gid}"
+    key = render_key or spec.image.digest.split(":")[-1][:16]
+    helper_data = runtime.service_values(spec, key, root.mode, root.uid, root.gid)
     batches, chmods, hardlinks = ownership_plan(scan)
     cfg = spec.layout.config_dir
     files = [
-        GeneratedFile(spec.layout.helper, render("service.sh.j2", **values), 0o755),
-        GeneratedFile(spec.layout.config_awk, render("config.awk.j2", **values), 0o644),
+        # The helper and its awk programs: the same bytes in every package; service.env is the data.
+        GeneratedFile(spec.layout.helper, runtime.program(), 0o755),
+        GeneratedFile(spec.layout.service_env, runtime.service_env(helper_data), 0o644),
+        GeneratedFile(spec.layout.config_awk, runtime.awk_program("config.awk"), 0o644),
+        GeneratedFile(spec.layout.network_awk, runtime.awk_program("network.awk"), 0o644),
         # Mode 0600: the environment is where an admin puts passwords.
         GeneratedFile(f"{cfg}/env", render("env.j2", **values, env=spec.env), 0o600, config=True),
         GeneratedFile(
@@ -199,11 +180,7 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
         GeneratedFile(f"{cfg}/mounts", render("mounts.j2", **values, mounts=spec.mounts), 0o644, config=True),
     ]
     # Every package can run on either network: the admin switches with /etc/NAME/network.
-    net = values["network"]
-    aliases = ", ".join(f'\\"{alias}\\"' for alias in net["aliases"])
-    awk = render("network.awk.j2", **values, net=net, container_id=net["container_id"], aliases=aliases)
     files += [
-        GeneratedFile(spec.layout.network_awk, awk, 0o644),
         GeneratedFile(f"{cfg}/network", render("network.j2", **values), 0o644, config=True),
         GeneratedFile(f"{cfg}/ports", render("ports.j2", **values, publish=spec.publish), 0o644, config=True),
     ]

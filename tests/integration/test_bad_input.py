@@ -221,7 +221,7 @@ def test_bad_format_combinations(
     ("args", "says", "hint"),
     [
         (("--cap-add", "CAP_BOGUS"), "unknown capability 'CAP_BOGUS'", "NET_ADMIN"),
-        (("--env", "1BAD=x"), "is not KEY=VALUE", "--env LOG_LEVEL=debug"),
+        (("--env", "BAD KEY=x"), "is not KEY=VALUE", "--env LOG_LEVEL=debug"),
         (("--volume", "relative:/x"), "is not HOST_PATH:CONTAINER_PATH", "--volume /srv/certs:/certs:ro"),
         (("--volume", "/a:/b:rx"), "is not HOST_PATH:CONTAINER_PATH", "--volume"),
         (("--memory", "lots"), "is not a size", "--memory 512M"),

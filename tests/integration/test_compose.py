@@ -162,6 +162,9 @@ def start(name: str, *then: str) -> None:
 def test_installed_files(installed: Built) -> None:
     secret = Path(f"/etc/{APP}-app/secrets/app_token")
     assert secret.read_text() == compose_app.TOKEN + "\n"
+    # `$` as docker compose passes it: compose's `$$` halved once, a lone `$` kept.
+    env = Path(f"/etc/{APP}-app/env").read_text().splitlines()
+    assert f"APP_PASSWORD={compose_app.PASSWORD}" in env and f"APP_GREETING={compose_app.GREETING}" in env
     assert sh("stat", "-c", "%a %U", secret).stdout.split() == ["600", "root"]
     units = [Path(f"/lib/systemd/system/{name}.service") for name in PACKAGES]
     target = Path(f"/lib/systemd/system/{APP}-stack.target")
@@ -189,6 +192,10 @@ def test_the_application_runs_in_order(installed: Built) -> None:
         assert wait_for_http(f"{url}/cgi-bin/token").strip() == f"token {compose_app.TOKEN}"
         # The app's root is read-only, its /tmp a tmpfs.
         runc = ("runc", "--root", f"/run/{app}/runc", "exec", app, "sh", "-c")
+        # Its health check passed with `$${PORT}` (the container's $PORT); its environment has the `$`s
+        # docker compose would give it.
+        shown = sh(*runc, 'printf "%s|%s" "$APP_PASSWORD" "$APP_GREETING"').stdout
+        assert shown == f"{compose_app.PASSWORD}|{compose_app.GREETING}"
         probe = sh(*runc, ": >/probe", check=False)
         assert probe.returncode != 0 and "Read-only file system" in probe.stderr, probe.stderr
         sh(*runc, ": >/tmp/probe")

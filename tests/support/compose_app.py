@@ -9,7 +9,9 @@ Three services and a one-shot, from images shaped like the official ones (tests/
 - store: Debian's redis-server with a named volume, health-checked; the app waits for it to be healthy;
 - seed: the app's image run once (SETNX) before the app starts (service_completed_successfully).
 
-Interpolation: the registry, the app's tag and the published port come from `.env`.
+Interpolation: the registry, the app's tag and the published port come from `.env`. `$`, written as
+compose files write it: the app's password (in `.env`), a value with `$$` and the app's health check
+(`$${PORT}`, the container's own variable, for its shell).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from .images import DEFAULT_PATH, build_image, install_busybox, put_dir, put_fil
 APP_PORT = 8000
 WEB_PORT = 8080
 TOKEN = "s3cret-token"  # noqa: S105 - a test secret
+# The app's password as `.env` writes it (`$$` is one `$`; a lone `$` at the end stays), and as the
+# container gets it.
+PASSWORD_IN_DOTENV = "pa$$w0rd$"  # noqa: S105 - a test secret
+PASSWORD = "pa$w0rd$"  # noqa: S105 - a test secret
+GREETING = "costs $5"
 
 APP_ENTRYPOINT = r"""#!/bin/sh
 # The app server: busybox httpd with CGI on $PORT; "seed" sets the counter once, then exits.
@@ -109,13 +116,15 @@ services:
     environment:
       STORE_HOST: store
       STORE_PORT: "{realistic.REDIS_PORT}"
+      APP_PASSWORD: ${{APP_PASSWORD}}
+      APP_GREETING: "costs $$5"
     secrets:
       - app_token
     read_only: true
     tmpfs:
       - /tmp
     healthcheck:
-      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:{APP_PORT}/health"]
+      test: ["CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1:$${{PORT}}/health"]
       interval: 10s
       timeout: 3s
       retries: 12
@@ -165,6 +174,7 @@ def write_project(
     (directory / "nginx" / "app.conf").write_text(NGINX_SITE)
     (directory / "app_token.txt").write_text(TOKEN + "\n")
     env = f"REGISTRY={registry}\nAPP_TAG={app_tag}\nSTORE_TAG={store_tag}\nWEB_PORT={web_port}\n"
+    env += f"APP_PASSWORD={PASSWORD_IN_DOTENV}\n"
     (directory / ".env").write_text(env)
     path = directory / "compose.yaml"
     path.write_text(compose_file())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,15 @@ from typing import Any
 import pytest
 
 from ctr2svc import __version__, compose, runtime_config, stack, units
-from ctr2svc.build import RESTART, BuildOptions, check_package_options, health_check, restart_policy
-from ctr2svc.errors import UsageError
+from ctr2svc.build import (
+    RESTART,
+    BuildOptions,
+    check_package_options,
+    env_defaults,
+    health_check,
+    restart_policy,
+)
+from ctr2svc.errors import ToolError, UsageError
 from ctr2svc.model import HealthCheck, PackagedFile, PackageFormat, ServiceSpec, TmpfsMount
 from ctr2svc.reference import parse
 from tests.support import compose_app
@@ -42,8 +50,10 @@ def write(directory: Path, text: str, **files: str) -> Path:
     return path
 
 
-def load(path: Path, name: str | None = None, **common: Any) -> compose.Application:
-    return compose.load(path, name, {**COMMON, **common})
+def load(
+    path: Path, name: str | None = None, allow_outside: tuple[Path, ...] = (), **common: Any
+) -> compose.Application:
+    return compose.load(path, name, {**COMMON, **common}, allow_outside)
 
 
 def service(app: compose.Application, name: str) -> BuildOptions:
@@ -531,8 +541,8 @@ def shop_files(tmp_path: Path) -> dict[str, str]:
         for f in units.service_files(spec, sample_scan()):
             if f.dest.endswith((".service", "/mounts")) or ("/etc/shop-" in f.dest and "/files/" in f.dest):
                 files[f"compose-{plan.service}-{Path(f.dest).name}"] = f.content
-            if f.dest == spec.layout.helper and plan.service in ("store", "seed"):
-                files[f"compose-{plan.service}-helper"] = f.content
+            if f.dest == spec.layout.service_env and plan.service in ("store", "seed"):
+                files[f"compose-{plan.service}-service.env"] = f.content
         config = runtime_config.patch(
             json.loads((Path(__file__).parent / "data/umoci-config.json").read_text()), spec
         )
@@ -569,7 +579,7 @@ def test_golden_set_is_complete() -> None:
         "compose-plan.json",
         "compose-app-shop-app.service",
         "compose-seed-shop-seed.service",
-        "compose-store-helper",
+        "compose-store-service.env",
         "compose-web-app.conf",
         "compose-deb-shop-stack.target",
         "compose-deb-stack-postinstall",
@@ -716,3 +726,446 @@ def test_a_compose_file_is_a_project_file(tmp_path: Path) -> None:
     opts = options(project, entry, PackageFormat.RPM, min_version="1.0")
     assert (opts.format, opts.output_dir, opts.min_version) == (PackageFormat.RPM, project.output_dir, "1.0")
     assert entry.preset is not None and opts.requires == entry.preset.requires
+
+
+# --- `$`: docker-compose's escaping undone once (issue 22) ---------------------------------------------
+#
+# `docker-compose config` doubles every `$` of what it prints, so that its output reads back as a compose
+# file; `docker compose up` gives the containers the values before that doubling. Each row: where the
+# value is, how the compose file (or .env, or env_file) writes it, and what the container gets.
+
+DOLLAR_DOTENV = "DOT_PLAIN=pa$$word\nDOT_SINGLE='sin$gle'\nDOT_DOUBLE=\"dou$$ble\"\nDOT_LONE=lone$\n"
+DOLLAR_ENV_FILE = "F_ESCAPED=a$$b\nF_SINGLE='q$x'\nF_LONE=lone$\nF_FROM_DOTENV=${DOT_PLAIN}\n"
+DOLLAR_FILE = r"""
+services:
+  a:
+    image: a:1
+    command: ["sh", "-c", "echo $$HOME $$$$ $${X} ${UNSET_C2S:-d} end$"]
+    entrypoint: "/bin/sh -c 'echo $$(cat /x)'"
+    env_file: a.env
+    environment:
+      ESCAPED: "pa$$word"
+      TWICE: "$$$$"
+      BRACES: "$${VAR}"
+      DEFAULT: "${UNSET_C2S:-x}"
+      END: "cost$"
+      LONE: "$"
+      DOTENV_PLAIN: ${DOT_PLAIN}
+      DOTENV_SINGLE: ${DOT_SINGLE}
+      DOTENV_DOUBLE: ${DOT_DOUBLE}
+      DOTENV_LONE: ${DOT_LONE}
+      K$$1: not interpolated
+    healthcheck:
+      test: ["CMD-SHELL", "test -n \"$$HOME\""]
+    labels:
+      com.example.price: "$$5"
+    secrets: [pw]
+    configs: [site]
+  b:
+    image: b:1
+    environment:
+      - LIST_ESCAPED=a$$b
+      - LIST_TWICE=$$$$
+    healthcheck:
+      test: ["CMD", "check", "--token=$$T"]
+secrets:
+  pw:
+    file: ./pw$$.txt
+configs:
+  site:
+    content: "price: $$5"
+"""
+DOLLARS = [
+    ("command", "a", "cmd", ("sh", "-c", "echo $HOME $$ ${X} d end$")),
+    ("entrypoint", "a", "entrypoint", ("/bin/sh", "-c", "echo $(cat /x)")),
+    ("environment $$", "a", "env:ESCAPED", "pa$word"),
+    ("environment $$$$", "a", "env:TWICE", "$$"),
+    ("environment $${VAR}", "a", "env:BRACES", "${VAR}"),
+    ("environment ${VAR:-x}", "a", "env:DEFAULT", "x"),
+    ("environment lone $ at the end", "a", "env:END", "cost$"),
+    ("environment lone $", "a", "env:LONE", "$"),
+    (".env unquoted $$", "a", "env:DOTENV_PLAIN", "pa$word"),
+    (".env single-quoted $", "a", "env:DOTENV_SINGLE", "sin$gle"),
+    (".env double-quoted $$", "a", "env:DOTENV_DOUBLE", "dou$ble"),
+    (".env lone $", "a", "env:DOTENV_LONE", "lone$"),
+    ("environment key (not interpolated)", "a", "env:K$$1", "not interpolated"),
+    ("env_file $$", "a", "env:F_ESCAPED", "a$b"),
+    ("env_file single-quoted $", "a", "env:F_SINGLE", "q$x"),
+    ("env_file lone $", "a", "env:F_LONE", "lone$"),
+    ("env_file ${VAR} from .env", "a", "env:F_FROM_DOTENV", "pa$word"),
+    ("environment list $$", "b", "env:LIST_ESCAPED", "a$b"),
+    ("environment list $$$$", "b", "env:LIST_TWICE", "$$"),
+    ("healthcheck CMD-SHELL", "a", "health_test", ("/bin/sh", "-c", 'test -n "$HOME"')),
+    ("healthcheck CMD", "b", "health_test", ("check", "--token=$T")),
+    ("labels", "a", "labels", ("com.example.price=$5",)),
+    ("secret file: path", "a", "file:/etc/p-a/secrets/pw", "read from pw$.txt\n"),
+    ("config content:", "a", "file:/etc/p-a/configs/site", "price: $5"),
+]
+
+
+@pytest.fixture(scope="module")
+def dollars(tmp_path_factory: pytest.TempPathFactory) -> compose.Application:
+    os.environ.pop("UNSET_C2S", None)
+    path = write(
+        tmp_path_factory.mktemp("dollars") / "p",
+        DOLLAR_FILE,
+        _dot_env=DOLLAR_DOTENV,
+        a_dot_env=DOLLAR_ENV_FILE,
+    )
+    (path.parent / "pw$.txt").write_text("read from pw$.txt\n")
+    return load(path)
+
+
+def mapped(opts: BuildOptions, field: str) -> object:
+    if field.startswith("env:"):
+        return dict(e.split("=", 1) for e in opts.env)[field[4:]]
+    if field.startswith("file:"):
+        return next(f.content for f in opts.files if f.dest == field[5:])
+    return getattr(opts, field)
+
+
+@pytest.mark.parametrize(("case", "service_name", "field", "container"), DOLLARS, ids=[d[0] for d in DOLLARS])
+def test_dollars_reach_the_container_as_docker_compose_gives_them(
+    dollars: compose.Application, case: str, service_name: str, field: str, container: object
+) -> None:
+    assert mapped(service(dollars, service_name), field) == container
+
+
+def test_dollars_in_the_generated_files(dollars: compose.Application, umoci_config: dict[str, Any]) -> None:
+    """What the package holds: /etc/NAME/env lines, config.json's args and annotations, the helper's
+    health check command, the secret's and the config's files."""
+    opts = service(dollars, "a")
+    spec = dataclasses.replace(
+        compose_spec(opts),
+        args=(*(opts.entrypoint or ()), *(opts.cmd or ())),
+        env=opts.env,
+        health=health_check(opts, None),
+    )
+    files = {f.dest: f.content for f in units.service_files(spec, sample_scan())}
+    env = files["/etc/p-a/env"].splitlines()
+    for line in ("ESCAPED=pa$word", "TWICE=$$", "BRACES=${VAR}", "END=cost$", "DOTENV_SINGLE=sin$gle"):
+        assert line in env
+    assert files["/etc/p-a/secrets/pw"] == "read from pw$.txt\n"
+    assert files["/etc/p-a/configs/site"] == "price: $5"
+    health = shlex.join(("/bin/sh", "-c", 'test -n "$HOME"'))
+    assert f"HEALTH_CMD={shlex.quote(health)}\n" in files[spec.layout.service_env]
+    config = runtime_config.patch(umoci_config, spec)
+    assert config["process"]["args"] == [
+        "/bin/sh", "-c", "echo $(cat /x)", "sh", "-c", "echo $HOME $$ ${X} d end$",
+    ]  # fmt: skip
+    assert config["annotations"]["com.example.price"] == "$5"
+
+
+def test_an_unescaped_dollar_is_not_guessed_at() -> None:
+    """Should a compose ever print a single `$`, halving would corrupt the value: refused instead."""
+    assert compose.unescape({"a$$": ["$$$$", "x$$"]}) == {"a$": ["$$", "x$"]}
+    with pytest.raises(
+        ToolError, match=r"a single '\$' in the model\.services\.a\.environment\.A,"
+    ) as caught:
+        compose.unescape({"services": {"a": {"environment": {"A": "pa$word"}}}})
+    assert "pa$word" not in caught.value.one_line()  # it may be a password
+
+
+# --- files from outside the project's directory (issue 22) -------------------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A file and a directory beside the project, not in it; symlinks to them in the project."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "key.txt").write_text("not the project's\n")
+    (tmp_path / "elsewhere" / "conf").mkdir()
+    (tmp_path / "elsewhere" / "conf" / "a.ini").write_text("[a]\n")
+    (tmp_path / "elsewhere" / "x.env").write_text("TOKEN=not the project's\n")
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "key-link.txt").symlink_to(tmp_path / "elsewhere" / "key.txt")
+    (project / "conf-link").symlink_to(tmp_path / "elsewhere" / "conf")
+    (project / "env-link.env").symlink_to(tmp_path / "elsewhere" / "x.env")
+    (project / "inside.txt").write_text("the project's\n")
+    (project / "link-inside.txt").symlink_to("inside.txt")
+    return project
+
+
+USES_S = "secrets: [s]"
+OUTSIDE = [
+    ("secret by absolute path", USES_S, "secrets:\n  s:\n    file: /etc/shadow\n", "secrets.s.file",
+     "/etc/shadow is outside"),
+    ("secret up the tree", USES_S, "secrets:\n  s:\n    file: ../elsewhere/key.txt\n", "secrets.s.file",
+     "elsewhere/key.txt is outside"),
+    ("secret through a symlink", USES_S, "secrets:\n  s:\n    file: ./key-link.txt\n", "secrets.s.file",
+     "key-link.txt (which leads to"),
+    ("config through a symlink", "configs: [c]", "configs:\n  c:\n    file: ./key-link.txt\n",
+     "configs.c.file", "key-link.txt (which leads to"),
+    ("bind-mounted file through a symlink", "volumes: ['./key-link.txt:/k']", "", "services.a.volumes[0]",
+     "key-link.txt (which leads to"),
+    ("bind-mounted directory through a symlink", "volumes: ['./conf-link:/conf']", "",
+     "services.a.volumes[0]", "conf-link (which leads to"),
+    ("env_file up the tree", "env_file: ../elsewhere/x.env", "", "services.a.env_file",
+     "elsewhere/x.env is outside"),
+    ("env_file through a symlink", "env_file: [env-link.env]", "", "services.a.env_file",
+     "env-link.env (which leads to"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "use", "top", "where", "says"), OUTSIDE, ids=[o[0] for o in OUTSIDE])
+def test_files_outside_the_project_are_refused(
+    outside: Path, case: str, use: str, top: str, where: str, says: str
+) -> None:
+    path = write(outside, f"services:\n  a:\n    image: a:1\n    {use}\n{top}")
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    line = caught.value.one_line()
+    assert f"{path}: {where}: " in line and says in line and "outside the project's directory" in line, line
+    assert "--allow-outside /" in line and "\n" not in line and caught.value.exit_code == 2
+
+
+def test_allow_outside_packages_the_path_it_names(outside: Path) -> None:
+    text = """
+services:
+  a:
+    image: a:1
+    secrets: [s]
+    env_file: ../elsewhere/x.env
+    volumes: ['./conf-link:/conf:ro', './key-link.txt:/k', './link-inside.txt:/i']
+secrets:
+  s:
+    file: ../elsewhere/key.txt
+"""
+    path = write(outside, text)
+    elsewhere = outside.parent / "elsewhere"
+    opts = service(load(path, allow_outside=(elsewhere,)), "a")
+    assert opts.env == ("TOKEN=not the project's",)
+    files = {f.dest: f for f in opts.files}
+    assert files["/etc/p-a/secrets/s"].content == "not the project's\n"
+    assert files["/etc/p-a/files/conf-link/a.ini"].content == "[a]\n"
+    assert files["/etc/p-a/files/key-link.txt"].target == "/k"
+    assert files["/etc/p-a/files/link-inside.txt"].content == "the project's\n"  # a link within: fine
+    # Naming one file allows that file, not its directory's others.
+    with pytest.raises(UsageError, match=r"conf-link \(which leads to"):
+        load(path, allow_outside=(elsewhere / "key.txt",))
+
+
+def test_allow_outside_reaches_a_compose_file_given_as_a_project(outside: Path) -> None:
+    """`build -c compose.yaml --allow-outside` and `update -c`: project.load passes it on."""
+    from ctr2svc.project import load as load_project
+
+    path = write(outside, "services:\n  a:\n    image: a:1\n    volumes: ['./key-link.txt:/k']\n")
+    with pytest.raises(UsageError, match="outside the project's directory"):
+        load_project(path)
+    project = load_project(path, (outside.parent / "elsewhere",))
+    assert project.images[0].preset is not None
+    assert project.images[0].preset.files[0].content == "not the project's\n"
+
+
+def test_a_host_path_bind_mount_is_mounted_not_read(outside: Path) -> None:
+    """A bind mount of a path outside the project is the host's at each start (nothing read here)."""
+    path = write(outside, "services:\n  a:\n    image: a:1\n    volumes: ['../elsewhere:/e:ro']\n")
+    opts = service(load(path), "a")
+    assert opts.volumes == (f"{outside.parent / 'elsewhere'}:/e:ro",) and opts.files == ()
+
+
+def test_cli_allow_outside(outside: Path, tmp_path: Path) -> None:
+    path = write(
+        outside, "services:\n  a:\n    image: a:1\n    secrets: [s]\nsecrets:\n  s:\n    file: /etc/shadow\n"
+    )
+    out = tmp_path / "out"
+    proc = ctr2svc("build", "--compose", path, "-o", out, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "secrets.s.file: /etc/shadow is outside the project's directory" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+    proc = ctr2svc("build", "oci:x:1", "--allow-outside", "/etc", cwd=tmp_path)
+    assert proc.returncode == 2 and "--allow-outside goes with a compose file" in proc.stderr
+
+
+# --- names: services, variables; profiles (issue 22) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "second"), [("Web", "web"), ("db_main", "db-main")])
+def test_services_that_would_be_one_package_are_refused(tmp_path: Path, first: str, second: str) -> None:
+    path = write(tmp_path / "p", f"services:\n  {first}:\n    image: a:1\n  {second}:\n    image: b:1\n")
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    line = caught.value.one_line()
+    pair = sorted((f"services.{first}", f"services.{second}"))  # compose's order
+    assert f"{pair[0]} and {pair[1]}: both would be the package p-{second.lower()}" in line, line
+    assert "rename one of them" in line
+
+
+def test_a_service_named_like_the_application_package_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "p", "services:\n  stack:\n    image: a:1\n")
+    with pytest.raises(
+        UsageError, match=r"services\.stack: its package would be named p-stack, the application's"
+    ):
+        load(path)
+
+
+def test_dotted_variable_names_are_passed(tmp_path: Path) -> None:
+    """As Docker passes them (elasticsearch's and opensearch's settings)."""
+    text = "services:\n  es:\n    image: es:8\n    environment:\n      discovery.type: single-node\n"
+    text += "      cluster.routing.allocation.disk.threshold_enabled: 'false'\n"
+    opts = service(load(write(tmp_path / "p", text)), "es")
+    assert sorted(opts.env) == [
+        "cluster.routing.allocation.disk.threshold_enabled=false",
+        "discovery.type=single-node",
+    ]
+    check_package_options(opts)
+
+
+@pytest.mark.parametrize("item", ["discovery.type=single-node", "1ST=x", "K$$1=v", "a-b=", "A#B=x"])
+def test_env_takes_the_names_docker_takes(item: str) -> None:
+    assert env_defaults((item,)) == (item,)
+
+
+@pytest.mark.parametrize("item", ["A B=x", "=x", "#A=x", "A", " A=x"])
+def test_env_refuses_names_a_line_of_the_env_file_cannot_hold(item: str) -> None:
+    with pytest.raises(UsageError, match="is not KEY=VALUE"):
+        env_defaults((item,))
+
+
+def test_dotted_variable_names_reach_the_runtime_config(tmp_path: Path, umoci_config: dict[str, Any]) -> None:
+    """The helper's config.awk reads /etc/NAME/env as the package writes it (mawk: Debian's awk)."""
+    spec = dataclasses.replace(make_spec(), env=("discovery.type=single-node", "K$$1=v"))
+    files = {Path(f.dest).name: f.content for f in units.service_files(spec, sample_scan())}
+    (tmp_path / "config.awk").write_text(files["config.awk"])
+    (tmp_path / "env").write_text(files["env"])
+    (tmp_path / "config.json").write_text(
+        json.dumps(runtime_config.patch(umoci_config, spec), indent=2) + "\n"
+    )
+    none = tmp_path / "none"
+    proc = subprocess.run(
+        ["awk", "-v", "NAME=x", "-v", "ENTRYPOINT_N=1", "-v", f"ENVFILE={tmp_path / 'env'}",
+         "-v", f"ARGSFILE={none}", "-v", f"MOUNTSFILE={none}", "-f", tmp_path / "config.awk",
+         tmp_path / "config.json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads(proc.stdout)["process"]["env"]
+    assert "discovery.type=single-node" in env and "K$$1=v" in env
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ('"A B": x', "'A B' is not a variable name ctr2svc can pass"),
+        ("x-setting: x", "variables whose names start with x- do not reach the container"),
+    ],
+)
+def test_variable_names_ctr2svc_cannot_pass_are_refused_in_composes_terms(
+    tmp_path: Path, entry: str, says: str
+) -> None:
+    path = write(tmp_path / "p", f"services:\n  a:\n    image: a:1\n    environment:\n      {entry}\n")
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    line = caught.value.one_line()
+    assert "services.a.environment" in line and says in line and "--env" not in line, line
+
+
+def test_labels_compose_would_drop_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "p", "services:\n  a:\n    image: a:1\n    labels:\n      x-team: core\n")
+    with pytest.raises(UsageError, match=r"services\.a\.labels: labels whose names start with x- are lost"):
+        load(path)
+
+
+def test_services_left_out_by_profiles_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "services:\n  app:\n    image: a:1\n  adminer:\n    image: adminer:4\n    profiles: [debug]\n"
+    text += "  mail:\n    image: mailpit:1\n    profiles: [dev, test]\n"
+    path = write(tmp_path / "p", text)
+    monkeypatch.delenv("COMPOSE_PROFILES", raising=False)
+    assert load(path).packages == ("p-app",)
+    err = capsys.readouterr().err
+    assert "2 service(s) left out, as their profiles are not enabled: adminer (profile debug), " in err
+    assert "mail (profile dev or test)" in err and "set COMPOSE_PROFILES=debug,dev,test" in err
+    monkeypatch.setenv("COMPOSE_PROFILES", "debug")
+    assert set(load(path).packages) == {"p-app", "p-adminer"}
+    assert "mail (profile dev or test)" in capsys.readouterr().err
+    monkeypatch.setenv("COMPOSE_PROFILES", "debug,dev")
+    load(path)
+    assert "left out" not in capsys.readouterr().err
+
+
+# --- numbers out of range (issue 22) ------------------------------------------------------------------
+
+OUT_OF_RANGE = [
+    ("    pids_limit: 99999999999999999999\n", "services.a.pids_limit: -9223372036854775808 is not"),
+    ("    pids_limit: 5000000\n", "services.a.pids_limit: 5000000 is not a number of processes"),
+    ("    deploy: {resources: {limits: {pids: -5}}}\n", "deploy.resources.limits.pids: -5 is not"),
+    ("    cpus: -1\n", "services.a.cpus: -1.0 is not a number of CPUs"),
+    ("    cpus: 5000\n", "services.a.cpus: 5000.0 is not a number of CPUs"),
+    ("    mem_limit: -1\n", "services.a.mem_limit: -1 is not a memory limit"),
+    ("    healthcheck: {test: [CMD, x], retries: 99999999999999999999}\n", "healthcheck.retries: 9223372036"),
+    ("    healthcheck: {test: [CMD, x], start_period: 100000h}\n", "start_period: 100000h0m0s is more than"),
+    ("    healthcheck: {test: [CMD, x], interval: 48h}\n", "interval: 48h0m0s is more than 86400 s"),
+    ("    volumes: [{type: tmpfs, target: /x, tmpfs: {mode: 99999}}]\n",
+     "volumes[0].tmpfs.mode: 303237 (octal) is not a file mode"),
+    ("    user: '99999999999:0'\n", "services.a.user: 99999999999 is not a user or group id"),
+    ("    user: '0:4294967295'\n", "services.a.user: 4294967295 is not a user or group id"),
+    ("    ports: ['0:80']\n", "container port 80 published on a random host port"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "says"), OUT_OF_RANGE, ids=[o[1][:50] for o in OUT_OF_RANGE])
+def test_numbers_out_of_range_are_refused(tmp_path: Path, extra: str, says: str) -> None:
+    path = write(tmp_path / "p", f"services:\n  a:\n    image: a:1\n{extra}")
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    line = caught.value.one_line()
+    assert says in line and str(path) in line and "\n" not in line, line
+    assert "--" not in line.split("(hint:")[0], line  # compose's terms, not the CLI's
+
+
+def test_zero_means_what_it_means_to_docker(tmp_path: Path) -> None:
+    """Health check timings of 0 are Docker's "not given" (the image's, else the defaults); a pids
+    limit of -1 is no limit."""
+    text = "services:\n  a:\n    image: a:1\n    pids_limit: -1\n"
+    text += "    healthcheck: {test: [CMD, x], retries: 0, interval: 0s, timeout: 0s}\n"
+    opts = service(load(write(tmp_path / "p", text)), "a")
+    assert (opts.health_retries, opts.health_interval, opts.health_timeout, opts.pids_limit) == (
+        None,
+        None,
+        None,
+        0,
+    )
+    image = {"Test": ["CMD", "y"], "Interval": 10 * 10**9, "Timeout": 2 * 10**9, "Retries": 7}
+    assert health_check(opts, image) == HealthCheck(("x",), 10, 2, 7, 0)
+
+
+# --- every problem of a file at once (issue 24) --------------------------------------------------------
+
+
+def test_every_refused_key_is_reported_at_once(tmp_path: Path) -> None:
+    text = """
+services:
+  a:
+    image: a:1
+    hostname: a
+    logging: {driver: syslog}
+    deploy: {resources: {reservations: {memory: 1G}}}
+  b:
+    image: b:1
+    devices: ['/dev/fuse']
+    healthcheck: {test: [CMD, x], retries: 99999999999999999999}
+  c:
+    image: c:1
+    volumes: ['data:/v']
+volumes:
+  data:
+    driver: local
+"""
+    path = write(tmp_path / "p", text)
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    line = caught.value.one_line()
+    assert line.startswith(f"{path}: 6 problems: "), line
+    for where in (
+        "services.a.hostname: not supported by ctr2svc (hint: drop it: a service's host name",
+        "services.a.logging: not supported by ctr2svc (hint: drop it: the output goes to the journal",
+        "services.a.deploy.resources.reservations: not supported",
+        "services.b.devices: not supported",
+        "services.b.healthcheck.retries: 9223372036854775808 is not a number of failures",
+        "volumes.data.driver: not supported",
+    ):
+        assert where in line, line
+    assert "\n" not in line and caught.value.exit_code == 2

@@ -95,6 +95,53 @@ REFUSED: dict[str, tuple[str, list[str], list[str]]] = {
     "not TOML": ('[[image]]\nref = "x\n', ["is not valid TOML", "line 2"], ["line"]),
     "duplicate TOML key": (images(f'ref = "{R}/v:1"\nref = "{R}/w:1"'), ["is not valid TOML"], []),
     "no images": ('output = "dist"\n', ["no [[image]] tables"], []),
+    # Numbers out of range (issue 22): each would pass TOML and fail in a tool or on the host.
+    **{
+        f"{key} = {value}": (
+            images(f'ref = "{R}/v:1"\n{key} = {value}'),
+            ["[[image]] 1", f"{key}: {shown} is not"],
+            [f"{key} = "],
+        )
+        for key, value, shown in (
+            ("stop_timeout", "0", "0"),
+            ("stop_timeout", "-5", "-5"),
+            ("stop_timeout", "3601", "3601"),
+            ("pids_limit", "-1", "-1"),
+            ("pids_limit", "4194305", "4194305"),
+            ("pids_limit", "99999999999999999999", "99999999999999999999"),
+            ("ready_port", "0", "0"),
+            ("ready_port", "65536", "65536"),
+            ("health_interval", "0", "0"),
+            ("health_interval", "86401", "86401"),
+            ("health_retries", "0", "0"),
+            ("health_retries", "10001", "10001"),
+            ("cpus", "0", "0"),
+            ("cpus", "-1.5", "-1.5"),
+            ("cpus", "nan", "nan"),
+            ("cpus", "inf", "inf"),
+            ("cpus", "4097", "4097"),
+        )
+    },
+    "a number out of range in [defaults]": (
+        images(f'ref = "{R}/v:1"', head="[defaults]\npids_limit = 5000000\n"),
+        ["[defaults]", "pids_limit: 5000000 is not a number of processes (0 to 4194304)"],
+        ["pids_limit = "],
+    ),
+    "uid too large": (
+        images(f'ref = "{R}/v:1"\nuser = "4294967295"'),
+        ["user: 4294967295 is not a user or group id (0 to 4294967294)"],
+        ['user = "999:999"'],
+    ),
+    "gid too large": (
+        images(f'ref = "{R}/v:1"\nuser = "app:99999999999"'),
+        ["user: 99999999999 is not a user or group id"],
+        [],
+    ),
+    "keep too large": (
+        "[repo]\nkeep = 1001\n" + images(f'ref = "{R}/v:1"'),
+        ["[repo]", "keep: 1001 is not a number of versions to keep (1 to 1000)"],
+        ["keep = 3"],
+    ),
 }
 
 
@@ -145,6 +192,20 @@ def test_not_a_file(tmp_path: Path) -> None:
         load(tmp_path / "missing.toml")
 
 
+def test_numbers_at_their_limits_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "ctr2svc.toml"
+    path.write_text(
+        images(
+            f'ref = "{R}/v:1"\nstop_timeout = 3600\npids_limit = 4194304\nready_port = 65535\n'
+            'health_interval = 86400\nhealth_retries = 10000\ncpus = 4096\nuser = "4294967294:0"',
+            f'ref = "{R}/w:1"\nstop_timeout = 1\npids_limit = 0\nready_port = 1\nhealth_interval = 1\n'
+            "health_retries = 1\ncpus = 0.01",
+            head="[repo]\nkeep = 1000\n",
+        )
+    )
+    assert [e.settings["pids_limit"] for e in load(path).images] == [4194304, 0]
+
+
 def test_accepted(tmp_path: Path) -> None:
     """The controls: one name in different formats, and one image under two names, are distinct
     packages; a name is what `ctr2svc build` would derive."""
@@ -167,6 +228,13 @@ def test_accepted(tmp_path: Path) -> None:
     ]
     assert project.images[1].formats == (PackageFormat.RPM, PackageFormat.APK)
     assert project.keep == 1
+
+
+def test_allow_outside_goes_with_a_compose_file(tmp_path: Path) -> None:
+    path = tmp_path / "ctr2svc.toml"
+    path.write_text(images(f'ref = "{R}/v:1"'))
+    with pytest.raises(UsageError, match="--allow-outside goes with a compose file"):
+        load(path, (tmp_path,))
 
 
 # --- update's state file ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import __version__, runtime_config, units
+from ctr2svc import __version__, runtime, runtime_config, units
 from ctr2svc.bundle import Entry, Kind, RootfsScan
 from ctr2svc.model import (
     HealthCheck,
@@ -94,7 +94,11 @@ def for_format(spec: ServiceSpec, fmt: PackageFormat, init: InitSystem, version:
 
 def rendered(spec: ServiceSpec) -> dict[str, str]:
     """Every generated file of the four kinds of package, named FORMAT[-INIT]-FILE (deb: plain)."""
-    files = {Path(f.dest).name: f.content for f in units.service_files(spec, sample_scan())}
+    # The helper and its awk programs are the same in every package (tests/runtime checks them): the
+    # golden files hold what is generated, service.env among it.
+    static = {spec.layout.helper, spec.layout.config_awk, spec.layout.network_awk}
+    generated = [f for f in units.service_files(spec, sample_scan()) if f.dest not in static]
+    files = {Path(f.dest).name: f.content for f in generated}
     files.update({f"deb-{k}": v for k, v in units.package_scripts(spec).items()})
     variants = {
         "deb-openrc": for_format(spec, PackageFormat.DEB, InitSystem.OPENRC, "9.0.0"),
@@ -115,10 +119,10 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
     for prefix, variant in variants.items():
         integration = [variant.layout.unit_path, variant.layout.init_script, variant.layout.preset_path]
         if prefix == "private":
-            integration += [variant.layout.network_awk, f"{variant.layout.config_dir}/ports"]
+            integration += [f"{variant.layout.config_dir}/ports"]
         if prefix.endswith(("checked", "shared", "private")) or prefix == "piped":
             integration += [
-                variant.layout.helper,
+                variant.layout.service_env,
                 *(f"{variant.layout.unit_dir}/valkey-svc-health.{k}" for k in ("service", "timer")),
             ]
         for f in units.service_files(variant, sample_scan()):
@@ -233,7 +237,7 @@ def test_config_awk_applies_the_admins_settings(
     if not shutil.which(awk[0]):
         pytest.skip(f"{awk[0]} is not installed")
     program = tmp_path / "config.awk"
-    program.write_text(rendered(spec)["config.awk"])
+    program.write_text(runtime.awk_program("config.awk"))
     packaged = runtime_config.patch(umoci_config, spec)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(packaged, indent=2) + "\n")  # as package.py writes it
@@ -299,7 +303,7 @@ def test_network_awk_writes_netavarks_options(awk: list[str], spec: ServiceSpec,
     if not shutil.which(awk[0]):
         pytest.skip(f"{awk[0]} is not installed")
     program = tmp_path / "network.awk"
-    program.write_text(rendered(spec)["private-network.awk"])
+    program.write_text(runtime.awk_program("network.awk"))
     ports = tmp_path / "ports"
     ports.write_text(rendered(spec)["private-ports"] + "\n  # comment\n10.0.0.1:8443:443/tcp\r\n")
 
@@ -310,6 +314,11 @@ def test_network_awk_writes_netavarks_options(awk: list[str], spec: ServiceSpec,
             "SUBNET_PREFIX=10.89.240",
             f"PORTSFILE={ports}",
             f"PORTLIST={tmp_path / 'list'}",
+            f"CONTAINER_ID={'c' * 64}",
+            "NETWORK_NAME=ctr2svc",
+            f"NETWORK_ID={'d' * 64}",
+            "BRIDGE=ctr2svc0",
+            "ALIASES=valkey-svc valkey",
         ]
         argv = [*awk, *(x for v in variables for x in ("-v", v)), "-f", str(program)]
         return subprocess.run(argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
@@ -370,7 +379,7 @@ def test_config_awk_switches_the_network(
     built = dataclasses.replace(spec, network=packaged_mode)
     wanted = runtime_config.patch(umoci_config, dataclasses.replace(spec, network=admin_mode))
     program = tmp_path / "config.awk"
-    program.write_text(rendered(built)["config.awk"])
+    program.write_text(runtime.awk_program("config.awk"))
     config = tmp_path / "config.json"
     config.write_text(json.dumps(runtime_config.patch(umoci_config, built), indent=2) + "\n")
     missing = tmp_path / "missing"

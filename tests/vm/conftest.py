@@ -34,6 +34,13 @@ def install_network_stack(vm: vmhost.VM, work: Path) -> None:
     vm.ssh("dpkg -i /root/netdebs/*.deb", timeout=300)
 
 
+def root_mounts(vm: vmhost.VM, name: str) -> int:
+    """How many mounts are stacked on a service's root, by the kernel's table: 1 while it runs, 0 when
+    stopped (issue 22: an upgrade used to leave the old one behind, and a remove then failed)."""
+    table = f"awk -v root=/run/{name}/rootfs '$5 == root' /proc/self/mountinfo | wc -l"
+    return int(vm.ssh(table).stdout.strip())
+
+
 @pytest.fixture(scope="session")
 def vm_image() -> Path:
     """The cached Debian 12 VM image directory (built on first use, ~2 minutes).

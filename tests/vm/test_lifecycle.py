@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli
-from tests.support.images import service_image
+from tests.support.images import build_image, install_busybox, service_image
 from tests.support.registry import Registry, free_port
 from tests.vm import vmhost
-from tests.vm.conftest import Timings
+from tests.vm.conftest import Timings, root_mounts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -31,11 +31,17 @@ HELLO_PORT = 8080  # examples/hello's ENV PORT
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
 
 
+# busybox httpd as the container's PID 1, with no handler for the stop signal: it ignores it.
+STUBBORN = "stubborn-svc"
+STUBBORN_TIMEOUT = 5
+
+
 @dataclass(frozen=True)
 class Packages:
     port: int
     debs: dict[str, str]  # kv version -> path inside the VM
     hello: str  # the example image's package, path inside the VM
+    stubborn: str  # an image that ignores SIGTERM, its package's path inside the VM
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +62,19 @@ def packages(
     ref = registry.push(f"oci:{EXAMPLE}:1.0", "e2e/hello", "1.0")
     deb = Path(ctr2svc("build", ref, "-o", work / "hello").stdout.strip())
     vm.copy_to(deb, f"/root/{deb.name}")
-    return Packages(port, debs, f"/root/{deb.name}")
+    stubborn = build_image(
+        work / "stubborn",
+        "1.0",
+        lambda root: install_busybox(root, symlinks=("httpd",)),
+        entrypoint=["/bin/httpd", "-f", "-p", "8090"],
+    )
+    ref = registry.push(stubborn, "e2e/stubborn", "1.0")
+    built = ctr2svc(
+        "build", ref, "--name", STUBBORN, "--stop-timeout", str(STUBBORN_TIMEOUT), "-o", work / "st"
+    )
+    stubborn_deb = Path(built.stdout.strip())
+    vm.copy_to(stubborn_deb, f"/root/{stubborn_deb.name}")
+    return Packages(port, debs, f"/root/{deb.name}", f"/root/{stubborn_deb.name}")
 
 
 def get(vm: vmhost.VM, port: int, path: str = "/", *, timeout: float = 60) -> str:
@@ -86,6 +104,7 @@ def test_install_enables_starts_answers_and_logs(vm: vmhost.VM, installed: Packa
     assert vm.ssh(f"systemctl is-enabled {UNIT}").stdout.strip() == "enabled"
     assert get(vm, installed.port).strip() == "kv 1.0"
     assert vm.ssh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+    assert root_mounts(vm, NAME) == 1
     assert get(vm, installed.port, "/cgi-bin/put?answer=42").strip() == "ok"
     assert get(vm, installed.port, "/cgi-bin/get?answer").strip() == "42"
     # The entrypoint ran as root, chowned the data dir, and the server runs as the image's app user.
@@ -196,17 +215,24 @@ def test_upgrade_keeps_data_and_switches_version(
     timings.record("upgrade: service unreachable", unreachable_seconds(log))
     assert get(vm, installed.port, "/cgi-bin/get?answer").strip() == "42"
     assert "kv 2.0 serving" in journal(vm)
-    # The old version's tree is gone with its package files; the new one is what runs.
+    # The old version's tree is gone with its package files; the new one is what runs, on one mount
+    # (the old one's went with its stop, although dpkg had deleted its files first).
     assert vm.ssh(f"ls /opt/containers/{NAME}").stdout.split() == ["2.0"]
     assert vm.ssh(f"systemctl is-enabled {UNIT}").stdout.strip() == "enabled"
+    assert root_mounts(vm, NAME) == 1
 
 
 def test_downgrade_keeps_data(vm: vmhost.VM, installed: Packages) -> None:
-    """[3] back to the first version: data still there."""
+    """[3] back to the first version: data still there; up and down again, one mount all along."""
     apt_install(vm, installed.debs["1.0"])
     assert get(vm, installed.port).strip() == "kv 1.0"
     assert get(vm, installed.port, "/cgi-bin/get?answer").strip() == "42"
     assert vm.ssh(f"ls /opt/containers/{NAME}").stdout.split() == ["1.0"]
+    assert root_mounts(vm, NAME) == 1
+    for version in ("2.0", "1.0"):
+        apt_install(vm, installed.debs[version])
+        assert get(vm, installed.port).strip() == f"kv {version}"
+        assert root_mounts(vm, NAME) == 1, f"after the move to {version}"
 
 
 def test_two_services_side_by_side(vm: vmhost.VM, installed: Packages) -> None:
@@ -247,7 +273,7 @@ def test_stop_is_clean_and_uses_the_stop_signal(vm: vmhost.VM, installed: Packag
     assert vm.ssh(f"systemctl show -p Result --value {UNIT}").stdout.strip() == "success"
     # journald reads the container's output stream on its own time: the line may land a moment later.
     vm.wait_until(f"test $({count_stops}) -gt {stops_before}", timeout=20)
-    assert vm.ssh(f"findmnt /run/{NAME}/rootfs", check=False).returncode != 0
+    assert root_mounts(vm, NAME) == 0
     assert vm.ssh(f"test -e /run/{NAME} && echo left || echo clean").stdout.strip() == "clean"
     unit_cgroup = f"/sys/fs/cgroup/system.slice/{UNIT}"
     assert vm.ssh(f"test -e {unit_cgroup} && echo left || echo clean").stdout.strip() == "clean"
@@ -260,6 +286,7 @@ def test_remove_keeps_data_and_purge_deletes_everything(vm: vmhost.VM, installed
     pid = main_pid(vm)
     vm.ssh(f"DEBIAN_FRONTEND=noninteractive apt-get remove -y {NAME}", timeout=300)
     assert vm.ssh(f"systemctl is-active {UNIT}", check=False).stdout.strip() != "active"
+    assert root_mounts(vm, NAME) == 0
     assert vm.ssh(f"test -d /proc/{pid} && echo alive || echo gone").stdout.strip() == "gone"
     assert NAME not in vm.ssh("ls /etc/systemd/system/multi-user.target.wants/").stdout
     assert vm.ssh(f"cat /var/lib/{NAME}/volumes/data/answer").stdout.strip() == "42"
@@ -275,3 +302,37 @@ def test_remove_keeps_data_and_purge_deletes_everything(vm: vmhost.VM, installed
     leftovers = vm.ssh(f"find / -xdev -name '*{NAME}*' -not -path '/root/*' 2>/dev/null || true").stdout
     assert leftovers.strip() == "", leftovers
     assert vm.ssh(f"systemctl list-unit-files {UNIT} --no-legend", check=False).stdout.strip() == ""
+
+
+def test_a_container_that_ignores_its_stop_signal_is_killed_on_time(
+    vm: vmhost.VM, packages: Packages, timings: Timings
+) -> None:
+    """[issue 22.2] busybox httpd as PID 1 ignores SIGTERM: `systemctl stop` takes the stop timeout
+    (5 s here) by the clock, plus at most 3 s to kill it and clean up; then nothing is left: no mount, no
+    runtime directory, no container cgroup."""
+    unit = f"{STUBBORN}.service"
+    apt_install(vm, packages.stubborn)
+    try:
+        # Anything that answers (curl without -f): httpd serves / with no index as a 404.
+        vm.wait_until("curl -s --max-time 2 -o /dev/null http://127.0.0.1:8090/", timeout=60)
+        assert root_mounts(vm, STUBBORN) == 1
+        vm.ssh(f"systemctl stop {unit}", timeout=120)
+        # systemd's own clock: from the stop job's start (the unit leaves "active") to "inactive", the
+        # ssh round trip left out.
+        shown = vm.ssh(
+            f"systemctl show -p ActiveExitTimestampMonotonic -p InactiveEnterTimestampMonotonic {unit}"
+        )
+        stamps = dict(line.split("=", 1) for line in shown.stdout.split())
+        took = (
+            int(stamps["InactiveEnterTimestampMonotonic"]) - int(stamps["ActiveExitTimestampMonotonic"])
+        ) / 1e6
+        timings.record(f"systemctl stop, SIGTERM ignored, stop timeout {STUBBORN_TIMEOUT} s", took)
+        assert STUBBORN_TIMEOUT <= took <= STUBBORN_TIMEOUT + 3, f"the stop took {took:.1f} s"
+        said = vm.ssh(f"journalctl -u {unit} --no-pager -o cat").stdout
+        assert f"{STUBBORN}: still running after {STUBBORN_TIMEOUT}s; killing it" in said
+        assert root_mounts(vm, STUBBORN) == 0
+        assert vm.ssh(f"test -e /run/{STUBBORN} && echo left || echo clean").stdout.strip() == "clean"
+        cgroup = f"/sys/fs/cgroup/system.slice/{unit}"
+        assert vm.ssh(f"test -e {cgroup} && echo left || echo clean").stdout.strip() == "clean"
+    finally:
+        vm.ssh(f"DEBIAN_FRONTEND=noninteractive apt-get purge -y {STUBBORN}", timeout=300, check=False)

@@ -35,7 +35,7 @@ from tests.support.images import (
 )
 from tests.support.registry import Registry, free_port
 from tests.vm import vmhost
-from tests.vm.conftest import Timings
+from tests.vm.conftest import Timings, root_mounts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -249,6 +249,7 @@ def test_services_sharing_a_base_layer_through_apt(
         timings.record("shared layers: apt install of 3 services + 4 layers", time.monotonic() - started)
         for name in NAMES:
             assert get(vm, ports[name]) == f"{name} 1"
+            assert root_mounts(vm, name) == 1
         layers = installed_layers(vm)
         assert layers == {f"{LAYER_PREFIX}{base_short}"} | {f"{LAYER_PREFIX}{s}" for s in top_short.values()}
         auto = set(vm.ssh("apt-mark showauto").stdout.split())
@@ -309,6 +310,7 @@ def test_services_sharing_a_base_layer_through_apt(
         assert downloaded <= SLACK * new_bytes
         assert get(vm, ports[upgraded]) == f"{upgraded} 2"
         assert get(vm, ports[upgraded], "/cgi-bin/get?answer") == "42"
+        assert root_mounts(vm, upgraded) == 1
         for name, pid in pid_others.items():
             assert main_pid(vm, name) == pid, f"{name} was restarted by another service's upgrade"
         old_top = f"{LAYER_PREFIX}{top_short[upgraded]}"
@@ -319,6 +321,7 @@ def test_services_sharing_a_base_layer_through_apt(
         tops = [short(new_ids[1]), top_short[NAMES[1]], top_short[NAMES[2]]]
         assert layers == {f"{LAYER_PREFIX}{s}" for s in (base_short, *tops)}
         assert top_short[upgraded] not in layer_dirs(vm)
+        assert [root_mounts(vm, name) for name in NAMES] == [1, 1, 1]
 
         # 4. A reboot: the three come back.
         vm.reboot()
@@ -338,6 +341,7 @@ def test_services_sharing_a_base_layer_through_apt(
         assert f"{LAYER_PREFIX}{base_short}" in layers
         assert top_short[removed] not in layer_dirs(vm)
         assert base_short in layer_dirs(vm)
+        assert root_mounts(vm, removed) == 0
         for name in keep:
             assert vm.ssh(f"systemctl is-active {name}").stdout.strip() == "active"
             assert get(vm, ports[name]).startswith(name)
@@ -347,6 +351,7 @@ def test_services_sharing_a_base_layer_through_apt(
         # 6. Everything purged: no layer package, nothing under /opt/containers, no data left.
         vm.ssh(f"{APT} purge -y {all_names} && {APT} autoremove --purge -y", timeout=600)
         assert installed_layers(vm) == set()
+        assert [root_mounts(vm, name) for name in NAMES] == [0, 0, 0]
         left = vm.ssh(f"find {INSTALL_ROOT} 2>/dev/null || true").stdout.split()
         assert left in ([], [INSTALL_ROOT]), f"left under {INSTALL_ROOT}: {left[:20]}"
         for name in NAMES:

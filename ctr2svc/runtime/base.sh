@@ -1,0 +1,66 @@
+# shellcheck shell=sh
+# Paths and small tools every part uses. Every process costs a start a millisecond or more
+# (bench/README.md): what can be done with the shell's builtins is.
+
+# The paths that follow from service.env, and the host-wide ones (one per host, every service's).
+derive_paths() {
+    BUNDLE="$STATE_DIR/bundle"
+    RUNC="${CTR2SVC_RUNC:-$RUNTIME}"
+    CONFIG_AWK="$HELPER_DIR/config.awk"
+    NETWORK_AWK="$HELPER_DIR/network.awk"
+    NETNS_PATH="/run/netns/$NETNS"
+    # netavark's and aardvark-dns's state, the network lock and the published ports' claims.
+    NET_STATE=/run/ctr2svc
+    # What netavark set up for this service, which its teardown needs: outside $STATE_DIR, which systemd
+    # deletes after a stop even when the teardown was cut short (the next cleanup then finishes it).
+    NET_JSON="$NET_STATE/services/$NAME.json"
+    # The address book of the private networks (ipam.sh); services' data directories hold their side.
+    IPAM_DIR=/var/lib/ctr2svc
+    SERVICES_DATA=/var/lib
+    PODMAN_NETWORKS=/etc/containers/networks
+    # The image's writable layer is marked with the root directory's mode and owner (mount.sh).
+    LAYER_MARK=".root-$ROOT_MODE-$ROOT_UID-$ROOT_GID"
+}
+
+runc_() {
+    "$RUNC" --root "$STATE_DIR/runc" "$@"
+}
+
+# Centiseconds since boot, in $now: a clock that neither the admin nor NTP moves, read with builtins.
+clock() {
+    read -r up _ </proc/uptime
+    # "1234.56": seconds, then two digits of hundredths ("05" is read without its 0: not octal).
+    hundredths=${up#*.}
+    now=$((${up%.*} * 100 + ${hundredths#0}))
+}
+
+# The unit's cgroup (cgroup v2), in $own, from /proc/self/cgroup's "0::PATH" line.
+own_cgroup() {
+    own=
+    while IFS= read -r line; do
+        case "$line" in
+            0::*) own=${line#0::} ;;
+        esac
+    done </proc/self/cgroup
+}
+
+# On a unified cgroup hierarchy runc creates the container's cgroup beside its own: moving into a leaf
+# of the unit's cgroup first makes that "inside the unit", where the unit's limits apply.
+enter_leaf_cgroup() {
+    [ -f /sys/fs/cgroup/cgroup.controllers ] || return 0
+    own_cgroup
+    [ -n "$own" ] && [ "$own" != / ] || return 0
+    if ! { { [ -d "/sys/fs/cgroup$own/supervisor" ] || mkdir "/sys/fs/cgroup$own/supervisor"; } \
+        && echo $$ >"/sys/fs/cgroup$own/supervisor/cgroup.procs"; }; then
+        echo "$NAME: cannot move into $own/supervisor; the container's cgroup will be outside the unit" >&2
+    fi
+}
+
+# copy SOURCE DEST: a small text file (/etc/hosts), with builtins; an empty DEST if SOURCE is missing.
+copy() {
+    : >"$2"
+    [ -r "$1" ] || return 0
+    while IFS= read -r line || [ -n "$line" ]; do
+        printf '%s\n' "$line"
+    done <"$1" >"$2"
+}

@@ -1,0 +1,29 @@
+# shellcheck shell=sh
+# The command line: what the unit, the OpenRC script and the package scripts call.
+
+derive_paths
+# Where new volumes are seeded from: the package's rootfs, or with shared layers the mounted root,
+# once prepare has mounted it.
+if [ -z "$LOWER" ]; then
+    SEED_ROOT="$IMAGE_DIR/rootfs"
+else
+    SEED_ROOT=
+fi
+
+case "${1:-}" in
+    prepare) prepare ;;
+    start) start ;;
+    run) run ;;
+    run-once) run_once ;;
+    stop) stop ;;
+    cleanup) after_stop ;;
+    init-data) init_data ;;
+    status) status ;;
+    wait-ready) wait_ready "$2" "${3:-90}" ;;
+    health) health ;;
+    wait-healthy) wait_healthy "${2:-90}" ;;
+    *)
+        echo "usage: $0 prepare|start|run|run-once|stop|cleanup|init-data|status|wait-ready PORT [SECONDS]|health|wait-healthy [SECONDS]" >&2
+        exit 2
+        ;;
+esac
