@@ -119,4 +119,4 @@ def test_an_images_health_timings_are_clamped() -> None:
             "Retries": 10**9,
         }
     )
-    assert check == HealthCheck(("true",), 86400, 86400, 1000, 86400)
+    assert check == HealthCheck(("true",), 86400, 86400, 10000, 86400)
