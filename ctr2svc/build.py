@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -39,6 +40,8 @@ from ctr2svc import (
 from ctr2svc.bundle import Bundle, Kind, RootfsScan
 from ctr2svc.errors import ImageError, UsageError
 from ctr2svc.model import (
+    MAX_HEALTH_RETRIES,
+    MAX_HEALTH_SECONDS,
     BindMount,
     HealthCheck,
     InitSystem,
@@ -127,6 +130,15 @@ class BuildOptions:
     health_timeout: int | None = None
     health_start_period: int | None = None
 
+    def __post_init__(self) -> None:
+        # Absolute from here on: later steps run tools in other directories (the overlay of shared layers
+        # is mounted from inside the cache), where a relative path would name something else. The
+        # output directory stays as given: the paths printed for the user are relative to where they are.
+        for name in ("cache_dir", "authfile", "sign_key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_absolute():
+                object.__setattr__(self, name, path.absolute())
+
     @property
     def init_system(self) -> InitSystem:
         return self.init or self.format.default_init
@@ -146,6 +158,7 @@ def check_options(opts: BuildOptions) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"output directory {out} is not writable", hint="pass a writable directory with -o")
     registry.check_transport(opts.reference)
+    registry.limits()
     for tool, reason in (("skopeo", "pull images"), ("umoci", "unpack images"), ("nfpm", "build packages")):
         find_tool(tool, reason)
 
@@ -181,9 +194,20 @@ def check_package_options(opts: BuildOptions) -> None:
     bind_mounts(opts.volumes)
     network.publish(opts.network, opts.publish)
     resources(opts)
+    check_ranges(opts)
     if opts.user is not None:
         metadata.check_one_line("--user", opts.user, "e.g. --user 999:999")
         _split_user(opts.user)
+    if opts.entrypoint in ((), ("",)) and not opts.cmd:
+        raise UsageError(
+            "an empty --entrypoint leaves nothing to run: a new entrypoint drops the image's Cmd, as with "
+            "docker run",
+            hint="pass the command to run with --cmd as well",
+        )
+    for what, words in (("--entrypoint", opts.entrypoint), ("--cmd", opts.cmd)):
+        if any("\0" in word for word in words or ()):
+            # runc cannot pass a NUL on to the process and refuses to start; a project file can hold one.
+            raise UsageError(f"{what} holds a NUL character", hint="write the command without it")
     if opts.arch is not None:
         arch, variant = naming.split_platform(opts.arch)
         naming.format_arch(fmt, naming.deb_arch(arch, variant))
@@ -196,6 +220,37 @@ def check_package_options(opts: BuildOptions) -> None:
             "--sign-key-name", opts.sign_key_name, "name the public key's file, e.g. ops.rsa.pub"
         )
     check_compose_options(opts)
+
+
+# What each number may be, with why: beyond these the value passes into the unit or config.json and
+# fails on the host (systemd ignores the line, runc or the kernel refuses it).
+MAX_STOP_TIMEOUT = 3600  # an hour: systemd would wait that long for a stop; longer is a hung service
+MAX_PIDS = 4194304  # the kernel's PID_MAX_LIMIT: pids.max takes nothing larger
+MIN_MEMORY = 6 * 1024**2  # Docker's minimum: less and the container dies of OOM as it starts
+MAX_MEMORY = 2**63 - 1  # runc's memory limit is a signed 64-bit number of bytes
+MIN_CPUS = 0.01  # the kernel's smallest CFS quota, 1 ms per 100 ms period (Docker's minimum too)
+MAX_CPUS = 4096
+
+
+def _in_range(what: str, value: int | None, low: int, high: int, hint: str) -> None:
+    # bool is an int to Python, and a project file's `true` is no number of seconds.
+    if value is not None and (isinstance(value, bool) or not low <= value <= high):
+        raise UsageError(f"{what} {value} is out of range: it goes from {low} to {high}", hint=hint)
+
+
+def check_ranges(opts: BuildOptions) -> None:
+    """The numbers the CLI's option types bound, bounded again for project and compose files, which
+    reach BuildOptions without them."""
+    _in_range("--stop-timeout", opts.stop_timeout, 1, MAX_STOP_TIMEOUT, "e.g. --stop-timeout 30")
+    _in_range("--pids-limit", opts.pids_limit, 0, MAX_PIDS, "e.g. --pids-limit 4096 (0: no limit)")
+    _in_range("--ready-port", opts.ready_port, 1, 65535, "e.g. --ready-port 8080")
+    for what, value in (
+        ("--health-interval", opts.health_interval),
+        ("health timeout", opts.health_timeout),
+    ):
+        _in_range(what, value, 1, MAX_HEALTH_SECONDS, "e.g. 30 (seconds)")
+    _in_range("health start period", opts.health_start_period, 0, MAX_HEALTH_SECONDS, "e.g. 30 (seconds)")
+    _in_range("--health-retries", opts.health_retries, 1, MAX_HEALTH_RETRIES, "e.g. --health-retries 3")
 
 
 # compose's restart policies -> systemd's Restart=. systemd has no "unless-stopped": a service an admin
@@ -226,6 +281,8 @@ def check_compose_options(opts: BuildOptions) -> None:
         metadata.check_one_line("working_dir", opts.working_dir, "e.g. /srv/app")
         if not opts.working_dir.startswith("/"):
             raise UsageError(f"working directory {opts.working_dir!r} is not absolute", hint="e.g. /srv/app")
+        if ".." in opts.working_dir.split("/"):
+            raise UsageError(f"working directory {opts.working_dir!r} has a '..'", hint="e.g. /srv/app")
     tmpfs_mounts(opts.tmpfs)
     restart_policy(opts)
     for label in opts.labels:
@@ -236,9 +293,10 @@ def check_compose_options(opts: BuildOptions) -> None:
                 hint=f"e.g. com.example.role=web ({runtime_config.ANNOTATION_PREFIX}.* keys are ctr2svc's)",
             )
     for path in opts.volume_paths:
-        metadata.check_one_line("volume", path, "a path is one line")
-        if not path.startswith("/"):
-            raise UsageError(f"volume path {path!r} is not absolute", hint="e.g. /var/lib/postgresql/data")
+        metadata.container_path("volume", path, "e.g. /var/lib/postgresql/data", data=True)
+    for packaged in opts.files:
+        if packaged.target:
+            metadata.container_path("file", packaged.target, "mount it at a path such as /etc/app/app.conf")
 
 
 def restart_policy(opts: BuildOptions) -> str:
@@ -267,6 +325,7 @@ def tmpfs_mounts(texts: tuple[str, ...]) -> tuple[TmpfsMount, ...]:
         opts = tuple(o for o in options.split(",") if o)
         if not path.startswith("/") or any(c.isspace() or c in '"' for c in text):
             raise UsageError(f"tmpfs {text!r} is not PATH[:OPTIONS]", hint="e.g. /run:size=64m,mode=0755")
+        metadata.container_path("tmpfs", path, "e.g. /run:size=64m")
         mounts.append(TmpfsMount(path, opts))
     return tuple(mounts)
 
@@ -350,6 +409,7 @@ def bind_mounts(volumes: tuple[str, ...]) -> tuple[BindMount, ...]:
             )
         if any(c.isspace() for c in text):
             raise UsageError(f"--volume {text!r} has white space", hint="use paths without spaces")
+        metadata.container_path("--volume", parts[1], "e.g. --volume /srv/certs:/certs:ro")
         mounts.append(BindMount(parts[0], parts[1], mode))
     return tuple(mounts)
 
@@ -363,9 +423,19 @@ def resources(opts: BuildOptions) -> Resources:
                 f"--memory {opts.memory!r} is not a size", hint="e.g. --memory 512M or --memory 2G"
             )
         memory = int(float(match.group(1)) * 1024 ** "BKMGT".index((match.group(2) or "B").upper()))
-    if opts.cpus is not None and not (math.isfinite(opts.cpus) and 0 < opts.cpus <= 4096):
+        if not MIN_MEMORY <= memory <= MAX_MEMORY:
+            raise UsageError(
+                f"--memory {opts.memory!r} is out of range: it goes from 6M to {MAX_MEMORY // 1024**4}T",
+                hint="e.g. --memory 512M or --memory 2G",
+            )
+    if opts.cpus is not None and not (math.isfinite(opts.cpus) and 0 < opts.cpus <= MAX_CPUS):
         raise UsageError(
             f"--cpus {opts.cpus} is not a number of CPUs above 0", hint="e.g. --cpus 0.5 or --cpus 2"
+        )
+    if opts.cpus is not None and opts.cpus < MIN_CPUS:
+        raise UsageError(
+            f"--cpus {opts.cpus} is out of range: the smallest CPU limit is {MIN_CPUS} (1% of a CPU)",
+            hint="e.g. --cpus 0.05 or --cpus 2",
         )
     return Resources(memory, opts.cpus)
 
@@ -475,12 +545,27 @@ def health_check(opts: BuildOptions, declared: Mapping[str, Any] | None) -> Heal
     )
 
 
+# The kernel's largest user and group id: (uid_t)-1 is the "no change" of setresuid(2), and runc's
+# config.json has no room beyond 32 bits.
+MAX_ID = 2**32 - 2
+
+
+def _numeric(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _split_user(text: str) -> tuple[str, str | None]:
     user, sep, group = text.partition(":")
     if not user or (sep and not group):
         raise UsageError(
             f"--user {text!r} is not USER, UID, USER:GROUP or UID:GID", hint="e.g. --user 999:999"
         )
+    for part in (user, group):
+        if _numeric(part) and int(part) > MAX_ID:
+            raise UsageError(
+                f"--user {text!r}: {part} is out of range: user and group ids go from 0 to {MAX_ID}",
+                hint="e.g. --user 999:999",
+            )
     return user, group or None
 
 
@@ -497,22 +582,36 @@ def _lookup(rootfs: Path, table: str, key: str) -> list[str] | None:
     return None
 
 
+def _id_field(fields: list[str], index: int, table: str) -> int:
+    """A numeric field of an /etc/passwd or /etc/group line of the image, checked."""
+    text = fields[index] if len(fields) > index else ""
+    if not _numeric(text) or int(text) > MAX_ID:
+        raise ImageError(
+            f"the image's /etc/{table} gives {fields[0]!r} the id {text[:20]!r}, which is not a number "
+            f"from 0 to {MAX_ID}",
+            hint="pass a numeric --user such as 1000:1000",
+        )
+    return int(text)
+
+
 def resolve_user(text: str, rootfs: Path) -> tuple[int, int]:
     """--user as the image would run it: names looked up in the image's own passwd and group files."""
     user, group = _split_user(text)
     entry = _lookup(rootfs, "passwd", user)
-    if user.isdigit():
+    if _numeric(user):
         uid = int(user)
     elif entry is not None:
-        uid = int(entry[2])
+        uid = _id_field(entry, 2, "passwd")
     else:
         raise ImageError(
             f"the image has no user {user!r} in /etc/passwd", hint="pass a numeric --user such as 1000:1000"
         )
     if group is None:
         # As Docker: the user's primary group, or root's group for a number the image does not know.
-        return uid, int(entry[3]) if entry is not None and len(entry) > 3 and entry[3].isdigit() else 0
-    if group.isdigit():
+        if entry is not None and len(entry) > 3 and _numeric(entry[3]):
+            return uid, _id_field(entry, 3, "passwd")
+        return uid, 0
+    if _numeric(group):
         return uid, int(group)
     found = _lookup(rootfs, "group", group)
     if found is None:
@@ -520,7 +619,7 @@ def resolve_user(text: str, rootfs: Path) -> tuple[int, int]:
             f"the image has no group {group!r} in /etc/group",
             hint="pass a numeric group, e.g. --user 1000:1000",
         )
-    return uid, int(found[2])
+    return uid, _id_field(found, 2, "group")
 
 
 @contextlib.contextmanager
@@ -568,9 +667,19 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
     unit_dir = "/usr/lib/systemd/system" if fmt is PackageFormat.RPM else "/lib/systemd/system"
     layout = Layout(name, version, unit_dir=unit_dir)
     entrypoint = opts.entrypoint if opts.entrypoint is not None else cfg.entrypoint
+    # An entrypoint of one empty word is none, as `docker run --entrypoint ""` and Docker's builder
+    # (`ENTRYPOINT [""]`) mean it; runc would try to run "" instead.
+    entrypoint = () if entrypoint == ("",) else entrypoint
     # As with `docker run --entrypoint`, a new entrypoint drops the image's Cmd.
     cmd = opts.cmd if opts.cmd is not None else (() if opts.entrypoint is not None else cfg.cmd)
     args = (*entrypoint, *cmd)
+    if args and not args[0]:
+        given = opts.entrypoint is not None or opts.cmd is not None
+        raise (UsageError if given else ImageError)(
+            f"the command to run, {shlex.join(args)[:60]}, starts with an empty word: there is no program "
+            "to run",
+            hint="pass the program to run with --entrypoint, e.g. --entrypoint /usr/bin/server",
+        )
     entrypoint_n = len(entrypoint)
     if opts.init_process and args:
         # As `docker run --init`: tini (the host's static build, mounted read-only) is PID 1, reaps
@@ -597,7 +706,9 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
     volumes = tuple(
         _volume(layout, path, scan, uid, gid)
-        for path in dict.fromkeys(metadata.volume_path(v) for v in (*cfg.volumes, *opts.volume_paths))
+        for path in dict.fromkeys(
+            [*image_volumes(cfg.volumes), *(metadata.volume_path(v) for v in opts.volume_paths)]
+        )
     )
     health = health_check(opts, cfg.healthcheck) if not opts.oneshot else None
     if opts.ready_health and health is None:
@@ -645,8 +756,31 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         homepage=metadata.homepage(labels.get("org.opencontainers.image.url"), "url")
         or metadata.homepage(labels.get("org.opencontainers.image.source"), "source"),
         license=metadata.license_expression(labels.get("org.opencontainers.image.licenses")),
-        **option_fields(opts),
+        **{**option_fields(opts), "working_dir": opts.working_dir or image_working_dir(cfg.working_dir)},
     )
+
+
+def image_volumes(declared: tuple[str, ...]) -> list[str]:
+    """The image's VOLUMEs that get a data directory, cleaned; one where nothing can be mounted (the
+    root, /proc, /sys, /dev) is left out with a warning: runc could not start the container with it."""
+    kept = []
+    for path in (metadata.volume_path(v) for v in declared):
+        problem = metadata.mount_point_problem(path, data=True)
+        if problem:
+            log.warn(f"leaving out the image's VOLUME {path}: {problem}")
+        else:
+            kept.append(path)
+    return kept
+
+
+def image_working_dir(declared: str) -> str | None:
+    """The image's WorkingDir when it needs ctr2svc's help, else None (umoci's config has it). runc
+    refuses a relative one; Docker runs it relative to the root, and so does the service."""
+    if not declared or declared.startswith("/"):
+        return None
+    absolute = posixpath.normpath("/" + declared).replace("//", "/")
+    log.info(f"  the image's WorkingDir {declared!r} is relative: the service runs in {absolute}")
+    return absolute
 
 
 def option_fields(opts: BuildOptions) -> dict[str, Any]:
@@ -689,7 +823,7 @@ def _volume(layout: Layout, path: str, scan: RootfsScan, uid: int, gid: int) -> 
 
 def pull_options(opts: BuildOptions) -> registry.PullOptions:
     arch, variant = naming.split_platform(opts.arch or naming.host_oci_arch())
-    return registry.PullOptions(arch, variant, opts.creds, opts.authfile, opts.tls_verify)
+    return registry.PullOptions(arch, variant, opts.creds, opts.authfile, opts.tls_verify, registry.limits())
 
 
 @dataclass(frozen=True)

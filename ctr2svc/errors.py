@@ -57,3 +57,14 @@ class ToolFailed(ToolError):
         self.tool = tool
         self.returncode = returncode
         self.stderr = stderr
+
+
+class ToolTimedOut(ToolError):
+    """A tool ran past its time limit (`stalled`: made too little progress for `seconds`) and was
+    stopped; callers may say which limit, in their words."""
+
+    def __init__(self, brief: str, *, tool: str, seconds: float, stalled: bool, command: str) -> None:
+        super().__init__(brief, details=f"command: {command}")
+        self.tool = tool
+        self.seconds = seconds
+        self.stalled = stalled

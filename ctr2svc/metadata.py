@@ -111,6 +111,45 @@ def volume_path(path: str) -> str:
     return posixpath.normpath("/" + path.strip().lstrip("/")).replace("//", "/")
 
 
+# The file systems the runtime mounts in every container; what is mounted over them hides them.
+RUNTIME_PATHS = {
+    "/proc": "the kernel's process file system, which runc mounts and refuses other mounts in",
+    "/sys": "the kernel's sysfs, which runc mounts read-only",
+    "/dev": "where runc provides the container's device nodes",
+}
+
+
+def mount_point_problem(path: str, *, data: bool = False) -> str | None:
+    """Why nothing can be mounted at PATH (absolute, cleaned) in the container, or None.
+
+    The root cannot be; /proc and below is the kernel's, and runc refuses mounts there; /sys and /dev
+    themselves would hide what runc mounts (below them a bind mount is how a device or a cgroup tree is
+    passed in). DATA: a data directory (an image VOLUME, a named volume), which has no place in any of
+    them.
+    """
+    if path == "/":
+        return "the container's root cannot be a mount point"
+    for runtime, what in RUNTIME_PATHS.items():
+        inside = path.startswith(runtime + "/")
+        if path == runtime or (inside and (data or runtime == "/proc")):
+            return f"{runtime} is {what}"
+    return None
+
+
+def container_path(what: str, path: str, hint: str, *, data: bool = False) -> str:
+    """A mount point in the container as the user gave it: absolute, without "." or "..", and not
+    where the runtime's own file systems are (see mount_point_problem)."""
+    check_one_line(what, path, hint)
+    if not path.startswith("/"):
+        raise UsageError(f"{what} {path!r}: the container path is not absolute", hint=hint)
+    if any(part in (".", "..") for part in path.split("/")):
+        raise UsageError(f"{what} {path!r}: the container path has a '.' or '..' component", hint=hint)
+    problem = mount_point_problem(posixpath.normpath(path).replace("//", "/"), data=data)
+    if problem:
+        raise UsageError(f"{what} {path!r}: {problem}", hint=hint)
+    return path
+
+
 def file_name(what: str, value: str, hint: str) -> str:
     """A value used as one file name (no directories, nothing a shell or a package reads specially)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}", value):

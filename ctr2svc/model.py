@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import calendar
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -78,6 +80,72 @@ def _strings(cfg: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+# umoci reads the image config with Go's encoding/json, whose time.Time takes RFC 3339 and nothing else
+# ("2006-01-02T15:04:05Z07:00", with optional fractions of a second): a `created` it cannot parse stops
+# the unpack, so it is refused here first, in ctr2svc's words.
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[.,]\d+)?(?:Z|[+-]\d{2}:\d{2})$")
+# umoci resolves a numeric User with runc's libcontainer/user, which takes ids up to 2^31-1 only.
+MAX_IMAGE_ID = 2**31 - 1
+_NUMBER = re.compile(r"^[+-]?[0-9]+$")
+
+
+def is_rfc3339(text: str) -> bool:
+    """TEXT is a time Go's RFC 3339 parser accepts (year 0 and 9999 included; no leap second)."""
+    match = _RFC3339.match(text)
+    if match is None:
+        return False
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    # calendar has no year 0; it is a leap year in Go's proleptic Gregorian calendar, as 2000 is.
+    days = calendar.monthrange(year or 2000, month)[1] if 1 <= month <= 12 else 0
+    # Go checks the fields but not the zone's offset (+25:00 passes).
+    return 1 <= day <= days and hour < 24 and minute < 60 and second < 60
+
+
+def _check_env(env: tuple[str, ...]) -> None:
+    """Entries runc can set: NAME=VALUE with a NAME, and no NUL (runc refuses them at every start)."""
+    for entry in env:
+        name, sep, _ = entry.partition("=")
+        if not sep:
+            problem = "has no '='"
+        elif not name:
+            problem = "has an empty name"
+        elif "\0" in entry:
+            problem = "holds a NUL character"
+        else:
+            continue
+        raise ImageError(
+            f"the image's config has an Env entry that {problem}: {entry[:60]!r}",
+            hint="rebuild the image with Env entries of the form NAME=VALUE",
+        )
+
+
+def _check_no_nul(cfg: Mapping[str, Any]) -> None:
+    """No NUL in what becomes the process's arguments, directory or user: runc cannot pass one on and
+    refuses to start (config.json carries it as \\u0000, so the build would not notice)."""
+    for key in ("Entrypoint", "Cmd", "WorkingDir", "User"):
+        value = cfg.get(key)
+        words = value if isinstance(value, list) else [value]
+        if any(isinstance(word, str) and "\0" in word for word in words):
+            raise _bad_config(f"has a config.{key} that holds a NUL character")
+
+
+def _check_user(user: str) -> None:
+    """A numeric user or group in the image's User must be an id umoci (and runc) can use; no part
+    is a user or group name with white space, which no passwd file has."""
+    if any(c.isspace() for c in user):
+        raise ImageError(
+            f"the image's User {user[:40]!r} has white space, so it is neither a user name nor an id",
+            hint="rebuild the image with a User such as app or 1000:1000",
+        )
+    for part in user.split(":", 1):
+        if _NUMBER.match(part) and not 0 <= int(part) <= MAX_IMAGE_ID:
+            raise ImageError(
+                f"the image's User {user[:40]!r} is out of range: user and group ids go from 0 to "
+                f"{MAX_IMAGE_ID}",
+                hint="rebuild the image with a User in that range (or a user name from its /etc/passwd)",
+            )
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """What the image declares (the OCI image config), as far as a service cares."""
@@ -107,20 +175,28 @@ class ImageConfig:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             raise _bad_config("has config.Labels that are not all strings")
         health = _typed(cfg, "Healthcheck", Mapping, "config.Healthcheck")
+        _check_no_nul(cfg)
+        created = _typed(doc, "created", str, "created")
+        if created is not None and not is_rfc3339(created):
+            raise _bad_config(f"has a created time that is not an RFC 3339 time: {created[:40]!r}")
+        env = _strings(cfg, "Env")
+        _check_env(env)
+        user = _typed(cfg, "User", str, "config.User") or ""
+        _check_user(user)
         return cls(
             architecture=_typed(doc, "architecture", str, "architecture") or "",
             os=_typed(doc, "os", str, "os") or "",
             variant=_typed(doc, "variant", str, "variant") or None,
             entrypoint=_strings(cfg, "Entrypoint"),
             cmd=_strings(cfg, "Cmd"),
-            env=_strings(cfg, "Env"),
-            user=_typed(cfg, "User", str, "config.User") or "",
+            env=env,
+            user=user,
             working_dir=_typed(cfg, "WorkingDir", str, "config.WorkingDir") or "",
             volumes=tuple(sorted(_typed(cfg, "Volumes", Mapping, "config.Volumes") or {})),
             exposed_ports=tuple(sorted(_typed(cfg, "ExposedPorts", Mapping, "config.ExposedPorts") or {})),
             stop_signal=_typed(cfg, "StopSignal", str, "config.StopSignal") or None,
             labels=dict(labels),
-            created=_typed(doc, "created", str, "created"),
+            created=created,
             healthcheck=health,
         )
 
@@ -303,6 +379,12 @@ class Resources:
     cpus: float | None = None
 
 
+# The longest a health check's timings may be, and the most failures in a row: beyond them the unit's
+# timer and start timeout would be lines systemd cannot parse (and a check once a day is none).
+MAX_HEALTH_SECONDS = 86400
+MAX_HEALTH_RETRIES = 10_000  # as project.LIMITS (the helper compares it in shell arithmetic)
+
+
 @dataclass(frozen=True)
 class HealthCheck:
     """A Docker HEALTHCHECK (or --health-cmd): run inside the container, restart after RETRIES failures."""
@@ -334,14 +416,15 @@ class HealthCheck:
             return None
 
         def seconds(key: str, default: int) -> int:
+            # An image's timings are its author's: clamped, as no option can replace all of them.
             value = doc.get(key) or 0
-            return max(1, round(value / 1e9)) if value else default
+            return min(MAX_HEALTH_SECONDS, max(1, round(value / 1e9))) if value else default
 
         return cls(
             command,
             seconds("Interval", 30),
             seconds("Timeout", 30),
-            int(doc.get("Retries") or 3),
+            min(MAX_HEALTH_RETRIES, int(doc.get("Retries") or 3)),
             seconds("StartPeriod", 0) if doc.get("StartPeriod") else 0,
         )
 

@@ -28,7 +28,22 @@ from ctr2svc.errors import UsageError
 from ctr2svc.model import PackageFormat, PackageVersion
 
 _PRERELEASE = re.compile(r"^(rc|alpha|beta|pre|preview|dev|a|b)\d*([.-].*)?$", re.IGNORECASE)
-_DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+# A name is a package name in every format and a systemd unit name: Debian's grammar ([a-z0-9+.-], the
+# strictest of the three formats) without "+", which systemd refuses in unit names ([A-Za-z0-9:_.@-]).
+_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]+$")
+# The name is also the private network's host name (at most 64 bytes, sethostname(2)) and the name other
+# services look up through aardvark-dns (a DNS label, at most 63): 63 fits everywhere it goes, /run/netns
+# and unit names included.
+MAX_NAME_LENGTH = 63
+# The whole version as written (epoch and release included). With the longest name it keeps the package
+# file name (NAME_VERSION_ARCH.deb, NAME-VERSION.ARCH.rpm) below the file systems' 255 bytes, and it
+# holds every version derived from a tag (tags have at most 128 characters: 0+TAG.YYYYMMDDHHMMSS).
+MAX_VERSION_LENGTH = 160
+# dpkg refuses an epoch above INT_MAX ("epoch in version is too big"), rpm keeps it in an int32.
+MAX_EPOCH = 2**31 - 1
+# ctr2svc's own packages: the builder itself, and the layer packages of --layers shared.
+RESERVED_NAME = "ctr2svc"
+RESERVED_PREFIX = "ctr2svc-layer-"
 _DEB_VERSION = re.compile(r"^(?:\d+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~]+)?$")
 # rpm's Version and Release: no "-" (it separates them), "~" sorts before, "^" after (rpm >= 4.15).
 _RPM_VERSION = re.compile(r"^(?:(\d+):)?([0-9][A-Za-z0-9._+~^]*)(?:-([A-Za-z0-9._+~^]+))?$")
@@ -144,25 +159,58 @@ def format_arch(fmt: PackageFormat, deb: str) -> str:
 
 
 def default_package_name(basename: str) -> str:
-    name = re.sub(r"[^a-z0-9+.-]+", "-", basename.lower()).strip("-.+")
+    name = re.sub(r"[^a-z0-9.-]+", "-", basename.lower()).strip("-.")
+    # Room for "-svc" within the longest name; a cut never ends on a separator.
+    name = name[: MAX_NAME_LENGTH - 4].rstrip("-.")
     return f"{name or 'image'}-svc"
 
 
 def check_package_name(name: str, fmt: PackageFormat = PackageFormat.DEB) -> str:
-    """One rule for every format: Debian's, the strictest, so a service has one name everywhere."""
-    if not _DEB_NAME.match(name):
-        suggestion = default_package_name(name)
-        if _DEB_NAME.match(suggestion.removesuffix("-svc")):
-            suggestion = suggestion.removesuffix("-svc")
-        rule = "lowercase letters, digits, + - ., at least 2 characters, starting with a letter or digit"
-        why = (
-            "a valid Debian package name"
-            if fmt is PackageFormat.DEB
-            else f"a valid {fmt} package name for ctr2svc, which keeps one rule for every format so that a "
-            "service has the same name everywhere"
+    """One rule for every format, so that a service has one name everywhere: a package name in each
+    format that is also a systemd unit name, a host name and a DNS label, and not one of ctr2svc's own."""
+    if name == RESERVED_NAME or name.startswith(RESERVED_PREFIX):
+        what = (
+            "ctr2svc's own package"
+            if name == RESERVED_NAME
+            else f"ctr2svc's layer packages ({RESERVED_PREFIX}*)"
         )
-        raise UsageError(f"{name!r} is not {why} ({rule})", hint=f"use --name {suggestion}")
+        raise UsageError(
+            f"{name!r} is reserved: it is the name of {what}",
+            hint=f"use --name {_suggestion(name.removeprefix(RESERVED_PREFIX))}",
+        )
+    if not _NAME.match(name):
+        rule = (
+            "lowercase letters, digits, '.' and '-', at least 2 characters, starting with a letter or digit"
+        )
+        why = (
+            "a valid Debian package name and systemd unit name"
+            if fmt is PackageFormat.DEB
+            else f"a valid {fmt} package name and systemd unit name for ctr2svc, which keeps one rule for "
+            "every format so that a service has the same name everywhere"
+        )
+        extra = (
+            " ('+' is valid in a Debian package name, but systemd refuses it in a unit name)"
+            if ("+" in name)
+            else ""
+        )
+        raise UsageError(f"{name!r} is not {why} ({rule}){extra}", hint=f"use --name {_suggestion(name)}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UsageError(
+            f"the name {name[:20]}… has {len(name)} characters, more than the {MAX_NAME_LENGTH} a service "
+            "name may have (it is also the service's host name and DNS name)",
+            hint=f"use a shorter --name, e.g. --name {_suggestion(name[: MAX_NAME_LENGTH - 4])}",
+        )
     return name
+
+
+def _suggestion(name: str) -> str:
+    """A valid name close to NAME, for the hint of a refused one."""
+    suggestion = default_package_name(name.replace("+", "p"))
+    if _NAME.match(suggestion.removesuffix("-svc")):
+        suggestion = suggestion.removesuffix("-svc")
+    if suggestion == RESERVED_NAME or suggestion.startswith(RESERVED_PREFIX):
+        suggestion = f"my-{suggestion}"
+    return suggestion[:MAX_NAME_LENGTH].rstrip(".-") or "image-svc"
 
 
 def created_time(created: str | None) -> datetime | None:
@@ -240,7 +288,24 @@ def default_version(fmt: PackageFormat, tag: str | None, digest: str, created: s
 
 
 def parse_version(fmt: PackageFormat, text: str) -> PackageVersion:
-    """Check TEXT against FMT's version grammar and split it into the format's fields."""
+    """Check TEXT against FMT's version grammar and length, and split it into the format's fields."""
+    parsed = _parse_version(fmt, text)
+    if parsed.epoch is not None and parsed.epoch > MAX_EPOCH:
+        raise UsageError(
+            f"the epoch of version {text[:40]!r} is larger than {MAX_EPOCH}, which dpkg and rpm refuse",
+            hint="pass a smaller epoch, e.g. --version 1:2.0, or none",
+        )
+    if len(parsed.full) > MAX_VERSION_LENGTH:
+        raise UsageError(
+            f"the version {parsed.full[:20]}… has {len(parsed.full)} characters as {fmt} writes it, more "
+            f"than the {MAX_VERSION_LENGTH} a package version may have (it is part of the package's file "
+            "name and of its directory /opt/containers/NAME/VERSION)",
+            hint="pass a shorter --version, e.g. --version 1.2.3",
+        )
+    return parsed
+
+
+def _parse_version(fmt: PackageFormat, text: str) -> PackageVersion:
     if fmt is PackageFormat.DEB:
         check_version(text)
         epoch, _, rest = text.rpartition(":") if ":" in text else ("", "", text)

@@ -49,13 +49,24 @@ def _year(seconds: int) -> int:
     return datetime.fromtimestamp(seconds, tz=UTC).year
 
 
+# The latest time every format can store: rpm headers and cpio (and apk's and deb's tar headers, whose
+# ustar limit 8^11-1 is later) keep a file's time in 32 unsigned bits, i.e. up to 2106-02-07.
+MAX_EPOCH = 2**32 - 1
+
+
 def source_date_epoch() -> int | None:
     text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not text:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise UsageError(
-            f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds",
+            f"SOURCE_DATE_EPOCH={text[:30]!r} is not a number of seconds",
+            hint="set it to a Unix time such as 1700000000, or unset it",
+        )
+    if int(text) > MAX_EPOCH:
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH={text[:30]} is later than the packages can store (at most {MAX_EPOCH}, "
+            "in 2106: rpm and cpio keep times in 32 bits)",
             hint="set it to a Unix time such as 1700000000, or unset it",
         )
     return int(text)
@@ -69,7 +80,9 @@ def build_epoch(spec: ServiceSpec) -> int:
     if given is not None:
         return given
     created = created_time(spec.image.config.created)
-    return max(0, int(created.timestamp())) if created is not None else 0
+    # An image made before 1970 or after 2106 (Go's zero time, a clock gone wrong) is clamped to what
+    # the formats can store.
+    return min(MAX_EPOCH, max(0, int(created.timestamp()))) if created is not None else 0
 
 
 # What each format accepts for the payload; the first is the default.

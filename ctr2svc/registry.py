@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ctr2svc import log
-from ctr2svc.errors import Ctr2svcError, ImageError, ToolError, ToolFailed, UsageError
+from ctr2svc.errors import Ctr2svcError, ImageError, ToolError, ToolFailed, ToolTimedOut, UsageError
 from ctr2svc.model import ImageConfig, ResolvedImage
 from ctr2svc.reference import ImageReference, Transport
-from ctr2svc.run import find_tool, last_words, run
+from ctr2svc.run import Watchdog, find_tool, last_words, run
 
 INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
@@ -51,6 +51,48 @@ DEFAULT_POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
 
 
 @dataclass(frozen=True)
+class Limits:
+    """How long the network may take: every registry step has a limit, so a registry that accepts the
+    connection and then answers nothing (or a byte a minute) fails the build instead of holding it."""
+
+    # Seconds for one request that downloads no layer: a manifest, the tags of a repository.
+    request: int = 60
+    # Seconds a pull may go without receiving STALL_BYTES more: a slow but moving pull goes on.
+    stall: int = 120
+    # Seconds one pull may take in all, however it progresses.
+    pull: int = 4 * 3600
+
+
+# The environment variables that change the limits (docs/usage.md, "Time limits").
+LIMIT_VARIABLES = {
+    "request": "CTR2SVC_REGISTRY_TIMEOUT",
+    "stall": "CTR2SVC_PULL_STALL_TIMEOUT",
+    "pull": "CTR2SVC_PULL_TIMEOUT",
+}
+MAX_LIMIT = 7 * 24 * 3600
+# Less than this in a whole stall period is a stall: a trickle of a byte every few seconds is no pull.
+STALL_BYTES = 1024
+# What skopeo's own --command-timeout has to say before ctr2svc's backstop stops it.
+_GRACE = 30
+
+
+def limits() -> Limits:
+    """The limits, with the environment's changes; a value that is not a number of seconds is refused."""
+    values: dict[str, int] = {}
+    for field_name, variable in LIMIT_VARIABLES.items():
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            continue
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_LIMIT):
+            raise UsageError(
+                f"{variable}={text[:20]!r} is not a number of seconds from 1 to {MAX_LIMIT}",
+                hint=f"set whole seconds, e.g. {variable}={getattr(Limits, field_name) * 2}, or unset it",
+            )
+        values[field_name] = int(text)
+    return Limits(**values)
+
+
+@dataclass(frozen=True)
 class PullOptions:
     arch: str
     variant: str | None = None
@@ -58,13 +100,17 @@ class PullOptions:
     authfile: Path | None = None
     # None: verify TLS except for registries on loopback, which Docker also treats as insecure.
     tls_verify: bool | None = None
+    limits: Limits = Limits()
 
 
 def default_cache_dir() -> Path:
+    """The cache when --cache-dir is not given, absolute (as BuildOptions makes --cache-dir)."""
     if env := os.environ.get("CTR2SVC_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ctr2svc"
+        return Path(env).absolute()
+    # The XDG base directory spec: a relative XDG_CACHE_HOME is invalid and ignored.
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg.startswith("/") else Path.home() / ".cache"
+    return base / "ctr2svc"
 
 
 def _is_loopback(registry: str) -> bool:
@@ -93,6 +139,9 @@ class ImageCache:
 
     def ensure(self) -> None:
         """The cache directory exists and can be written, or a UsageError (exit 2) says why not."""
+        if ":" in str(self.root):
+            # The cache is named to skopeo and umoci as DIR:TAG, and both split at the first ':'.
+            raise self._unusable("has a ':' in its path, which skopeo and umoci take for the start of a tag")
         if self.root.exists() and not self.root.is_dir():
             raise self._unusable("is not a directory")
         try:
@@ -163,7 +212,7 @@ class ImageCache:
             try:
                 manifest: dict[str, Any] = self._read_json(self.blob_path(desc["digest"]))
                 needed = [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest["layers"]]
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 return None
             if all(self.blob_path(d).is_file() for d in needed):
                 return manifest
@@ -171,7 +220,29 @@ class ImageCache:
         return None
 
     def config(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        doc: dict[str, Any] = self._read_json(self.blob_path(manifest["config"]["digest"]))
+        """The image config, read as umoci (Go's encoding/json) reads it: bytes that are not UTF-8 become
+        U+FFFD, and what is still no JSON is the image's fault."""
+        path = self.blob_path(manifest["config"]["digest"])
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(
+                f"the image's config {path.name[:12]} cannot be read from the cache: {exc.strerror}",
+                hint="build again: it will be pulled again",
+            ) from exc
+        hint = "rebuild the image with a standard tool (docker, buildah)"
+        if data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+            raise ImageError(
+                "the image's config starts with a byte order mark, which JSON has not", hint=hint
+            )
+        try:
+            doc: dict[str, Any] = json.loads(data.decode("utf-8", errors="replace"))
+        except json.JSONDecodeError as exc:
+            raise ImageError(
+                f"the image's config is not valid JSON ({exc.msg} at byte {exc.pos})", hint=hint
+            ) from exc
+        except RecursionError as exc:
+            raise ImageError("the image's config is nested too deeply to be read", hint=hint) from exc
         return doc
 
 
@@ -253,12 +324,29 @@ _WRAPPERS = (
 )
 
 
+# Go's net/http error chains: `Get "URL": net/http: TLS handshake timeout`, `dial tcp ADDR: ...`.
+_GO_REQUEST = re.compile(r'\b(Get|Head|Post|Put|Patch|Delete) "([^"]*)": (.*)$')
+_GO_NOISE = re.compile(r"\b(?:net/http|http|remote error|(?:dial|read|write) tcp[46]? \S+?): ")
+
+
+def _plain(text: str) -> str:
+    """A Go error chain in plain words: the request it was making put after the reason, the package
+    prefixes and socket addresses left out (`GET https://r/v2/: TLS handshake timeout`)."""
+    request = _GO_REQUEST.search(text)
+    if request:
+        method, url, reason = request.groups()
+        text = f"{text[: request.start()]}{_GO_NOISE.sub('', reason)} ({method.upper()} {url})"
+    # What Go quoted (%q: a status line, a header) in the quotes ctr2svc's messages use.
+    return re.sub(r'"([^"]*)"', r"'\1'", _GO_NOISE.sub("", text))
+
+
 def _skopeo_message(stderr: str) -> str:
-    """skopeo's last error without its log wrapper and the restatements of what it was doing."""
+    """skopeo's last error without its log wrapper, the restatements of what it was doing and Go's
+    quoting of the request that failed."""
     text = last_words(stderr, 1)
     for wrapper in _WRAPPERS:
         text = wrapper.sub("", text)
-    return text or "no error output"
+    return _plain(text) or "no error output"
 
 
 def _tags(ref: ImageReference, opts: PullOptions, policy: list[str], auth: Path | None) -> list[str] | None:
@@ -269,13 +357,14 @@ def _tags(ref: ImageReference, opts: PullOptions, policy: list[str], auth: Path 
             out = run(
                 [
                     find_tool("skopeo", "pull container images"),
+                    *_command_timeout(opts.limits.request),
                     *policy,
                     "list-tags",
                     *_source_args(ref, opts, "", auth),
                     f"docker://{ref.name}",
                 ],
                 what=f"list the tags of {ref.name}",
-                timeout=120,
+                timeout=opts.limits.request + _GRACE,
             ).stdout
             tags: list[str] = json.loads(out or b"{}").get("Tags") or []
             return tags
@@ -374,11 +463,17 @@ def _map_registry_error(
     where = ref.registry or ref.name
     host = where.rsplit(":", 1)[0] if not where.endswith("]") else where
     if "x509" in text or "certificate" in text or "tls:" in text:
-        reason = re.search(r"(x509: [^\"\n]+|tls: [^\"\n]+)", message)
+        reason = re.search(r"(x509: [^\"\n(]+|tls: [^\"\n(]+)", message)
         return image_error(
             f"TLS verification failed for registry {where}"
             + (f": {reason.group(1).strip()}" if reason else ""),
             "install the registry's CA certificate, or pass --no-tls-verify if you trust it",
+        )
+    if "tls handshake timeout" in text:
+        return image_error(
+            f"registry {where} accepted the connection but did not complete a TLS handshake (it timed out)",
+            "check that it speaks HTTPS on that port and is not overloaded; for a plain-HTTP registry "
+            "pass --no-tls-verify",
         )
     if any(s in text for s in ("no such host", "server misbehaving", "temporary failure in name resolution")):
         return image_error(
@@ -395,6 +490,11 @@ def _map_registry_error(
             f"cannot reach registry {where}: the connection timed out or the network is unreachable",
             "check the registry address and port, that it is running, and the network or proxy settings",
         )
+    if "malformed http" in text or "transport connection broken" in text:
+        return image_error(
+            f"{where} does not answer as a container registry: its answer is not HTTP ({message})",
+            "check the registry address and port: it must point at a registry's API",
+        )
     status = re.search(r"invalid status code from registry (\d+)(?: \(([^)]*)\))?", message)
     if status:
         return image_error(
@@ -404,7 +504,7 @@ def _map_registry_error(
             "check the registry address and port: it must point at a registry's API",
         )
     # Go's client says "EOF", or "server closed idle connection" when it reused a kept-alive one.
-    closed = r"(?:^|: )(?:unexpected )?eof$|connection reset by peer|server closed idle connection"
+    closed = r"(?:^|: )(?:unexpected )?eof(?: \(|$)|connection reset by peer|server closed idle connection"
     if re.search(closed, message.lower()):
         return image_error(
             f"{where} closed the connection without answering as a container registry",
@@ -578,19 +678,62 @@ class Located:
     manifest: dict[str, Any] | None = None
 
 
+def _command_timeout(seconds: int) -> list[str]:
+    """skopeo's own deadline for a whole command (a global option, before the subcommand)."""
+    return ["--command-timeout", f"{seconds}s"]
+
+
 def _raw_manifest(
     ref: ImageReference, opts: PullOptions, policy: list[str], auth: Path | None, source: str, *extra: str
 ) -> bytes:
     """`skopeo inspect --raw`: the manifest (or index) exactly as served, its digest's input."""
     skopeo = find_tool("skopeo", "pull container images")
+    seconds = opts.limits.request
     try:
         return run(
-            [skopeo, *policy, "inspect", "--raw", *extra, *_source_args(ref, opts, "", auth), source],
+            [
+                skopeo,
+                *_command_timeout(seconds),
+                *policy,
+                "inspect",
+                "--raw",
+                *extra,
+                *_source_args(ref, opts, "", auth),
+                source,
+            ],
             what=f"inspect {ref}",
-            timeout=600,
+            timeout=seconds + _GRACE,
         ).stdout
+    except ToolTimedOut as exc:
+        raise _timed_out(ref, "reading the manifest", seconds, "request", exc) from exc
     except ToolFailed as exc:
+        if _deadline(exc):
+            raise _timed_out(ref, "reading the manifest", seconds, "request", exc) from exc
         raise _map_skopeo_error(exc, ref, opts, policy=policy, auth=auth) from exc
+
+
+def _deadline(exc: ToolFailed) -> bool:
+    """skopeo stopped by its --command-timeout (Go's context deadline)."""
+    return "context deadline exceeded" in exc.stderr
+
+
+def _timed_out(
+    ref: ImageReference, step: str, seconds: float, limit: str, exc: ToolError, *, stalled: bool = False
+) -> ImageError:
+    """A registry that took too long, in ctr2svc's words: which registry, which step, which limit."""
+    variable = LIMIT_VARIABLES[limit]
+    where = f"registry {ref.registry}" if ref.is_remote else f"{ref.transport} image {ref.name}"
+    if stalled:
+        brief = f"{where} sent less than {STALL_BYTES} bytes in {seconds:.0f}s while {step} of {ref}"
+        hint = (
+            f"check the registry and the network; if they are only slow, allow longer with {variable}=SECONDS"
+        )
+    else:
+        brief = f"{where} did not answer within {seconds:.0f}s while {step} of {ref}"
+        if limit == "pull":
+            brief = f"pulling {ref} from {where} did not finish within {seconds:.0f}s"
+        hint = f"check that the registry is up and reachable; allow longer with {variable}=SECONDS"
+    return ImageError(brief, hint=hint, details=exc.details)
 
 
 def _check_media_types(ref: ImageReference, top: dict[str, Any]) -> None:
@@ -617,7 +760,7 @@ def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
         raw = _raw_manifest(ref, opts, _policy_args(workdir), auth, ref.skopeo())
     try:
         top = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ImageError(f"the manifest of {ref} is not valid JSON", hint="check the image source") from exc
     if not isinstance(top, dict):
         raise ImageError(f"the manifest of {ref} is not a JSON object", hint="check the image source")
@@ -690,11 +833,15 @@ def _pull(
     auth: Path | None,
 ) -> None:
     """`skopeo copy` of the located platform manifest into the cache, tagged by its digest."""
+    limits = opts.limits
+    # A local image has no network to stall on: only the total limit applies to it.
+    watchdog = Watchdog(_Received(cache), limits.stall, STALL_BYTES) if ref.is_remote else None
     try:
         with _pull_progress(ref, located, opts, cache, policy, auth):
             run(
                 [
                     skopeo,
+                    *_command_timeout(limits.pull),
                     *policy,
                     *located.platform_args,
                     "copy",
@@ -707,10 +854,39 @@ def _pull(
                     cache.ref(located.digest),
                 ],
                 what=f"pull {ref}",
-                timeout=3600,
+                timeout=limits.pull + _GRACE,
+                watchdog=watchdog,
             )
+    except ToolTimedOut as exc:
+        # A skopeo stopped mid-blob leaves it half written; under the exclusive lock nobody else writes.
+        cache.remove_partial_blobs()
+        if exc.stalled:
+            raise _timed_out(ref, "pulling the layers", limits.stall, "stall", exc, stalled=True) from exc
+        raise _timed_out(ref, "pulling the layers", limits.pull, "pull", exc) from exc
     except ToolFailed as exc:
+        if _deadline(exc):
+            cache.remove_partial_blobs()
+            raise _timed_out(ref, "pulling the layers", limits.pull, "pull", exc) from exc
         raise _map_skopeo_error(exc, ref, opts, cache.root, policy=policy, auth=auth) from exc
+
+
+class _Received:
+    """Bytes of blobs that reached the cache since the pull started, whole and partial: what the pull's
+    watchdog watches (skopeo writes a blob as it arrives, then renames it into blobs/)."""
+
+    def __init__(self, cache: ImageCache) -> None:
+        self.cache = cache
+        self.before = set(self._blobs())
+
+    def _blobs(self) -> list[Path]:
+        return list((self.cache.layout / "blobs").glob("*/*"))
+
+    def __call__(self) -> int:
+        total = 0
+        for path in [*self.cache.partial_blobs(), *(b for b in self._blobs() if b not in self.before)]:
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+        return total
 
 
 def _check_platform(config: ImageConfig, ref: ImageReference, opts: PullOptions) -> None:

@@ -17,12 +17,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from ctr2svc import log
-from ctr2svc.errors import ToolError, ToolFailed
+from ctr2svc.errors import ToolError, ToolFailed, ToolTimedOut
 
 # Where each tool comes from, for the "not installed" hint.
 INSTALL_HINTS: dict[str, str] = {
@@ -129,6 +131,20 @@ def last_words(text: str, lines: int = 3) -> str:
     return " / ".join([k for k in kept if k][-lines:])
 
 
+@dataclass(frozen=True)
+class Watchdog:
+    """Stops a tool that makes too little progress: less than `step` more of `progress()` (bytes
+    received, say) in any `seconds`. For tools whose only limit would otherwise be a total one."""
+
+    progress: Callable[[], int]
+    seconds: float
+    step: int = 1
+
+
+class _Stalled(Exception):
+    pass
+
+
 def run(
     argv: Sequence[Arg],
     *,
@@ -141,12 +157,14 @@ def run(
     check: bool = True,
     on_start: Callable[[int], None] | None = None,
     on_line: Callable[[str], None] | None = None,
+    watchdog: Watchdog | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv (never through a shell); raise ToolError on failure.
 
     `what` names the action for the error message ("pull the image"); stdout is returned,
     stderr is kept for the error. With capture=False stdout goes to our stderr (progress output).
     For progress lines: `on_start` gets the child's pid, `on_line` each stderr line as it comes.
+    Past `timeout`, or when `watchdog` sees too little progress, the tool is stopped: ToolTimedOut.
     """
     args = [os.fspath(a) for a in argv]
     log.debug("+ " + shlex.join(args))
@@ -155,13 +173,28 @@ def run(
     full_env["LC_ALL"] = "C.UTF-8"
     if env:
         full_env.update(env)
+    tool = Path(args[0]).name
     try:
-        proc = _communicate(args, input, capture, full_env, timeout, cwd, on_start, on_line)
+        proc = _communicate(args, input, capture, full_env, timeout, cwd, on_start, on_line, watchdog)
     except FileNotFoundError as exc:
         raise _not_found(args, what or "build the package") from exc
     except subprocess.TimeoutExpired as exc:
-        raise ToolError(
-            f"{Path(args[0]).name} did not finish within {timeout:.0f}s: {shlex.join(args)}"
+        raise ToolTimedOut(
+            f"{tool} did not finish within {timeout:g}s" + (f" while trying to {what}" if what else ""),
+            tool=tool,
+            seconds=timeout or 0,
+            stalled=False,
+            command=shlex.join(args),
+        ) from exc
+    except _Stalled as exc:
+        assert watchdog is not None
+        raise ToolTimedOut(
+            f"{tool} made no progress for {watchdog.seconds:g}s"
+            + (f" while trying to {what}" if what else ""),
+            tool=tool,
+            seconds=watchdog.seconds,
+            stalled=True,
+            command=shlex.join(args),
         ) from exc
     if check and proc.returncode != 0:
         raise _failed(args, proc.returncode, proc.stderr.decode(errors="replace"), what)
@@ -272,6 +305,7 @@ def _communicate(
     cwd: Path | None,
     on_start: Callable[[int], None] | None,
     on_line: Callable[[str], None] | None,
+    watchdog: Watchdog | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """subprocess.run, plus the pid and a live view of stderr for progress reporting."""
     with subprocess.Popen(
@@ -291,6 +325,11 @@ def _communicate(
         try:
             if refuse:
                 raise Halted(f"not running {Path(args[0]).name}: ctr2svc is stopping")
+            if watchdog is not None:
+                assert on_line is None, "a watched tool's stderr is read at its end"
+                if on_start is not None:
+                    on_start(proc.pid)
+                return _watch(proc, input, timeout, watchdog)
             return _talk(proc, input, timeout, on_start, on_line)
         except BaseException:
             # Interrupted (SIGTERM/Ctrl-C turned into an exception, a timeout): the tool must not
@@ -340,6 +379,30 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _watch(
+    proc: subprocess.Popen[bytes], input: bytes | None, timeout: float | None, watchdog: Watchdog
+) -> subprocess.CompletedProcess[bytes]:
+    """communicate(), a tick at a time, with the watchdog looking at the progress between ticks."""
+    tick = min(1.0, watchdog.seconds / 4)
+    start = last = time.monotonic()
+    mark = watchdog.progress()
+    while True:
+        try:
+            # Called again after a timeout, communicate() loses nothing; the input goes on the first call.
+            stdout, stderr = proc.communicate(input, timeout=tick)
+            return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        except subprocess.TimeoutExpired:
+            input = None
+        now = time.monotonic()
+        if timeout is not None and now - start >= timeout:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        value = watchdog.progress()
+        if value - mark >= watchdog.step or value < mark:
+            mark, last = value, now
+        elif now - last >= watchdog.seconds:
+            raise _Stalled
 
 
 def _talk(

@@ -7,9 +7,10 @@ needs it; `patch()` applies them all and never edits its input.
 from __future__ import annotations
 
 import copy
+import posixpath
 from typing import Any
 
-from ctr2svc import seccomp
+from ctr2svc import metadata, seccomp
 from ctr2svc.model import ServiceSpec
 
 # Docker's default capability set (moby's oci/caps/defaults.go): enough for entrypoints that chown
@@ -238,14 +239,24 @@ def _set_rlimits(process: dict[str, Any]) -> None:
         process.pop("rlimits", None)
 
 
+def _umoci_volume(mount: dict[str, Any], declared: set[str]) -> bool:
+    """One of the tmpfs mounts umoci adds for the image's VOLUMEs (source "none", as runc's own never
+    are): each is replaced by a data directory, or left out with the VOLUME (at /proc, say)."""
+    if mount.get("type") != "tmpfs" or mount.get("source") != "none":
+        return False
+    return posixpath.normpath("/" + str(mount.get("destination", ""))).replace("//", "/") in declared
+
+
 def _mounts(mounts: list[dict[str, Any]], spec: ServiceSpec) -> list[dict[str, Any]]:
     volume_paths = {v.container_path.rstrip("/") or "/" for v in spec.volumes}
+    declared = {metadata.volume_path(v) for v in spec.image.config.volumes}
     # umoci turns every VOLUME into a tmpfs: the data would vanish at every stop. Each becomes a bind
     # mount of a persistent directory on the host instead.
     kept = [
         m
         for m in mounts
         if (m.get("destination", "").rstrip("/") or "/") not in volume_paths
+        and not _umoci_volume(m, declared)
         and m.get("destination") not in ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
     ]
     for volume in spec.volumes:

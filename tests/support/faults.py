@@ -1,4 +1,5 @@
-"""Fault injection for the integration tests: a slow link to a registry, a registry behind a self-signed
+"""Fault injection for the integration tests: a slow link to a registry, servers that accept and then
+hang or trickle, a registry that stalls in the middle of a layer, a registry behind a self-signed
 certificate, a corrupted registry blob, small or read-only filesystems, a PATH without some tool, and
 stand-ins for old tool versions."""
 
@@ -95,6 +96,156 @@ class SlowProxy:
             self._sockets.clear()
 
     def __enter__(self) -> SlowProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Servers that hang: they accept the connection, then answer nothing or next to nothing
+
+
+class HangingServer:
+    """A TCP server on 127.0.0.1 that reads each request and then, by MODE: `silent` sends nothing,
+    `trickle` sends an HTTP answer one byte every `every` seconds, `api-only` answers the registry API
+    check (GET /v2/) as a registry does and nothing else. Connections stay open until close()."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    API = (
+        b"HTTP/1.1 200 OK\r\nDocker-Distribution-Api-Version: registry/2.0\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+
+    def __init__(self, mode: str, every: float = 2.0) -> None:
+        assert mode in ("silent", "trickle", "api-only"), mode
+        self.mode = mode
+        self.every = every
+        self.accepted = 0
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._sockets.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            request = client.recv(65536)
+            if self.mode == "api-only" and not request.startswith((b"GET ", b"HEAD ")):
+                # A TLS handshake: refused at once, so the client goes on to plain HTTP.
+                client.close()
+                return
+            while self.mode == "api-only" and request.startswith(b"GET /v2/ "):
+                client.sendall(self.API)
+                request = client.recv(65536)
+            if self.mode == "trickle":
+                for byte in self.ANSWER:
+                    if self._closed.wait(self.every):
+                        return
+                    client.sendall(bytes([byte]))
+            self._closed.wait()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def __enter__(self) -> HangingServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StallingProxy:
+    """Forwards 127.0.0.1:PORT to a registry, but answers a request for a blob (/blobs/ in its path)
+    with at most KEEP bytes, then nothing (or, with TRICKLE, one more byte every TRICKLE seconds)
+    while the connection stays open: a registry that stops sending in the middle of a layer.
+    Manifests and the API check pass at full speed."""
+
+    def __init__(self, target_port: int, keep: int = 512, trickle: float | None = None) -> None:
+        self.target_port = target_port
+        self.keep = keep
+        self.trickle = trickle
+        self.blob_requests = 0
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                return
+            self._sockets += [client, upstream]
+            state = {"blob": False}
+            threading.Thread(target=self._requests, args=(client, upstream, state), daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, state), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, state: dict[str, bool]) -> None:
+        try:
+            while data := client.recv(65536):
+                first = data.split(b"\r\n", 1)[0]
+                if first.startswith((b"GET ", b"HEAD ")):
+                    state["blob"] = b"/blobs/" in first and first.startswith(b"GET ")
+                    self.blob_requests += state["blob"]
+                upstream.sendall(data)
+        except OSError:
+            pass
+
+    def _answers(self, upstream: socket.socket, client: socket.socket, state: dict[str, bool]) -> None:
+        sent = 0
+        try:
+            while data := upstream.recv(65536):
+                if not state["blob"]:
+                    client.sendall(data)
+                    continue
+                for byte in data:
+                    if sent >= self.keep:
+                        if self.trickle is None:
+                            self._closed.wait()
+                            return
+                        if self._closed.wait(self.trickle):
+                            return
+                    client.sendall(bytes([byte]))
+                    sent += 1
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def __enter__(self) -> StallingProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:

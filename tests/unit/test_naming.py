@@ -122,3 +122,65 @@ def test_a_new_digest_sorts_above_the_published_version(
     assert naming.above(fmt, version, floor) == expected
     if fmt is PackageFormat.DEB:
         assert dpkg_compare(expected, "gt", floor)
+
+
+# A service's name is its package's name in every format and its systemd unit's name (systemd refuses
+# "+", which Debian allows), its host name and DNS name on a private network (63 characters), and none
+# of ctr2svc's own package names.
+@pytest.mark.parametrize(
+    ("bad", "says", "hint"),
+    [
+        ("c++svc", "systemd refuses it in a unit name", "use --name cppsvc"),
+        ("app+x", "systemd refuses it", "use --name appp"),
+        ("ctr2svc", "is reserved: it is the name of ctr2svc's own package", "use --name my-ctr2svc"),
+        ("ctr2svc-layer-0123456789ab", "reserved: it is the name of ctr2svc's layer packages", "--name "),
+        ("a" * 64, "has 64 characters, more than the 63", "use a shorter --name"),
+    ],
+)
+def test_names_systemd_or_ctr2svc_cannot_take(bad: str, says: str, hint: str) -> None:
+    for fmt in PackageFormat:
+        with pytest.raises(UsageError) as info:
+            naming.check_package_name(bad, fmt)
+        assert says in info.value.brief, info.value.brief
+        assert info.value.hint and hint in info.value.hint, info.value.hint
+        # The suggestion itself is a name the rule accepts.
+        naming.check_package_name(info.value.hint.split("--name ")[1], fmt)
+
+
+@pytest.mark.parametrize("good", ["a" * 63, "ctr2svc-svc", "ctr2svc-web", "my.app", "0ad-svc"])
+def test_names_at_the_limits_are_accepted(good: str) -> None:
+    for fmt in PackageFormat:
+        assert naming.check_package_name(good, fmt) == good
+
+
+def test_default_names_always_pass_the_rule() -> None:
+    for basename in ("c++", "x" * 200, "Ünïcode", "a.b+c", "-", "ctr2svc"):
+        name = naming.default_package_name(basename)
+        assert naming.check_package_name(name) == name, basename
+    assert naming.default_package_name("c++") == "c-svc"
+    assert len(naming.default_package_name("x" * 200)) == naming.MAX_NAME_LENGTH
+
+
+@pytest.mark.parametrize("fmt", list(PackageFormat))
+def test_versions_longer_than_the_file_name_allows_are_refused(fmt: PackageFormat) -> None:
+    # 160 characters as the format writes it (rpm adds "-1", apk "-r0").
+    longest = {"deb": "1." + "0" * 158, "rpm": "1." + "0" * 156, "apk": "1." + "0" * 155}[fmt]
+    assert len(naming.parse_version(fmt, longest).full) == naming.MAX_VERSION_LENGTH
+    with pytest.raises(UsageError, match=f"as {fmt} writes it, more than the 160"):
+        naming.parse_version(fmt, longest + "0")
+
+
+def test_the_longest_tag_gives_a_version_within_the_limit() -> None:
+    # Tags have at most 128 characters; a word tag becomes 0+TAG.YYYYMMDDHHMMSS.
+    for tag in ("a" * 128, "1" + "-a" * 63 + "b", "v" + "1" * 127):
+        for fmt in PackageFormat:
+            version = naming.default_version(fmt, tag, DIGEST, CREATED)
+            assert len(version.full) <= naming.MAX_VERSION_LENGTH, (fmt, tag)
+
+
+@pytest.mark.parametrize("fmt", [PackageFormat.DEB, PackageFormat.RPM])
+def test_an_epoch_dpkg_cannot_read_is_refused(fmt: PackageFormat) -> None:
+    # dpkg: "epoch in version is too big" above INT_MAX; nfpm failed with Go's strconv text for rpm.
+    assert naming.parse_version(fmt, "2147483647:1.0").epoch == 2147483647
+    with pytest.raises(UsageError, match=r"epoch of version '2147483648:1\.0' is larger than 2147483647"):
+        naming.parse_version(fmt, "2147483648:1.0")

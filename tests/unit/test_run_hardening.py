@@ -13,12 +13,13 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ctr2svc.errors import ToolFailed
-from ctr2svc.run import Halted, halted, last_words, run, secret_args, tool_message
+from ctr2svc.errors import ToolFailed, ToolTimedOut
+from ctr2svc.run import Halted, Watchdog, halted, last_words, run, secret_args, tool_message
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -205,3 +206,58 @@ def test_halted_stops_running_tools_and_refuses_new_ones() -> None:
     assert isinstance(results["late"], Halted), results
     # Once the block is over, tools run again.
     assert run(["true"]).returncode == 0
+
+
+# The watchdog (issue 22): a tool whose progress stops is stopped, one that goes on slowly is not. The
+# tools are real processes writing to a real file; progress is that file's size, as a pull's is the
+# bytes of blobs in the cache.
+
+
+def _writer(path: Path, chunk: int, every: float, count: int) -> list[str]:
+    """A process that appends CHUNK bytes to PATH every EVERY seconds, COUNT times, then prints done."""
+    code = (
+        "import sys, time\n"
+        "with open(sys.argv[1], 'ab', buffering=0) as f:\n"
+        f"    for _ in range({count}):\n"
+        f"        f.write(b'x' * {chunk}); time.sleep({every})\n"
+        "print('done')\n"
+    )
+    return [sys.executable, "-c", code, str(path)]
+
+
+def _size(path: Path) -> Callable[[], int]:
+    return lambda: path.stat().st_size if path.exists() else 0
+
+
+def test_watchdog_lets_a_slow_but_moving_tool_finish(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    start = time.monotonic()
+    proc = run(_writer(out, 4096, 0.2, 15), watchdog=Watchdog(_size(out), 1.0, 1024))
+    assert proc.stdout == b"done\n"
+    assert time.monotonic() - start > 2.5  # longer than the watchdog's period, many times over
+
+
+@pytest.mark.parametrize(("chunk", "what"), [(0, "silent"), (10, "trickle")])
+def test_watchdog_stops_a_tool_that_stalls(tmp_path: Path, chunk: int, what: str) -> None:
+    """Nothing at all, or 10 bytes every 0.2 s (less than the 1 KiB a period asks for)."""
+    out = tmp_path / "out"
+    start = time.monotonic()
+    with pytest.raises(ToolTimedOut) as info:
+        run(_writer(out, chunk, 0.2, 500), what="copy", watchdog=Watchdog(_size(out), 1.0, 1024))
+    assert info.value.stalled and info.value.seconds == 1.0
+    assert info.value.brief.endswith(" made no progress for 1s while trying to copy"), info.value.brief
+    assert 1.0 <= time.monotonic() - start < 5
+    assert info.value.details and "command: " in info.value.details
+
+
+def test_timeout_is_a_tool_timed_out_with_the_command_in_the_details(tmp_path: Path) -> None:
+    with pytest.raises(ToolTimedOut) as info:
+        run(["sleep", "30"], timeout=0.5, what="wait")
+    assert info.value.brief == "sleep did not finish within 0.5s while trying to wait"
+    assert not info.value.stalled
+    assert info.value.details == "command: sleep 30"
+    # The watched variant has the same total limit.
+    out = tmp_path / "out"
+    with pytest.raises(ToolTimedOut) as watched:
+        run(_writer(out, 4096, 0.1, 500), timeout=1, watchdog=Watchdog(_size(out), 5.0, 1))
+    assert not watched.value.stalled

@@ -135,3 +135,32 @@ def test_a_tmp_volume_is_not_shadowed(umoci_config: dict[str, Any]) -> None:
     spec = make_spec(volumes=(Volume("/tmp", layout_path, 0, 0, 0o1777, False),))
     cfg = runtime_config.patch(umoci_config, spec)
     assert mount(cfg, "/tmp")["type"] == "bind"
+
+
+def test_volumes_at_runtime_paths_leave_no_mount(umoci_config: dict[str, Any]) -> None:
+    """An image whose VOLUMEs include /, /proc and /dev: umoci adds a tmpfs at each (source "none"),
+    which would hide the root, the kernel's /proc and runc's /dev. plan_service leaves those VOLUMEs
+    out; their tmpfs mounts go too, and the runtime's own /proc and /dev stay."""
+    declared = ("/", "/proc", "/dev", "/sys/kernel/x", "/data/../data")
+    config = copy.deepcopy(umoci_config)
+    config["mounts"] += [
+        {"destination": path, "type": "tmpfs", "source": "none", "options": ["rw"]}
+        for path in ("/", "/proc", "/dev", "/sys/kernel/x")
+    ]
+    base = make_spec()
+    spec = dataclasses.replace(
+        base,
+        image=dataclasses.replace(
+            base.image, config=dataclasses.replace(base.image.config, volumes=declared)
+        ),
+    )
+    cfg = runtime_config.patch(config, spec)
+    assert mount(cfg, "/proc")["type"] == "proc"
+    assert mount(cfg, "/dev")["source"] == "tmpfs"
+    assert not [m for m in cfg["mounts"] if m["destination"] in ("/", "/sys/kernel/x")]
+    assert mount(cfg, "/data")["type"] == "bind"
+
+
+def test_a_working_dir_replaces_umocis_cwd(umoci_config: dict[str, Any]) -> None:
+    spec = dataclasses.replace(make_spec(), working_dir="/srv/app")
+    assert runtime_config.patch(umoci_config, spec)["process"]["cwd"] == "/srv/app"
