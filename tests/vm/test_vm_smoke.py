@@ -5,7 +5,6 @@ import http.server
 import statistics
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -96,26 +95,6 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_share_and_forwarded_port(vm_image: Path, tmp_path: Path) -> None:
-    """A VM of its own with a 9p share at /mnt/host and guest port 8080 forwarded to the host."""
-    share = tmp_path / "share"
-    share.mkdir()
-    (share / "index.html").write_text("served from the share\n")
-    with vmhost.VM(vm_image, tmp_path / "vm", share_dir=share, extra_forwards=[8080]) as machine:
-        assert machine.ssh("cat /mnt/host/index.html").stdout == "served from the share\n"
-        machine.ssh("echo written-by-guest > /mnt/host/from-guest.txt")
-        assert (share / "from-guest.txt").read_text() == "written-by-guest\n"
-        machine.ssh("systemd-run --unit=httpd busybox httpd -f -p 8080 -h /mnt/host")
-        machine.wait_until("busybox netstat -ltn | grep -q ':8080 '", timeout=60)
-        url = f"http://127.0.0.1:{machine.host_port(8080)}/index.html"
-        with urllib.request.urlopen(url, timeout=60) as response:
-            assert response.read() == b"served from the share\n"
-        with pytest.raises(vmhost.VMError, match="not forwarded"):
-            machine.host_port(9999)
-    assert not machine.running
-    assert not machine.overlay.exists()
-
-
 def test_error_carries_details(vm: vmhost.VM) -> None:
     with pytest.raises(vmhost.SSHCommandError) as info:
         vm.ssh("echo to-stdout; echo to-stderr >&2; exit 3")
@@ -128,23 +107,18 @@ def test_error_carries_details(vm: vmhost.VM) -> None:
     assert "serial console" in text
 
 
-def test_ssh_latency_and_reboot(vm: vmhost.VM) -> None:
+def test_ssh_latency(vm: vmhost.VM) -> None:
+    """ssh through the control master, the cost of every command the e2e tests send. (reboot() is
+    proved by the product's own reboot tests: services come back on the same disk.)"""
     samples = []
     for _ in range(20):
         t0 = time.monotonic()
         vm.ssh("true")
         samples.append(time.monotonic() - t0)
-    old = vm.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
-    vm.ssh("echo survives > /root/marker")
-    vm.reboot()
-    new = vm.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
-    assert new != old
-    assert vm.ssh("cat /root/marker").stdout == "survives\n"  # same overlay across reboots
-    assert vm.ssh("ps -p 1 -o comm=").stdout.strip() == "systemd"
     assert vm.system_state == "running", vm.failed_units
     build = vmhost.image_build_seconds(vm.image_dir)
     print(
-        f"\nVM timings: image build {build}s; boot {vm.boot_seconds:.1f}s; reboot {vm.reboot_seconds:.1f}s; "
+        f"\nVM timings: image build {build}s; boot {vm.boot_seconds:.1f}s; "
         f"ssh command mean {statistics.mean(samples) * 1000:.0f} ms "
         f"(median {statistics.median(samples) * 1000:.0f} ms)"
     )
