@@ -26,6 +26,7 @@ from typing import Any
 from ctr2svc import (
     bundle,
     layers,
+    layertar,
     log,
     metadata,
     naming,
@@ -715,7 +716,11 @@ def generate(
     if opts.layers == "shared":
         return generate_shared(opts, cache, image, work, on_layer)
     with log.step("Unpacking the image"), cache.locked(exclusive=False):
-        count = len((cache.manifest(image.digest) or {}).get("layers", []))
+        manifest = cache.manifest(image.digest) or {}
+        count = len(manifest.get("layers", []))
+        if count:
+            # By the rules shared layers are unpacked with: umoci gets only what passes them.
+            layertar.check_image(layers.image_layers(manifest, cache.config(manifest)), cache.blob_path)
         unpacked = bundle.unpack(image.cache_ref, work / "bundle", count, user=opts.user)
     scan = bundle.scan(unpacked.rootfs)
     spec = plan_service(opts, image, unpacked, scan)
@@ -749,6 +754,7 @@ def unpack_layers(
     store = layers.LayerStore(cache.root)
     bundle.require_root()
     done = []
+    stack = layers.Stack()
     with log.step(f"Unpacking the image's {len(units_)} layers"), cache.locked(exclusive=False):
         store.remove_orphans()
         for number, unit in enumerate(units_, 1):
@@ -759,6 +765,7 @@ def unpack_layers(
                 found = store.extract(unit, cache.blob_path)
             else:
                 log.info(f"  {number}/{len(units_)} {unit.short}: already unpacked ({what})")
+            stack.add(found)
             done.append(found)
             if on_layer is not None:
                 on_layer(found)
