@@ -485,11 +485,11 @@ def _split_user(text: str) -> tuple[str, str | None]:
 
 def _lookup(rootfs: Path, table: str, key: str) -> list[str] | None:
     """The /etc/passwd or /etc/group line of the image for a name or number."""
-    try:
-        lines = (rootfs / "etc" / table).read_text(errors="replace").splitlines()
-    except OSError:
+    # Read as the container reads it: a link to /etc/passwd means the image's, not this host's.
+    content = bundle.image_file(rootfs, f"etc/{table}")
+    if content is None:
         return None
-    for line in lines:
+    for line in content.decode(errors="replace").splitlines():
         fields = line.split(":")
         if len(fields) >= 3 and (fields[0] == key or fields[2] == key):
             return fields

@@ -11,6 +11,7 @@ cache builds a good image afterwards.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
@@ -299,3 +300,62 @@ def test_hostile_layers_one_verdict_nothing_of_the_host(
             assert os.getxattr(new.parent, "trusted.overlay.opaque") == b"y"
     else:
         assert verdicts["flat"] == verdicts["shared"]
+
+
+def _process_user(package: Path, where: Path) -> tuple[int, int, list[str]]:
+    """The container's uid, gid and environment in a built service package's config.json."""
+    sh("dpkg-deb", "-x", package, where)
+    (config,) = where.rglob("config.json")
+    process = json.loads(config.read_text())["process"]
+    return int(process["user"]["uid"]), int(process["user"]["gid"]), list(process["env"])
+
+
+def test_the_users_are_the_images_own_not_the_build_hosts(
+    ctr2svc: Cli, registry: Registry, caches: dict[str, Path], tmp_path: Path
+) -> None:
+    """An image whose /etc/passwd and /etc/group link to files of the build host: umoci (the image's
+    User) and --user read the image's own files, found as the container finds them, never the host's."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "passwd").write_text("hostonly:x:4242:4242::/host-home:/bin/sh\n")
+    (host / "group").write_text("hostonly:x:4242:\n")
+    links = tar_bytes(
+        [
+            M("etc/", T.DIRTYPE),
+            M("etc/passwd", T.SYMTYPE, link=str(host / "passwd")),
+            M("etc/group", T.SYMTYPE, link=f"../../../../..{host}/group"),
+            M("usr/lib/passwd", data=b"app:x:999:998::/data:/bin/sh\n"),
+            M("usr/lib/group", data=b"app:x:998:\n"),
+        ]
+    )
+    inside = tar_bytes(
+        [
+            M("etc/", T.DIRTYPE),
+            M("etc/passwd", T.SYMTYPE, link="/usr/lib/passwd"),
+            M("etc/group", T.SYMTYPE, link="../usr/lib/group"),
+            M("usr/lib/passwd", data=b"app:x:999:998::/data:/bin/sh\n"),
+            M("usr/lib/group", data=b"app:x:998:\n"),
+        ]
+    )
+    layout = tmp_path / "layout"
+    base = im.busybox_layer()
+    hostile = registry.push(im.crafted_image(layout, "image", [base, links], user="hostonly"), "users/a", "1")
+    flag = registry.push(im.crafted_image(layout, "flag", [base, links]), "users/b", "1")
+    own = registry.push(im.crafted_image(layout, "own", [base, inside], user="app:app"), "users/c", "1")
+    for mode in MODES:
+        out = tmp_path / f"out-{mode}"
+        proc = _build(ctr2svc, hostile, mode, caches[mode], out)
+        assert proc.returncode == 3, proc.stderr
+        assert 'the image\'s User "hostonly" is not in its /etc/passwd' in proc.stderr
+        assert all_entries(out) == []
+        proc = ctr2svc(
+            "build", flag, "--layers", mode, "--user", "hostonly", "--cache-dir", caches[mode], "-o", out,
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 3 and "the image has no user 'hostonly' in /etc/passwd" in proc.stderr
+        assert all_entries(out) == []
+        # Links inside the image are the image's files, as in the container.
+        assert _build(ctr2svc, own, mode, caches[mode], tmp_path / f"own-{mode}").returncode == 0
+        (package,) = (tmp_path / f"own-{mode}").glob("c-svc_*.deb")
+        uid, gid, env = _process_user(package, tmp_path / f"x-{mode}")
+        assert (uid, gid) == (999, 998) and "HOME=/data" in env, (uid, gid, env)
