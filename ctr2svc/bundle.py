@@ -296,6 +296,13 @@ def _unpack_error(exc: ToolFailed, umoci_ref: str, dest: Path) -> Ctr2svcError:
             hint="free some space there, or point --cache-dir (or CTR2SVC_CACHE_DIR) at a larger disk",
             details=exc.details,
         )
+    if ("mediatype" in text or "media type" in text) and "zstd" in text:
+        return ImageError(
+            "the image's layers are zstd-compressed, which umoci (what unpacks a flat build) cannot read",
+            hint="build it with --layers shared, or push it again with gzip layers "
+            "(skopeo copy --dest-compress-format gzip)",
+            details=exc.details,
+        )
     if "mediatype" in text or "media type" in text:
         return ImageError(
             f"the image is not a container image umoci can unpack: {message}",

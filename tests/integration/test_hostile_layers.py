@@ -359,3 +359,22 @@ def test_the_users_are_the_images_own_not_the_build_hosts(
         (package,) = (tmp_path / f"own-{mode}").glob("c-svc_*.deb")
         uid, gid, env = _process_user(package, tmp_path / f"x-{mode}")
         assert (uid, gid) == (999, 998) and "HOME=/data" in env, (uid, gid, env)
+
+
+def test_zstd_layers_are_read_shared_and_named_flat(
+    ctr2svc: Cli, registry: Registry, caches: dict[str, Path], tmp_path: Path
+) -> None:
+    """umoci 0.4 cannot unpack zstd layers: flat says so in its own words and points to --layers
+    shared, which reads them (before, flat called it "not a container image umoci can unpack")."""
+    layer = RawLayer(tar_bytes([M("app/ok", data=b"ok\n")]), "zstd")
+    image = im.crafted_image(tmp_path / "layout", "1", [im.busybox_layer(), layer])
+    ref = registry.push(image, "zstd/app", "1")
+    out = tmp_path / "flat"
+    proc = _build(ctr2svc, ref, "flat", caches["flat"], out)
+    assert proc.returncode == 3, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "the image's layers are zstd-compressed" in line and "--layers shared" in line, line
+    assert "mediatype" not in line and all_entries(out) == []
+    shared = _build(ctr2svc, ref, "shared", caches["shared"], tmp_path / "shared")
+    assert shared.returncode == 0, shared.stderr
+    assert "app/ok" in _image_paths(sorted((tmp_path / "shared").glob("*.deb")))
