@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import re
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,15 @@ OPAQUE_MARKER = ".wh..wh..opq"
 AUFS_PREFIX = ".wh..wh."
 NAME_MAX = 255
 PATH_MAX = 4096
+# Room left for the directory a layer is unpacked or installed in: a longer path could be unpacked
+# in one place and not in another.
+REL_MAX = 3072
+# (uid_t)-1 means "leave the owner as it is" to chown(2): no file can be owned by it.
+ID_MAX = 2**32 - 2
+# Numbers in pax headers as Go's archive/tar (umoci) reads them; Python's reader takes more
+# ("1e30", " 5", "1_0"), and reads a size it cannot parse as 0: the two would disagree.
+_PAX_INTEGER = re.compile(r"[0-9]+")
+_PAX_TIME = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 HINT = "the image is malformed: rebuild it with a standard tool (docker, buildah)"
 BROKEN = "the image itself is broken: rebuild it, or push or export it again"
@@ -138,7 +148,7 @@ def refusal(label: str, problem: str, hint: str = HINT) -> ImageError:
 def _shown(text: str) -> str:
     """A member name as a message shows it: one line, not too long, escapes visible."""
     shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    shown = shown.replace("\n", "\\n").replace("\r", "\\r")
+    shown = shown.replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
     return shown if len(shown) <= 200 else shown[:200] + "..."
 
 
@@ -171,21 +181,37 @@ class LayerCheck:
         return refusal(self.label, problem)
 
     def name(self, raw: str, what: str = "a path") -> str:
+        if "\0" in raw:
+            raise self.refuse(f"has {what} with a NUL byte: '{_shown(raw)}'")
         if ".." in raw.split("/"):
-            raise self.refuse(f"has {what} with '..', which may lead outside the image: {_shown(raw)!r}")
+            raise self.refuse(f"has {what} with '..', which may lead outside the image: '{_shown(raw)}'")
         rel = posixpath.normpath("/" + raw).lstrip("/")
         rel = "" if rel == "." else rel
         try:
             rel.encode("utf-8")
         except UnicodeEncodeError:
             raise self.refuse(
-                f"has a name that is not UTF-8: {_shown(raw)!r}",
+                f"has a name that is not UTF-8: '{_shown(raw)}'",
             ) from None
         if "\n" in rel:
-            raise self.refuse(f"has a name with a newline: {_shown(raw)!r}")
+            raise self.refuse(f"has a name with a newline: '{_shown(raw)}'")
         if any(len(part.encode()) > NAME_MAX for part in rel.split("/")):
-            raise self.refuse(f"has a name longer than {NAME_MAX} bytes: {_shown(raw)!r}")
+            raise self.refuse(f"has a name longer than {NAME_MAX} bytes: '{_shown(raw)}'")
+        if len(rel.encode()) > REL_MAX:
+            raise self.refuse(f"has a path longer than {REL_MAX} bytes: '{_shown(raw)}'")
         return rel
+
+    def _header(self, info: tarfile.TarInfo, rel: str) -> None:
+        """Owners, times and pax numbers every reader takes the same way, and the system can set."""
+        for key, value in info.pax_headers.items():
+            pattern = _PAX_INTEGER if key in ("size", "uid", "gid") else _PAX_TIME
+            if key in ("size", "uid", "gid", "mtime", "atime", "ctime") and not pattern.fullmatch(value):
+                raise self.refuse(f"has /{_shown(rel)} with a malformed pax {key} '{_shown(value)}'")
+        for what, number in (("uid", info.uid), ("gid", info.gid)):
+            if not 0 <= number <= ID_MAX:
+                raise self.refuse(f"has /{_shown(rel)} owned by {what} {number}, which no system has")
+        if not -(2**62) <= info.mtime < 2**62:
+            raise self.refuse(f"has /{_shown(rel)} with a time out of range ({info.mtime})")
 
     def add(self, info: tarfile.TarInfo) -> Member:
         """Check one member against the layer so far, note it, and say what it is."""
@@ -195,6 +221,7 @@ class LayerCheck:
             raise self.refuse(
                 f"has /{_shown(rel)} of tar type {info.type.decode('latin-1')!r}, which no package can hold"
             )
+        self._header(info, rel)
         if not rel:
             if kind != "directory":
                 raise self.refuse(f"has a {kind} as the image's root directory")
@@ -227,8 +254,10 @@ class LayerCheck:
         target = ""
         if kind == "hard link":
             target = self._hardlink(rel, info.linkname)
-        elif kind == "symbolic link" and not 0 < len(os.fsencode(info.linkname)) < PATH_MAX:
-            raise self.refuse(f"has the symbolic link /{_shown(rel)} with an empty or too long target")
+        elif kind == "symbolic link" and (
+            not 0 < len(os.fsencode(info.linkname)) < PATH_MAX or "\0" in info.linkname
+        ):
+            raise self.refuse(f"has the symbolic link /{_shown(rel)} with an empty, too long or NUL target")
         self.own[rel] = node
         action = {"directory": "dir", "file": "file", "hard link": "hardlink", "symbolic link": "symlink"}
         return Member(rel, action.get(kind, "special"), target)
@@ -273,7 +302,7 @@ class LayerCheck:
             return Member(rel, "opaque", parent)
         name = base[len(WHITEOUT_PREFIX) :]
         if base.startswith(AUFS_PREFIX) or name in ("", ".", ".."):
-            raise self.refuse(f"has a malformed whiteout {_shown(rel)!r}")
+            raise self.refuse(f"has a malformed whiteout '{_shown(rel)}'")
         target = posixpath.join(parent, name)
         self._parents(rel)
         existing = self.own.get(target)

@@ -57,6 +57,11 @@ def _flipped(data: bytes) -> bytes:
     return bytes(middle)
 
 
+def _pax(member: tuple[tarfile.TarInfo, bytes], **headers: str) -> tuple[tarfile.TarInfo, bytes]:
+    member[0].pax_headers = headers
+    return member
+
+
 _FILE = [M("f", data=b"A" * 5000)]
 _TAR = tar_bytes(_FILE)
 
@@ -111,6 +116,10 @@ CASES: list[tuple[str, Layers, str | None]] = [
     ("absolute-name-inside-the-image", lambda s: _one(M(s + "/secret", data=b"the image's own\n")), None),
     ("inside-a-whiteout-name",
      lambda s: _one(M(".wh.d/x", data=b"x")), "has /.wh.d/x inside a whiteout name"),
+    ("owner-out-of-range", lambda s: _one(M("f", data=b"x", uid=2**33)), "has /f owned by uid 8589934592"),
+    ("pax-time-as-a-float", lambda s: [tar_bytes([_pax(M("f", data=b"x"), mtime="1e30")])],
+     "has /f with a malformed pax mtime '1e30'"),
+    ("nul-in-a-name", lambda s: _one(M("é\0b", data=b"x")), "has a path with a NUL byte"),
     ("root-as-a-file",
      lambda s: _one(M("./", T.REGTYPE, data=b"x")), "has a file as the image's root directory"),
     ("root-opaque", lambda s: _one(M(".wh..wh..opq")), "makes the image's root opaque"),

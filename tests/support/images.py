@@ -618,6 +618,7 @@ def tar_member(
     uid: int = 0,
     gid: int = 0,
     size: int | None = None,
+    mtime: float = 1_700_000_000,
 ) -> tuple[tarfile.TarInfo, bytes]:
     """One member of a crafted tar: NAME exactly as given (no normalising), of KIND (a tarfile type),
     with DATA for a regular file, LINK for a link. SIZE overrides the header's size field."""
@@ -625,7 +626,7 @@ def tar_member(
     info.type = kind
     info.mode = mode if mode is not None else (0o755 if kind == tarfile.DIRTYPE else 0o644)
     info.uid, info.gid = uid, gid
-    info.mtime = 1_700_000_000
+    info.mtime = mtime
     info.linkname = link
     info.size = (
         size if size is not None else (len(data) if kind in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0)

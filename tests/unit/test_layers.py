@@ -219,6 +219,13 @@ T = tarfile
 SENTINEL = "/tmp/ctr2svc-unit-sentinel"  # a directory of the build host the layers aim at
 M = tar_member
 
+
+def _with(member: tuple[tarfile.TarInfo, bytes], **fields: object) -> tuple[tarfile.TarInfo, bytes]:
+    for key, value in fields.items():
+        setattr(member[0], key, value)
+    return member
+
+
 HOSTILE: list[tuple[str, list[list[tuple[tarfile.TarInfo, bytes]]], str | None]] = [
     # Through a symbolic link the layer made itself.
     ("file-through-symlink", [[M("d", T.SYMTYPE, link=SENTINEL), M("d/new", data=b"x")]],
@@ -274,12 +281,25 @@ HOSTILE: list[tuple[str, list[list[tuple[tarfile.TarInfo, bytes]]], str | None]]
     ("newline-name", [[M("a\nb", data=b"x")]], "with a newline"),
     ("name-too-long", [[M("a" * 256, data=b"x")]], "longer than 255 bytes"),
     ("not-utf8-name", [[M(b"caf\xe9".decode("utf-8", "surrogateescape"), data=b"x")]], "not UTF-8"),
+    ("nul-in-a-name", [[M("é\0b", data=b"x")]], "has a path with a NUL byte: 'é\\0b'"),
+    ("nul-in-a-symlink", [[M("l", T.SYMTYPE, link="é\0x")]], "with an empty, too long or NUL target"),
+    ("path-too-long", [[M("/".join(["a" * 200] * 16), data=b"x")]], "has a path longer than 3072 bytes"),
+    # Headers every reader must take the same way, and the system must be able to set.
+    ("uid-out-of-range", [[M("f", data=b"x", uid=2**33)]], "has /f owned by uid 8589934592"),
+    ("uid-minus-one", [[M("f", data=b"x", gid=2**32 - 1)]], "has /f owned by gid 4294967295"),
+    ("pax-time-as-a-float", [[_with(M("f", data=b"x"), pax_headers={"mtime": "1e30"})]],
+     "has /f with a malformed pax mtime '1e30'"),
+    ("pax-size-with-a-space", [[_with(M("f", data=b"x"), pax_headers={"size": " 1"})]],
+     "has /f with a malformed pax size ' 1'"),
+    ("pax-negative-uid", [[_with(M("f", data=b"x"), pax_headers={"uid": "-2"})]], "malformed pax uid '-2'"),
+    ("time-out-of-range", [[M("f", data=b"x", mtime=2**62)]], "has /f with a time out of range"),
+    ("negative-time", [[M("f", data=b"x", mtime=-5)]], None),
     ("root-as-a-file", [[M("./", T.REGTYPE, data=b"x")]], "has a file as the image's root directory"),
     ("root-opaque", [[M("f", data=b"x")], [M(".wh..wh..opq")]], "makes the image's root opaque"),
     # Types.
     ("unknown-type", [[M("v", b"V")]], "has /v of tar type 'V', which no package can hold"),
     ("contiguous-file", [[M("c", b"7", data=b"x")]], "of tar type '7'"),
-    ("empty-symlink", [[M("l", T.SYMTYPE, link="")]], "with an empty or too long target"),
+    ("empty-symlink", [[M("l", T.SYMTYPE, link="")]], "with an empty, too long or NUL target"),
     ("fifo-and-devices", [[M("dev/p", T.FIFOTYPE), M("dev/c", T.CHRTYPE), M("dev/b", T.BLKTYPE)]], None),
     # Hard links.
     ("hardlink-within-the-layer",
