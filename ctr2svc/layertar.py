@@ -29,16 +29,18 @@ the image's layers are stacked (layers.Stack), in the order a flat build checks 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import os
 import posixpath
 import re
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 from ctr2svc.errors import ImageError, ToolError, ToolFailed
 from ctr2svc.run import find_tool, stream
@@ -66,10 +68,8 @@ _PAX_TIME = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 HINT = "the image is malformed: rebuild it with a standard tool (docker, buildah)"
 BROKEN = "the image itself is broken: rebuild it, or push or export it again"
 
-_DECOMPRESSORS = {
-    "gzip": ("gzip", "-dc"),
-    "zstd": ("zstd", "-dc", "-q"),
-}
+# gzip is read in process (zlib); zstd, which Python 3.11 cannot read, by the zstd tool.
+ZSTD = ("zstd", "-dc", "-q")
 # Every type a package can hold or ctr2svc leaves out with a warning (devices, fifos). Contiguous
 # files ('7'), GNU sparse files ('S') and the rest are refused: umoci cannot unpack them either.
 _TYPES = {
@@ -432,11 +432,15 @@ class View:
 # Reading a layer's blob
 
 
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class _Reader:
     """A file object over the uncompressed tar that hashes it (it must match its diff_id) and notes
     where its last non-zero byte is (nothing but zeros may follow the archive's end)."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: _Readable) -> None:
         self.raw = raw
         self.digest = hashlib.sha256()
         self.total = 0
@@ -475,17 +479,44 @@ def _compression(layer: Layer, blob: Path) -> str | None:
     return None
 
 
+class _Corrupt(Exception):
+    """The compressed stream does not decompress; the message is why."""
+
+
+class _Gunzip:
+    """A gzip stream read in process, as `gzip -dc` reads it (members one after the other), its
+    faults raised as _Corrupt: an OSError would be taken for the file system's."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.file = gzip.GzipFile(fileobj=raw, mode="rb")
+        self.started = False
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self.file.read(size)
+        except EOFError as exc:
+            raise _Corrupt("gzip: the stream is cut short") from exc
+        except gzip.BadGzipFile as exc:
+            if "CRC check failed" in str(exc) or "Incorrect length" in str(exc):
+                raise _Corrupt("gzip: its checksum does not match its data") from exc
+            where = "data after the gzip stream is not gzip" if self.started else "it is not gzip"
+            raise _Corrupt(f"gzip: {where}") from exc
+        except (OSError, zlib.error) as exc:
+            raise _Corrupt(f"gzip: damaged data ({exc})") from exc
+        self.started = self.started or bool(data)
+        return data
+
+
 @contextlib.contextmanager
-def _tar_stream(layer: Layer, blob: Path) -> Iterator[IO[bytes]]:
+def _tar_stream(layer: Layer, blob: Path) -> Iterator[_Readable]:
     kind = _compression(layer, blob)
-    if kind is None:
-        with blob.open("rb") as handle:
-            yield handle
+    if kind == "zstd":
+        argv = [find_tool(ZSTD[0], "unpack zstd layers"), *ZSTD[1:]]
+        with stream(argv, stdin=blob, what="decompress a layer") as out:
+            yield out
         return
-    tool, *args = _DECOMPRESSORS[kind]
-    argv = [find_tool(tool, f"unpack {kind} layers"), *args]
-    with stream(argv, stdin=blob, what="decompress a layer") as out:
-        yield out
+    with blob.open("rb") as handle:
+        yield _Gunzip(handle) if kind == "gzip" else handle
 
 
 def read_layer(
@@ -503,6 +534,8 @@ def read_layer(
     """
     label = layer.label
     problem: ImageError | None = None
+    corrupt: str | None = None
+    details: str | None = None
     current = ""
     end = -1
     try:
@@ -514,20 +547,26 @@ def read_layer(
                         current = info.name
                         each(archive, info)
                     end = archive.offset
+            except _Corrupt as exc:
+                corrupt = str(exc)
             except ImageError as exc:
                 problem = exc
             except (tarfile.TarError, EOFError, UnicodeError) as exc:
                 problem = _tar_problem(label, exc, current)
             except OSError as exc:
                 raise _os_problem(label, exc, current, where) from exc
-            reader.drain()
+            if corrupt is None:
+                try:
+                    reader.drain()
+                except _Corrupt as exc:
+                    corrupt = str(exc)
     except ToolFailed as exc:
+        corrupt, details = exc.brief.split(": ", 1)[-1], exc.details
+    if corrupt is not None:
         _check_cached(layer, blob)
         raise ImageError(
-            f"layer {label} is corrupt: it does not decompress ({exc.brief.split(': ', 1)[-1]})",
-            hint=BROKEN,
-            details=exc.details,
-        ) from exc
+            f"layer {label} is corrupt: it does not decompress ({corrupt})", hint=BROKEN, details=details
+        )
     actual = "sha256:" + reader.digest.hexdigest()
     if actual != layer.diff_id:
         _check_cached(layer, blob)
