@@ -29,7 +29,6 @@ the image's layers are stacked (layers.Stack), in the order a flat build checks 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import os
 import posixpath
@@ -484,27 +483,49 @@ class _Corrupt(Exception):
 
 
 class _Gunzip:
-    """A gzip stream read in process, as `gzip -dc` reads it (members one after the other), its
-    faults raised as _Corrupt: an OSError would be taken for the file system's."""
+    """A gzip stream read in process, member after member as gzip(1) and Go's reader (umoci) read
+    it, its faults raised as _Corrupt (an OSError would be taken for the file system's). Anything
+    after the last member, zero padding included, is refused: Go's reader refuses it, Python's
+    gzip module skips zeros."""
+
+    CHUNK = 1 << 20
 
     def __init__(self, raw: IO[bytes]) -> None:
-        self.file = gzip.GzipFile(fileobj=raw, mode="rb")
-        self.started = False
+        self.raw = raw
+        self.member = zlib.decompressobj(wbits=31)
+        self.pending = b""
+        self.done = False
 
     def read(self, size: int = -1) -> bytes:
-        try:
-            data = self.file.read(size)
-        except EOFError as exc:
-            raise _Corrupt("gzip: the stream is cut short") from exc
-        except gzip.BadGzipFile as exc:
-            if "CRC check failed" in str(exc) or "Incorrect length" in str(exc):
-                raise _Corrupt("gzip: its checksum does not match its data") from exc
-            where = "data after the gzip stream is not gzip" if self.started else "it is not gzip"
-            raise _Corrupt(f"gzip: {where}") from exc
-        except (OSError, zlib.error) as exc:
-            raise _Corrupt(f"gzip: damaged data ({exc})") from exc
-        self.started = self.started or bool(data)
-        return data
+        want = size if size > 0 else self.CHUNK
+        while not self.done:
+            data = self.pending or self.raw.read(self.CHUNK)
+            self.pending = b""
+            if not data:
+                if not self.member.eof:
+                    raise _Corrupt("gzip: the stream is cut short")
+                self.done = True
+                break
+            if self.member.eof:
+                # The next member: it must be one (its magic may straddle two reads).
+                if len(data) < 2:
+                    data += self.raw.read(self.CHUNK)
+                if data[:2] != b"\x1f\x8b":
+                    raise _Corrupt("gzip: the data after its gzip stream is not gzip")
+                self.member = zlib.decompressobj(wbits=31)
+            try:
+                out = self.member.decompress(data, want)
+            except zlib.error as exc:
+                if "header check" in str(exc):
+                    raise _Corrupt("gzip: it is not gzip") from exc
+                if "check" in str(exc):
+                    raise _Corrupt("gzip: its checksum does not match its data") from exc
+                raise _Corrupt(f"gzip: damaged data ({exc})") from exc
+            # At a member's end, what follows it; else what did not fit in WANT.
+            self.pending = self.member.unused_data if self.member.eof else self.member.unconsumed_tail
+            if out:
+                return out
+        return b""
 
 
 @contextlib.contextmanager

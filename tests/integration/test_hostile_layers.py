@@ -164,6 +164,8 @@ CASES: list[tuple[str, Layers, str | None]] = [
      "is corrupt: it does not decompress (gzip: "),
     ("cut-gzip", lambda s: [RawLayer(_TAR, blob=gzip.compress(_TAR)[:-40])],
      "is corrupt: it does not decompress (gzip: the stream is cut short)"),
+    ("gzip-then-zero-padding", lambda s: [RawLayer(_TAR, blob=gzip.compress(_TAR) + b"\0" * 512)],
+     "is corrupt: it does not decompress (gzip: the data after its gzip stream is not gzip)"),
     ("corrupt-zstd",
      lambda s: [RawLayer(_TAR, "zstd", blob=_flipped(im.run_bytes(["zstd", "-q", "-c"], _TAR)))],
      "is corrupt: it does not decompress"),

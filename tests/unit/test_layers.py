@@ -426,3 +426,33 @@ def test_hostile_layers_get_one_verdict_flat_or_shared(
     assert sorted(p.name for p in sentinel.iterdir()) == before
     assert (sentinel / "secret").stat().st_nlink == 1
     assert (sentinel / "secret").read_text() == "the build host's\n"
+
+
+def test_gzip_is_read_member_by_member_and_nothing_after_it() -> None:
+    """gzip in process (layertar._Gunzip) reads what gzip(1) and Go's reader read, wherever the reads
+    cut the stream; trailing bytes, zero padding included, are refused as Go's reader refuses them."""
+    whole = gzip.compress(b"hello" * 10) + gzip.compress(b"tail") + gzip.compress(b"")
+
+    def read(data: bytes, chunk: int = 1 << 20, size: int = 10240) -> bytes:
+        reader = layertar._Gunzip(io.BytesIO(data))
+        reader.CHUNK = chunk
+        out = b""
+        while part := reader.read(size):
+            out += part
+        return out
+
+    for chunk in range(1, len(whole) + 2):
+        for size in (1, 7, 10240):
+            assert read(whole, chunk, size) == b"hello" * 10 + b"tail", (chunk, size)
+    damaged = bytearray(gzip.compress(os.urandom(100_000)))
+    damaged[-6] ^= 1
+    for data, words in [
+        (whole[:-25], "cut short"),
+        (b"", "cut short"),
+        (b"not gzip at all", "it is not gzip"),
+        (whole + b"junk", "the data after its gzip stream is not gzip"),
+        (whole + b"\0" * 512, "the data after its gzip stream is not gzip"),
+        (bytes(damaged), "its checksum does not match its data"),
+    ]:
+        with pytest.raises(layertar._Corrupt, match=words):
+            read(data)
