@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import stat
 import tarfile
@@ -456,3 +457,25 @@ def test_gzip_is_read_member_by_member_and_nothing_after_it() -> None:
     ]:
         with pytest.raises(layertar._Corrupt, match=words):
             read(data)
+
+
+def test_a_layer_unpacked_by_an_older_ctr2svc_is_unpacked_again(tmp_path: Path) -> None:
+    """Older versions followed links out of the layer: what they left in the cache (a build host's
+    file among the layer's) must not be packaged again."""
+    require(os.geteuid() == 0, "needs root: layers keep owners")
+    raw = _tar([(_info("etc/motd"), b"hi")])
+    blob = tmp_path / "blob"
+    blob.write_bytes(gzip.compress(raw))
+    layer = layers.Layer(_digest(blob), "sha256:" + hashlib.sha256(raw).hexdigest(), GZIP, 1)
+    unit = layers.Unit((layer,))
+    store = layers.LayerStore(tmp_path / "cache")
+    old = store.path(unit)
+    (old / "diff/etc").mkdir(parents=True)
+    (old / "diff/etc/shadow").write_text("the build host's\n")
+    found = scan(old / "diff", layer=True)
+    doc = {"id": unit.id, "diff_ids": [unit.id], "scan": found.to_json()}
+    (old / "scan.json").write_text(json.dumps(doc))
+    assert store.cached(unit) is None
+    extracted = store.extract(unit, lambda digest: blob)
+    assert sorted(p.name for p in (extracted.root / "etc").iterdir()) == ["motd"]
+    assert [p.name for p in store.root.iterdir()] == [unit.hex]
