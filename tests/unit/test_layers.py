@@ -11,9 +11,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +218,8 @@ def test_a_corrupt_layer_is_the_images_fault(tmp_path: Path) -> None:
 # same words, or accept it with the same tree; and neither may touch anything outside its directory.
 
 T = tarfile
-SENTINEL = "/tmp/ctr2svc-unit-sentinel"  # a directory of the build host the layers aim at
+# A directory of the build host the layers aim at (one per test process: the layers name it).
+SENTINEL = f"/tmp/ctr2svc-unit-sentinel-{os.getpid()}"
 M = tar_member
 
 
@@ -390,14 +392,23 @@ def _verdict(run: Callable[[], layertar.View]) -> tuple[str | None, dict[str, No
     return None, view.nodes
 
 
+@pytest.fixture(scope="module")
+def sentinel() -> Iterator[Path]:
+    path = Path(SENTINEL)
+    path.mkdir()
+    (path / "secret").write_text("the build host's\n")
+    yield path
+    shutil.rmtree(path)
+
+
 @pytest.mark.parametrize(("layer_members", "words"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
 def test_hostile_layers_get_one_verdict_flat_or_shared(
-    tmp_path: Path, layer_members: list[list[tuple[tarfile.TarInfo, bytes]]], words: str | None
+    tmp_path: Path,
+    sentinel: Path,
+    layer_members: list[list[tuple[tarfile.TarInfo, bytes]]],
+    words: str | None,
 ) -> None:
     require(os.geteuid() == 0, "needs root: layers keep owners and make device nodes")
-    sentinel = Path(SENTINEL)
-    sentinel.mkdir(exist_ok=True)
-    (sentinel / "secret").write_text("the build host's\n")
     before = sorted(p.name for p in sentinel.iterdir())
     image = [_blob_layer(tmp_path, n, members) for n, members in enumerate(layer_members)]
 
