@@ -27,6 +27,7 @@ from typing import Any
 from ctr2svc import (
     bundle,
     layers,
+    layertar,
     log,
     metadata,
     naming,
@@ -571,11 +572,11 @@ def _split_user(text: str) -> tuple[str, str | None]:
 
 def _lookup(rootfs: Path, table: str, key: str) -> list[str] | None:
     """The /etc/passwd or /etc/group line of the image for a name or number."""
-    try:
-        lines = (rootfs / "etc" / table).read_text(errors="replace").splitlines()
-    except OSError:
+    # Read as the container reads it: a link to /etc/passwd means the image's, not this host's.
+    content = bundle.image_file(rootfs, f"etc/{table}")
+    if content is None:
         return None
-    for line in lines:
+    for line in content.decode(errors="replace").splitlines():
         fields = line.split(":")
         if len(fields) >= 3 and (fields[0] == key or fields[2] == key):
             return fields
@@ -851,7 +852,11 @@ def generate(
     if opts.layers == "shared":
         return generate_shared(opts, cache, image, work, on_layer)
     with log.step("Unpacking the image"), cache.locked(exclusive=False):
-        count = len((cache.manifest(image.digest) or {}).get("layers", []))
+        manifest = cache.manifest(image.digest) or {}
+        count = len(manifest.get("layers", []))
+        if count:
+            # By the rules shared layers are unpacked with: umoci gets only what passes them.
+            layertar.check_image(layers.image_layers(manifest, cache.config(manifest)), cache.blob_path)
         unpacked = bundle.unpack(image.cache_ref, work / "bundle", count, user=opts.user)
     scan = bundle.scan(unpacked.rootfs)
     spec = plan_service(opts, image, unpacked, scan)
@@ -885,6 +890,7 @@ def unpack_layers(
     store = layers.LayerStore(cache.root)
     bundle.require_root()
     done = []
+    stack = layers.Stack()
     with log.step(f"Unpacking the image's {len(units_)} layers"), cache.locked(exclusive=False):
         store.remove_orphans()
         for number, unit in enumerate(units_, 1):
@@ -895,6 +901,7 @@ def unpack_layers(
                 found = store.extract(unit, cache.blob_path)
             else:
                 log.info(f"  {number}/{len(units_)} {unit.short}: already unpacked ({what})")
+            stack.add(found)
             done.append(found)
             if on_layer is not None:
                 on_layer(found)

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import stat
+import tempfile
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -148,6 +150,19 @@ def unpack(umoci_ref: str, dest: Path, layers: int = 0, *, user: str | None = No
 
 def runtime_config(umoci_ref: str, rootfs: Path, dest: Path, *, user: str | None) -> dict[str, Any]:
     """umoci's runtime config for the image, its User looked up in ROOTFS's /etc/passwd."""
+    with tempfile.TemporaryDirectory(prefix=".users-", dir=dest.parent) as users:
+        # umoci reads ROOTFS/etc/passwd and /etc/group as paths of this host: an image whose
+        # /etc/passwd links to /etc/shadow would have it read the build host's. It gets the image's
+        # own files, found as the container will find them, in a root of their own.
+        for name in ("passwd", "group"):
+            content = image_file(rootfs, f"etc/{name}")
+            if content is not None:
+                (Path(users) / "etc").mkdir(exist_ok=True)
+                (Path(users) / "etc" / name).write_bytes(content)
+        return _runtime_config(umoci_ref, Path(users), dest, user=user)
+
+
+def _runtime_config(umoci_ref: str, rootfs: Path, dest: Path, *, user: str | None) -> dict[str, Any]:
     umoci = find_tool("umoci", "unpack container images")
     config_cmd: list[str | Path] = [umoci, "raw", "runtime-config", "--image", umoci_ref]
     try:
@@ -176,6 +191,61 @@ def runtime_config(umoci_ref: str, rootfs: Path, dest: Path, *, user: str | None
             hint="run with --debug to see umoci's commands",
         ) from exc
     return config
+
+
+# Linux's limit on symbolic links followed in one lookup.
+_MAX_LINKS = 40
+# More than any passwd or group file; a bigger "file" is not one, and is not read whole.
+_MAX_READ = 16 << 20
+
+
+def image_path(rootfs: Path, rel: str) -> Path | None:
+    """Where REL is in ROOTFS as the container sees it: symbolic links followed *inside* ROOTFS (an
+    absolute target names a path of the image, ".." stops at its root), never out of it. None when
+    a part of it is missing, not a directory, or the links go round."""
+    parts = deque(p for p in rel.split("/") if p not in ("", "."))
+    done: list[str] = []
+    links = 0
+    while parts:
+        part = parts.popleft()
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = rootfs.joinpath(*done, part)
+        try:
+            st = here.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            target = str(here.readlink())
+            if links > _MAX_LINKS:
+                return None
+            if target.startswith("/"):
+                done = []
+            parts.extendleft(reversed([p for p in target.split("/") if p not in ("", ".")]))
+            continue
+        if parts and not stat.S_ISDIR(st.st_mode):
+            return None
+        done.append(part)
+    return rootfs.joinpath(*done)
+
+
+def image_file(rootfs: Path, rel: str) -> bytes | None:
+    """The content of the image's regular file REL (see image_path), or None."""
+    path = image_path(rootfs, rel)
+    try:
+        # Never opened unless it is a file: a device node of the image would be one of this host.
+        if path is None or not stat.S_ISREG(path.lstat().st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return handle.read(_MAX_READ)
 
 
 _USER_SPEC = re.compile(
@@ -224,6 +294,13 @@ def _unpack_error(exc: ToolFailed, umoci_ref: str, dest: Path) -> Ctr2svcError:
         return ToolError(
             f"no space left on the device holding {dest.parent} while unpacking the image",
             hint="free some space there, or point --cache-dir (or CTR2SVC_CACHE_DIR) at a larger disk",
+            details=exc.details,
+        )
+    if ("mediatype" in text or "media type" in text) and "zstd" in text:
+        return ImageError(
+            "the image's layers are zstd-compressed, which umoci (what unpacks a flat build) cannot read",
+            hint="build it with --layers shared, or push it again with gzip layers "
+            "(skopeo copy --dest-compress-format gzip)",
             details=exc.details,
         )
     if "mediatype" in text or "media type" in text:

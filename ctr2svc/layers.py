@@ -21,19 +21,19 @@ import contextlib
 import hashlib
 import json
 import os
-import posixpath
 import shutil
 import stat
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ctr2svc import log
 from ctr2svc.bundle import OPAQUE_XATTR, RootfsScan, scan
 from ctr2svc.errors import ImageError, ToolError, ToolFailed, UsageError
-from ctr2svc.run import find_tool, run, stream
+from ctr2svc.layertar import DIRS, LayerCheck, Member, Need, View, _prefixes, read_layer
+from ctr2svc.run import run
 
 PACKAGE_PREFIX = "ctr2svc-layer-"
 # Every layer package has this version: its name already says which content it holds. A future
@@ -41,13 +41,8 @@ PACKAGE_PREFIX = "ctr2svc-layer-"
 PACKAGE_VERSION = "1"
 INSTALL_DIR = "/opt/containers/layers"
 MAX_LAYERS = 100
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-
-_DECOMPRESSORS = {
-    "gzip": ("gzip", "-dc"),
-    "zstd": ("zstd", "-dc", "-q"),
-}
+# The version of CACHE/layers/HEX/scan.json: an entry of another version is unpacked again.
+STORE_FORMAT = 2
 
 
 def max_layers() -> int:
@@ -71,6 +66,11 @@ class Layer:
     diff_id: str  # of the uncompressed tar: what the layer *is*
     media_type: str
     size: int  # compressed bytes
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the first 12 hex digits of its diff_id, as its package name does."""
+        return self.diff_id[7:19]
 
 
 def chain_id(diff_ids: Sequence[str]) -> str:
@@ -126,14 +126,14 @@ def image_layers(manifest: dict[str, Any], config: dict[str, Any]) -> list[Layer
     except (KeyError, TypeError, ValueError) as exc:
         raise ImageError(
             "the image's config does not list one diff_id per layer of its manifest",
-            hint="rebuild the image with a standard tool, or build it with --layers flat",
+            hint="rebuild the image with a standard tool (docker, buildah)",
         ) from exc
     for layer in layers:
         algorithm, _, hexpart = layer.diff_id.partition(":")
         if algorithm != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
             raise ImageError(
                 f"the image's config lists a diff_id that is not a sha256 digest: {layer.diff_id[:80]!r}",
-                hint="rebuild the image with a standard tool, or build it with --layers flat",
+                hint="rebuild the image with a standard tool (docker, buildah)",
             )
     if not layers:
         raise ImageError("the image has no layers", hint="build it with --layers flat")
@@ -163,6 +163,8 @@ class Extracted:
     unit: Unit
     root: Path
     scan: RootfsScan
+    # What it needs of the units below it (layertar): checked when the image's units are stacked.
+    needs: tuple[Need, ...] = ()
 
 
 class LayerStore:
@@ -178,9 +180,10 @@ class LayerStore:
         base = self.path(unit)
         try:
             doc = json.loads((base / "scan.json").read_text())
-            if doc.get("id") != unit.id:
+            if doc.get("id") != unit.id or doc.get("format") != STORE_FORMAT:
                 return None
-            return Extracted(unit, base / "diff", RootfsScan.from_json(doc["scan"]))
+            needs = tuple(Need.from_json(x) for x in doc["needs"])
+            return Extracted(unit, base / "diff", RootfsScan.from_json(doc["scan"]), needs)
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -197,15 +200,32 @@ class LayerStore:
             (temp / "diff").mkdir(parents=True)
             (temp / "diff").chmod(0o755)  # umask aside: a root directory, as images have it
             skipped: list[tuple[str, str]] = []
+            # A merged unit is the bottom of every stack it is in: nothing lies below it, and each of
+            # its layers is checked against the ones below it in the unit and applied to them.
+            view = View() if unit.merged else None
             for index, layer in enumerate(unit.layers):
-                # A merged unit is the bottom of every stack it is in: later layers apply to it.
-                apply = unit.merged and index > 0
-                unpack_layer(layer, blob(layer.digest), temp / "diff", skipped, apply=apply)
+                check = unpack_layer(
+                    layer, blob(layer.digest), temp / "diff", skipped, below=view, apply=index > 0
+                )
+                if view is not None:
+                    view.apply(check)
             result = scan(temp / "diff", layer=True)
             result.skipped.extend(skipped)
-            doc = {"id": unit.id, "diff_ids": [x.diff_id for x in unit.layers], "scan": result.to_json()}
+            doc = {
+                "format": STORE_FORMAT,
+                "id": unit.id,
+                "diff_ids": [x.diff_id for x in unit.layers],
+                "scan": result.to_json(),
+                "needs": [] if view is not None else [x.to_json() for x in check.needs],
+            }
             (temp / "scan.json").write_text(json.dumps(doc))
             final = self.path(unit)
+            if final.exists() and self.cached(unit) is None:
+                # Left by an older ctr2svc (or damaged): set aside, then removed.
+                stale = self.root / f".{unit.hex}.{os.getpid()}.stale.tmp"
+                with contextlib.suppress(FileNotFoundError):
+                    final.rename(stale)
+                shutil.rmtree(stale, ignore_errors=True)
             try:
                 temp.rename(final)
             except OSError:
@@ -229,244 +249,197 @@ class LayerStore:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
-class _Hashing:
-    """A file object that hashes what is read through it: the uncompressed tar must match its diff_id."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.digest = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.digest.update(data)
-        return data
-
-    def drain(self) -> None:
-        for _chunk in iter(lambda: self.read(1 << 20), b""):
-            pass
-
-
-def _compression(layer: Layer, blob: Path) -> str | None:
-    """gzip, zstd or None (a plain tar), by the OCI or Docker media type (…tar+gzip, …tar.gzip)."""
-    kind = layer.media_type
-    if kind.endswith(("+gzip", ".gzip")):
-        return "gzip"
-    if kind.endswith(("+zstd", ".zstd")):
-        return "zstd"
-    if kind.endswith("tar"):
-        return None
-    # No or an unknown media type: go by the bytes.
-    with blob.open("rb") as handle:
-        magic = handle.read(4)
-    if magic[:2] == b"\x1f\x8b":
-        return "gzip"
-    if magic == b"\x28\xb5\x2f\xfd":
-        return "zstd"
-    return None
-
-
-@contextlib.contextmanager
-def _tar_stream(layer: Layer, blob: Path) -> Iterator[IO[bytes]]:
-    kind = _compression(layer, blob)
-    if kind is None:
-        with blob.open("rb") as handle:
-            yield handle
-        return
-    tool, *args = _DECOMPRESSORS[kind]
-    argv = [find_tool(tool, f"unpack {kind} layers"), *args]
-    with stream(argv, stdin=blob, what="decompress a layer") as out:
-        yield out
-
-
 def unpack_layer(
-    layer: Layer, blob: Path, dest: Path, skipped: list[tuple[str, str]], *, apply: bool
-) -> None:
-    """Unpack one layer's tar into dest.
+    layer: Layer, blob: Path, dest: Path, skipped: list[tuple[str, str]], *, below: View | None, apply: bool
+) -> LayerCheck:
+    """Unpack one layer's tar into dest, by the rules of layertar; the layer's check, with its Needs.
 
     apply=False keeps the layer's changes in overlayfs' form (whiteouts, opaque xattrs). apply=True
-    carries them out on what dest already holds, as merging the layers of a stack does.
+    carries them out on what dest already holds, as merging the layers of a stack does. BELOW is what
+    dest holds when the layer's Needs can be checked now (the bottom layers of a merged unit).
     """
-    short = layer.diff_id[7:19]
-    try:
-        with _tar_stream(layer, blob) as raw:
-            hashing = _Hashing(raw)
-            try:
-                with tarfile.open(fileobj=hashing, mode="r|") as archive:  # type: ignore[call-overload]
-                    _Unpacker(dest, apply, skipped, short).run(archive)
-            except (tarfile.TarError, EOFError, OSError, UnicodeError) as exc:
-                if isinstance(exc, OSError) and exc.errno == 28:
-                    raise ToolError(
-                        f"no space left on the device holding {dest} while unpacking layer {short}",
-                        hint="free some space there, or point --cache-dir at a larger disk",
-                    ) from exc
-                raise ImageError(
-                    f"layer {short} is not a valid tar archive ({exc})",
-                    hint="the image itself is broken: rebuild it, or push or export it again",
-                ) from exc
-            hashing.drain()
-    except ToolFailed as exc:
-        raise ImageError(
-            f"layer {short} is corrupt: it does not decompress ({exc.brief.split(': ', 1)[-1]})",
-            hint="the image itself is broken: rebuild it, or push or export it again",
-            details=exc.details,
-        ) from exc
-    actual = "sha256:" + hashing.digest.hexdigest()
-    if actual != layer.diff_id:
-        raise ImageError(
-            f"layer {short} does not match its diff_id: the image's config says {layer.diff_id}, its "
-            f"content is {actual}",
-            hint="the image is broken or tampered with: rebuild it, or build with --layers flat",
-        )
+    check = LayerCheck(layer.label, below)
+    unpacker = _Unpacker(dest, check, apply, skipped)
+    read_layer(layer, blob, unpacker.each, where=dest)
+    unpacker.finish()
+    return check
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
 class _Unpacker:
-    def __init__(self, dest: Path, apply: bool, skipped: list[tuple[str, str]], short: str) -> None:
+    """Carries out the members LayerCheck let through, in DEST.
+
+    The check already refused every path that goes through a symbolic link or out of the layer; the
+    unpacker still looks at each directory with lstat before it goes into it and never follows a link
+    (O_NOFOLLOW, follow_symlinks=False), so that a mistake in the rules cannot reach outside DEST.
+    """
+
+    def __init__(self, dest: Path, check: LayerCheck, apply: bool, skipped: list[tuple[str, str]]) -> None:
         self.dest = dest
+        self.check = check
         self.apply = apply
         self.skipped = skipped
-        self.short = short
-        self.dirs: set[str] = {""}  # checked to be real directories (not links) in dest
+        self.dirs: set[str] = {""}  # seen with lstat to be real directories in dest
         self.dir_times: dict[str, int] = {}
-        self.opaque: list[str] = []
 
     def refuse(self, problem: str) -> ImageError:
-        return ImageError(
-            f"layer {self.short} {problem}",
-            hint="the image is malformed: rebuild it with a standard tool (docker, buildah)",
-        )
+        return self.check.refuse(problem)
 
-    def name(self, raw: str) -> str:
-        # As Docker: an absolute name is inside the image ("/etc" is "etc"); ".." never is.
-        path = posixpath.normpath("/" + raw).lstrip("/")
-        if ".." in raw.split("/"):
-            raise self.refuse(f"has a path outside the image: {raw[:100]!r}")
-        return "" if path == "." else path
+    def each(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        member = self.check.add(info)
+        if member.action == "root":
+            os.chown(self.dest, info.uid, info.gid, follow_symlinks=False)
+            self.dest.chmod(info.mode & 0o7777)
+            self.dir_times[""] = int(info.mtime)
+            return
+        self.parents(member.rel)
+        if member.action == "whiteout":
+            self.whiteout(member.target)
+        elif member.action == "opaque":
+            if self.apply:
+                self.hide_below(member.target)
+        else:
+            self.write(archive, info, member)
 
-    def parent(self, rel: str) -> None:
+    def parents(self, rel: str) -> None:
         """Make rel's parent directories real directories (new ones 0755 root, as Docker's overlay2
-        does), refusing to go through a symbolic link: a layer must not write outside itself."""
-        parts = rel.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:i])
+        does)."""
+        for prefix in _prefixes(rel):
             if prefix in self.dirs:
                 continue
             full = self.dest / prefix
             try:
                 st = full.lstat()
             except FileNotFoundError:
-                full.mkdir(mode=0o755)
-                self.dirs.add(prefix)
+                self.mkdir(prefix)
                 continue
             if stat.S_ISDIR(st.st_mode):
                 self.dirs.add(prefix)
                 continue
-            if stat.S_ISLNK(st.st_mode):
-                raise self.refuse(f"writes /{rel} through the symbolic link /{prefix}")
-            self.remove(prefix)
-            full.mkdir(mode=0o755)
-            self.dirs.add(prefix)
+            if not self.apply and _is_whiteout(st) and self.check.own.get(prefix) in DIRS:
+                # The layer deleted it, then wrote below it: a new (opaque) directory.
+                full.unlink()
+                self.mkdir(prefix)
+                continue
+            raise self.refuse(f"writes /{rel} through /{prefix}, which is not a directory")
+
+    def mkdir(self, rel: str) -> None:
+        full = self.dest / rel
+        full.mkdir()
+        # mkdir's mode is subject to the umask.
+        full.chmod(0o755)
+        self.dirs.add(rel)
+
+    def _lstat(self, rel: str) -> os.stat_result | None:
+        try:
+            return (self.dest / rel).lstat()
+        except FileNotFoundError:
+            return None
 
     def remove(self, rel: str) -> None:
-        full = self.dest / rel
-        try:
-            st = full.lstat()
-        except FileNotFoundError:
+        st = self._lstat(rel)
+        if st is None:
             return
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(full)
+            # rmtree never follows a link below it.
+            shutil.rmtree(self.dest / rel)
             self.dirs = {d for d in self.dirs if d != rel and not d.startswith(rel + "/")}
         else:
-            full.unlink()
+            (self.dest / rel).unlink()
 
-    def run(self, archive: tarfile.TarFile) -> None:
-        for member in archive:
-            rel = self.name(member.name)
-            base = posixpath.basename(rel)
-            if base.startswith(WHITEOUT_PREFIX):
-                self.whiteout(rel, base)
-                continue
-            if not rel:
-                # The layer's root directory: its owner and mode.
-                os.chown(self.dest, member.uid, member.gid)
-                self.dest.chmod(member.mode & 0o7777)
-                self.dir_times[""] = int(member.mtime)
-                continue
-            self.parent(rel)
-            self.member(archive, member, rel)
-        for rel in self.opaque:
-            if rel in self.dirs or (self.dest / rel).is_dir():
-                os.setxattr(self.dest / rel, OPAQUE_XATTR, b"y", follow_symlinks=False)
+    def whiteout(self, target: str) -> None:
+        if self.apply:
+            self.remove(target)
+        elif self._lstat(target) is None:
+            os.mknod(self.dest / target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+    def hide_below(self, rel: str) -> None:
+        """An opaque directory, carried out: what lower layers put in it goes, the layer's own stays."""
+        prefix = f"{rel}/" if rel else ""
+        for child in (self.dest / rel).iterdir():
+            if self.check.own.get(prefix + child.name) is None:
+                self.remove(prefix + child.name)
+
+    def write(self, archive: tarfile.TarFile, info: tarfile.TarInfo, member: Member) -> None:
+        rel = member.rel
+        full = self.dest / rel
+        st = self._lstat(rel)
+        if member.action == "dir":
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                self.remove(rel)
+                full.mkdir()
+            self.dirs.add(rel)
+            os.chown(full, info.uid, info.gid, follow_symlinks=False)
+            full.chmod(info.mode & 0o7777)
+            self.dir_times[rel] = int(info.mtime)
+            return
+        if member.action == "special":
+            kind = "character device" if info.ischr() else "block device" if info.isblk() else "fifo"
+            self.skipped.append((rel, kind))
+            # Merging, it replaces what lower layers had there, as umoci's unpack does; a layer's own
+            # whiteout there stays (the check keeps it as one).
+            if self.apply:
+                self.remove(rel)
+            return
+        # What lower layers had there (merging), or the layer's own whiteout of it.
+        self.remove(rel)
+        if member.action == "symlink":
+            full.symlink_to(info.linkname)
+            os.chown(full, info.uid, info.gid, follow_symlinks=False)
+            os.utime(full, (info.mtime, info.mtime), follow_symlinks=False)
+        elif member.action == "hardlink":
+            self.hardlink(member.target, rel)
+        else:
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                data = archive.extractfile(info)
+                assert data is not None
+                shutil.copyfileobj(data, out, 1 << 20)
+                out.flush()
+                os.fchown(fd, info.uid, info.gid)
+                # After chown, which clears setuid and setgid bits.
+                os.fchmod(fd, info.mode & 0o7777)
+                os.utime(fd, (info.mtime, info.mtime))
+
+    def hardlink(self, target: str, rel: str) -> None:
+        # The check found TARGET to be a regular file this layer wrote: its directories were made or
+        # seen here, and it is still one.
+        st = self._lstat(target)
+        if any(p not in self.dirs for p in _prefixes(target)) or st is None or not stat.S_ISREG(st.st_mode):
+            raise self.refuse(f"hard-links /{rel} to /{target}, which is not a file of the same layer")
+        os.link(self.dest / target, self.dest / rel, follow_symlinks=False)
+
+    def finish(self) -> None:
+        self.check.finish()
+        if not self.apply:
+            for rel in self.check.moot:
+                st = self._lstat(rel)
+                if st is not None and _is_whiteout(st):
+                    (self.dest / rel).unlink()
+            for rel in self.check.opaque:
+                st = self._lstat(rel)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    os.setxattr(self.dest / rel, OPAQUE_XATTR, b"y", follow_symlinks=False)
         # Directory times last: adding their entries changed them.
         for rel, mtime in sorted(self.dir_times.items(), reverse=True):
             with contextlib.suppress(FileNotFoundError):
                 os.utime(self.dest / rel, (mtime, mtime), follow_symlinks=False)
 
-    def whiteout(self, rel: str, base: str) -> None:
-        parent = posixpath.dirname(rel)
-        if parent:
-            self.parent(rel)
-        if base == OPAQUE_MARKER:
-            if self.apply:
-                # Everything below the directory came from lower layers: it goes.
-                for child in list((self.dest / parent).iterdir()) if (self.dest / parent).is_dir() else []:
-                    self.remove(str(child.relative_to(self.dest)))
-            else:
-                if not (self.dest / parent).exists():
-                    (self.dest / parent).mkdir(mode=0o755)
-                    self.dirs.add(parent)
-                self.opaque.append(parent)
-            return
-        target = posixpath.join(parent, base[len(WHITEOUT_PREFIX) :])
-        if not base[len(WHITEOUT_PREFIX) :] or base[len(WHITEOUT_PREFIX) :] in (".", ".."):
-            raise self.refuse(f"has a malformed whiteout {rel!r}")
-        self.remove(target)
-        if not self.apply:
-            os.mknod(self.dest / target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
-    def member(self, archive: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
-        full = self.dest / rel
-        mode = member.mode & 0o7777
-        if member.isdir():
-            try:
-                st = full.lstat()
-                if not stat.S_ISDIR(st.st_mode):
-                    self.remove(rel)
-                    full.mkdir()
-            except FileNotFoundError:
-                full.mkdir()
-            self.dirs.add(rel)
-            os.chown(full, member.uid, member.gid)
-            full.chmod(mode)
-            self.dir_times[rel] = int(member.mtime)
-            return
-        if member.ischr() or member.isblk() or member.isfifo():
-            kind = "character device" if member.ischr() else "block device" if member.isblk() else "fifo"
-            self.skipped.append((rel, kind))
-            return
-        self.remove(rel)
-        if member.issym():
-            full.symlink_to(member.linkname)
-            os.chown(full, member.uid, member.gid, follow_symlinks=False)
-            os.utime(full, (member.mtime, member.mtime), follow_symlinks=False)
-        elif member.islnk():
-            target = self.name(member.linkname)
-            source = self.dest / target
-            if not target or not source.is_file() or source.is_symlink():
-                # Docker's overlay2 refuses these too: the first name lives in another layer.
-                raise self.refuse(f"hard-links /{rel} to /{target}, which is not a file of the same layer")
-            os.link(source, full)
-        elif member.isreg():
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                data = archive.extractfile(member)
-                assert data is not None
-                shutil.copyfileobj(data, out, 1 << 20)
-            os.chown(full, member.uid, member.gid)
-            # After chown, which clears setuid and setgid bits.
-            full.chmod(mode)
-            os.utime(full, (member.mtime, member.mtime))
-        else:
-            self.skipped.append((rel, "special file"))
+class Stack:
+    """The image's units put together bottom first, each checked against the ones below it: what a
+    layer needs there could not be checked when it was unpacked alone."""
+
+    def __init__(self) -> None:
+        self.view = View()
+
+    def add(self, extracted: Extracted) -> None:
+        for need in extracted.needs:
+            self.view.require(need, extracted.unit.short)
+        self.view.apply_scan(extracted.scan)
 
 
 @contextlib.contextmanager

@@ -280,7 +280,7 @@ def _bad_layer(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
 @pytest.mark.parametrize(
     ("member", "words"),
     [
-        (tarfile.TarInfo("../escape"), "path outside the image"),
+        (tarfile.TarInfo("../escape"), "with '..', which may lead outside the image"),
         (tarfile.TarInfo("usr/share/elsewhere"), "hard-links /usr/share/elsewhere to /usr/share/first"),
     ],
     ids=["dot-dot", "hardlink-to-a-lower-layer"],

@@ -4,15 +4,19 @@ Every builder returns a skopeo source string such as ``oci:/tmp/x/layout:tag``. 
 the layers carry real owners (uid 999 files, a setuid root file), which needs lchown on unpack/populate.
 """
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import shlex
 import shutil
 import stat
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -590,3 +594,156 @@ def web_image(layout: Path, tag: str, text: str) -> str:
         env={"PATH": DEFAULT_PATH},
         exposed_ports=["80/tcp"],
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Crafted images: layers no build tool would write, as a hostile image's author writes them
+
+
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER = {
+    "none": "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+
+
+def tar_member(
+    name: str,
+    kind: bytes = tarfile.REGTYPE,
+    data: bytes = b"",
+    *,
+    link: str = "",
+    mode: int | None = None,
+    uid: int = 0,
+    gid: int = 0,
+    size: int | None = None,
+    mtime: float = 1_700_000_000,
+) -> tuple[tarfile.TarInfo, bytes]:
+    """One member of a crafted tar: NAME exactly as given (no normalising), of KIND (a tarfile type),
+    with DATA for a regular file, LINK for a link. SIZE overrides the header's size field."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode if mode is not None else (0o755 if kind == tarfile.DIRTYPE else 0o644)
+    info.uid, info.gid = uid, gid
+    info.mtime = mtime
+    info.linkname = link
+    info.size = (
+        size if size is not None else (len(data) if kind in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0)
+    )
+    return info, data
+
+
+def tar_bytes(members: Sequence[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    """A tar of MEMBERS in that order, duplicates and all (tarfile writes what it is given)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return buffer.getvalue()
+
+
+def tar_exact(members: Sequence[tuple[tarfile.TarInfo, bytes]]) -> tuple[bytes, bytes]:
+    """(the members' blocks, the end-of-archive marker): a tar with no padding after its two zero
+    blocks, so that a test can cut it or add to it at an exact place. Data must not end in zeros."""
+    whole = tar_bytes(members)
+    body = whole.rstrip(b"\0")
+    body += b"\0" * (-len(body) % tarfile.BLOCKSIZE)
+    return body, b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def busybox_layer() -> bytes:
+    """A bottom layer: the host's static busybox as /bin/busybox and /bin/sh (a hard link), /tmp."""
+    return tar_bytes(
+        [
+            tar_member("bin/", tarfile.DIRTYPE),
+            tar_member("bin/busybox", data=BUSYBOX.read_bytes(), mode=0o755),
+            tar_member("bin/sh", tarfile.LNKTYPE, link="bin/busybox"),
+            tar_member("tmp/", tarfile.DIRTYPE, mode=0o1777),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class RawLayer:
+    """One layer of crafted_image: TAR as its config's diff_id describes it, stored COMPRESSED (gzip,
+    zstd or none). BLOB replaces the stored bytes (a corrupt or cut stream); DIFF_ID the config's
+    digest of the uncompressed tar."""
+
+    tar: bytes
+    compression: str = "gzip"
+    blob: bytes | None = None
+    diff_id: str | None = None
+
+    def stored(self) -> bytes:
+        if self.blob is not None:
+            return self.blob
+        if self.compression == "gzip":
+            return gzip.compress(self.tar, mtime=0)
+        if self.compression == "zstd":
+            return run_bytes(["zstd", "-q", "-c"], self.tar)
+        return self.tar
+
+
+def run_bytes(argv: Sequence[str], data: bytes) -> bytes:
+    proc = subprocess.run(list(argv), input=data, capture_output=True, check=True, timeout=120)
+    return proc.stdout
+
+
+def crafted_image(
+    layout: Path,
+    tag: str,
+    layers: Sequence[bytes | RawLayer],
+    *,
+    cmd: Sequence[str] = ("/bin/sh",),
+    user: str | None = None,
+) -> str:
+    """An OCI image written blob by blob, with LAYERS (bottom first; bytes are a gzip layer) exactly
+    as given: no tool reads, fixes or refuses them on the way. Returns 'oci:LAYOUT:TAG'."""
+    layout = layout.absolute()
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    raws = [x if isinstance(x, RawLayer) else RawLayer(x) for x in layers]
+    descriptors = []
+    for raw in raws:
+        data = raw.stored()
+        descriptors.append(
+            {
+                "mediaType": MEDIA_LAYER[raw.compression],
+                "digest": _write_blob(layout, data),
+                "size": len(data),
+            }
+        )
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": list(cmd), "Env": [f"PATH={DEFAULT_PATH}"], **({"User": user} if user else {})},
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": [x.diff_id or "sha256:" + hashlib.sha256(x.tar).hexdigest() for x in raws],
+        },
+    }
+    config_bytes = json.dumps(config).encode()
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {
+                "mediaType": MEDIA_CONFIG,
+                "digest": _write_blob(layout, config_bytes),
+                "size": len(config_bytes),
+            },
+            "layers": descriptors,
+        }
+    ).encode()
+    digest = _write_blob(layout, body)
+    index: dict[str, Any] = (
+        _read_index(layout) if (layout / "index.json").exists() else {"schemaVersion": 2, "manifests": []}
+    )
+    others = [d for d in index["manifests"] if d.get("annotations", {}).get(REF_NAME) != tag]
+    others.append(
+        {"mediaType": MEDIA_MANIFEST, "digest": digest, "size": len(body), "annotations": {REF_NAME: tag}}
+    )
+    index["manifests"] = others
+    (layout / "index.json").write_text(json.dumps(index))
+    return f"oci:{layout}:{tag}"
