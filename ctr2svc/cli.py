@@ -13,18 +13,19 @@ from typing import Any
 import click
 from click.shell_completion import get_completion_class
 
-from ctr2svc import __version__, completion, log, summary
-from ctr2svc.build import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
+from ctr2svc import __version__, completion, log
+from ctr2svc.apps.project import load as load_project
+from ctr2svc.build.pipeline import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
+from ctr2svc.distribution import summary
+from ctr2svc.distribution.repo import DEFAULT_KEEP, ApkKey, Signing
+from ctr2svc.distribution.repo import add as repo_add
+from ctr2svc.distribution.update import Outcome, build_all, table, update
 from ctr2svc.errors import Ctr2svcError, PartialFailure, UsageError
+from ctr2svc.image.reference import parse
 from ctr2svc.inspect import inspect as inspect_image
 from ctr2svc.inspect import text as inspect_text
 from ctr2svc.model import InitSystem, PackageFormat
-from ctr2svc.project import load as load_project
-from ctr2svc.reference import parse
-from ctr2svc.repo import DEFAULT_KEEP, ApkKey, Signing
-from ctr2svc.repo import add as repo_add
-from ctr2svc.runtime_config import DEFAULT_PIDS_LIMIT
-from ctr2svc.update import Outcome, build_all, table, update
+from ctr2svc.service.runtime_config import DEFAULT_PIDS_LIMIT
 
 
 def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -398,7 +399,7 @@ def _build_compose(
     given: dict[str, Any],
     allow_outside: tuple[Path, ...],
 ) -> None:
-    from ctr2svc import compose, stack
+    from ctr2svc.apps import compose, stack
 
     ctx = click.get_current_context()
     for key in given:

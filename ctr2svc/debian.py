@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from ctr2svc.bundle import Kind, RootfsScan
+from ctr2svc.image.bundle import Kind, RootfsScan
 
 COPYRIGHT_FORMAT = "https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
 # lintian's extended-description-line-too-long and debian-changelog-line-too-long: 80 columns.

@@ -14,8 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import layers, metadata, naming, registry
-from ctr2svc.build import (
+from ctr2svc import metadata, naming
+from ctr2svc.build.pipeline import (
     BuildOptions,
     Generated,
     check_package_options,
@@ -25,6 +25,7 @@ from ctr2svc.build import (
     workspace,
 )
 from ctr2svc.errors import Ctr2svcError
+from ctr2svc.image import layers, registry
 from ctr2svc.model import HealthCheck, Layout, PackageFormat
 
 # Of `inspect --json`'s output (docs/json.md): bumped when a field changes meaning or goes away.

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ctr2svc.errors import ImageError
-from ctr2svc.reference import ImageReference
+from ctr2svc.image.reference import ImageReference
 
 
 class PackageFormat(StrEnum):

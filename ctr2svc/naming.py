@@ -343,7 +343,7 @@ def _next_release(fmt: PackageFormat, release: str | None) -> str:
 
 def above(fmt: PackageFormat, version: str, floor: str) -> str:
     """VERSION if it sorts above FLOOR in FMT's order, else FLOOR's next release (9.0.0 -> 9.0.0-1)."""
-    from ctr2svc.repo import compare  # the package managers' own order
+    from ctr2svc.distribution.repo import compare  # the package managers' own order
 
     if compare(fmt, version, floor) > 0:
         return version

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from ctr2svc.image.reference import parse
 from ctr2svc.model import ImageConfig, Layout, ResolvedImage, ServiceSpec, Volume
-from ctr2svc.reference import parse
 
 DATA = Path(__file__).parent / "data"
 DIGEST = "sha256:" + "1f" * 32

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import __version__, compose, runtime_config, stack, units
-from ctr2svc.build import (
+from ctr2svc import __version__
+from ctr2svc.apps import compose, stack
+from ctr2svc.build.pipeline import (
     RESTART,
     BuildOptions,
     check_package_options,
@@ -29,8 +30,9 @@ from ctr2svc.build import (
     restart_policy,
 )
 from ctr2svc.errors import ToolError, UsageError
+from ctr2svc.image.reference import parse
 from ctr2svc.model import HealthCheck, PackagedFile, PackageFormat, ServiceSpec, TmpfsMount
-from ctr2svc.reference import parse
+from ctr2svc.service import runtime_config, units
 from tests.support import compose_app
 
 from .conftest import make_spec
@@ -518,7 +520,7 @@ def plan_document(app: compose.Application, base: Path) -> str:
 
 def compose_spec(opts: BuildOptions) -> ServiceSpec:
     """make_spec()'s image as the service OPTS describes (what plan_service decides from them)."""
-    from ctr2svc.build import option_fields
+    from ctr2svc.build.pipeline import option_fields
 
     spec = make_spec()
     check = health_check(opts, None) if opts.ready_health else None
@@ -667,7 +669,7 @@ def test_init_mounts_tini_and_runs_below_it() -> None:
 
 
 def test_tmpfs_options() -> None:
-    from ctr2svc.build import tmpfs_mounts
+    from ctr2svc.build.pipeline import tmpfs_mounts
 
     assert tmpfs_mounts(("/run:size=64m,mode=0755",)) == (TmpfsMount("/run", ("size=64m", "mode=0755")),)
     with pytest.raises(UsageError, match="is not PATH"):
@@ -687,7 +689,7 @@ def test_a_secret_is_root_only_and_a_conffile(tmp_path: Path) -> None:
 
 
 def test_json_has_the_documented_fields(tmp_path: Path) -> None:
-    from ctr2svc.record import BuildResult
+    from ctr2svc.distribution.record import BuildResult
     from tests.support.docs import json_fields, top_level
 
     app = load(compose_app.write_project(tmp_path / "shop", REGISTRY))
@@ -714,8 +716,8 @@ def test_json_has_the_documented_fields(tmp_path: Path) -> None:
 
 
 def test_a_compose_file_is_a_project_file(tmp_path: Path) -> None:
-    from ctr2svc.project import load as load_project
-    from ctr2svc.project import options
+    from ctr2svc.apps.project import load as load_project
+    from ctr2svc.apps.project import options
 
     path = compose_app.write_project(tmp_path / "shop", REGISTRY)
     project = load_project(path)
@@ -948,7 +950,7 @@ secrets:
 
 def test_allow_outside_reaches_a_compose_file_given_as_a_project(outside: Path) -> None:
     """`build -c compose.yaml --allow-outside` and `update -c`: project.load passes it on."""
-    from ctr2svc.project import load as load_project
+    from ctr2svc.apps.project import load as load_project
 
     path = write(outside, "services:\n  a:\n    image: a:1\n    volumes: ['./key-link.txt:/k']\n")
     with pytest.raises(UsageError, match="outside the project's directory"):

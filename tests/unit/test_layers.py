@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import layers, layertar
-from ctr2svc.bundle import scan
 from ctr2svc.errors import ImageError, UsageError
-from ctr2svc.layertar import Node
+from ctr2svc.image import layers, layertar
+from ctr2svc.image.bundle import scan
+from ctr2svc.image.layertar import Node
 from tests.conftest import require
 from tests.support.images import tar_bytes, tar_member
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import network, runtime_config
-from ctr2svc.build import BuildOptions, check_package_options
+from ctr2svc.apps.project import load, options
+from ctr2svc.build.pipeline import BuildOptions, check_package_options
 from ctr2svc.cli import build_options
 from ctr2svc.errors import UsageError
+from ctr2svc.image.reference import parse
 from ctr2svc.model import PackageFormat, PortMapping, ServiceSpec
-from ctr2svc.project import load, options
-from ctr2svc.reference import parse
+from ctr2svc.service import network, runtime_config
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,18 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import build, metadata, registry
-from ctr2svc.build import BuildOptions, check_package_options, image_volumes, image_working_dir, resolve_user
+from ctr2svc import metadata
+from ctr2svc.build import pipeline as build
+from ctr2svc.build.pipeline import (
+    BuildOptions,
+    check_package_options,
+    image_volumes,
+    image_working_dir,
+    resolve_user,
+)
 from ctr2svc.errors import ImageError, ToolFailed, UsageError
-from ctr2svc.reference import parse
+from ctr2svc.image import registry
+from ctr2svc.image.reference import parse
 
 REF = parse("oci:examples/hello:1.0")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ctr2svc import payload
-from ctr2svc.bundle import Entry, Kind, RootfsScan
 from ctr2svc.errors import PackageError
+from ctr2svc.image.bundle import Entry, Kind, RootfsScan
 from ctr2svc.package import hardlink_groups
 
 BIG = bytes(range(256)) * 20  # 5120 bytes: 5 KiB

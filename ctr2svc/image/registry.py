@@ -25,8 +25,8 @@ from typing import Any
 
 from ctr2svc import log
 from ctr2svc.errors import Ctr2svcError, ImageError, ToolError, ToolFailed, ToolTimedOut, UsageError
+from ctr2svc.image.reference import ImageReference, Transport
 from ctr2svc.model import ImageConfig, ResolvedImage
-from ctr2svc.reference import ImageReference, Transport
 from ctr2svc.run import Watchdog, find_tool, last_words, run
 
 INDEX_TYPES = {

@@ -24,22 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import (
-    bundle,
-    layers,
-    layertar,
-    log,
-    metadata,
-    naming,
-    network,
-    package,
-    record,
-    registry,
-    runtime_config,
-    units,
-)
-from ctr2svc.bundle import Bundle, Kind, RootfsScan
+from ctr2svc import log, metadata, naming, package
+from ctr2svc.distribution import record
+from ctr2svc.distribution.record import BuildResult
 from ctr2svc.errors import ImageError, UsageError
+from ctr2svc.image import bundle, layers, layertar, registry
+from ctr2svc.image.bundle import Bundle, Kind, RootfsScan
+from ctr2svc.image.reference import ImageReference
 from ctr2svc.model import (
     MAX_HEALTH_RETRIES,
     MAX_HEALTH_SECONDS,
@@ -57,9 +48,8 @@ from ctr2svc.model import (
     TmpfsMount,
     Volume,
 )
-from ctr2svc.record import BuildResult
-from ctr2svc.reference import ImageReference
 from ctr2svc.run import find_tool, halted
+from ctr2svc.service import network, runtime_config, units
 
 DEFAULT_STOP_TIMEOUT = 30
 DEFAULT_MAINTAINER = "ctr2svc <root@localhost>"
@@ -111,7 +101,7 @@ class BuildOptions:
     # host: the host's network; private: the service's own namespace on the ctr2svc bridge (netavark).
     network: str = "host"
     publish: tuple[str, ...] = ()  # [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp] for /etc/NAME/ports
-    # What compose applications need (ctr2svc/compose.py; systemd only). The defaults change nothing.
+    # What compose applications need (ctr2svc/apps/compose.py; systemd only). The defaults change nothing.
     working_dir: str | None = None  # the process's working directory instead of the image's
     read_only: bool = False  # the container's root read-only
     tmpfs: tuple[str, ...] = ()  # PATH[:OPTIONS], as `docker run --tmpfs`

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ctr2svc.model import ServiceSpec
-from ctr2svc.runtime_config import capabilities
+from ctr2svc.service.runtime_config import capabilities
 
 # The helper and the runtime: mounts, namespaces and pivot_root (SYS_ADMIN, SYS_CHROOT), the
 # container's /dev (MKNOD), ownership of its files (CHOWN, DAC_*, FOWNER, FSETID), dropping to the

@@ -10,8 +10,9 @@ import copy
 import posixpath
 from typing import Any
 
-from ctr2svc import metadata, seccomp
+from ctr2svc import metadata
 from ctr2svc.model import ServiceSpec
+from ctr2svc.service import seccomp
 
 # Docker's default capability set (moby's oci/caps/defaults.go): enough for entrypoints that chown
 # their data dir and drop privileges (valkey, redis, postgres), nothing beyond what `docker run` grants.

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import __version__, debian, log, metadata, naming, package, units
-from ctr2svc.build import build
-from ctr2svc.compose import Application, ServicePlan, check_format
+from ctr2svc import __version__, debian, log, metadata, naming, package
+from ctr2svc.apps.compose import Application, ServicePlan, check_format
+from ctr2svc.build.pipeline import build
+from ctr2svc.distribution.record import BuildResult
 from ctr2svc.model import PackageFormat
-from ctr2svc.record import BuildResult
+from ctr2svc.service import units
 
 STACK_VERSION = "1"
 # The application package's timestamps unless $SOURCE_DATE_EPOCH says otherwise: it has no image to take
@@ -192,8 +193,8 @@ def _sha256(path: Path) -> str:
 def build_stack(app: Application, output_dir: Path, version: str | None = None) -> tuple[Path, bool]:
     """The application package in OUTPUT_DIR (the format and options of its services'), and whether
     the one already there was the same."""
-    from ctr2svc.build import workspace
-    from ctr2svc.registry import ImageCache, default_cache_dir
+    from ctr2svc.build.pipeline import workspace
+    from ctr2svc.image.registry import ImageCache, default_cache_dir
 
     first = app.services[0].options
     stack_version = version or STACK_VERSION
@@ -249,7 +250,7 @@ def build_application(app: Application, *, version: str | None = None) -> Applic
 def install_command(result: ApplicationResult) -> str:
     """Every package file, the application's first, then the service and layer packages marked as
     installed for it: `apt remove NAME-stack && apt autoremove` takes them all away."""
-    from ctr2svc.summary import INSTALLERS, MARK_AUTO, _local, layer_name
+    from ctr2svc.distribution.summary import INSTALLERS, MARK_AUTO, _local, layer_name
 
     fmt = result.application.services[0].options.format
     files = [result.stack, *(p for _, r in result.services for p in r.files)]
@@ -263,8 +264,8 @@ def install_command(result: ApplicationResult) -> str:
 
 def summary(result: ApplicationResult) -> dict[str, Any]:
     """`build --compose --json`: the application package and each service's, as `build --json`."""
-    from ctr2svc.summary import SCHEMA_VERSION
-    from ctr2svc.summary import package as package_summary
+    from ctr2svc.distribution.summary import SCHEMA_VERSION
+    from ctr2svc.distribution.summary import package as package_summary
 
     app = result.application
     fmt = app.services[0].options.format

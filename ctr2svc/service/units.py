@@ -12,9 +12,10 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctr2svc import __version__, runtime, sandbox
-from ctr2svc.bundle import Entry, Kind, RootfsScan
+from ctr2svc import __version__, runtime
+from ctr2svc.image.bundle import Entry, Kind, RootfsScan
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
+from ctr2svc.service import sandbox
 
 if TYPE_CHECKING:
     import jinja2
@@ -24,12 +25,12 @@ CHOWN_BATCH = 200
 
 
 def templates_dir() -> Path:
-    here = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # ctr2svc/
     # Installed wheels carry the templates inside the package; a checkout keeps them at the top level.
-    for candidate in (here / "templates", here.parent / "templates"):
+    for candidate in (package / "templates", package.parent / "templates"):
         if candidate.is_dir():
             return candidate
-    raise RuntimeError(f"ctr2svc's templates are missing (looked in {here / 'templates'})")
+    raise RuntimeError(f"ctr2svc's templates are missing (looked in {package / 'templates'})")
 
 
 def _unit_value(value: str) -> str:

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctr2svc.build import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
+from ctr2svc.build.pipeline import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
+from ctr2svc.distribution.repo import DEFAULT_KEEP, ApkKey, Signing
 from ctr2svc.errors import UsageError
+from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.naming import check_package_name, default_package_name
-from ctr2svc.reference import parse
-from ctr2svc.repo import DEFAULT_KEEP, ApkKey, Signing
-from ctr2svc.runtime_config import DEFAULT_PIDS_LIMIT
+from ctr2svc.service.runtime_config import DEFAULT_PIDS_LIMIT
 
 # A project's images go to a repository, where shared layers pay off: a base is downloaded once per
 # host, and an upgrade moves only the layers that changed (README, "Shared layers").
@@ -129,7 +129,7 @@ def user_problem(text: str) -> str | None:
 class ImageEntry:
     number: int
     settings: Mapping[str, Any]
-    # A compose file's service: its options as ctr2svc/compose.py mapped them (settings has ref, name).
+    # A compose file's service: its options as ctr2svc/apps/compose.py mapped them (settings has ref, name).
     preset: BuildOptions | None = None
 
     @property
@@ -296,7 +296,7 @@ def load(path: Path, allow_outside: tuple[Path, ...] = ()) -> Project:
     """The project in PATH; ALLOW_OUTSIDE is for a compose file (compose.load)."""
     if path.suffix in (".yaml", ".yml"):
         # A compose file: its services are the images, its application one more package.
-        from ctr2svc import compose
+        from ctr2svc.apps import compose
 
         return compose.as_project(path, allow_outside)
     if allow_outside:

@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ctr2svc import log, metadata, naming
-from ctr2svc.build import BuildOptions
+from ctr2svc.apps.project import LIMITS, MAX_PIDS, Limit, user_problem
+from ctr2svc.build.pipeline import BuildOptions
 from ctr2svc.errors import ToolError, ToolFailed, UsageError
+from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackagedFile, PackageFormat
-from ctr2svc.project import LIMITS, MAX_PIDS, Limit, user_problem
-from ctr2svc.reference import parse
 from ctr2svc.run import run
 
 if TYPE_CHECKING:
-    from ctr2svc.project import Project
+    from ctr2svc.apps.project import Project
 
 TOOL = "docker-compose"
 STACK_SUFFIX = "-stack"
@@ -621,7 +621,7 @@ def _service(
         log.debug(f"{where}.expose: every port is open to the application's other services anyway")
     try:
         options = BuildOptions(**opts)
-        from ctr2svc.build import check_package_options
+        from ctr2svc.build.pipeline import check_package_options
 
         check_package_options(options)
     except UsageError as exc:
@@ -998,7 +998,7 @@ def check_format(fmt: PackageFormat, init: InitSystem | None) -> None:
 def as_project(path: Path, allow_outside: Sequence[Path] = ()) -> Project:
     """A compose file as a project file (`build -c`, `update -c`): its services are the images, built
     into dist/ beside it, and its application package is built after them."""
-    from ctr2svc.project import ImageEntry, Project
+    from ctr2svc.apps.project import ImageEntry, Project
 
     output_dir = path.parent / "dist"
     app = load(path, None, {"output_dir": output_dir}, allow_outside)

@@ -17,12 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctr2svc import log, registry, repo
-from ctr2svc.build import build, pull_options
+from ctr2svc import log
+from ctr2svc.apps.project import ImageEntry, Project, options, package_name
+from ctr2svc.build.pipeline import build, pull_options
+from ctr2svc.distribution import repo
+from ctr2svc.distribution.record import BuildResult
 from ctr2svc.errors import Ctr2svcError, PackageError, UsageError
+from ctr2svc.image import registry
 from ctr2svc.model import PackageFormat
-from ctr2svc.project import ImageEntry, Project, options, package_name
-from ctr2svc.record import BuildResult
 
 STATE_FILE = "ctr2svc-state.json"
 
@@ -56,11 +58,11 @@ def build_all(project: Project) -> list[Outcome]:
 
 
 def _application(project: Project) -> Outcome | None:
-    """A compose file's application package (ctr2svc/compose.py), after its services'."""
+    """A compose file's application package (ctr2svc/apps/compose.py), after its services'."""
     app = project.application
     if app is None:
         return None
-    from ctr2svc import stack
+    from ctr2svc.apps import stack
 
     fmt = app.services[0].options.format
     try:

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ctr2svc.layers import PACKAGE_PREFIX
+from ctr2svc.distribution.record import BuildResult
+from ctr2svc.distribution.update import Outcome
+from ctr2svc.image.layers import PACKAGE_PREFIX
 from ctr2svc.model import PackageFormat
-from ctr2svc.record import BuildResult
-from ctr2svc.update import Outcome
 
 # Bumped when a field changes meaning or goes away; new fields do not bump it.
 SCHEMA_VERSION = 1

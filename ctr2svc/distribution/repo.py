@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ctr2svc import log
 from ctr2svc.errors import Ctr2svcError, PackageError, ToolError, ToolFailed, UsageError
-from ctr2svc.layers import PACKAGE_PREFIX
+from ctr2svc.image.layers import PACKAGE_PREFIX
 from ctr2svc.model import PackageFormat
 from ctr2svc.run import find_tool, run
 

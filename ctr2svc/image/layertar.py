@@ -45,8 +45,8 @@ from ctr2svc.errors import ImageError, ToolError, ToolFailed
 from ctr2svc.run import find_tool, stream
 
 if TYPE_CHECKING:
-    from ctr2svc.bundle import RootfsScan
-    from ctr2svc.layers import Layer
+    from ctr2svc.image.bundle import RootfsScan
+    from ctr2svc.image.layers import Layer
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -414,7 +414,7 @@ class View:
 
     def apply_scan(self, scan: RootfsScan) -> None:
         """Put an unpacked layer on top, as its scan describes it."""
-        from ctr2svc.bundle import Kind
+        from ctr2svc.image.bundle import Kind
 
         for rel in scan.opaque:
             self._delete(rel, keep_root=True)

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from ctr2svc import log
-from ctr2svc.bundle import OPAQUE_XATTR, RootfsScan, scan
 from ctr2svc.errors import ImageError, ToolError, ToolFailed, UsageError
-from ctr2svc.layertar import DIRS, LayerCheck, Member, Need, View, _prefixes, read_layer
+from ctr2svc.image.bundle import OPAQUE_XATTR, RootfsScan, scan
+from ctr2svc.image.layertar import DIRS, LayerCheck, Member, Need, View, _prefixes, read_layer
 from ctr2svc.run import run
 
 PACKAGE_PREFIX = "ctr2svc-layer-"

@@ -87,12 +87,15 @@ def _file_sha256(path: Path) -> str:
 @cache
 def code_digest() -> str:
     """ctr2svc's own code and templates: a changed generator must not reuse an old package."""
-    from ctr2svc.units import templates_dir
+    from ctr2svc.service.units import templates_dir
 
     digest = hashlib.sha256(__version__.encode())
-    here = Path(__file__).parent
-    for path in sorted([*here.glob("*.py"), *templates_dir().rglob("*.j2")]):
-        digest.update(str(path.name).encode() + b"\0" + path.read_bytes())
+    package = Path(__file__).resolve().parents[1]  # ctr2svc/, every stage's modules below it
+    templates = templates_dir()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    for path in sorted(templates.rglob("*.j2")):
+        digest.update(str(path.relative_to(templates)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
