@@ -15,7 +15,7 @@ from click.shell_completion import get_completion_class
 
 from ctr2svc import __version__, completion, log
 from ctr2svc.apps.project import load as load_project
-from ctr2svc.build.pipeline import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, build, shell_words
+from ctr2svc.build.pipeline import build
 from ctr2svc.distribution import summary
 from ctr2svc.distribution.repo import DEFAULT_KEEP, ApkKey, Signing
 from ctr2svc.distribution.repo import add as repo_add
@@ -25,6 +25,7 @@ from ctr2svc.image.reference import parse
 from ctr2svc.inspect import inspect as inspect_image
 from ctr2svc.inspect import text as inspect_text
 from ctr2svc.model import InitSystem, PackageFormat
+from ctr2svc.options.build_options import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
 from ctr2svc.service.runtime_config import DEFAULT_PIDS_LIMIT
 
 

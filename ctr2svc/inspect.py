@@ -15,18 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ctr2svc import metadata, naming
-from ctr2svc.build.pipeline import (
-    BuildOptions,
-    Generated,
-    check_package_options,
-    generate,
-    normalize_signal,
-    pull_options,
-    workspace,
-)
+from ctr2svc.build.generate import Generated, generate
+from ctr2svc.build.pipeline import pull_options
+from ctr2svc.build.workspace import workspace
 from ctr2svc.errors import Ctr2svcError
 from ctr2svc.image import layers, registry
 from ctr2svc.model import HealthCheck, Layout, PackageFormat
+from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.checks import check_package_options
+from ctr2svc.options.values import normalize_signal
 
 # Of `inspect --json`'s output (docs/json.md): bumped when a field changes meaning or goes away.
 SCHEMA_VERSION = 1

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ctr2svc import log, metadata, naming
 from ctr2svc.apps.project import LIMITS, MAX_PIDS, Limit, user_problem
-from ctr2svc.build.pipeline import BuildOptions
 from ctr2svc.errors import ToolError, ToolFailed, UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackagedFile, PackageFormat
+from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.run import run
 
 if TYPE_CHECKING:
@@ -621,7 +621,7 @@ def _service(
         log.debug(f"{where}.expose: every port is open to the application's other services anyway")
     try:
         options = BuildOptions(**opts)
-        from ctr2svc.build.pipeline import check_package_options
+        from ctr2svc.options.checks import check_package_options
 
         check_package_options(options)
     except UsageError as exc:

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctr2svc.build.pipeline import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
 from ctr2svc.distribution.repo import DEFAULT_KEEP, ApkKey, Signing
 from ctr2svc.errors import UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.naming import check_package_name, default_package_name
+from ctr2svc.options.build_options import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
 from ctr2svc.service.runtime_config import DEFAULT_PIDS_LIMIT
 
 # A project's images go to a repository, where shared layers pay off: a base is downloaded once per

@@ -193,7 +193,7 @@ def _sha256(path: Path) -> str:
 def build_stack(app: Application, output_dir: Path, version: str | None = None) -> tuple[Path, bool]:
     """The application package in OUTPUT_DIR (the format and options of its services'), and whether
     the one already there was the same."""
-    from ctr2svc.build.pipeline import workspace
+    from ctr2svc.build.workspace import workspace
     from ctr2svc.image.registry import ImageCache, default_cache_dir
 
     first = app.services[0].options

@@ -21,18 +21,14 @@ import pytest
 
 from ctr2svc import __version__
 from ctr2svc.apps import compose, stack
-from ctr2svc.build.pipeline import (
-    RESTART,
-    BuildOptions,
-    check_package_options,
-    env_defaults,
-    health_check,
-    restart_policy,
-)
 from ctr2svc.errors import ToolError, UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import HealthCheck, PackagedFile, PackageFormat, ServiceSpec, TmpfsMount
+from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.checks import check_package_options
+from ctr2svc.options.values import RESTART, env_defaults, restart_policy
 from ctr2svc.service import runtime_config, units
+from ctr2svc.service.plan import health_check
 from tests.support import compose_app
 
 from .conftest import make_spec
@@ -520,7 +516,7 @@ def plan_document(app: compose.Application, base: Path) -> str:
 
 def compose_spec(opts: BuildOptions) -> ServiceSpec:
     """make_spec()'s image as the service OPTS describes (what plan_service decides from them)."""
-    from ctr2svc.build.pipeline import option_fields
+    from ctr2svc.service.plan import option_fields
 
     spec = make_spec()
     check = health_check(opts, None) if opts.ready_health else None
@@ -669,7 +665,7 @@ def test_init_mounts_tini_and_runs_below_it() -> None:
 
 
 def test_tmpfs_options() -> None:
-    from ctr2svc.build.pipeline import tmpfs_mounts
+    from ctr2svc.options.values import tmpfs_mounts
 
     assert tmpfs_mounts(("/run:size=64m,mode=0755",)) == (TmpfsMount("/run", ("size=64m", "mode=0755")),)
     with pytest.raises(UsageError, match="is not PATH"):

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from ctr2svc.apps.project import load, options
-from ctr2svc.build.pipeline import BuildOptions, check_package_options
 from ctr2svc.cli import build_options
 from ctr2svc.errors import UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import PackageFormat, PortMapping, ServiceSpec
+from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.checks import check_package_options
 from ctr2svc.service import network, runtime_config
 
 

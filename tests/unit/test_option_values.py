@@ -13,17 +13,12 @@ from typing import Any
 import pytest
 
 from ctr2svc import metadata
-from ctr2svc.build import pipeline as build
-from ctr2svc.build.pipeline import (
-    BuildOptions,
-    check_package_options,
-    image_volumes,
-    image_working_dir,
-    resolve_user,
-)
 from ctr2svc.errors import ImageError, ToolFailed, UsageError
 from ctr2svc.image import registry
 from ctr2svc.image.reference import parse
+from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.checks import check_package_options
+from ctr2svc.service.plan import image_volumes, image_working_dir, resolve_user
 
 REF = parse("oci:examples/hello:1.0")
 
@@ -245,7 +240,7 @@ def test_relative_paths_become_absolute_once(tmp_path: Path, monkeypatch: pytest
     # The output directory stays as given: the paths printed for the user are relative to where they are.
     assert opts.output_dir == Path("out")
     assert dataclasses.replace(opts, name="x-svc").cache_dir == tmp_path / "cache"
-    assert build.BuildOptions(reference=REF).cache_dir is None
+    assert BuildOptions(reference=REF).cache_dir is None
 
 
 def test_the_default_cache_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
