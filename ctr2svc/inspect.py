@@ -20,6 +20,7 @@ from ctr2svc.build.pipeline import pull_options
 from ctr2svc.build.workspace import workspace
 from ctr2svc.errors import Ctr2svcError
 from ctr2svc.image import layers, registry
+from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.model import HealthCheck, Layout, PackageFormat
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.options.checks import check_package_options
@@ -32,7 +33,7 @@ SCHEMA_VERSION = 1
 def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
     check_package_options(opts)
     registry.check_transport(opts.reference)
-    cache = registry.ImageCache(opts.cache_dir or registry.default_cache_dir())
+    cache = ImageCache(opts.cache_dir or default_cache_dir())
     cache.ensure()
     made: dict[str, Any] | None = None
     with workspace(cache.root) as work:
@@ -87,7 +88,7 @@ def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
     }
 
 
-def image_layers(cache: registry.ImageCache, digest: str) -> list[dict[str, Any]]:
+def image_layers(cache: ImageCache, digest: str) -> list[dict[str, Any]]:
     """The layer packages `--layers shared` makes of the image, bottom first: their sizes, and whether
     they are already unpacked and packed in the cache, and installed on this host."""
     manifest = cache.manifest(digest)

@@ -194,7 +194,7 @@ def build_stack(app: Application, output_dir: Path, version: str | None = None) 
     """The application package in OUTPUT_DIR (the format and options of its services'), and whether
     the one already there was the same."""
     from ctr2svc.build.workspace import workspace
-    from ctr2svc.image.registry import ImageCache, default_cache_dir
+    from ctr2svc.image.cache import ImageCache, default_cache_dir
 
     first = app.services[0].options
     stack_version = version or STACK_VERSION

@@ -14,8 +14,9 @@ from typing import Any
 
 from ctr2svc import log
 from ctr2svc.errors import ImageError
-from ctr2svc.image import bundle, layers, layertar, registry
+from ctr2svc.image import bundle, layers, layertar
 from ctr2svc.image.bundle import Bundle, RootfsScan
+from ctr2svc.image.cache import ImageCache
 from ctr2svc.model import (
     ResolvedImage,
     ServiceSpec,
@@ -42,7 +43,7 @@ class Generated:
 
 def generate(
     opts: BuildOptions,
-    cache: registry.ImageCache,
+    cache: ImageCache,
     image: ResolvedImage,
     work: Path,
     on_layer: Callable[[layers.Extracted], None] | None = None,
@@ -74,7 +75,7 @@ def _service_files(
 
 
 def unpack_layers(
-    cache: registry.ImageCache,
+    cache: ImageCache,
     image: ResolvedImage,
     on_layer: Callable[[layers.Extracted], None] | None = None,
 ) -> tuple[layers.Extracted, ...]:
@@ -109,7 +110,7 @@ def unpack_layers(
 
 def generate_shared(
     opts: BuildOptions,
-    cache: registry.ImageCache,
+    cache: ImageCache,
     image: ResolvedImage,
     work: Path,
     on_layer: Callable[[layers.Extracted], None] | None = None,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ctr2svc import log, metadata, naming, package
 from ctr2svc.distribution import record
-from ctr2svc.image import layers, registry
+from ctr2svc.image import layers
+from ctr2svc.image.cache import ImageCache
 from ctr2svc.model import (
     PackageFormat,
     ResolvedImage,
@@ -44,9 +45,7 @@ class LayerPacker:
     """Builds the image's layer packages that the layer cache does not have yet, in worker threads as
     the layers are unpacked: nfpm compresses one layer while the next one unpacks."""
 
-    def __init__(
-        self, opts: BuildOptions, cache: registry.ImageCache, image: ResolvedImage, work: Path
-    ) -> None:
+    def __init__(self, opts: BuildOptions, cache: ImageCache, image: ResolvedImage, work: Path) -> None:
         cfg = image.config
         name = opts.name or naming.default_package_name(image.reference.basename)
         # apk signatures name the public key; a key name that defaults to the service's would make each

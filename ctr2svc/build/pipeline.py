@@ -16,7 +16,8 @@ from ctr2svc.build.workspace import output_lock, workspace
 from ctr2svc.distribution import record
 from ctr2svc.distribution.record import BuildResult
 from ctr2svc.errors import UsageError
-from ctr2svc.image import registry
+from ctr2svc.image import registry, skopeo
+from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.options.checks import check_package_options
 from ctr2svc.run import find_tool
@@ -32,7 +33,7 @@ def check_options(opts: BuildOptions) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"output directory {out} is not writable", hint="pass a writable directory with -o")
     registry.check_transport(opts.reference)
-    registry.limits()
+    skopeo.limits()
     for tool, reason in (("skopeo", "pull images"), ("umoci", "unpack images"), ("nfpm", "build packages")):
         find_tool(tool, reason)
 
@@ -44,14 +45,14 @@ def _existing_parent(path: Path) -> Path:
     return Path("/")
 
 
-def pull_options(opts: BuildOptions) -> registry.PullOptions:
+def pull_options(opts: BuildOptions) -> skopeo.PullOptions:
     arch, variant = naming.split_platform(opts.arch or naming.host_oci_arch())
-    return registry.PullOptions(arch, variant, opts.creds, opts.authfile, opts.tls_verify, registry.limits())
+    return skopeo.PullOptions(arch, variant, opts.creds, opts.authfile, opts.tls_verify, skopeo.limits())
 
 
 def build(opts: BuildOptions) -> BuildResult:
     check_options(opts)
-    cache = registry.ImageCache(opts.cache_dir or registry.default_cache_dir())
+    cache = ImageCache(opts.cache_dir or default_cache_dir())
     cache.ensure()
     with output_lock(cache.root, opts), workspace(cache.root) as work:
         with log.step(f"Resolving {opts.reference}"):
@@ -75,7 +76,7 @@ def build(opts: BuildOptions) -> BuildResult:
 
 def _pack(
     opts: BuildOptions,
-    cache: registry.ImageCache,
+    cache: ImageCache,
     made: Generated,
     work: Path,
     packer: LayerPacker,

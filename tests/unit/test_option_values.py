@@ -14,7 +14,8 @@ import pytest
 
 from ctr2svc import metadata
 from ctr2svc.errors import ImageError, ToolFailed, UsageError
-from ctr2svc.image import registry
+from ctr2svc.image import skopeo, skopeo_errors
+from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.image.reference import parse
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.options.checks import check_package_options
@@ -161,30 +162,30 @@ def test_users_the_image_describes_badly(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "limits"),
     [
-        ({}, registry.Limits(60, 120, 14400)),
-        ({"CTR2SVC_REGISTRY_TIMEOUT": "5"}, registry.Limits(5, 120, 14400)),
+        ({}, skopeo.Limits(60, 120, 14400)),
+        ({"CTR2SVC_REGISTRY_TIMEOUT": "5"}, skopeo.Limits(5, 120, 14400)),
         (
             {"CTR2SVC_PULL_STALL_TIMEOUT": " 30 ", "CTR2SVC_PULL_TIMEOUT": "604800"},
-            registry.Limits(60, 30, 604800),
+            skopeo.Limits(60, 30, 604800),
         ),
-        ({"CTR2SVC_PULL_TIMEOUT": ""}, registry.Limits()),
+        ({"CTR2SVC_PULL_TIMEOUT": ""}, skopeo.Limits()),
     ],
 )
 def test_limits_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], limits: registry.Limits
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], limits: skopeo.Limits
 ) -> None:
-    for variable in registry.LIMIT_VARIABLES.values():
+    for variable in skopeo.LIMIT_VARIABLES.values():
         monkeypatch.delenv(variable, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert registry.limits() == limits
+    assert skopeo.limits() == limits
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "30s", "604801", "\u0663", "soon"])
 def test_limits_that_are_not_seconds_are_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("CTR2SVC_PULL_STALL_TIMEOUT", value)
     with pytest.raises(UsageError, match=r"CTR2SVC_PULL_STALL_TIMEOUT=.* is not a number of seconds from 1"):
-        registry.limits()
+        skopeo.limits()
 
 
 @pytest.mark.parametrize(
@@ -208,7 +209,7 @@ def test_limits_that_are_not_seconds_are_refused(monkeypatch: pytest.MonkeyPatch
     ],
 )
 def test_go_error_chains_in_plain_words(go: str, plain: str) -> None:
-    assert registry._plain(go) == plain
+    assert skopeo_errors.plain_words(go) == plain
 
 
 # skopeo 1.9.3's output for a server on 127.0.0.1 that accepts and never completes a TLS handshake,
@@ -224,7 +225,7 @@ TLS_TIMEOUT = (
 def test_a_tls_handshake_timeout_in_ctr2svc_words() -> None:
     ref = parse("127.0.0.1:43275/app:1.0")
     failed = ToolFailed("skopeo failed", tool="skopeo", returncode=1, stderr=TLS_TIMEOUT, command="skopeo")
-    error = registry._map_skopeo_error(failed, ref, registry.PullOptions("amd64", tls_verify=True))
+    error = skopeo_errors.skopeo_error(failed, ref, skopeo.PullOptions("amd64", tls_verify=True))
     assert isinstance(error, ImageError)
     assert error.brief == (
         "registry 127.0.0.1:43275 accepted the connection but did not complete a TLS handshake (it timed out)"
@@ -246,19 +247,19 @@ def test_relative_paths_become_absolute_once(tmp_path: Path, monkeypatch: pytest
 def test_the_default_cache_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CTR2SVC_CACHE_DIR", "cache")
-    assert registry.default_cache_dir() == tmp_path / "cache"
+    assert default_cache_dir() == tmp_path / "cache"
     monkeypatch.delenv("CTR2SVC_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     # A relative XDG_CACHE_HOME is invalid by the XDG spec, and ignored.
     monkeypatch.setenv("XDG_CACHE_HOME", "relative")
-    assert registry.default_cache_dir() == tmp_path / "home" / ".cache" / "ctr2svc"
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "ctr2svc"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert registry.default_cache_dir() == tmp_path / "xdg" / "ctr2svc"
+    assert default_cache_dir() == tmp_path / "xdg" / "ctr2svc"
 
 
 def test_a_cache_path_with_a_colon_is_refused(tmp_path: Path) -> None:
     # skopeo and umoci are given the cache as DIR:TAG and split at the first ':'.
-    cache = registry.ImageCache(tmp_path / "a:b" / "cache")
+    cache = ImageCache(tmp_path / "a:b" / "cache")
     with pytest.raises(UsageError, match=r"has a ':' in its path") as info:
         cache.ensure()
     assert info.value.hint and "--cache-dir" in info.value.hint
