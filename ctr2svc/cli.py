@@ -17,7 +17,8 @@ from ctr2svc import __version__, completion, log
 from ctr2svc.apps.project import load as load_project
 from ctr2svc.build.pipeline import build
 from ctr2svc.distribution import summary
-from ctr2svc.distribution.repo import DEFAULT_KEEP, ApkKey, Signing
+from ctr2svc.distribution.indexes import ApkKey, Signing
+from ctr2svc.distribution.repo import DEFAULT_KEEP
 from ctr2svc.distribution.repo import add as repo_add
 from ctr2svc.distribution.update import Outcome, build_all, table, update
 from ctr2svc.errors import Ctr2svcError, PartialFailure, UsageError

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from ctr2svc.errors import UsageError
 from ctr2svc.model import PackageFormat, PackageVersion
+from ctr2svc.run import run
 
 _PRERELEASE = re.compile(r"^(rc|alpha|beta|pre|preview|dev|a|b)\d*([.-].*)?$", re.IGNORECASE)
 # A name is a package name in every format and a systemd unit name: Debian's grammar ([a-z0-9+.-], the
@@ -50,6 +51,8 @@ _RPM_VERSION = re.compile(r"^(?:(\d+):)?([0-9][A-Za-z0-9._+~^]*)(?:-([A-Za-z0-9.
 # apk-tools' grammar (apk_version_validate): numbers, one optional letter, suffixes, ~hash, -rN.
 _APK_SUFFIX = r"_(?:alpha|beta|pre|rc|cvs|svn|git|hg|p)\d*"
 _APK_VERSION = re.compile(rf"^(\d+(?:\.\d+)*[a-z]?(?:{_APK_SUFFIX})*(?:~[0-9a-f]+)?)(?:-r(\d+))?$")
+# What the formats' tools accept in a version, whatever the format: these strings reach `rpm --eval`.
+TOOL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+~^_:-]*$")
 _APK_PRERELEASE = {"alpha": "alpha", "a": "alpha", "beta": "beta", "b": "beta", "rc": "rc"}
 
 # OCI architecture (+variant) -> Debian architecture.
@@ -343,9 +346,26 @@ def _next_release(fmt: PackageFormat, release: str | None) -> str:
 
 def above(fmt: PackageFormat, version: str, floor: str) -> str:
     """VERSION if it sorts above FLOOR in FMT's order, else FLOOR's next release (9.0.0 -> 9.0.0-1)."""
-    from ctr2svc.distribution.repo import compare  # the package managers' own order
-
     if compare(fmt, version, floor) > 0:
         return version
     base = parse_version(fmt, floor)
     return PackageVersion(fmt, base.version, _next_release(fmt, base.release), base.epoch).full
+
+
+def compare(fmt: PackageFormat, a: str, b: str) -> int:
+    """-1, 0 or 1, as dpkg or rpm order the two versions: the package managers' own order."""
+    if a == b:
+        return 0
+    if fmt is PackageFormat.DEB:
+        lower = run(["dpkg", "--compare-versions", a, "lt", b], what="compare versions", check=False)
+        return -1 if lower.returncode == 0 else 1
+    # Only versions of the formats' grammar get here (read_package and the build check them): no quote
+    # can be in them. apk's order is close to rpm's for the versions ctr2svc writes (digits, _rc/_git
+    # suffixes, -rN).
+    for version in (a, b):
+        if not TOOL_VERSION.match(version):
+            raise UsageError(
+                f"{version!r} is not a package version", hint="use digits, letters and . + ~ _ -"
+            )
+    out = run(["rpm", "--eval", f"%{{lua:print(rpm.vercmp('{a}', '{b}'))}}"], what="compare versions").stdout
+    return int(out.decode().strip())

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctr2svc.distribution.repo import DEFAULT_KEEP, ApkKey, Signing
+from ctr2svc.distribution.indexes import ApkKey, Signing
+from ctr2svc.distribution.repo import DEFAULT_KEEP
 from ctr2svc.errors import UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackageFormat

@@ -20,7 +20,6 @@ INSTALLERS = {
     PackageFormat.APK: "apk add --allow-untrusted",
 }
 
-
 # The fields of a package's summary besides schema_version and format: null when no package was made.
 PACKAGE_FIELDS = (
     "package",
@@ -36,7 +35,6 @@ PACKAGE_FIELDS = (
     "up_to_date",
     "layers",
 )
-
 
 # Marks the layer packages of a local install as installed for the service only, so that the package
 # manager's autoremove takes them away once no service needs them (a repository install does that
