@@ -401,7 +401,7 @@ def _build_compose(
     given: dict[str, Any],
     allow_outside: tuple[Path, ...],
 ) -> None:
-    from ctr2svc.apps import compose, stack
+    from ctr2svc.apps import compose, compose_keys, stack
 
     ctx = click.get_current_context()
     for key in given:
@@ -410,7 +410,7 @@ def _build_compose(
             option = next(p for p in ctx.command.params if p.name == key)
             raise UsageError(
                 f"{option.opts[-1]} describes one image, and --compose builds many",
-                hint=f"set it per service in {path} ({compose.DOCS})",
+                hint=f"set it per service in {path} ({compose_keys.DOCS})",
             )
     fmt = PackageFormat(given["fmt"])
     init = InitSystem(given["init"]) if given.get("init") else None

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ctr2svc import __version__
-from ctr2svc.apps import compose, stack
+from ctr2svc.apps import compose, compose_file, compose_keys, stack
 from ctr2svc.errors import ToolError, UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import HealthCheck, PackagedFile, PackageFormat, ServiceSpec, TmpfsMount
@@ -67,7 +67,7 @@ def shop(tmp_path: Path) -> compose.Application:
 
 
 def test_the_binary_is_compose_gos() -> None:
-    found = compose.find_compose()
+    found = compose_file.find_compose()
     assert Path(found).name == "docker-compose"
     version = subprocess.run([found, "version"], capture_output=True, text=True, check=True).stdout
     assert "Docker Compose version v2." in version
@@ -323,7 +323,7 @@ def test_healthcheck_none_switches_the_images_off(tmp_path: Path) -> None:
     ("text", "seconds"), [("30s", 30), ("1m30s", 90), ("500ms", 1), ("2h", 7200), ("1.5s", 2), ("0s", 0)]
 )
 def test_durations(text: str, seconds: int) -> None:
-    assert compose.duration(Path("c.yaml"), "x", text) == seconds
+    assert compose_keys.duration(Path("c.yaml"), "x", text) == seconds
 
 
 def test_restart_policies() -> None:
@@ -856,11 +856,11 @@ def test_dollars_in_the_generated_files(dollars: compose.Application, umoci_conf
 
 def test_an_unescaped_dollar_is_not_guessed_at() -> None:
     """Should a compose ever print a single `$`, halving would corrupt the value: refused instead."""
-    assert compose.unescape({"a$$": ["$$$$", "x$$"]}) == {"a$": ["$$", "x$"]}
+    assert compose_file.unescape({"a$$": ["$$$$", "x$$"]}) == {"a$": ["$$", "x$"]}
     with pytest.raises(
         ToolError, match=r"a single '\$' in the model\.services\.a\.environment\.A,"
     ) as caught:
-        compose.unescape({"services": {"a": {"environment": {"A": "pa$word"}}}})
+        compose_file.unescape({"services": {"a": {"environment": {"A": "pa$word"}}}})
     assert "pa$word" not in caught.value.one_line()  # it may be a password
 
 
