@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ctr2svc.apps.project import load, options
-from ctr2svc.cli import build_options
+from ctr2svc.commands.common import build_options
 from ctr2svc.errors import UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import PackageFormat, PortMapping, ServiceSpec
