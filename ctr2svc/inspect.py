@@ -19,7 +19,7 @@ from ctr2svc.build.generate import Generated, generate
 from ctr2svc.build.pipeline import pull_options
 from ctr2svc.build.workspace import workspace
 from ctr2svc.errors import Ctr2svcError
-from ctr2svc.image import layers, registry
+from ctr2svc.image import layers, layerstore, registry
 from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.model import HealthCheck, Layout, PackageFormat
 from ctr2svc.options.build_options import BuildOptions
@@ -94,7 +94,7 @@ def image_layers(cache: ImageCache, digest: str) -> list[dict[str, Any]]:
     manifest = cache.manifest(digest)
     if manifest is None:
         return []
-    store = layers.LayerStore(cache.root)
+    store = layerstore.LayerStore(cache.root)
     shown = []
     for unit in layers.plan(layers.image_layers(manifest, cache.config(manifest))):
         extracted = store.cached(unit)

@@ -21,7 +21,8 @@ from typing import Any
 from ctr2svc import debian, log, metadata, payload, rpmheader
 from ctr2svc.errors import PackageError, ToolFailed, UsageError
 from ctr2svc.image.bundle import Kind, RootfsScan
-from ctr2svc.image.layers import INSTALL_DIR, PACKAGE_VERSION, Extracted
+from ctr2svc.image.layers import INSTALL_DIR, PACKAGE_VERSION
+from ctr2svc.image.layerstore import Extracted
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
 from ctr2svc.naming import created_time, format_arch, nfpm_arch, parse_version
 from ctr2svc.run import find_tool, run

@@ -14,7 +14,7 @@ from typing import Any
 
 from ctr2svc import log
 from ctr2svc.errors import ImageError
-from ctr2svc.image import bundle, layers, layertar
+from ctr2svc.image import bundle, layers, layerstore, layertar
 from ctr2svc.image.bundle import Bundle, RootfsScan
 from ctr2svc.image.cache import ImageCache
 from ctr2svc.model import (
@@ -38,7 +38,7 @@ class Generated:
     files: list[units.GeneratedFile]
     scripts: dict[str, str]
     # Shared layers: the image's layers unpacked in the cache, bottom first.
-    extracted: tuple[layers.Extracted, ...] = ()
+    extracted: tuple[layerstore.Extracted, ...] = ()
 
 
 def generate(
@@ -46,7 +46,7 @@ def generate(
     cache: ImageCache,
     image: ResolvedImage,
     work: Path,
-    on_layer: Callable[[layers.Extracted], None] | None = None,
+    on_layer: Callable[[layerstore.Extracted], None] | None = None,
 ) -> Generated:
     """Unpack the cached image in work/ and produce the service's files and runtime config."""
     if opts.layers == "shared":
@@ -64,7 +64,7 @@ def generate(
 
 
 def _service_files(
-    spec: ServiceSpec, unpacked: Bundle, scan: RootfsScan, extracted: tuple[layers.Extracted, ...] = ()
+    spec: ServiceSpec, unpacked: Bundle, scan: RootfsScan, extracted: tuple[layerstore.Extracted, ...] = ()
 ) -> Generated:
     with log.step(f"Writing the service files for {spec.name} {spec.version}"):
         config = runtime_config.patch(unpacked.config, spec)
@@ -77,8 +77,8 @@ def _service_files(
 def unpack_layers(
     cache: ImageCache,
     image: ResolvedImage,
-    on_layer: Callable[[layers.Extracted], None] | None = None,
-) -> tuple[layers.Extracted, ...]:
+    on_layer: Callable[[layerstore.Extracted], None] | None = None,
+) -> tuple[layerstore.Extracted, ...]:
     """The image's layer packages' contents, unpacked into the layer cache unless already there.
     ON_LAYER gets each one as soon as it is there (the packer starts on it while the next unpacks)."""
     manifest = cache.manifest(image.digest)
@@ -87,10 +87,10 @@ def unpack_layers(
             f"image {image.reference} is no longer in the cache", hint="build again: it will be pulled"
         )
     units_ = layers.plan(layers.image_layers(manifest, cache.config(manifest)))
-    store = layers.LayerStore(cache.root)
+    store = layerstore.LayerStore(cache.root)
     bundle.require_root()
     done = []
-    stack = layers.Stack()
+    stack = layerstore.Stack()
     with log.step(f"Unpacking the image's {len(units_)} layers"), cache.locked(exclusive=False):
         store.remove_orphans()
         for number, unit in enumerate(units_, 1):
@@ -113,12 +113,12 @@ def generate_shared(
     cache: ImageCache,
     image: ResolvedImage,
     work: Path,
-    on_layer: Callable[[layers.Extracted], None] | None = None,
+    on_layer: Callable[[layerstore.Extracted], None] | None = None,
 ) -> Generated:
     """Shared layers: the service is planned on a read-only overlay of the image's unpacked layers,
     which is the root the service will see."""
     extracted = unpack_layers(cache, image, on_layer)
-    with layers.merged_view(extracted, work / "view") as root:
+    with layerstore.merged_view(extracted, work / "view") as root:
         config = bundle.runtime_config(image.cache_ref, root, work / "config.json", user=opts.user)
         unpacked = Bundle(work, config, root=root)
         scan = bundle.scan(root, layer=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ctr2svc import log, metadata, naming, package
 from ctr2svc.distribution import record
-from ctr2svc.image import layers
+from ctr2svc.image import layerstore
 from ctr2svc.image.cache import ImageCache
 from ctr2svc.model import (
     PackageFormat,
@@ -61,7 +61,7 @@ class LayerPacker:
             opts.sign_key_file,
             key_name,
         )
-        self.store = layers.LayerStore(cache.root)
+        self.store = layerstore.LayerStore(cache.root)
         self.work = work
         self.paths: list[Path] = []
         self.built: list[str] = []
@@ -79,7 +79,7 @@ class LayerPacker:
                 self.pool.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, extracted: layers.Extracted) -> None:
+    def submit(self, extracted: layerstore.Extracted) -> None:
         layer = package.LayerPackage(extracted, *self.options)
         final = (
             self.store.path(extracted.unit)

@@ -357,7 +357,6 @@ _SPECIAL = {
     stat.S_IFSOCK: "socket",
 }
 
-
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
