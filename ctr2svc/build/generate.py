@@ -17,11 +17,8 @@ from ctr2svc.errors import ImageError
 from ctr2svc.image import bundle, layers, layerstore, layertar
 from ctr2svc.image.bundle import Bundle, RootfsScan
 from ctr2svc.image.cache import ImageCache
-from ctr2svc.model import (
-    ResolvedImage,
-    ServiceSpec,
-    SharedLayer,
-)
+from ctr2svc.image.config import ResolvedImage
+from ctr2svc.model import ServiceSpec, SharedLayer
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.service import runtime_config, units
 from ctr2svc.service.plan import plan_service

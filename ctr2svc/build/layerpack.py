@@ -16,10 +16,8 @@ from ctr2svc import log, metadata, naming, package
 from ctr2svc.distribution import record
 from ctr2svc.image import layerstore
 from ctr2svc.image.cache import ImageCache
-from ctr2svc.model import (
-    PackageFormat,
-    ResolvedImage,
-)
+from ctr2svc.image.config import ResolvedImage
+from ctr2svc.model import PackageFormat
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.run import halted
 

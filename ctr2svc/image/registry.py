@@ -15,6 +15,7 @@ from typing import Any
 from ctr2svc import log
 from ctr2svc.errors import Ctr2svcError, ImageError, ToolFailed, ToolTimedOut
 from ctr2svc.image.cache import ImageCache
+from ctr2svc.image.config import ImageConfig, ResolvedImage
 from ctr2svc.image.reference import ImageReference, Transport
 from ctr2svc.image.skopeo import (
     GRACE,
@@ -28,7 +29,6 @@ from ctr2svc.image.skopeo import (
     timed_out,
 )
 from ctr2svc.image.skopeo_errors import skopeo_error
-from ctr2svc.model import ImageConfig, ResolvedImage
 from ctr2svc.run import Watchdog, find_tool, run
 
 INDEX_TYPES = {

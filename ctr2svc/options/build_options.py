@@ -11,11 +11,7 @@ from pathlib import Path
 from ctr2svc import package
 from ctr2svc.errors import UsageError
 from ctr2svc.image.reference import ImageReference
-from ctr2svc.model import (
-    InitSystem,
-    PackagedFile,
-    PackageFormat,
-)
+from ctr2svc.model import InitSystem, PackagedFile, PackageFormat
 from ctr2svc.service import runtime_config
 
 DEFAULT_STOP_TIMEOUT = 30

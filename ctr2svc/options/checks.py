@@ -7,11 +7,7 @@ from __future__ import annotations
 from ctr2svc import metadata, naming, package
 from ctr2svc.errors import UsageError
 from ctr2svc.image import layers
-from ctr2svc.model import (
-    MAX_HEALTH_RETRIES,
-    MAX_HEALTH_SECONDS,
-    InitSystem,
-)
+from ctr2svc.model import MAX_HEALTH_RETRIES, MAX_HEALTH_SECONDS, InitSystem
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.options.values import (
     LAYER_MODES,

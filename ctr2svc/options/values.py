@@ -11,13 +11,7 @@ from pathlib import Path
 
 from ctr2svc import metadata
 from ctr2svc.errors import ImageError, UsageError
-from ctr2svc.model import (
-    BindMount,
-    PackageFormat,
-    Resources,
-    Security,
-    TmpfsMount,
-)
+from ctr2svc.model import BindMount, PackageFormat, Resources, Security, TmpfsMount
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.service import runtime_config
 

@@ -16,16 +16,8 @@ from ctr2svc import log, metadata, naming
 from ctr2svc.errors import ImageError, UsageError
 from ctr2svc.image import bundle
 from ctr2svc.image.bundle import Bundle, Kind, RootfsScan
-from ctr2svc.model import (
-    BindMount,
-    HealthCheck,
-    InitSystem,
-    Layout,
-    PackageFormat,
-    ResolvedImage,
-    ServiceSpec,
-    Volume,
-)
+from ctr2svc.image.config import ResolvedImage
+from ctr2svc.model import BindMount, HealthCheck, InitSystem, Layout, PackageFormat, ServiceSpec, Volume
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.options.values import (
     MAX_ID,
