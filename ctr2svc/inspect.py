@@ -22,28 +22,26 @@ from ctr2svc.errors import Ctr2svcError
 from ctr2svc.image import layers, layerstore, registry
 from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.model import HealthCheck, Layout, PackageFormat
-from ctr2svc.options.build_options import BuildOptions
-from ctr2svc.options.checks import check_package_options
+from ctr2svc.options.request import BuildRequest
 from ctr2svc.options.values import normalize_signal
 
 # Of `inspect --json`'s output (docs/json.md): bumped when a field changes meaning or goes away.
 SCHEMA_VERSION = 1
 
 
-def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
-    check_package_options(opts)
-    registry.check_transport(opts.reference)
-    cache = ImageCache(opts.cache_dir or default_cache_dir())
+def inspect(request: BuildRequest, *, with_files: bool = False) -> dict[str, Any]:
+    registry.check_transport(request.reference)
+    cache = ImageCache(request.cache_dir or default_cache_dir())
     cache.ensure()
     made: dict[str, Any] | None = None
     with workspace(cache.root) as work:
-        pull = pull_options(opts)
-        located = registry.locate(opts.reference, pull, work)
-        image = registry.resolve(opts.reference, pull, cache, work, located)
+        pull = pull_options(request)
+        located = registry.locate(request.reference, pull, work)
+        image = registry.resolve(request.reference, pull, cache, work, located)
         if with_files:
-            made = generated(generate(opts, cache, image, work))
+            made = generated(generate(request, cache, image, work))
     cfg = image.config
-    name = opts.name or naming.default_package_name(image.reference.basename)
+    name = request.name or naming.default_package_name(image.reference.basename)
     layer_info = image_layers(cache, image.digest)
     packages: dict[str, Any] = {}
     for fmt in PackageFormat:

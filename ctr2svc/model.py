@@ -213,7 +213,7 @@ class Resources:
 # The longest a health check's timings may be, and the most failures in a row: beyond them the unit's
 # timer and start timeout would be lines systemd cannot parse (and a check once a day is none).
 MAX_HEALTH_SECONDS = 86400
-MAX_HEALTH_RETRIES = 10_000  # as project.LIMITS (the helper compares it in shell arithmetic)
+MAX_HEALTH_RETRIES = 10_000  # the helper compares it in shell arithmetic (options/ranges.py)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from ctr2svc.apps.compose_service import service_options
 from ctr2svc.errors import UsageError
 from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.request import BuildRequest
 
 if TYPE_CHECKING:
     from ctr2svc.apps.project import Project
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ServicePlan:
     service: str  # compose's name
-    options: BuildOptions
+    options: BuildOptions  # as the file's keys map onto them
+    request: BuildRequest  # checked: what the service's package is built from
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def plan(
     used_volumes: dict[str, str] = {}
     plans = {}
     for svc_name, svc in services.items():
-        options = src.attempt(
+        mapped = src.attempt(
             service_options,
             src,
             name,
@@ -125,8 +127,8 @@ def plan(
             secrets=doc.get("secrets") or {},
             configs=doc.get("configs") or {},
         )
-        if options is not None:
-            plans[svc_name] = ServicePlan(svc_name, options)
+        if mapped is not None:
+            plans[svc_name] = ServicePlan(svc_name, *mapped)
         _env_files(src, f"services.{svc_name}.env_file", (written or {}).get(svc_name) or {})
     _one_package_each(src, name, stack, list(services))
     src.check()

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ctr2svc import naming
-from ctr2svc.apps.project import Limit
 from ctr2svc.errors import UsageError
 from ctr2svc.model import PackageFormat
+from ctr2svc.options.ranges import Limit
 
 STACK_SUFFIX = "-stack"
 

@@ -24,11 +24,12 @@ from ctr2svc.apps.compose_keys import (
     whole_number,
 )
 from ctr2svc.apps.compose_mounts import add_mount, file_ref
-from ctr2svc.apps.project import LIMITS, MAX_PIDS, Limit, user_problem
 from ctr2svc.errors import UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import PackagedFile, PackageFormat
 from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.ranges import COMPOSE_LIMITS, user_problem
+from ctr2svc.options.request import BuildRequest, resolve
 
 # A variable name /etc/NAME/env can hold (build.py's check, config.awk's pattern): Docker passes any
 # name without "=" (elasticsearch's discovery.type, for one); a line of the file cannot start with "#"
@@ -55,7 +56,8 @@ def service_options(
     healthy: bool,
     secrets: Mapping[str, Any],
     configs: Mapping[str, Any],
-) -> BuildOptions:
+) -> tuple[BuildOptions, BuildRequest]:
+    """The service's options as mapped, and checked (the request its package is built from)."""
     path = src.path
     where = f"services.{name}"
     unknown_keys(src, where, svc, SERVICE_KEYS)
@@ -158,12 +160,10 @@ def service_options(
         log.debug(f"{where}.expose: every port is open to the application's other services anyway")
     try:
         options = BuildOptions(**opts)
-        from ctr2svc.options.checks import check_package_options
-
-        check_package_options(options)
+        request = resolve(options)
     except UsageError as exc:
         raise refuse(path, where, exc.brief, exc.hint or DOCS) from exc
-    return options
+    return options, request
 
 
 def _environment(src: Source, where: str, environment: Mapping[str, Any]) -> tuple[str, ...]:
@@ -230,14 +230,14 @@ def _resources(src: Source, where: str, svc: Mapping[str, Any], opts: dict[str, 
     # The deploy limits win, as with compose; compose gives memory in bytes and leaves out 0 (no limit).
     for at, memory in given["mem_limit"]:
         if memory is not None:
-            opts["memory"] = str(whole_number(src, at, memory, _MEMORY))
+            opts["memory"] = str(whole_number(src, at, memory, COMPOSE_LIMITS["memory"]))
     for at, cpus in given["cpus"]:
         if cpus is not None:
             opts["cpus"] = _cpus(src, at, cpus)
     for at, pids in given["pids_limit"]:
         if pids is not None:
             # Docker's -1 (and 0) is no limit, ctr2svc's 0.
-            opts["pids_limit"] = max(0, whole_number(src, at, pids, _PIDS))
+            opts["pids_limit"] = max(0, whole_number(src, at, pids, COMPOSE_LIMITS["pids"]))
     if deploy.get("placement"):
         raise src.refuse(f"{where}.deploy.placement", "not supported by ctr2svc (one host)", "remove it")
     if deploy.get("replicas") not in (None, 1) or deploy.get("mode") not in (None, "replicated"):
@@ -255,23 +255,15 @@ def _resources(src: Source, where: str, svc: Mapping[str, Any], opts: dict[str, 
         opts["restart"] = conditions[policy["condition"]]
 
 
-# compose's own ranges for what ctr2svc's project files limit too (project.LIMITS), in compose's terms.
-_MEMORY = Limit(1, 2**63 - 1, "a memory limit in bytes", "mem_limit: 512m")
-
-_PIDS = Limit(-1, MAX_PIDS, "a number of processes", "pids_limit: 4096, or -1 for no limit")
-
-_RETRIES = Limit(0, LIMITS["health_retries"].high, "a number of failures", "retries: 3")
-
-
 def _cpus(src: Source, where: str, value: object) -> float:
-    limit = LIMITS["cpus"]
+    limit = COMPOSE_LIMITS["cpus"]
     try:
         cpus = float(str(value))
     except ValueError:
-        raise src.refuse(where, f"{value!r} is not a number of CPUs", "e.g. cpus: 1.5") from None
+        raise src.refuse(where, f"{value!r} is not a number of CPUs", f"e.g. {limit.example}") from None
     problem = limit.problem(cpus)
     if problem is not None:
-        raise src.refuse(where, problem, "e.g. cpus: 1.5")
+        raise src.refuse(where, problem, f"e.g. {limit.example}")
     return cpus
 
 
@@ -303,7 +295,9 @@ def _health(src: Source, where: str, check: Mapping[str, Any] | None, opts: dict
     if check.get("start_period") is not None:
         opts["health_start_period"] = duration(path, f"{where}.start_period", check["start_period"])
     if check.get("retries") is not None:
-        opts["health_retries"] = whole_number(src, f"{where}.retries", check["retries"], _RETRIES) or None
+        opts["health_retries"] = (
+            whole_number(src, f"{where}.retries", check["retries"], COMPOSE_LIMITS["retries"]) or None
+        )
 
 
 def _network(

@@ -20,7 +20,6 @@ Unknown keys are errors: a typo must not silently build something else.
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.naming import check_package_name, default_package_name
 from ctr2svc.options.build_options import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
+from ctr2svc.options.ranges import LIMITS, user_problem
+from ctr2svc.options.request import BuildRequest, resolve
 from ctr2svc.service.runtime_config import DEFAULT_PIDS_LIMIT
 
 # A project's images go to a repository, where shared layers pay off: a base is downloaded once per
@@ -80,50 +81,6 @@ IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 TOP_KEYS = {"output", "repo", "defaults", "image", "cache_dir"}
 REPO_KEYS = {"path": str, "keep": int, "sign_key": str, "gnupghome": str, "apk_key": str, "apk_key_name": str}
-
-
-@dataclass(frozen=True)
-class Limit:
-    """The values a number may take: what the unit, runc, the kernel and the helper's shell accept, or,
-    where they would take anything, what a setting can sensibly be. A value outside passes TOML and
-    the type check, then fails on the host (a pids limit above the kernel's refused by the cgroup, a
-    retry count the shell cannot compare), so it is refused up front, in the file's own terms."""
-
-    low: int
-    high: int
-    what: str
-    example: str
-    low_open: bool = False  # above LOW rather than from it (a CPU count)
-
-    def problem(self, value: float) -> str | None:
-        low_ok = value > self.low if self.low_open else value >= self.low
-        if math.isfinite(value) and low_ok and value <= self.high:
-            return None
-        low = f"above {self.low}" if self.low_open else f"{self.low}"
-        return f"{value} is not {self.what} ({low} to {self.high})"
-
-
-# The kernel's most processes (PID_MAX_LIMIT): pids.max refuses anything above it.
-MAX_PIDS = 4_194_304
-# uid_t and gid_t are 32 bits, and (uid_t)-1 means "no change" to the kernel.
-MAX_ID = 2**32 - 2
-LIMITS = {
-    "stop_timeout": Limit(1, 3600, "a stop timeout in seconds", "stop_timeout = 30"),
-    "pids_limit": Limit(0, MAX_PIDS, "a number of processes", "pids_limit = 4096, or 0 for no limit"),
-    "ready_port": Limit(1, 65535, "a TCP port", "ready_port = 8080"),
-    "health_interval": Limit(1, 86400, "an interval in seconds", "health_interval = 30"),
-    "health_retries": Limit(1, 10_000, "a number of failures", "health_retries = 3"),
-    "cpus": Limit(0, 4096, "a number of CPUs", "cpus = 1.5", low_open=True),
-    "keep": Limit(1, 1000, "a number of versions to keep", "keep = 3"),
-}
-
-
-def user_problem(text: str) -> str | None:
-    """What is wrong with the numbers of a USER[:GROUP] (names are the image's to resolve)."""
-    for part in text.split(":", 1):
-        if part.isdigit() and int(part) > MAX_ID:
-            return f"{part} is not a user or group id (0 to {MAX_ID})"
-    return None
 
 
 @dataclass(frozen=True)
@@ -374,8 +331,15 @@ def load(path: Path, allow_outside: tuple[Path, ...] = ()) -> Project:
 
 def options(
     project: Project, entry: ImageEntry, fmt: PackageFormat, *, min_version: str | None = None
+) -> BuildRequest:
+    """The request `ctr2svc build` would make of this image and format: the image's settings as
+    BuildOptions, checked (a value out of range fails this image alone)."""
+    return resolve(_build_options(project, entry, fmt, min_version))
+
+
+def _build_options(
+    project: Project, entry: ImageEntry, fmt: PackageFormat, min_version: str | None
 ) -> BuildOptions:
-    """The BuildOptions `ctr2svc build` would get for this image and format."""
     if entry.preset is not None:
         return dataclasses.replace(
             entry.preset, format=fmt, output_dir=project.output_dir, min_version=min_version

@@ -196,7 +196,7 @@ def build_stack(app: Application, output_dir: Path, version: str | None = None) 
     from ctr2svc.build.workspace import workspace
     from ctr2svc.image.cache import ImageCache, default_cache_dir
 
-    first = app.services[0].options
+    first = app.services[0].request
     stack_version = version or STACK_VERSION
     naming.parse_version(first.format, stack_version)
     cache = ImageCache(first.cache_dir or default_cache_dir())
@@ -206,8 +206,8 @@ def build_stack(app: Application, output_dir: Path, version: str | None = None) 
             app,
             first.format,
             stack_version,
-            metadata.maintainer(first.maintainer),
-            first.payload_compression,
+            first.maintainer,
+            first.compression,
             output_dir,
             work,
         )
@@ -216,7 +216,7 @@ def build_stack(app: Application, output_dir: Path, version: str | None = None) 
 def stack_result(app: Application, path: Path, up_to_date: bool, version: str | None = None) -> BuildResult:
     """The application package as a build's result (for `build -c`, `update` and their reports): it
     pins no image, so its digest and pinned image are empty."""
-    full = naming.parse_version(app.services[0].options.format, version or STACK_VERSION).full
+    full = naming.parse_version(app.services[0].request.format, version or STACK_VERSION).full
     target = f"{app.stack}.target"
     return BuildResult(path, app.stack, full, "", "", target, "", sha256=_sha256(path), up_to_date=up_to_date)
 
@@ -224,7 +224,7 @@ def stack_result(app: Application, path: Path, up_to_date: bool, version: str | 
 def build_application(app: Application, *, version: str | None = None) -> ApplicationResult:
     """Every service's package (dependencies first), then the application package. A failure removes
     the packages this build had written, so that the output directory holds all of it or none."""
-    first = app.services[0].options
+    first = app.services[0].request
     fmt, output_dir = first.format, first.output_dir
     check_format(fmt, first.init)
     stack_version = version or STACK_VERSION
@@ -235,7 +235,7 @@ def build_application(app: Application, *, version: str | None = None) -> Applic
     try:
         for service in app.services:
             with log.step(f"Service {service.service}: {service.options.reference}"):
-                result = build(service.options)
+                result = build(service.request)
             done.append((service, result))
             written += [p for p in result.files if p not in before]
         stack, same = build_stack(app, output_dir, stack_version)
@@ -252,7 +252,7 @@ def install_command(result: ApplicationResult) -> str:
     installed for it: `apt remove NAME-stack && apt autoremove` takes them all away."""
     from ctr2svc.distribution.summary import INSTALLERS, MARK_AUTO, _local, layer_name
 
-    fmt = result.application.services[0].options.format
+    fmt = result.application.services[0].request.format
     files = [result.stack, *(p for _, r in result.services for p in r.files)]
     unique = list(dict.fromkeys(files))
     names = sorted(
@@ -268,7 +268,7 @@ def summary(result: ApplicationResult) -> dict[str, Any]:
     from ctr2svc.distribution.summary import package as package_summary
 
     app = result.application
-    fmt = app.services[0].options.format
+    fmt = app.services[0].request.format
     return {
         "schema_version": SCHEMA_VERSION,
         "application": app.name,

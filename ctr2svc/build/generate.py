@@ -19,7 +19,7 @@ from ctr2svc.image.bundle import Bundle, RootfsScan
 from ctr2svc.image.cache import ImageCache
 from ctr2svc.image.config import ResolvedImage
 from ctr2svc.model import ServiceSpec, SharedLayer
-from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.request import BuildRequest
 from ctr2svc.service import runtime_config, units
 from ctr2svc.service.plan import plan_service
 
@@ -39,24 +39,26 @@ class Generated:
 
 
 def generate(
-    opts: BuildOptions,
+    request: BuildRequest,
     cache: ImageCache,
     image: ResolvedImage,
     work: Path,
     on_layer: Callable[[layerstore.Extracted], None] | None = None,
 ) -> Generated:
     """Unpack the cached image in work/ and produce the service's files and runtime config."""
-    if opts.layers == "shared":
-        return generate_shared(opts, cache, image, work, on_layer)
+    if request.layers == "shared":
+        return generate_shared(request, cache, image, work, on_layer)
     with log.step("Unpacking the image"), cache.locked(exclusive=False):
         manifest = cache.manifest(image.digest) or {}
         count = len(manifest.get("layers", []))
         if count:
             # By the rules shared layers are unpacked with: umoci gets only what passes them.
             layertar.check_image(layers.image_layers(manifest, cache.config(manifest)), cache.blob_path)
-        unpacked = bundle.unpack(image.cache_ref, work / "bundle", count, user=opts.user)
+        unpacked = bundle.unpack(
+            image.cache_ref, work / "bundle", count, user=request.user.text if request.user else None
+        )
     scan = bundle.scan(unpacked.rootfs)
-    spec = plan_service(opts, image, unpacked, scan)
+    spec = plan_service(request, image, unpacked, scan)
     return _service_files(spec, unpacked, scan)
 
 
@@ -106,7 +108,7 @@ def unpack_layers(
 
 
 def generate_shared(
-    opts: BuildOptions,
+    request: BuildRequest,
     cache: ImageCache,
     image: ResolvedImage,
     work: Path,
@@ -116,13 +118,15 @@ def generate_shared(
     which is the root the service will see."""
     extracted = unpack_layers(cache, image, on_layer)
     with layerstore.merged_view(extracted, work / "view") as root:
-        config = bundle.runtime_config(image.cache_ref, root, work / "config.json", user=opts.user)
+        config = bundle.runtime_config(
+            image.cache_ref, root, work / "config.json", user=request.user.text if request.user else None
+        )
         unpacked = Bundle(work, config, root=root)
         scan = bundle.scan(root, layer=True)
         # What the layers hold that no package can: device nodes, FIFOs, sockets (as a flat build says).
         scan.skipped = [item for x in extracted for item in x.scan.skipped]
         bundle.warn_skipped(scan.skipped)
-        spec = plan_service(opts, image, unpacked, scan)
+        spec = plan_service(request, image, unpacked, scan)
         shared = tuple(
             SharedLayer(
                 x.unit.id,

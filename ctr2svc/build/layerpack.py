@@ -12,13 +12,13 @@ import os
 import shutil
 from pathlib import Path
 
-from ctr2svc import log, metadata, naming, package
+from ctr2svc import log, naming, package
 from ctr2svc.distribution import record
 from ctr2svc.image import layerstore
 from ctr2svc.image.cache import ImageCache
 from ctr2svc.image.config import ResolvedImage
 from ctr2svc.model import PackageFormat
-from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.request import BuildRequest
 from ctr2svc.run import halted
 
 
@@ -43,20 +43,20 @@ class LayerPacker:
     """Builds the image's layer packages that the layer cache does not have yet, in worker threads as
     the layers are unpacked: nfpm compresses one layer while the next one unpacks."""
 
-    def __init__(self, opts: BuildOptions, cache: ImageCache, image: ResolvedImage, work: Path) -> None:
+    def __init__(self, request: BuildRequest, cache: ImageCache, image: ResolvedImage, work: Path) -> None:
         cfg = image.config
-        name = opts.name or naming.default_package_name(image.reference.basename)
+        name = request.name or naming.default_package_name(image.reference.basename)
         # apk signatures name the public key; a key name that defaults to the service's would make each
         # service's copy of a shared layer a different package.
         key_name = ""
-        if opts.sign_key_file is not None and opts.format is PackageFormat.APK:
-            key_name = opts.sign_key_name or f"{name}.rsa.pub"
+        if request.sign_key_file is not None and request.format is PackageFormat.APK:
+            key_name = request.sign_key_name or f"{name}.rsa.pub"
         self.options = (
-            opts.format,
+            request.format,
             naming.deb_arch(cfg.architecture or "amd64", cfg.variant),
-            opts.payload_compression,
-            metadata.maintainer(opts.maintainer),
-            opts.sign_key_file,
+            request.compression,
+            request.maintainer,
+            request.sign_key_file,
             key_name,
         )
         self.store = layerstore.LayerStore(cache.root)

@@ -18,21 +18,20 @@ from ctr2svc.distribution.record import BuildResult
 from ctr2svc.errors import UsageError
 from ctr2svc.image import registry, skopeo
 from ctr2svc.image.cache import ImageCache, default_cache_dir
-from ctr2svc.options.build_options import BuildOptions
-from ctr2svc.options.checks import check_package_options
+from ctr2svc.options.request import BuildRequest
 from ctr2svc.run import find_tool
 
 
-def check_options(opts: BuildOptions) -> None:
-    """Everything that can be checked before any download: fail fast, write nothing."""
-    check_package_options(opts)
-    out = opts.output_dir
+def preflight(request: BuildRequest) -> None:
+    """What the build needs of this machine, checked before any download (the options were checked as
+    they became the request): fail fast, write nothing."""
+    out = request.output_dir
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} is not a directory", hint="pass a directory with -o")
     probe = out if out.exists() else _existing_parent(out)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"output directory {out} is not writable", hint="pass a writable directory with -o")
-    registry.check_transport(opts.reference)
+    registry.check_transport(request.reference)
     skopeo.limits()
     for tool, reason in (("skopeo", "pull images"), ("umoci", "unpack images"), ("nfpm", "build packages")):
         find_tool(tool, reason)
@@ -45,37 +44,45 @@ def _existing_parent(path: Path) -> Path:
     return Path("/")
 
 
-def pull_options(opts: BuildOptions) -> skopeo.PullOptions:
-    arch, variant = naming.split_platform(opts.arch or naming.host_oci_arch())
-    return skopeo.PullOptions(arch, variant, opts.creds, opts.authfile, opts.tls_verify, skopeo.limits())
+def pull_options(request: BuildRequest) -> skopeo.PullOptions:
+    """How the image stage pulls for REQUEST: its platform (this host's unless --arch), credentials, TLS and
+    the time limits of the environment."""
+    arch, variant = (
+        (request.arch, request.variant) if request.arch else naming.split_platform(naming.host_oci_arch())
+    )
+    return skopeo.PullOptions(
+        arch, variant, request.creds, request.authfile, request.tls_verify, skopeo.limits()
+    )
 
 
-def build(opts: BuildOptions) -> BuildResult:
-    check_options(opts)
-    cache = ImageCache(opts.cache_dir or default_cache_dir())
+def build(request: BuildRequest) -> BuildResult:
+    preflight(request)
+    cache = ImageCache(request.cache_dir or default_cache_dir())
     cache.ensure()
-    with output_lock(cache.root, opts), workspace(cache.root) as work:
-        with log.step(f"Resolving {opts.reference}"):
-            pull = pull_options(opts)
-            located = registry.locate(opts.reference, pull, work)
-            build_key = record.key(opts, located.digest)
+    with output_lock(cache.root, request), workspace(cache.root) as work:
+        with log.step(f"Resolving {request.reference}"):
+            pull = pull_options(request)
+            located = registry.locate(request.reference, pull, work)
+            build_key = record.key(request, located.digest)
             done = record.lookup(cache.root, build_key)
             if done is not None:
                 log.info(f"  {located.digest}: unchanged, and so are the options")
                 return dataclasses.replace(
                     done,
-                    path=opts.output_dir / done.path.name,
-                    layer_files=tuple(str(opts.output_dir / Path(p).name) for p in done.layer_files),
+                    path=request.output_dir / done.path.name,
+                    layer_files=tuple(str(request.output_dir / Path(p).name) for p in done.layer_files),
                 )
-            image = registry.resolve(opts.reference, pull, cache, work, located)
+            image = registry.resolve(request.reference, pull, cache, work, located)
             log.info(f"  {image.pinned} ({image.config.platform})")
-        with LayerPacker(opts, cache, image, work) as packer:
-            made = generate(opts, cache, image, work, packer.submit if opts.layers == "shared" else None)
-            return _pack(opts, cache, made, work, packer, build_key)
+        with LayerPacker(request, cache, image, work) as packer:
+            made = generate(
+                request, cache, image, work, packer.submit if request.layers == "shared" else None
+            )
+            return _pack(request, cache, made, work, packer, build_key)
 
 
 def _pack(
-    opts: BuildOptions,
+    request: BuildRequest,
     cache: ImageCache,
     made: Generated,
     work: Path,
@@ -92,21 +99,21 @@ def _pack(
             made.config,
             made.files,
             made.scripts,
-            opts.payload_compression,
-            opts.sign_key_file,
-            opts.sign_key_name,
+            request.compression,
+            request.sign_key_file,
+            request.sign_key_name,
         )
         staging = work / "package"
         staging.mkdir()
-        opts.output_dir.mkdir(parents=True, exist_ok=True)
+        request.output_dir.mkdir(parents=True, exist_ok=True)
         if made.extracted:
             # Placed beside the service package only once every package is made.
             path = package.pack(inputs, staging, work)
             layer_packages, built = packer.finish()
-            placed = tuple(str(place(p, opts.output_dir)) for p in layer_packages)
-            path = package.publish(path, opts.output_dir, move=True)
+            placed = tuple(str(place(p, request.output_dir)) for p in layer_packages)
+            path = package.publish(path, request.output_dir, move=True)
         else:
-            path = package.pack(inputs, staging, opts.output_dir)
+            path = package.pack(inputs, staging, request.output_dir)
             placed, built = (), ()
     result = BuildResult.of(path, spec, made.scan.skipped, placed, built)
     record.save(cache.root, build_key, result)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ctr2svc import log, naming
 from ctr2svc.errors import UsageError
-from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.request import BuildRequest
 
 
 @contextlib.contextmanager
@@ -48,14 +48,14 @@ def _remove_orphans(base: Path) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(cache_root: Path, opts: BuildOptions) -> Iterator[None]:
+def output_lock(cache_root: Path, request: BuildRequest) -> Iterator[None]:
     """One build at a time of one package name and format into one output directory.
 
     Without it two builds of one image into one directory both succeed and one reports the sha256 of a
     file the other has replaced. The second waits, then finds the first one's record: "up to date".
     """
-    name = opts.name or naming.default_package_name(opts.reference.basename)
-    key = hashlib.sha256(f"{opts.output_dir.absolute()}\0{name}\0{opts.format}".encode()).hexdigest()
+    name = request.name or naming.default_package_name(request.reference.basename)
+    key = hashlib.sha256(f"{request.output_dir.absolute()}\0{name}\0{request.format}".encode()).hexdigest()
     locks = cache_root / "locks"
     try:
         locks.mkdir(exist_ok=True)
@@ -69,6 +69,6 @@ def output_lock(cache_root: Path, opts: BuildOptions) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info(f"  waiting for another build of {name} ({opts.format}) into {opts.output_dir}")
+            log.info(f"  waiting for another build of {name} ({request.format}) into {request.output_dir}")
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield

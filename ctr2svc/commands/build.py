@@ -15,6 +15,7 @@ from ctr2svc.distribution import summary
 from ctr2svc.distribution.update import build_all
 from ctr2svc.errors import UsageError
 from ctr2svc.model import InitSystem, PackageFormat
+from ctr2svc.options.request import resolve
 
 
 @click.command(name="build")
@@ -116,8 +117,8 @@ def build_command(
         raise UsageError(
             "--allow-outside goes with a compose file", hint="add --compose FILE, or drop --allow-outside"
         )
-    options = build_options(image, output_dir=output_dir, **package)
-    result = build(options)
+    request = resolve(build_options(image, output_dir=output_dir, **package))
+    result = build(request)
     size = result.path.stat().st_size
     state = "up to date" if result.up_to_date else f"{size / 1e6:.1f} MB"
     log.info(f"✓ {result.path} ({state})")
@@ -132,9 +133,9 @@ def build_command(
     log.info(f"  sha256:  {result.sha256}")
     log.info(f"  image:   {result.pinned}")
     log.info(f"  service: {result.service}, data in {result.data_dir}")
-    log.info(f"  install: {summary.install_command(options.format, result)}")
+    log.info(f"  install: {summary.install_command(request.format, result)}")
     # The package path alone on stdout, for scripts (or all of the above as JSON).
-    click.echo(summary.dumps(summary.package(options.format, result)) if as_json else str(result.path))
+    click.echo(summary.dumps(summary.package(request.format, result)) if as_json else str(result.path))
 
 
 # Package options that are the same for every service of a compose application; the others describe

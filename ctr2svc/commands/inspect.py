@@ -11,6 +11,7 @@ from ctr2svc import completion
 from ctr2svc.commands.common import build_options, package_options, verbosity_options
 from ctr2svc.inspect import inspect as inspect_image
 from ctr2svc.inspect import text as inspect_text
+from ctr2svc.options.request import resolve
 
 
 @click.command(name="inspect")
@@ -36,5 +37,5 @@ def inspect_command(image: str, with_files: bool, as_json: bool, **package: Any)
       ctr2svc inspect oci:examples/hello:1.0 --generated --memory 256M
       ctr2svc inspect oci:examples/hello:1.0 --json | jq .package
     """
-    info = inspect_image(build_options(image, **package), with_files=with_files)
+    info = inspect_image(resolve(build_options(image, **package)), with_files=with_files)
     click.echo(json.dumps(info, indent=2) if as_json else inspect_text(info))

@@ -17,10 +17,10 @@ import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 from ctr2svc import __version__
 from ctr2svc.model import InitSystem, ServiceSpec
+from ctr2svc.options.request import BuildRequest
 
 # Options that change where things come from or go, not what the package holds.
 _NOT_IN_KEY = {"output_dir", "cache_dir", "creds", "authfile", "tls_verify", "sign_key_file"}
@@ -99,19 +99,20 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def key(options: Any, digest: str) -> str:
+def key(request: BuildRequest, digest: str) -> str:
     """The identity of a build: image digest, every option that shapes the package, the code."""
     fields = {
-        f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name not in _NOT_IN_KEY
+        f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in _NOT_IN_KEY
     }
     fields["reference"] = str(fields["reference"])
     doc = {
         "digest": digest,
+        # Parsed values (nested dataclasses by their repr): options that mean the same are one build.
         "options": fields,
-        "output_dir": str(options.output_dir.resolve()),
+        "output_dir": str(request.output_dir.resolve()),
         # The key's content, not its path: a new key at the same path is a different package.
         "sign_key": (
-            hashlib.sha256(options.sign_key_file.read_bytes()).hexdigest() if options.sign_key_file else None
+            hashlib.sha256(request.sign_key_file.read_bytes()).hexdigest() if request.sign_key_file else None
         ),
         "code": code_digest(),
     }

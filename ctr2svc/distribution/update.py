@@ -25,6 +25,7 @@ from ctr2svc.distribution.record import BuildResult
 from ctr2svc.errors import Ctr2svcError, PackageError, UsageError
 from ctr2svc.image import registry
 from ctr2svc.model import PackageFormat
+from ctr2svc.options.request import BuildRequest, with_floor
 
 STATE_FILE = "ctr2svc-state.json"
 
@@ -64,7 +65,7 @@ def _application(project: Project) -> Outcome | None:
         return None
     from ctr2svc.apps import stack
 
-    fmt = app.services[0].options.format
+    fmt = app.services[0].request.format
     try:
         path, same = stack.build_stack(app, project.output_dir)
     except Ctr2svcError as exc:
@@ -74,11 +75,11 @@ def _application(project: Project) -> Outcome | None:
 
 
 def _build_one(
-    project: Project, entry: ImageEntry, fmt: PackageFormat, min_version: str | None = None
+    project: Project, entry: ImageEntry, fmt: PackageFormat, request: BuildRequest | None = None
 ) -> Outcome:
+    """ENTRY's package of format FMT, from REQUEST when it is made already (update's, with its floor)."""
     try:
-        opts = options(project, entry, fmt, min_version=min_version)
-        result = build(opts)
+        result = build(request or options(project, entry, fmt))
     except Ctr2svcError as exc:
         log.warn(f"{entry.label()} ({fmt}): {exc.one_line()}")
         return Outcome(entry.label(), fmt, "failed", exc.one_line())
@@ -158,9 +159,9 @@ def _update(project: Project, repo_dir: Path, rebuild: bool = False) -> list[Out
             key = _state_key(entry, fmt)
             previous = state.get(key)
             try:
-                opts = options(project, entry, fmt)
+                request = options(project, entry, fmt)
                 with _scratch() as work:
-                    digest = registry.locate(opts.reference, pull_options(opts), work).digest
+                    digest = registry.locate(request.reference, pull_options(request), work).digest
             except Ctr2svcError as exc:
                 log.warn(f"{entry.label()} ({fmt}): {exc.one_line()}")
                 outcomes.append(Outcome(entry.label(), fmt, "failed", exc.one_line()))
@@ -177,7 +178,7 @@ def _update(project: Project, repo_dir: Path, rebuild: bool = False) -> list[Out
                 if fmt not in published:
                     published[fmt] = repo.newest_versions(repo_dir, fmt)
                 floor = published[fmt].get(package_name(entry))
-            outcome = _build_one(project, entry, fmt, min_version=floor)
+            outcome = _build_one(project, entry, fmt, with_floor(request, floor))
             outcomes.append(outcome)
             if outcome.result is not None:
                 done = outcome.result

@@ -8,19 +8,20 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctr2svc import package
 from ctr2svc.errors import UsageError
 from ctr2svc.image.reference import ImageReference
 from ctr2svc.model import InitSystem, PackagedFile, PackageFormat
 from ctr2svc.service import runtime_config
 
 DEFAULT_STOP_TIMEOUT = 30
-
 DEFAULT_MAINTAINER = "ctr2svc <root@localhost>"
 
 
 @dataclass(frozen=True, kw_only=True)
 class BuildOptions:
+    """A build's options in the command line's terms, as given (compose's settings too); resolve()
+    in ctr2svc.options.request makes them a BuildRequest."""
+
     reference: ImageReference
     format: PackageFormat = PackageFormat.DEB
     init: InitSystem | None = None  # None: the format's usual init (systemd; OpenRC for apk)
@@ -92,14 +93,6 @@ class BuildOptions:
             path = getattr(self, name)
             if path is not None and not path.is_absolute():
                 object.__setattr__(self, name, path.absolute())
-
-    @property
-    def init_system(self) -> InitSystem:
-        return self.init or self.format.default_init
-
-    @property
-    def payload_compression(self) -> str:
-        return self.compression or package.COMPRESSIONS[self.format][0]
 
 
 def shell_words(text: str) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
 """Each option's value parsed on its own: what a word means (a signal, a capability, a size, a mount),
-or one line naming the option and the fix.
+or one line naming the option and the fix. ctr2svc.options.request calls them, once per build.
 """
 
 from __future__ import annotations
@@ -12,34 +12,29 @@ from pathlib import Path
 from ctr2svc import metadata
 from ctr2svc.errors import ImageError, UsageError
 from ctr2svc.model import BindMount, PackageFormat, Resources, Security, TmpfsMount
-from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.ranges import MAX_CPUS, MAX_ID, MAX_MEMORY, MIN_CPUS, MIN_MEMORY
 from ctr2svc.service import runtime_config
 
 SIGNALS = {s.name for s in signal.Signals}
-
-MIN_MEMORY = 6 * 1024**2  # Docker's minimum: less and the container dies of OOM as it starts
-
-MAX_MEMORY = 2**63 - 1  # runc's memory limit is a signed 64-bit number of bytes
-
-MIN_CPUS = 0.01  # the kernel's smallest CFS quota, 1 ms per 100 ms period (Docker's minimum too)
-
-MAX_CPUS = 4096
+RUNTIMES = ("runc", "crun")
+LAYER_MODES = ("flat", "shared")
+STDIO_MODES = ("auto", "journal", "pipe")
 
 # compose's restart policies -> systemd's Restart=. systemd has no "unless-stopped": a service an admin
 # stops stays stopped until started again, which is what "unless-stopped" means under Docker too.
 RESTART = {"no": "no", "always": "always", "on-failure": "on-failure", "unless-stopped": "always"}
 
 
-def restart_policy(opts: BuildOptions) -> str:
-    """systemd's Restart= for OPTS: compose's policy mapped, ctr2svc's on-failure when none is given."""
-    given = opts.restart
+def restart_policy(given: str | None, oneshot: bool) -> str:
+    """systemd's Restart= for compose's policy GIVEN, ctr2svc's on-failure when none is given; ONESHOT:
+    a service others wait to complete."""
     if given is None:
-        return "no" if opts.oneshot else "on-failure"
+        return "no" if oneshot else "on-failure"
     if given not in RESTART:
         raise UsageError(
             f"unknown restart policy {given!r}", hint="use no, always, on-failure or unless-stopped"
         )
-    if opts.oneshot and RESTART[given] == "always":
+    if oneshot and RESTART[given] == "always":
         raise UsageError(
             f"restart: {given} on a service that others wait to complete (service_completed_successfully)",
             hint='use restart: "no" or on-failure: a service that must finish cannot restart for ever',
@@ -93,16 +88,18 @@ def _capability(name: str) -> str:
     return cap
 
 
-def security(opts: BuildOptions) -> Security:
-    drop_all = any(c.strip().upper() in ("ALL", "CAP_ALL") for c in opts.cap_drop)
-    add = tuple(dict.fromkeys(_capability(c) for c in opts.cap_add))
+def security(
+    cap_add: tuple[str, ...], cap_drop: tuple[str, ...], privileged: bool, pids_limit: int
+) -> Security:
+    drop_all = any(c.strip().upper() in ("ALL", "CAP_ALL") for c in cap_drop)
+    add = tuple(dict.fromkeys(_capability(c) for c in cap_add))
     if drop_all:
         drop = tuple(c for c in runtime_config.ALL_CAPABILITIES if c not in add)
     else:
-        drop = tuple(dict.fromkeys(_capability(c) for c in opts.cap_drop))
-    if opts.pids_limit < 0:
-        raise UsageError(f"--pids-limit {opts.pids_limit} is negative", hint="pass 0 for no limit")
-    return Security(cap_add=add, cap_drop=drop, privileged=opts.privileged, pids_limit=opts.pids_limit)
+        drop = tuple(dict.fromkeys(_capability(c) for c in cap_drop))
+    if pids_limit < 0:
+        raise UsageError(f"--pids-limit {pids_limit} is negative", hint="pass 0 for no limit")
+    return Security(cap_add=add, cap_drop=drop, privileged=privileged, pids_limit=pids_limit)
 
 
 # KEY=VALUE, as Docker takes it: any name without "=" (elasticsearch's discovery.type, for one), but one
@@ -139,30 +136,28 @@ def bind_mounts(volumes: tuple[str, ...]) -> tuple[BindMount, ...]:
     return tuple(mounts)
 
 
-def resources(opts: BuildOptions) -> Resources:
+def resources(memory_text: str | None, cpus: float | None) -> Resources:
     memory = None
-    if opts.memory is not None:
-        match = _SIZE.match(opts.memory.strip())
+    if memory_text is not None:
+        match = _SIZE.match(memory_text.strip())
         if not match or float(match.group(1)) <= 0:
             raise UsageError(
-                f"--memory {opts.memory!r} is not a size", hint="e.g. --memory 512M or --memory 2G"
+                f"--memory {memory_text!r} is not a size", hint="e.g. --memory 512M or --memory 2G"
             )
         memory = int(float(match.group(1)) * 1024 ** "BKMGT".index((match.group(2) or "B").upper()))
         if not MIN_MEMORY <= memory <= MAX_MEMORY:
             raise UsageError(
-                f"--memory {opts.memory!r} is out of range: it goes from 6M to {MAX_MEMORY // 1024**4}T",
+                f"--memory {memory_text!r} is out of range: it goes from 6M to {MAX_MEMORY // 1024**4}T",
                 hint="e.g. --memory 512M or --memory 2G",
             )
-    if opts.cpus is not None and not (math.isfinite(opts.cpus) and 0 < opts.cpus <= MAX_CPUS):
+    if cpus is not None and not (math.isfinite(cpus) and 0 < cpus <= MAX_CPUS):
+        raise UsageError(f"--cpus {cpus} is not a number of CPUs above 0", hint="e.g. --cpus 0.5 or --cpus 2")
+    if cpus is not None and cpus < MIN_CPUS:
         raise UsageError(
-            f"--cpus {opts.cpus} is not a number of CPUs above 0", hint="e.g. --cpus 0.5 or --cpus 2"
-        )
-    if opts.cpus is not None and opts.cpus < MIN_CPUS:
-        raise UsageError(
-            f"--cpus {opts.cpus} is out of range: the smallest CPU limit is {MIN_CPUS} (1% of a CPU)",
+            f"--cpus {cpus} is out of range: the smallest CPU limit is {MIN_CPUS} (1% of a CPU)",
             hint="e.g. --cpus 0.05 or --cpus 2",
         )
-    return Resources(memory, opts.cpus)
+    return Resources(memory, cpus)
 
 
 def check_sign_key(fmt: PackageFormat, path: Path) -> None:
@@ -185,13 +180,6 @@ def check_sign_key(fmt: PackageFormat, path: Path) -> None:
         )
 
 
-RUNTIMES = ("runc", "crun")
-
-LAYER_MODES = ("flat", "shared")
-
-STDIO_MODES = ("auto", "journal", "pipe")
-
-
 def check_runtime(runtime: str) -> str:
     if runtime == "nspawn":
         # See docs/service.md: nspawn's OCI mode wants machined over D-Bus and has no detached mode or
@@ -204,11 +192,6 @@ def check_runtime(runtime: str) -> str:
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}", hint="use --runtime runc or --runtime crun")
     return runtime
-
-
-# The kernel's largest user and group id: (uid_t)-1 is the "no change" of setresuid(2), and runc's
-# config.json has no room beyond 32 bits.
-MAX_ID = 2**32 - 2
 
 
 def numeric(text: str) -> bool:

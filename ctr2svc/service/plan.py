@@ -1,5 +1,6 @@
-"""Planning the service: the options and the unpacked image decided into a ServiceSpec (name, version,
-command, user, volumes, health check, stdio...), before anything is rendered or packed.
+"""Planning the service: the checked options (a BuildRequest) and the unpacked image decided into a
+ServiceSpec (name, version, command, user, volumes, health check, stdio...), before anything is
+rendered or packed. What is checked here needs the image: its names, its command, its user database.
 """
 
 from __future__ import annotations
@@ -17,21 +18,11 @@ from ctr2svc.errors import ImageError, UsageError
 from ctr2svc.image import bundle
 from ctr2svc.image.bundle import Bundle, Kind, RootfsScan
 from ctr2svc.image.config import ResolvedImage
-from ctr2svc.model import BindMount, HealthCheck, InitSystem, Layout, PackageFormat, ServiceSpec, Volume
-from ctr2svc.options.build_options import BuildOptions
-from ctr2svc.options.values import (
-    MAX_ID,
-    bind_mounts,
-    env_defaults,
-    normalize_signal,
-    numeric,
-    resources,
-    restart_policy,
-    security,
-    split_user,
-    tmpfs_mounts,
-)
-from ctr2svc.service import network, runtime_config
+from ctr2svc.model import HealthCheck, InitSystem, Layout, PackageFormat, ServiceSpec, Volume
+from ctr2svc.options.ranges import MAX_ID
+from ctr2svc.options.request import BuildRequest, HealthSettings, RunAs
+from ctr2svc.options.values import normalize_signal, numeric
+from ctr2svc.service import runtime_config
 
 # Names by which a process reaches its own stdout or stderr again: opening them needs a pipe or a file,
 # and fails (ENXIO) on the journal's socket.
@@ -45,15 +36,15 @@ _STDIO_SCAN_LIMIT = 256 * 1024
 _DEFAULT_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
-def stdio_mode(opts: BuildOptions, scan: RootfsScan, rootfs: Path, args: tuple[str, ...]) -> tuple[str, str]:
+def stdio_mode(given: str, scan: RootfsScan, rootfs: Path, args: tuple[str, ...]) -> tuple[str, str]:
     """(journal or pipe, why) for the container's stdout and stderr under systemd.
 
     The journal's socket costs no process, so it is the choice unless the image shows it reopens its
     output: a log file linked to /dev/stdout (nginx, httpd), those names in its command line, in its
     entrypoint script or in its configuration under /etc (php-fpm's error_log = /proc/self/fd/2).
     """
-    if opts.stdio != "auto":
-        return opts.stdio, f"--stdio {opts.stdio}"
+    if given != "auto":
+        return given, f"--stdio {given}"
     for entry in scan.entries:
         if entry.kind is Kind.SYMLINK and entry.target in _STDIO_PATHS:
             return "pipe", f"/{entry.path} links to {entry.target}"
@@ -83,24 +74,24 @@ def stdio_mode(opts: BuildOptions, scan: RootfsScan, rootfs: Path, args: tuple[s
     return "journal", "the image does not reopen its output"
 
 
-def health_check(opts: BuildOptions, declared: Mapping[str, Any] | None) -> HealthCheck | None:
+def health_check(given: HealthSettings, declared: Mapping[str, Any] | None) -> HealthCheck | None:
     """The image's HEALTHCHECK, replaced or switched off by --health-cmd, tuned by --health-*."""
-    if opts.health_cmd is not None and opts.health_cmd.strip().lower() == "none":
+    if given.disabled:
         return None
     check = HealthCheck.from_image(declared)
-    if opts.health_cmd is not None:
-        check = HealthCheck(("/bin/sh", "-c", opts.health_cmd))
-    if opts.health_test is not None:
+    if given.command is not None:
+        check = HealthCheck(given.command)
+    if given.test is not None:
         # compose's healthcheck: a new test keeps the image's timings unless it gives its own.
-        check = dataclasses.replace(check or HealthCheck(()), command=opts.health_test)
+        check = dataclasses.replace(check or HealthCheck(()), command=given.test)
     if check is None:
         return None
     return dataclasses.replace(
         check,
-        interval=opts.health_interval or check.interval,
-        retries=opts.health_retries or check.retries,
-        timeout=opts.health_timeout or check.timeout,
-        start_period=opts.health_start_period if opts.health_start_period is not None else check.start_period,
+        interval=given.interval or check.interval,
+        retries=given.retries or check.retries,
+        timeout=given.timeout or check.timeout,
+        start_period=given.start_period if given.start_period is not None else check.start_period,
     )
 
 
@@ -129,9 +120,9 @@ def _id_field(fields: list[str], index: int, table: str) -> int:
     return int(text)
 
 
-def resolve_user(text: str, rootfs: Path) -> tuple[int, int]:
+def resolve_user(run_as: RunAs, rootfs: Path) -> tuple[int, int]:
     """--user as the image would run it: names looked up in the image's own passwd and group files."""
-    user, group = split_user(text)
+    user, group = run_as.user, run_as.group
     entry = _lookup(rootfs, "passwd", user)
     if numeric(user):
         uid = int(user)
@@ -157,37 +148,39 @@ def resolve_user(text: str, rootfs: Path) -> tuple[int, int]:
     return uid, _id_field(found, 2, "group")
 
 
-def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, scan: RootfsScan) -> ServiceSpec:
+def plan_service(
+    request: BuildRequest, image: ResolvedImage, unpacked: Bundle, scan: RootfsScan
+) -> ServiceSpec:
     cfg = image.config
-    fmt = opts.format
-    name = opts.name or naming.check_package_name(naming.default_package_name(image.reference.basename), fmt)
+    fmt = request.format
+    name = request.name or naming.check_package_name(
+        naming.default_package_name(image.reference.basename), fmt
+    )
     version = (
-        naming.parse_version(fmt, opts.version)
-        if opts.version is not None
-        else naming.default_version(fmt, image.reference.tag, image.digest, cfg.created)
+        request.version or naming.default_version(fmt, image.reference.tag, image.digest, cfg.created)
     ).full
-    if opts.min_version is not None and opts.version is None:
-        version = naming.above(fmt, version, opts.min_version)
+    if request.min_version is not None and request.version is None:
+        version = naming.above(fmt, version, request.min_version)
     arch = naming.deb_arch(cfg.architecture or "amd64", cfg.variant)
     naming.format_arch(fmt, arch)  # refuses an architecture the format has no name for
     unit_dir = "/usr/lib/systemd/system" if fmt is PackageFormat.RPM else "/lib/systemd/system"
     layout = Layout(name, version, unit_dir=unit_dir)
-    entrypoint = opts.entrypoint if opts.entrypoint is not None else cfg.entrypoint
+    entrypoint = request.entrypoint if request.entrypoint is not None else cfg.entrypoint
     # An entrypoint of one empty word is none, as `docker run --entrypoint ""` and Docker's builder
     # (`ENTRYPOINT [""]`) mean it; runc would try to run "" instead.
     entrypoint = () if entrypoint == ("",) else entrypoint
     # As with `docker run --entrypoint`, a new entrypoint drops the image's Cmd.
-    cmd = opts.cmd if opts.cmd is not None else (() if opts.entrypoint is not None else cfg.cmd)
+    cmd = request.cmd if request.cmd is not None else (() if request.entrypoint is not None else cfg.cmd)
     args = (*entrypoint, *cmd)
     if args and not args[0]:
-        given = opts.entrypoint is not None or opts.cmd is not None
+        given = request.entrypoint is not None or request.cmd is not None
         raise (UsageError if given else ImageError)(
             f"the command to run, {shlex.join(args)[:60]}, starts with an empty word: there is no program "
             "to run",
             hint="pass the program to run with --entrypoint, e.g. --entrypoint /usr/bin/server",
         )
     entrypoint_n = len(entrypoint)
-    if opts.init_process and args:
+    if request.init_process and args:
         # As `docker run --init`: tini (the host's static build, mounted read-only) is PID 1, reaps
         # zombies and passes signals on; the entrypoint runs below it.
         args = (runtime_config.INIT_PATH, "--", *args)
@@ -197,27 +190,24 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
             f"image {image.reference} has no Entrypoint or Cmd, so there is nothing to run",
             hint="pass the command to run with --cmd, e.g. --cmd '/usr/bin/server --port 8080'",
         )
-    stdio, why = stdio_mode(opts, scan, unpacked.rootfs, args)
-    if stdio == "pipe" and opts.init_system is InitSystem.SYSTEMD:
+    stdio, why = stdio_mode(request.stdio, scan, unpacked.rootfs, args)
+    if stdio == "pipe" and request.init is InitSystem.SYSTEMD:
         log.info(f"  stdout/stderr through a pipe and a relay process: {why}")
-    published = network.publish(opts.network, opts.publish)
-    if opts.network == "private":
-        ports = ", ".join(str(p) for p in published) or "none"
+    if request.network == "private":
+        ports = ", ".join(str(p) for p in request.publish) or "none"
         exposed = f" (the image exposes {', '.join(cfg.exposed_ports)})" if cfg.exposed_ports else ""
         log.info(f"  private network, published ports: {ports}{exposed}")
-    if opts.user is not None:
-        uid, gid = resolve_user(opts.user, unpacked.rootfs)
+    if request.user is not None:
+        uid, gid = resolve_user(request.user, unpacked.rootfs)
     else:
         user = unpacked.config.get("process", {}).get("user", {})
         uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
     volumes = tuple(
         _volume(layout, path, scan, uid, gid)
-        for path in dict.fromkeys(
-            [*image_volumes(cfg.volumes), *(metadata.volume_path(v) for v in opts.volume_paths)]
-        )
+        for path in dict.fromkeys([*image_volumes(cfg.volumes), *request.volume_paths])
     )
-    health = health_check(opts, cfg.healthcheck) if not opts.oneshot else None
-    if opts.ready_health and health is None:
+    health = health_check(request.health, cfg.healthcheck) if not request.oneshot else None
+    if request.ready_health and health is None:
         raise UsageError(
             f"{name}: another service waits for it to be healthy (service_healthy), but it has no health "
             f"check: image {image.reference} has no HEALTHCHECK and none is given",
@@ -240,29 +230,31 @@ def plan_service(opts: BuildOptions, image: ResolvedImage, unpacked: Bundle, sca
         args=args,
         uid=uid,
         gid=gid,
-        stop_signal=normalize_signal(opts.stop_signal)
-        if opts.stop_signal
-        else normalize_signal(cfg.stop_signal or "SIGTERM", f"image {image.reference}"),
-        stop_timeout=opts.stop_timeout,
+        stop_signal=request.stop_signal
+        or normalize_signal(cfg.stop_signal or "SIGTERM", f"image {image.reference}"),
+        stop_timeout=request.stop_timeout,
         volumes=volumes,
-        maintainer=metadata.maintainer(opts.maintainer),
+        maintainer=request.maintainer,
         format=fmt,
-        init=opts.init_system,
-        security=security(opts),
-        user=opts.user,
+        init=request.init,
+        security=request.security,
+        user=request.user.text if request.user else None,
         entrypoint_n=entrypoint_n,
-        env=env_defaults(opts.env),
-        resources=resources(opts),
+        env=request.env,
+        resources=request.resources,
         health=health,
-        ready_port=opts.ready_port,
-        runtime=opts.runtime,
+        ready_port=request.ready_port,
+        runtime=request.runtime,
         stdio=stdio,
-        network=opts.network,
-        publish=published,
+        network=request.network,
+        publish=request.publish,
         homepage=metadata.homepage(labels.get("org.opencontainers.image.url"), "url")
         or metadata.homepage(labels.get("org.opencontainers.image.source"), "source"),
         license=metadata.license_expression(labels.get("org.opencontainers.image.licenses")),
-        **{**option_fields(opts), "working_dir": opts.working_dir or image_working_dir(cfg.working_dir)},
+        **{
+            **option_fields(request),
+            "working_dir": request.working_dir or image_working_dir(cfg.working_dir),
+        },
     )
 
 
@@ -289,29 +281,14 @@ def image_working_dir(declared: str) -> str | None:
     return absolute
 
 
-def option_fields(opts: BuildOptions) -> dict[str, Any]:
+def option_fields(request: BuildRequest) -> dict[str, Any]:
     """The ServiceSpec fields that follow from the options alone, whatever the image (compose's keys,
     mostly): one place, which the compose goldens use too."""
-    return {
-        "mounts": (
-            *bind_mounts(opts.volumes),
-            *(BindMount(f.dest, f.target, "ro" if f.read_only else "rw") for f in opts.files if f.target),
-        ),
-        "working_dir": opts.working_dir,
-        "read_only": opts.read_only,
-        "tmpfs": tmpfs_mounts(opts.tmpfs),
-        "restart": restart_policy(opts),
-        "requires": opts.requires,
-        "wants": opts.wants,
-        "stack": opts.stack,
-        "oneshot": opts.oneshot,
-        "ready_health": opts.ready_health,
-        "annotations": tuple((key, value) for key, _, value in (x.partition("=") for x in opts.labels)),
-        "init_process": opts.init_process,
-        "files": opts.files,
-        "aliases": opts.aliases,
-        "application_network": opts.application_network,
-    }
+    names = (
+        "mounts", "working_dir", "read_only", "tmpfs", "restart", "requires", "wants", "stack", "oneshot",
+        "ready_health", "annotations", "init_process", "files", "aliases", "application_network",
+    )  # fmt: skip
+    return {name: getattr(request, name) for name in names}
 
 
 def _volume(layout: Layout, path: str, scan: RootfsScan, uid: int, gid: int) -> Volume:

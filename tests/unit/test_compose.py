@@ -25,7 +25,7 @@ from ctr2svc.errors import ToolError, UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import HealthCheck, PackagedFile, PackageFormat, ServiceSpec, TmpfsMount
 from ctr2svc.options.build_options import BuildOptions
-from ctr2svc.options.checks import check_package_options
+from ctr2svc.options.request import resolve
 from ctr2svc.options.values import RESTART, env_defaults, restart_policy
 from ctr2svc.service import runtime_config, units
 from ctr2svc.service.plan import health_check
@@ -266,7 +266,7 @@ configs:
     assert o.tmpfs == ("/tmp", "/run:size=64m", "/cache:size=1048576,mode=700")
     assert o.health_test == ("/bin/sh", "-c", "curl -f http://localhost/")
     assert (o.health_interval, o.health_timeout, o.health_retries, o.health_start_period) == (90, 1, 4, 120)
-    assert o.restart == "unless-stopped" and restart_policy(o) == "always"
+    assert o.restart == "unless-stopped" and resolve(o).restart == "always"
     assert (o.cap_add, o.cap_drop, o.privileged, o.read_only) == (("NET_ADMIN",), ("MKNOD",), False, True)
     assert (o.memory, o.cpus, o.pids_limit) == ("536870912", 1.5, 100)
     assert o.labels == ("com.example.team=core",) and o.init_process
@@ -288,7 +288,7 @@ configs:
     # A directory: its files packaged, the directory mounted once (in volumes above).
     assert files["/etc/p-api/files/static/css/site.css"].target == ""
     assert files["/etc/p-api/files/static/index.html"].content == "<h1>hi</h1>\n"
-    check_package_options(o)
+    resolve(o)
 
 
 def test_deploy_resources_and_restart_policy(tmp_path: Path) -> None:
@@ -328,20 +328,22 @@ def test_durations(text: str, seconds: int) -> None:
 
 def test_restart_policies() -> None:
     assert RESTART == {"no": "no", "always": "always", "on-failure": "on-failure", "unless-stopped": "always"}
-    base = BuildOptions(reference=parse("a:1"))
-    assert restart_policy(base) == "on-failure"  # ctr2svc's default when compose says nothing
-    assert restart_policy(dataclasses.replace(base, oneshot=True)) == "no"
+    assert restart_policy(None, oneshot=False) == "on-failure"  # ctr2svc's default when compose says nothing
+    assert restart_policy(None, oneshot=True) == "no"
     with pytest.raises(UsageError, match="others wait to complete"):
-        restart_policy(dataclasses.replace(base, oneshot=True, restart="always"))
+        restart_policy("always", oneshot=True)
+    base = BuildOptions(reference=parse("a:1"))
+    assert resolve(base).restart == "on-failure"
+    with pytest.raises(UsageError, match="others wait to complete"):
+        resolve(dataclasses.replace(base, oneshot=True, restart="always"))
 
 
 def test_health_check_merges_compose_timings_over_the_images() -> None:
     image = {"Test": ["CMD-SHELL", "true"], "Interval": 10 * 10**9, "Retries": 7}
     opts = BuildOptions(reference=parse("a:1"), health_test=("pg_isready",), health_timeout=4)
-    assert health_check(opts, image) == HealthCheck(("pg_isready",), 10, 4, 7, 0)
-    assert health_check(dataclasses.replace(opts, health_start_period=60), None) == HealthCheck(
-        ("pg_isready",), 30, 4, 3, 60
-    )
+    assert health_check(resolve(opts).health, image) == HealthCheck(("pg_isready",), 10, 4, 7, 0)
+    later = resolve(dataclasses.replace(opts, health_start_period=60))
+    assert health_check(later.health, None) == HealthCheck(("pg_isready",), 30, 4, 3, 60)
 
 
 # --- refused keys: one line, the key, the service, a hint ---------------------------------------------
@@ -446,7 +448,7 @@ def test_openrc_and_apk_are_refused() -> None:
         compose.check_format(PackageFormat.APK, None)
     base = BuildOptions(reference=parse("a:1"), init=None, format=PackageFormat.APK, stack="x-stack")
     with pytest.raises(UsageError, match="systemd only"):
-        check_package_options(base)
+        resolve(base)
 
 
 # --- the CLI -----------------------------------------------------------------------------------------
@@ -519,14 +521,15 @@ def compose_spec(opts: BuildOptions) -> ServiceSpec:
     from ctr2svc.service.plan import option_fields
 
     spec = make_spec()
-    check = health_check(opts, None) if opts.ready_health else None
+    request = resolve(opts)
+    check = health_check(request.health, None) if request.ready_health else None
     return dataclasses.replace(
         spec,
         name=str(opts.name),
         layout=dataclasses.replace(spec.layout, name=str(opts.name)),
         health=check,
         network=opts.network,
-        **option_fields(opts),
+        **option_fields(request),
     )
 
 
@@ -837,7 +840,7 @@ def test_dollars_in_the_generated_files(dollars: compose.Application, umoci_conf
         compose_spec(opts),
         args=(*(opts.entrypoint or ()), *(opts.cmd or ())),
         env=opts.env,
-        health=health_check(opts, None),
+        health=health_check(resolve(opts).health, None),
     )
     files = {f.dest: f.content for f in units.service_files(spec, sample_scan())}
     env = files["/etc/p-a/env"].splitlines()
@@ -1007,7 +1010,7 @@ def test_dotted_variable_names_are_passed(tmp_path: Path) -> None:
         "cluster.routing.allocation.disk.threshold_enabled=false",
         "discovery.type=single-node",
     ]
-    check_package_options(opts)
+    resolve(opts)
 
 
 @pytest.mark.parametrize("item", ["discovery.type=single-node", "1ST=x", "K$$1=v", "a-b=", "A#B=x"])
@@ -1127,7 +1130,7 @@ def test_zero_means_what_it_means_to_docker(tmp_path: Path) -> None:
         0,
     )
     image = {"Test": ["CMD", "y"], "Interval": 10 * 10**9, "Timeout": 2 * 10**9, "Retries": 7}
-    assert health_check(opts, image) == HealthCheck(("x",), 10, 2, 7, 0)
+    assert health_check(resolve(opts).health, image) == HealthCheck(("x",), 10, 2, 7, 0)
 
 
 # --- every problem of a file at once (issue 24) --------------------------------------------------------

@@ -18,7 +18,7 @@ from ctr2svc.image import skopeo, skopeo_errors
 from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.image.reference import parse
 from ctr2svc.options.build_options import BuildOptions
-from ctr2svc.options.checks import check_package_options
+from ctr2svc.options.request import RunAs, resolve
 from ctr2svc.service.plan import image_volumes, image_working_dir, resolve_user
 
 REF = parse("oci:examples/hello:1.0")
@@ -54,7 +54,7 @@ OUT_OF_RANGE = [
 @pytest.mark.parametrize(("given", "says"), OUT_OF_RANGE, ids=[str(g) for g, _ in OUT_OF_RANGE])
 def test_numbers_out_of_range_are_refused(given: dict[str, Any], says: str) -> None:
     with pytest.raises(UsageError) as info:
-        check_package_options(options(**given))
+        resolve(options(**given))
     assert says in info.value.brief, info.value.brief
     assert info.value.hint
 
@@ -76,7 +76,7 @@ def test_numbers_out_of_range_are_refused(given: dict[str, Any], says: str) -> N
     ],
 )
 def test_numbers_at_the_limits_are_accepted(given: dict[str, Any]) -> None:
-    check_package_options(options(**given))
+    resolve(options(**given))
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ def test_every_way_to_mount_uses_the_rule() -> None:
         {"volume_paths": ("/",)},
     ):
         with pytest.raises(UsageError, match=r"runc|root"):
-            check_package_options(options(**given))
+            resolve(options(**given))
 
 
 def test_image_volumes_runc_cannot_mount_are_left_out() -> None:
@@ -133,6 +133,13 @@ def test_a_relative_working_dir_is_relative_to_the_root(declared: str, used: str
     assert image_working_dir(declared) == used
 
 
+def as_user(text: str) -> RunAs:
+    """--user TEXT as the request carries it (the image is what the test is about)."""
+    user = resolve(options(user=text)).user
+    assert user is not None
+    return user
+
+
 def rootfs(tmp_path: Path, passwd: str, group: str = "root:x:0:\n") -> Path:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "passwd").write_text(passwd)
@@ -147,16 +154,16 @@ def test_users_the_image_describes_badly(tmp_path: Path) -> None:
         "root:x:0:\nwide:x:99999999999:\n",
     )
     with pytest.raises(ImageError, match=r"gives 'odd' the id 'abc', which is not a number"):
-        resolve_user("odd", root)
+        resolve_user(as_user("odd"), root)
     with pytest.raises(ImageError, match=r"gives 'big' the id '99999999999'"):
-        resolve_user("big", root)
+        resolve_user(as_user("big"), root)
     with pytest.raises(ImageError, match=r"/etc/group gives 'wide'"):
-        resolve_user("0:wide", root)
+        resolve_user(as_user("0:wide"), root)
     # A primary group that is no number: root's, as before (and as Docker does for unknown users).
-    assert resolve_user("nogid", root) == (5, 0)
+    assert resolve_user(as_user("nogid"), root) == (5, 0)
     # Digits of other scripts are not numbers here (int() would take them).
     with pytest.raises(ImageError, match="has no user"):
-        resolve_user("\u0663", root)
+        resolve_user(as_user("\u0663"), root)
 
 
 @pytest.mark.parametrize(
@@ -269,12 +276,12 @@ def test_a_cache_path_with_a_colon_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key", ["entrypoint", "cmd"])
 def test_a_nul_in_the_command_is_refused(key: str) -> None:
     with pytest.raises(UsageError, match=f"--{key} holds a NUL character"):
-        check_package_options(options(**{key: ("/bin/sh", "-c", "a\0b")}))
+        resolve(options(**{key: ("/bin/sh", "-c", "a\0b")}))
 
 
 @pytest.mark.parametrize("entrypoint", [(), ("",)])
 def test_an_empty_entrypoint_without_cmd_is_refused(entrypoint: tuple[str, ...]) -> None:
     # `--entrypoint ""` (or "''"): no entrypoint, and a new one drops the image's Cmd.
     with pytest.raises(UsageError, match="an empty --entrypoint leaves nothing to run"):
-        check_package_options(options(entrypoint=entrypoint))
-    check_package_options(options(entrypoint=entrypoint, cmd=("/bin/server",)))
+        resolve(options(entrypoint=entrypoint))
+    resolve(options(entrypoint=entrypoint, cmd=("/bin/server",)))
