@@ -15,9 +15,8 @@ NAME.target, in the application package NAME, which depends on them all.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ctr2svc.apps.compose_file import left_out, raw_services, read_model
 from ctr2svc.apps.compose_keys import (
@@ -30,32 +29,9 @@ from ctr2svc.apps.compose_keys import (
     unknown_keys,
 )
 from ctr2svc.apps.compose_service import service_options
+from ctr2svc.apps.entries import Application, ImageEntry, Project, ServicePlan
 from ctr2svc.errors import UsageError
 from ctr2svc.model import InitSystem, PackageFormat
-from ctr2svc.options.build_options import BuildOptions
-from ctr2svc.options.request import BuildRequest
-
-if TYPE_CHECKING:
-    from ctr2svc.apps.project import Project
-
-
-@dataclass(frozen=True)
-class ServicePlan:
-    service: str  # compose's name
-    options: BuildOptions  # as the file's keys map onto them
-    request: BuildRequest  # checked: what the service's package is built from
-
-
-@dataclass(frozen=True)
-class Application:
-    name: str  # the project name
-    path: Path  # the compose file
-    stack: str  # the application package (and target) name
-    services: tuple[ServicePlan, ...]  # in start order: each after those it depends on
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return tuple(str(s.options.name) for s in self.services)
 
 
 def load(
@@ -221,8 +197,6 @@ def check_format(fmt: PackageFormat, init: InitSystem | None) -> None:
 def as_project(path: Path, allow_outside: Sequence[Path] = ()) -> Project:
     """A compose file as a project file (`build -c`, `update -c`): its services are the images, built
     into dist/ beside it, and its application package is built after them."""
-    from ctr2svc.apps.project import ImageEntry, Project
-
     output_dir = path.parent / "dist"
     app = load(path, None, {"output_dir": output_dir}, allow_outside)
     images = [

@@ -22,10 +22,11 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctr2svc.apps import compose
+from ctr2svc.apps.entries import ImageEntry, Project
 from ctr2svc.distribution.indexes import ApkKey, Signing
 from ctr2svc.distribution.repo import DEFAULT_KEEP
 from ctr2svc.errors import UsageError
@@ -81,47 +82,6 @@ IMAGE_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 TOP_KEYS = {"output", "repo", "defaults", "image", "cache_dir"}
 REPO_KEYS = {"path": str, "keep": int, "sign_key": str, "gnupghome": str, "apk_key": str, "apk_key_name": str}
-
-
-@dataclass(frozen=True)
-class ImageEntry:
-    number: int
-    settings: Mapping[str, Any]
-    # A compose file's service: its options as ctr2svc/apps/compose.py mapped them (settings has ref, name).
-    preset: BuildOptions | None = None
-
-    @property
-    def ref(self) -> str:
-        return str(self.settings["ref"])
-
-    @property
-    def formats(self) -> tuple[PackageFormat, ...]:
-        return tuple(PackageFormat(f) for f in self.settings.get("formats", ["deb"]))
-
-    @property
-    def name(self) -> str | None:
-        """The explicit package name, if the project gives one."""
-        name = self.settings.get("name")
-        return str(name) if name else None
-
-    def label(self) -> str:
-        return self.name or self.ref
-
-
-@dataclass(frozen=True)
-class Project:
-    path: Path
-    output_dir: Path
-    images: list[ImageEntry]
-    repo: Path | None = None
-    keep: int = DEFAULT_KEEP
-    signing: Signing | None = None
-    apk_key: ApkKey | None = None
-    cache_dir: Path | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    # A compose file's application (ctr2svc.compose.Application): its package is built and published
-    # after its services'.
-    application: Any = None
 
 
 def _fail(path: Path, where: str, problem: str, hint: str) -> UsageError:
@@ -254,8 +214,6 @@ def load(path: Path, allow_outside: tuple[Path, ...] = ()) -> Project:
     """The project in PATH; ALLOW_OUTSIDE is for a compose file (compose.load)."""
     if path.suffix in (".yaml", ".yml"):
         # A compose file: its services are the images, its application one more package.
-        from ctr2svc.apps import compose
-
         return compose.as_project(path, allow_outside)
     if allow_outside:
         raise UsageError(

@@ -15,9 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from ctr2svc import __version__, debian, log, metadata, naming, package
-from ctr2svc.apps.compose import Application, ServicePlan, check_format
+from ctr2svc.apps.compose import check_format
+from ctr2svc.apps.entries import Application, ServicePlan
 from ctr2svc.build.pipeline import build
+from ctr2svc.build.workspace import workspace
 from ctr2svc.distribution.record import BuildResult
+from ctr2svc.distribution.summary import INSTALLERS, MARK_AUTO, SCHEMA_VERSION, layer_name, local_path
+from ctr2svc.distribution.summary import package as package_summary
+from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.model import PackageFormat
 from ctr2svc.service import units
 
@@ -193,9 +198,6 @@ def _sha256(path: Path) -> str:
 def build_stack(app: Application, output_dir: Path, version: str | None = None) -> tuple[Path, bool]:
     """The application package in OUTPUT_DIR (the format and options of its services'), and whether
     the one already there was the same."""
-    from ctr2svc.build.workspace import workspace
-    from ctr2svc.image.cache import ImageCache, default_cache_dir
-
     first = app.services[0].request
     stack_version = version or STACK_VERSION
     naming.parse_version(first.format, stack_version)
@@ -250,8 +252,6 @@ def build_application(app: Application, *, version: str | None = None) -> Applic
 def install_command(result: ApplicationResult) -> str:
     """Every package file, the application's first, then the service and layer packages marked as
     installed for it: `apt remove NAME-stack && apt autoremove` takes them all away."""
-    from ctr2svc.distribution.summary import INSTALLERS, MARK_AUTO, _local, layer_name
-
     fmt = result.application.services[0].request.format
     files = [result.stack, *(p for _, r in result.services for p in r.files)]
     unique = list(dict.fromkeys(files))
@@ -259,14 +259,13 @@ def install_command(result: ApplicationResult) -> str:
         {r.name for _, r in result.services}
         | {layer_name(Path(p)) for _, r in result.services for p in r.layer_files}
     )
-    return f"{INSTALLERS[fmt]} {' '.join(_local(p) for p in unique)} && {MARK_AUTO[fmt]} {' '.join(names)}"
+    return (
+        f"{INSTALLERS[fmt]} {' '.join(local_path(p) for p in unique)} && {MARK_AUTO[fmt]} {' '.join(names)}"
+    )
 
 
 def summary(result: ApplicationResult) -> dict[str, Any]:
     """`build --compose --json`: the application package and each service's, as `build --json`."""
-    from ctr2svc.distribution.summary import SCHEMA_VERSION
-    from ctr2svc.distribution.summary import package as package_summary
-
     app = result.application
     fmt = app.services[0].request.format
     return {

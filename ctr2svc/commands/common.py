@@ -12,7 +12,7 @@ import click
 
 from ctr2svc import completion, log
 from ctr2svc.distribution import summary
-from ctr2svc.distribution.update import Outcome, table
+from ctr2svc.distribution.summary import Outcome, table
 from ctr2svc.errors import PartialFailure
 from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackageFormat

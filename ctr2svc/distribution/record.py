@@ -21,6 +21,7 @@ from pathlib import Path
 from ctr2svc import __version__
 from ctr2svc.model import InitSystem, ServiceSpec
 from ctr2svc.options.request import BuildRequest
+from ctr2svc.service.units import templates_dir
 
 # Options that change where things come from or go, not what the package holds.
 _NOT_IN_KEY = {"output_dir", "cache_dir", "creds", "authfile", "tls_verify", "sign_key_file"}
@@ -87,8 +88,6 @@ def _file_sha256(path: Path) -> str:
 @cache
 def code_digest() -> str:
     """ctr2svc's own code and templates: a changed generator must not reuse an old package."""
-    from ctr2svc.service.units import templates_dir
-
     digest = hashlib.sha256(__version__.encode())
     package = Path(__file__).resolve().parents[1]  # ctr2svc/, every stage's modules below it
     templates = templates_dir()

@@ -1,13 +1,16 @@
-"""`build --json`: what a build made, as one JSON object per package (docs/json.md is its schema)."""
+"""What builds made, for scripts and for people: `build --json`, one JSON object per package (docs/json.md
+is its schema), and the table of a many-image run (`build -c`, `update`), one Outcome per image and
+format.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ctr2svc.distribution.record import BuildResult
-from ctr2svc.distribution.update import Outcome
 from ctr2svc.image.layers import PACKAGE_PREFIX
 from ctr2svc.model import PackageFormat
 
@@ -45,14 +48,14 @@ MARK_AUTO = {
 }
 
 
-def _local(path: Path) -> str:
+def local_path(path: Path) -> str:
     return str(path) if path.is_absolute() else f"./{path}"
 
 
 def install_command(fmt: PackageFormat, result: BuildResult) -> str:
     """The command that installs the package (and its layer packages) on a host of its kind, run from
     the current directory."""
-    command = f"{INSTALLERS[fmt]} {' '.join(_local(p) for p in result.files)}"
+    command = f"{INSTALLERS[fmt]} {' '.join(local_path(p) for p in result.files)}"
     if result.layer_files and fmt in MARK_AUTO:
         names = sorted({layer_name(Path(p)) for p in result.layer_files})
         command += f" && {MARK_AUTO[fmt]} {' '.join(names)}"
@@ -110,3 +113,22 @@ def outcome(done: Outcome) -> dict[str, Any]:
 
 def dumps(data: object) -> str:
     return json.dumps(data, indent=2)
+
+
+@dataclass
+class Outcome:
+    image: str
+    format: PackageFormat
+    status: str  # built, unchanged, failed
+    detail: str  # package file, digest or the error
+    result: BuildResult | None = None
+
+
+def table(outcomes: list[Outcome]) -> str:
+    rows = [("IMAGE", "FORMAT", "RESULT", "DETAIL")] + [
+        (o.image, str(o.format), o.status, o.detail) for o in outcomes
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)) for row in rows
+    )

@@ -14,39 +14,21 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ctr2svc import log
-from ctr2svc.apps.project import ImageEntry, Project, options, package_name
+from ctr2svc.apps import stack
+from ctr2svc.apps.entries import ImageEntry, Project
+from ctr2svc.apps.project import options, package_name
 from ctr2svc.build.pipeline import build, pull_options
 from ctr2svc.distribution import repo
-from ctr2svc.distribution.record import BuildResult
+from ctr2svc.distribution.summary import Outcome
 from ctr2svc.errors import Ctr2svcError, PackageError, UsageError
 from ctr2svc.image import registry
 from ctr2svc.model import PackageFormat
 from ctr2svc.options.request import BuildRequest, with_floor
 
 STATE_FILE = "ctr2svc-state.json"
-
-
-@dataclass
-class Outcome:
-    image: str
-    format: PackageFormat
-    status: str  # built, unchanged, failed
-    detail: str  # package file, digest or the error
-    result: BuildResult | None = None
-
-
-def table(outcomes: list[Outcome]) -> str:
-    rows = [("IMAGE", "FORMAT", "RESULT", "DETAIL")] + [
-        (o.image, str(o.format), o.status, o.detail) for o in outcomes
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(
-        "  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)) for row in rows
-    )
 
 
 def build_all(project: Project) -> list[Outcome]:
@@ -63,8 +45,6 @@ def _application(project: Project) -> Outcome | None:
     app = project.application
     if app is None:
         return None
-    from ctr2svc.apps import stack
-
     fmt = app.services[0].request.format
     try:
         path, same = stack.build_stack(app, project.output_dir)

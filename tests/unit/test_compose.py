@@ -21,6 +21,7 @@ import pytest
 
 from ctr2svc import __version__
 from ctr2svc.apps import compose, compose_file, compose_keys, stack
+from ctr2svc.apps.entries import Application
 from ctr2svc.errors import ToolError, UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import HealthCheck, PackagedFile, PackageFormat, ServiceSpec, TmpfsMount
@@ -50,16 +51,16 @@ def write(directory: Path, text: str, **files: str) -> Path:
 
 def load(
     path: Path, name: str | None = None, allow_outside: tuple[Path, ...] = (), **common: Any
-) -> compose.Application:
+) -> Application:
     return compose.load(path, name, {**COMMON, **common}, allow_outside)
 
 
-def service(app: compose.Application, name: str) -> BuildOptions:
+def service(app: Application, name: str) -> BuildOptions:
     return next(s.options for s in app.services if s.service == name)
 
 
 @pytest.fixture
-def shop(tmp_path: Path) -> compose.Application:
+def shop(tmp_path: Path) -> Application:
     return load(compose_app.write_project(tmp_path / "shop", REGISTRY))
 
 
@@ -155,11 +156,11 @@ def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
 # --- mapping ---------------------------------------------------------------------------------------
 
 
-def test_start_order_follows_depends_on(shop: compose.Application) -> None:
+def test_start_order_follows_depends_on(shop: Application) -> None:
     assert [s.service for s in shop.services] == ["store", "seed", "app", "web"]
 
 
-def test_depends_on_conditions(shop: compose.Application) -> None:
+def test_depends_on_conditions(shop: Application) -> None:
     store, seed, app, web = (service(shop, n) for n in ("store", "seed", "app", "web"))
     assert store.ready_health and not store.oneshot  # app waits for it to be healthy
     assert seed.oneshot and not seed.ready_health  # app waits for it to complete
@@ -505,7 +506,7 @@ def test_project_name_needs_compose(tmp_path: Path) -> None:
 # --- what the packages hold: golden files -------------------------------------------------------------
 
 
-def plan_document(app: compose.Application, base: Path) -> str:
+def plan_document(app: Application, base: Path) -> str:
     """The mapping of every service, as JSON, with the temporary directory replaced by $DIR."""
     doc = {
         "name": app.name,
@@ -720,7 +721,7 @@ def test_a_compose_file_is_a_project_file(tmp_path: Path) -> None:
 
     path = compose_app.write_project(tmp_path / "shop", REGISTRY)
     project = load_project(path)
-    assert project.application.stack == "shop-stack"
+    assert project.application is not None and project.application.stack == "shop-stack"
     assert project.output_dir == tmp_path / "shop" / "dist"
     assert [e.name for e in project.images] == ["shop-store", "shop-seed", "shop-app", "shop-web"]
     entry = project.images[2]
@@ -805,7 +806,7 @@ DOLLARS = [
 
 
 @pytest.fixture(scope="module")
-def dollars(tmp_path_factory: pytest.TempPathFactory) -> compose.Application:
+def dollars(tmp_path_factory: pytest.TempPathFactory) -> Application:
     os.environ.pop("UNSET_C2S", None)
     path = write(
         tmp_path_factory.mktemp("dollars") / "p",
@@ -827,12 +828,12 @@ def mapped(opts: BuildOptions, field: str) -> object:
 
 @pytest.mark.parametrize(("case", "service_name", "field", "container"), DOLLARS, ids=[d[0] for d in DOLLARS])
 def test_dollars_reach_the_container_as_docker_compose_gives_them(
-    dollars: compose.Application, case: str, service_name: str, field: str, container: object
+    dollars: Application, case: str, service_name: str, field: str, container: object
 ) -> None:
     assert mapped(service(dollars, service_name), field) == container
 
 
-def test_dollars_in_the_generated_files(dollars: compose.Application, umoci_config: dict[str, Any]) -> None:
+def test_dollars_in_the_generated_files(dollars: Application, umoci_config: dict[str, Any]) -> None:
     """What the package holds: /etc/NAME/env lines, config.json's args and annotations, the helper's
     health check command, the secret's and the config's files."""
     opts = service(dollars, "a")

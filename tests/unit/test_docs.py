@@ -13,7 +13,7 @@ from ctr2svc import errors
 from ctr2svc.cli import cli
 from ctr2svc.distribution import summary
 from ctr2svc.distribution.record import BuildResult
-from ctr2svc.distribution.update import Outcome
+from ctr2svc.distribution.summary import Outcome
 from ctr2svc.model import PackageFormat
 from tests.support.docs import (
     DOCS,
