@@ -145,9 +145,9 @@ def finish(
     epoch: int,
 ) -> None:
     """What nfpm cannot write, written into the package it built: hard links as hard links in every
-    format (payload.py for .deb and .apk, rpmheader.py for .rpm), and %verify(not user group) on the
-    rpm's files whose owner the ownership script sets. ROOTFS is where SCAN's files are installed.
-    KEY_FILE signs again what was changed of a signed package."""
+    format (payload.py for .deb and .apk, rpmheader.py for .rpm), the .apk's symlink checksums, and
+    %verify(not user group) on the rpm's files whose owner the ownership script sets. ROOTFS is where
+    SCAN's files are installed. KEY_FILE signs again what was changed of a signed package."""
     if fmt is PackageFormat.RPM:
         if scan is not None:
             finish_rpm(built, scan, rootfs, key_file, epoch)
@@ -155,8 +155,8 @@ def finish(
     groups = hardlink_groups(scan, rootfs) if scan is not None else []
     if fmt is PackageFormat.DEB and payload.relink_deb(built, groups, staging / "relink", key_file, epoch):
         log.debug(f"{built.name}: Installed-Size counted again, {len(groups)} hard-linked files linked")
-    elif fmt is PackageFormat.APK and payload.relink_apk(built, groups, staging / "relink", key_file):
-        log.debug(f"{built.name}: {len(groups)} hard-linked files linked")
+    elif fmt is PackageFormat.APK and payload.finish_apk(built, groups, staging / "relink", key_file):
+        log.debug(f"{built.name}: {len(groups)} hard-linked files linked, symlink checksums written")
 
 
 def finish_rpm(built: Path, scan: RootfsScan, rootfs: str, key_file: Path | None, epoch: int) -> None:
@@ -314,8 +314,9 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         _sign(config, fmt, inputs.sign_key_file, inputs.sign_key_name or f"{spec.name}.rsa.pub")
     if spec.license:
         config["license"] = spec.license
-    elif fmt is PackageFormat.RPM:
-        # RPM wants a License tag; SPDX's word for "the image does not say" is honest about it.
+    elif fmt in (PackageFormat.RPM, PackageFormat.APK):
+        # RPM wants a License tag and .PKGINFO a license line (`apk info -L`, abuild's is mandatory);
+        # SPDX's word for "the image does not say" is honest about it, as the .deb's copyright file.
         config["license"] = "NOASSERTION"
     return config
 

@@ -280,7 +280,8 @@ def link_sets(ctr2svc: Cli, tmp_path_factory: pytest.TempPathFactory) -> LinkSet
 
 
 def build_sets(ctr2svc: Cli, link_sets: LinkSets, fmt: str, out: Path) -> Path:
-    return Path(ctr2svc("build", link_sets.source, "-q", "-f", fmt, "--name", SETS_NAME, "-o", out).stdout.strip())
+    proc = ctr2svc("build", link_sets.source, "-q", "-f", fmt, "--name", SETS_NAME, "-o", out)
+    return Path(proc.stdout.strip())
 
 
 def rpm_root(path: Path) -> Path:
