@@ -327,6 +327,12 @@ class _Unpacker:
         self.short = short
         self.dirs: set[str] = {""}  # checked to be real directories (not links) in dest
         self.dir_times: dict[str, int] = {}
+        # Directories the layer does not list: made for it (implied), or a lower layer's whose time
+        # adding entries changes (kept). Their times are set at the end, not left at the unpack's
+        # time, which would make the layer package differ from build to build.
+        self.implied: list[str] = []
+        self.kept: dict[str, int] = {}
+        self.newest = 0
         self.opaque: list[str] = []
 
     def refuse(self, problem: str) -> ImageError:
@@ -354,16 +360,19 @@ class _Unpacker:
             try:
                 st = full.lstat()
             except FileNotFoundError:
-                full.mkdir(mode=0o755)
+                _new_dir(full)
+                self.implied.append(prefix)
                 self.dirs.add(prefix)
                 continue
             if stat.S_ISDIR(st.st_mode):
+                self.kept.setdefault(prefix, int(st.st_mtime))
                 self.dirs.add(prefix)
                 continue
             if stat.S_ISLNK(st.st_mode):
                 raise self.refuse(f"writes /{rel} through the symbolic link /{prefix}")
             self.remove(prefix)
-            full.mkdir(mode=0o755)
+            _new_dir(full)
+            self.implied.append(prefix)
             self.dirs.add(prefix)
 
     def remove(self, rel: str) -> None:
@@ -379,7 +388,9 @@ class _Unpacker:
             full.unlink()
 
     def run(self, archive: tarfile.TarFile) -> None:
+        self.kept[""] = int(self.dest.lstat().st_mtime)
         for member in archive:
+            self.newest = max(self.newest, int(member.mtime))
             rel = self.name(member.name)
             base = posixpath.basename(rel)
             if base.startswith(WHITEOUT_PREFIX):
@@ -396,6 +407,12 @@ class _Unpacker:
         for rel in self.opaque:
             if rel in self.dirs or (self.dest / rel).is_dir():
                 os.setxattr(self.dest / rel, OPAQUE_XATTR, b"y", follow_symlinks=False)
+        # Those the layer implies take its newest entry's time (the root too, for a layer on
+        # nothing); a lower layer's keep theirs.
+        unlisted = [(rel, self.newest) for rel in [*self.implied, *([] if self.apply else [""])]]
+        for rel, mtime in [*unlisted, *self.kept.items()]:
+            if _real_dir(self.dest / rel):  # (a later entry may have replaced it)
+                self.dir_times.setdefault(rel, mtime)
         # Directory times last: adding their entries changed them.
         for rel, mtime in sorted(self.dir_times.items(), reverse=True):
             with contextlib.suppress(FileNotFoundError):
@@ -412,7 +429,8 @@ class _Unpacker:
                     self.remove(str(child.relative_to(self.dest)))
             else:
                 if not (self.dest / parent).exists():
-                    (self.dest / parent).mkdir(mode=0o755)
+                    _new_dir(self.dest / parent)
+                    self.implied.append(parent)
                     self.dirs.add(parent)
                 self.opaque.append(parent)
             return
@@ -467,6 +485,20 @@ class _Unpacker:
             os.utime(full, (member.mtime, member.mtime))
         else:
             self.skipped.append((rel, "special file"))
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _new_dir(path: Path) -> None:
+    """A new directory of mode 0755, as Docker makes the ones a layer implies: mkdir's own mode is
+    cut by the builder's umask (0700 under umask 077), and the layer package would ship that."""
+    path.mkdir()
+    path.chmod(0o755)
 
 
 @contextlib.contextmanager
