@@ -34,6 +34,8 @@ from ctr2svc.bundle import Entry, Kind, RootfsScan
 
 # The bytes read from each file to tell a script from an ELF file from anything else.
 HEAD = 256
+# Larger files with no NUL in their first bytes are not read for national-encoding.
+TEXT_LIMIT = 64 << 20
 
 # ELF (elf.h)
 ET_EXEC, ET_DYN = 2, 3
@@ -314,6 +316,9 @@ def raised(root: Path, scan: RootfsScan, where: str, package: str, *, depends: b
     by_path = {entry.path: entry for entry in scan.entries}
     for entry in scan.entries:
         name = f"{where}/{entry.path}" if entry.path else where
+        # (Whatever the kind of entry: links too.)
+        if re.search(r"\.py[co]$", name) and "/__pycache__/" not in name and entry.kind is not Kind.DIR:
+            found.tags.add("package-installs-python-bytecode")
         if entry.kind is Kind.DIR:
             _directory(found, entry.mode, name)
         elif entry.kind is Kind.SYMLINK:
@@ -362,18 +367,17 @@ def _file(found: Findings, path: Path, mode: int, name: str, package: str, depen
     _permissions(found, mode, executable, package)
     if VCS_FILES.search(name):
         found.tags.add("package-contains-vcs-control-file")
-    if re.search(r"\.py[co]$", name) and "/__pycache__/" not in name:
-        found.tags.add("package-installs-python-bytecode")
     if re.search(r"/systemd/system/.*\.service$", name):
         _unit(found, path)
     try:
         with path.open("rb") as f:
             head = f.read(HEAD)
             gzipped = head[:2] == b"\x1f\x8b"
-            # Whole files only where a rule reads them: programs, scripts, what may be text.
-            whole = (
-                head + f.read() if head[:4] == b"\x7fELF" or head[:2] == b"#!" or b"\0" not in head else b""
-            )
+            # Whole files only where a rule reads them: programs, scripts, what may be text (up to
+            # a size no text file in an image reaches).
+            program = head[:4] == b"\x7fELF" or head[:2] == b"#!"
+            text = b"\0" not in head and os.fstat(f.fileno()).st_size <= TEXT_LIMIT
+            whole = head + f.read() if program or text else b""
     except OSError:
         return
     if name.endswith(".gz") or gzipped:
