@@ -223,6 +223,31 @@ def test_names_that_are_not_one_file_are_refused(tmp_path: Path) -> None:
         payload.relink_deb(deb, [(f"{ROOT}/bin/busybox", f"{ROOT}/etc/passwd")], tmp_path / "work")
 
 
+@pytest.mark.parametrize("apk", [False, True], ids=["deb", "apk"])
+def test_interleaved_groups_each_link_to_their_own_first_member(apk: bool, tmp_path: Path) -> None:
+    """Two hard-link sets whose members alternate with each other and with another file in the
+    archive (nfpm's sorted order): each later name links to the first of its own set, whose content
+    stays; the other file stays a file with its content."""
+    one, two, other = b"1" * 700, b"2" * 700, b"3" * 700  # one size: only the names tell them apart
+    out = io.BytesIO()
+    order = [("x/a1", one), ("x/b1", two), ("x/c", other), ("y/a2", one), ("y/b2", two), ("z/a3", one)]
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT if apk else tarfile.GNU_FORMAT) as tar:
+        for name, data in order:
+            info, _ = _member(name if apk else f"./{name}", data=data)
+            tar.addfile(info, io.BytesIO(data))
+    source, dest = tmp_path / "in.tar", tmp_path / "out.tar"
+    source.write_bytes(out.getvalue())
+    payload.relink_tar(source, dest, [("y/a2", "x/a1", "z/a3"), ("y/b2", "x/b1")], apk=apk)
+    prefix = "" if apk else "./"
+    with tarfile.open(dest) as tar:
+        members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+        contents = {n: (tar.extractfile(m) or io.BytesIO()).read() for n, m in members.items() if m.isreg()}
+    assert list(members) == [name for name, _ in order]
+    assert contents == {"x/a1": one, "x/b1": two, "x/c": other}
+    links = {n: m.linkname for n, m in members.items() if m.islnk()}
+    assert links == {"y/a2": f"{prefix}x/a1", "z/a3": f"{prefix}x/a1", "y/b2": f"{prefix}x/b1"}
+
+
 def test_hardlink_groups_follow_tree_contents() -> None:
     scan = RootfsScan(
         [
