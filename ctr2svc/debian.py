@@ -3,18 +3,18 @@ changelog, lintian overrides and a description that fits lintian's limits.
 
 lintian reports 0 errors and 0 warnings on these packages (tests/integration/test_lintian.py). The
 overrides shipped in /usr/share/lintian/overrides/NAME cover only tags that are wrong for this kind of
-package (each with its reason as the comment above it); everything else is fixed for real.
+package (each with its reason as the comment above it), and for the image's files only the tags they
+raise (imagelint.py), so that none is unused; everything else is fixed for real.
 """
 
 from __future__ import annotations
 
 import gzip
 import textwrap
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-
-from ctr2svc.image.bundle import Kind, RootfsScan
 
 COPYRIGHT_FORMAT = "https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
 # lintian's extended-description-line-too-long and debian-changelog-line-too-long: 80 columns.
@@ -109,7 +109,8 @@ def changelog_path(name: str, native: bool) -> str:
 
 
 # Tags about the image's own files, which ctr2svc ships as the image has them, each group with the reason
-# the tag is wrong for them. Scoped to the image's root directory.
+# the tag is wrong for them. Scoped to the image's root directory, and shipped only for the tags the
+# image's files raise (imagelint.py): lintian reports an override it finds no use for.
 IMAGE_FILE_TAGS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "the container image's own files, shipped as the image has them (unpatched, unstripped, its modes)",
@@ -118,36 +119,73 @@ IMAGE_FILE_TAGS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "unstripped-binary-or-object",
             "uses-dpkg-database-directly",
             "elevated-privileges",
+            "non-standard-setuid-executable-perm",
             "non-standard-dir-perm",
             "non-standard-executable-perm",
             "non-standard-file-perm",
             "executable-is-not-world-readable",
             "embedded-library",
-            "binary-or-shlib-defines-rpath",
+            "custom-library-search-path",
+            "relative-library-search-path",
+            "hardening-no-pie",
+            "hardening-no-relro",
             "package-contains-vcs-control-file",
+            "package-contains-vcs-control-dir",
             "package-installs-python-pycache-dir",
+            "package-installs-python-bytecode",
             "script-not-executable",
             "executable-not-elf-or-script",
             "shared-library-is-executable",
             "national-encoding",
             "broken-gz",
+            "package-contains-timestamped-gzip",
             "package-contains-hardlink",
         ),
     ),
     (
-        "the image's programs run in the container on the image's own libraries and tools, not the host's",
+        "the image's programs run in the container on the image's own libraries and interpreters, "
+        "not the host's",
         (
             "undeclared-elf-prerequisites",
             "missing-dependency-on-libc",
             "library-not-linked-against-libc",
+            "program-not-linked-against-libc",
             "shared-library-lacks-prerequisites",
             "missing-depends-on-sensible-utils",
             "unusual-interpreter",
+            "interpreter-in-usr-local",
+            "wrong-path-for-interpreter",
+            "incorrect-path-for-interpreter",
+            "interpreter-not-absolute",
+            "script-without-interpreter",
+            "script-uses-bin-env",
+            "script-uses-deprecated-nodejs-location",
+            "php-script-with-unusual-interpreter",
+            "missing-dep-for-interpreter",
+            "python3-script-but-no-python3-dep",
+            "python2-script-but-no-python2-dep",
+            "ruby-script-but-no-ruby-dep",
+            "gawk-script-but-no-gawk-dep",
+            "mawk-script-but-no-mawk-dep",
+            "php-script-but-no-php-cli-dep",
+            "tclsh-script-but-no-tclsh-dep",
+            "wish-script-but-no-wish-dep",
         ),
     ),
     (
         "the image's own systemd units, which the host's systemd never reads (the image tree is not /)",
-        ("service-file-is-not-a-file", "systemd-service-file-refers-to-unusual-wantedby-target"),
+        (
+            "service-file-is-not-a-file",
+            "systemd-service-file-refers-to-unusual-wantedby-target",
+            "systemd-service-file-refers-to-obsolete-target",
+            "systemd-service-file-refers-to-obsolete-bindto",
+            "systemd-service-file-wraps-init-script",
+            "systemd-service-alias-without-extension",
+            "systemd-service-file-uses-nobody-or-nogroup",
+            "systemd-service-file-uses-deprecated-syslog-facility",
+            "systemd-service-file-shutdown-problems",
+            "kill-mode-none",
+        ),
     ),
 )
 
@@ -164,21 +202,14 @@ def overrides(name: str, rules: list[tuple[str, str]]) -> DocFile:
     return DocFile(f"/usr/share/lintian/overrides/{name}", ("\n".join(lines) + "\n").encode())
 
 
-def image_rules(rootfs: str, scan: RootfsScan, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """Overrides for the image's files (SCAN) under ROOTFS (an absolute path), but for the tags in SKIP.
-
-    An override of a tag lintian emits, but never in the override's context, is a warning
-    (mismatched-override): a caller whose own files get one of these tags leaves it out (SKIP).
-    """
+def image_rules(rootfs: str, tags: Collection[str], skip: Collection[str] = ()) -> list[tuple[str, str]]:
+    """Overrides of TAGS (those the image's files raise, imagelint.raised) for the image's files under
+    ROOTFS (an absolute path), but for the tags in SKIP (a caller's own rule covers them)."""
     where = rootfs.lstrip("/")
-    # Only when the image has such files: the service package's own /etc/NAME/env is 0600.
-    odd_modes = any(
-        e.kind in (Kind.FILE, Kind.HARDLINK) and e.mode & 0o7777 not in (0o644, 0o755) for e in scan.entries
-    )
     rules = []
-    for reason, tags in IMAGE_FILE_TAGS:
-        for tag in tags:
-            if tag in skip or (tag == "non-standard-file-perm" and not odd_modes):
+    for reason, group in IMAGE_FILE_TAGS:
+        for tag in group:
+            if tag not in tags or tag in skip:
                 continue
             # This one names the first binary (sorted) and counts the others, with no [pointer].
             pattern = f"needed by {where}/*" if tag == "missing-dependency-on-libc" else f"*[{where}/*]"

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import debian, log, metadata, payload, rpmheader
+from ctr2svc import debian, imagelint, log, metadata, payload, rpmheader
 from ctr2svc.errors import PackageError, ToolFailed, UsageError
 from ctr2svc.image.bundle import Kind, RootfsScan
 from ctr2svc.image.layers import INSTALL_DIR, PACKAGE_VERSION
@@ -160,9 +160,9 @@ def finish(
     epoch: int,
 ) -> None:
     """What nfpm cannot write, written into the package it built: hard links as hard links in every
-    format (payload.py for .deb and .apk, rpmheader.py for .rpm), and %verify(not user group) on the
-    rpm's files whose owner the ownership script sets. ROOTFS is where SCAN's files are installed.
-    KEY_FILE signs again what was changed of a signed package."""
+    format (payload.py for .deb and .apk, rpmheader.py for .rpm), the .apk's symlink checksums, and
+    %verify(not user group) on the rpm's files whose owner the ownership script sets. ROOTFS is where
+    SCAN's files are installed. KEY_FILE signs again what was changed of a signed package."""
     if fmt is PackageFormat.RPM:
         if scan is not None:
             finish_rpm(built, scan, rootfs, key_file, epoch)
@@ -170,8 +170,8 @@ def finish(
     groups = hardlink_groups(scan, rootfs) if scan is not None else []
     if fmt is PackageFormat.DEB and payload.relink_deb(built, groups, staging / "relink", key_file, epoch):
         log.debug(f"{built.name}: Installed-Size counted again, {len(groups)} hard-linked files linked")
-    elif fmt is PackageFormat.APK and payload.relink_apk(built, groups, staging / "relink", key_file):
-        log.debug(f"{built.name}: {len(groups)} hard-linked files linked")
+    elif fmt is PackageFormat.APK and payload.finish_apk(built, groups, staging / "relink", key_file):
+        log.debug(f"{built.name}: {len(groups)} hard-linked files linked, symlink checksums written")
 
 
 def finish_rpm(built: Path, scan: RootfsScan, rootfs: str, key_file: Path | None, epoch: int) -> None:
@@ -243,7 +243,9 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
 
     fmt = spec.format
     if fmt is PackageFormat.DEB:
-        for number, doc in enumerate(debian_files(spec, inputs.scan, epoch, inputs.compression)):
+        for number, doc in enumerate(
+            debian_files(spec, inputs.scan, inputs.rootfs, epoch, inputs.compression)
+        ):
             path = staged_file(doc.data, f"doc-{number}")
             contents.append(
                 {"src": str(path), "dst": doc.dest, "file_info": {"mode": 0o644, "mtime": _mtime(epoch)}}
@@ -329,14 +331,17 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         _sign(config, fmt, inputs.sign_key_file, inputs.sign_key_name or f"{spec.name}.rsa.pub")
     if spec.license:
         config["license"] = spec.license
-    elif fmt is PackageFormat.RPM:
-        # RPM wants a License tag; SPDX's word for "the image does not say" is honest about it.
+    elif fmt in (PackageFormat.RPM, PackageFormat.APK):
+        # RPM wants a License tag and .PKGINFO a license line (`apk info -L`, abuild's is mandatory);
+        # SPDX's word for "the image does not say" is honest about it, as the .deb's copyright file.
         config["license"] = "NOASSERTION"
     return config
 
 
-def debian_files(spec: ServiceSpec, scan: RootfsScan, epoch: int, compression: str) -> list[debian.DocFile]:
-    """A service .deb's copyright file, changelog and lintian overrides."""
+def debian_files(
+    spec: ServiceSpec, scan: RootfsScan, root: Path, epoch: int, compression: str
+) -> list[debian.DocFile]:
+    """A service .deb's copyright file, changelog and lintian overrides (ROOT: the image's files)."""
     from ctr2svc import __version__
 
     name, layout = spec.name, spec.layout
@@ -347,10 +352,9 @@ def debian_files(spec: ServiceSpec, scan: RootfsScan, epoch: int, compression: s
     change = f"The container image {reference}, pinned to {digest}, {runs}."
     rules = [debian.OPT_RULE]
     if not spec.layers:
-        # The OpenRC script has an unusual interpreter of its own (below): overridden for the image's
-        # files too, the tag would be a mismatched override on images whose scripts have none.
-        skip = ("unusual-interpreter",) if spec.init is InitSystem.OPENRC else ()
-        rules += debian.image_rules(layout.rootfs, scan, skip)
+        # A service package always has a Depends (runc).
+        tags = imagelint.raised(root, scan, layout.rootfs.lstrip("/"), name, depends=True, epoch=epoch)
+        rules += debian.image_rules(layout.rootfs, tags)
     rules += [
         ("/etc/NAME/env is where the admin puts passwords: root-only on purpose",
          f"non-standard-file-perm 0600 != 0644 [{layout.config_dir.lstrip('/')}/env]"),
@@ -602,7 +606,9 @@ def layer_config(layer: LayerPackage, staging: Path) -> dict[str, Any]:
     description = summary if fmt is PackageFormat.APK else f"{shared_by}\n{unit.id}"
     if fmt is PackageFormat.DEB:
         description = debian.description(synopsis, shared_by, unit.id)
-        for number, doc in enumerate(layer_debian_files(layer, version.full, epoch)):
+        # setup.sh names the image's var/lib/dpkg files it gives owners or deletes.
+        mentions_dpkg = "/var/lib/dpkg" in generated["setup.sh"]
+        for number, doc in enumerate(layer_debian_files(layer, version.full, epoch, mentions_dpkg)):
             path = staging / f"doc-{number}"
             path.write_bytes(doc.data)
             os.utime(path, (epoch, epoch))
@@ -677,21 +683,42 @@ def rpm_changelog(version: str, changes: list[str], packager: str, epoch: int) -
 DPKG_TAG = "uses-dpkg-database-directly"
 
 
-def layer_debian_files(layer: LayerPackage, version: str, epoch: int) -> list[debian.DocFile]:
+def layer_debian_files(
+    layer: LayerPackage, version: str, epoch: int, setup_mentions_dpkg: bool
+) -> list[debian.DocFile]:
     """A layer .deb's copyright file, changelog and lintian overrides: nothing of the image or service
     it was built for, so that it stays the same file from any build."""
-    unit = layer.extracted.unit
+    extracted = layer.extracted
+    unit = extracted.unit
     name = unit.package
     what = f"{len(unit.layers)} bottom layers merged" if unit.merged else "The container image layer"
     change = f"{what} {unit.id}, for ctr2svc services."
+    rootfs = f"{unit.install_dir}/rootfs"
+    # A layer package depends on attr only when it has opaque directories (layer_config).
+    tags = imagelint.raised(
+        extracted.root,
+        extracted.scan,
+        rootfs.lstrip("/"),
+        name,
+        depends=bool(extracted.scan.opaque),
+        epoch=epoch,
+    )
+    dpkg = DPKG_TAG in tags or setup_mentions_dpkg
     rules = [
         debian.OPT_RULE,
         # One pattern for the image's files and setup.sh: with two, one of them is often unused while
         # the tag is emitted, which lintian warns about (mismatched-override).
-        *debian.image_rules(f"{unit.install_dir}/rootfs", layer.extracted.scan, (DPKG_TAG,)),
-        (
-            "setup.sh remakes the image's own var/lib/dpkg files (owners, whiteouts), never the host's",
-            f"{DPKG_TAG} *[{unit.install_dir.lstrip('/')}/*]",
+        *debian.image_rules(rootfs, tags, (DPKG_TAG,)),
+        *(
+            [
+                (
+                    "the image's files use their own dpkg database, and setup.sh remakes its files "
+                    "(owners, whiteouts), never the host's",
+                    f"{DPKG_TAG} *[{unit.install_dir.lstrip('/')}/*]",
+                )
+            ]
+            if dpkg
+            else []
         ),
         (
             "ctr2svc's own control field (the layer's digest), read by ctr2svc repo",

@@ -10,13 +10,15 @@ preset 6, one thread; zstd's level 3, one thread, as `--compression zstd` asks o
 input still gives the same bytes. A signed .deb's `_gpgorigin` is made again with the same key
 (gpgsign.py), dated at the build's time.
 
-`relink_apk` does the same to an .apk's data stream, then .PKGINFO's size and datahash, and signs the
-control stream again when the package is signed. An .rpm is rpmheader.py's.
+`finish_apk` does the same to an .apk's data stream, gives each symlink the checksum apk-tools expects
+(nfpm writes the SHA1 of nothing), then .PKGINFO's size and datahash, and signs the control stream
+again when the package is signed. An .rpm is rpmheader.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
 import hashlib
 import io
@@ -36,6 +38,7 @@ from ctr2svc.errors import PackageError
 from ctr2svc.run import find_tool, run
 
 AR_MAGIC = b"!<arch>\n"
+APK_SHA1 = "APK-TOOLS.checksum.SHA1"
 AR_HEADER = 60
 BLOCK = tarfile.BLOCKSIZE
 
@@ -111,8 +114,9 @@ def relink_tar(source: Path, dest: Path | None, groups: Iterable[Sequence[str]],
     does: each regular file (a hard-linked one once) and symlink ceil(size / 1024), any other entry 1.
 
     The first name of a group met in the archive keeps the content; the others become hard-link
-    entries naming it (dpkg and tar need the target to come first). Every other member is copied
-    byte for byte, and so is what follows the last one (the end-of-archive blocks)."""
+    entries naming it (dpkg and tar need the target to come first), whatever order the archive has.
+    APK: each symlink's checksum made right (_apk_symlink). Every other member is copied byte for
+    byte, and so is what follows the last one (the end-of-archive blocks)."""
     group_of = {path: number for number, names in enumerate(groups) for path in names}
     first: dict[int, tarfile.TarInfo] = {}
     kib = 0
@@ -142,13 +146,36 @@ def relink_tar(source: Path, dest: Path | None, groups: Iterable[Sequence[str]],
                 kib += math.ceil(len(member.linkname.encode()) / 1024)
             elif not member.islnk():
                 kib += 1
-            if out is not None:
+            if out is not None and apk and member.issym():
+                raw.seek(member.offset)
+                out.write(_apk_symlink(raw.read(end - member.offset), member))
+            elif out is not None:
                 raw.seek(member.offset)
                 _copy(raw, out, end - member.offset)
         if out is not None:
             raw.seek(end)
             shutil.copyfileobj(raw, out)
     return kib
+
+
+def _apk_symlink(entry: bytes, member: tarfile.TarInfo) -> bytes:
+    """The symlink MEMBER's ENTRY (its PAX header, then its own) with the checksum apk-tools gives a
+    symlink: the SHA1 of its target (io.c, apk_fileinfo_get, in apk-tools 2 and 3; abuild-tar writes
+    the same), which `apk audit` compares with the link on disk. nfpm writes the SHA1 of nothing. The
+    value is replaced in place (the same length: nothing else moves); an entry without one is
+    written again with it."""
+    want = hashlib.sha1(member.linkname.encode()).hexdigest()  # noqa: S324 - apk's checksum
+    have = member.pax_headers.get(APK_SHA1)
+    if have == want:
+        return entry
+    header_end = member.offset_data - member.offset
+    if have is not None and len(have) == len(want):
+        old, new = f" {APK_SHA1}={have}\n".encode(), f" {APK_SHA1}={want}\n".encode()
+        if entry[:header_end].count(old) == 1:
+            return entry[:header_end].replace(old, new) + entry[header_end:]
+    link = copy.copy(member)
+    link.pax_headers = {**member.pax_headers, APK_SHA1: want}
+    return link.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 def _link_header(member: tarfile.TarInfo, target: str, *, apk: bool = False) -> bytes:
@@ -401,31 +428,33 @@ def _rsa_sha1(data: bytes, key_file: Path) -> bytes:
     return proc.stdout
 
 
-def relink_apk(apk: Path, groups: Sequence[Sequence[str]], work: Path, key_file: Path | None) -> bool:
-    """Rewrite the .apk APK in place with hard links for GROUPS: its data stream, .PKGINFO's size
-    (the bytes of distinct files, as the hard links are no longer counted) and datahash, and the
-    signature over the control stream (made again with KEY_FILE when the package is signed).
-    Returns False, leaving APK as it is, when there is nothing to link."""
+def finish_apk(apk: Path, groups: Sequence[Sequence[str]], work: Path, key_file: Path | None) -> bool:
+    """Rewrite the .apk APK in place: its data stream with hard links for GROUPS and each symlink's
+    checksum over its target (relink_tar), .PKGINFO's size (the bytes of distinct files, as the hard
+    links are no longer counted) and datahash, and the signature over the control stream (made again
+    with KEY_FILE when the package is signed). Returns False, leaving APK as it is, when its data
+    stream is right already."""
     groups = [g for g in groups if len(g) > 1]
-    if not groups:
-        return False
     streams = gzip_streams(apk.read_bytes())
     if len(streams) not in (2, 3):
         raise PackageError(f"{apk.name}: {len(streams)} gzip streams, not an apk v2 package")
     signed = len(streams) == 3
-    if signed and key_file is None:
-        raise PackageError(f"{apk.name} is signed, and no key to sign it again was given")
     work.mkdir(parents=True, exist_ok=True)
     plain, relinked = work / "plain-data.tar", work / "plain-relinked.tar"
     try:
         plain.write_bytes(streams[-1][1])
         relink_tar(plain, relinked, groups, apk=True)
+        new_plain = relinked.read_bytes()
+        if new_plain == streams[-1][1]:
+            return False
         with tarfile.open(relinked, "r:") as archive:
             size = sum(m.size for m in archive if m.isreg())
-        data = gzip.compress(relinked.read_bytes(), compresslevel=9, mtime=0)
+        data = gzip.compress(new_plain, compresslevel=9, mtime=0)
     finally:
         plain.unlink(missing_ok=True)
         relinked.unlink(missing_ok=True)
+    if signed and key_file is None:
+        raise PackageError(f"{apk.name} is signed, and no key to sign it again was given")
     control_plain = streams[-2][1]
     _, info = _member_data(control_plain, ".PKGINFO")
     info = _pkginfo(info, size, hashlib.sha256(data).hexdigest())

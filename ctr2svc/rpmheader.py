@@ -218,11 +218,14 @@ def _set_int32(header: Header, tag: int, index: int, value: int) -> None:
 def _link(
     main: Header, signature: Header, payload: bytes, links: Collection[tuple[str, str]]
 ) -> bytes | None:
-    """The payload with each hard link set stored once, as rpmbuild stores it: every member shares
-    the first one's inode number (in FILEINODES and in cpio), and only the last member in the archive
-    carries the content (the others have size 0). rpm creates the first member empty, links the
-    others to it and fills it when the content comes. None when the payload is not one this can
-    rewrite (then the copies stay, and the ownership script links them on install)."""
+    """The payload with each hard link set stored once, as rpmbuild stores it (rpmfi.c,
+    iterWriteArchiveNextFile): every member shares the first one's inode number (in FILEINODES and in
+    cpio); the files with one name come first, in the header's order, then each set, its members one
+    after the other in the header's order, only the last carrying the content (the others have size
+    0). rpm's installer (fsm.c, fsmMkfile) depends on that: it creates the first member it meets,
+    links every regular file after it to that one until the content comes, then fills it. A file
+    between two members would be linked to them, and get their content. None when the payload is not
+    one this can rewrite (then the copies stay, and the ownership script links them on install)."""
     compressor = main.strings(PAYLOADCOMPRESSOR)
     algo = main.int32s(PAYLOADDIGESTALGO)
     if main.strings(PAYLOADFORMAT) != ["cpio"] or not compressor or compressor[0] not in CODECS:
@@ -239,44 +242,51 @@ def _link(
             sets.setdefault(index[target], [index[target]]).append(index[path])
     if not sets:
         return None
-    member_of = {fx: sorted(members) for members in sets.values() for fx in members}
-    for members in sets.values():
+    groups = sorted(sorted(members) for members in sets.values())
+    member_of = {fx: members for members in groups for fx in members}
+    for members in groups:
         for fx in members:
-            _set_int32(main, FILEINODES, fx, inodes[min(members)])
+            _set_int32(main, FILEINODES, fx, inodes[members[0]])
 
     raw = _decompress(compressor[0], payload)
-    out = bytearray()
+    # Each file's cpio entry in the header's order: its header fields, where its name, its data and
+    # the next entry start.
+    entries: list[tuple[list[int], int, int, int]] = []
     pos = fx = 0
     while True:
-        fields = [int(raw[pos + 6 + 8 * k : pos + 14 + 8 * k], 16) for k in range(13)]
         if raw[pos : pos + 6] != b"070701":
             return None
+        fields = [int(raw[pos + 6 + 8 * k : pos + 14 + 8 * k], 16) for k in range(13)]
         name_end = pos + 110 + fields[11]
         data = name_end + (-name_end % 4)
         data_end = data + fields[6]
         after = data_end + (-data_end % 4)
         name = raw[pos + 110 : name_end - 1]
         if name == b"TRAILER!!!":
-            out += raw[pos:]
             break
         if fx >= len(paths) or name.decode(errors="replace")[1:] != paths[fx]:
             return None  # not in the header's order: leave it as nfpm wrote it
-        group = member_of.get(fx)
-        if group is None:
-            out += raw[pos:after]
-        else:
-            content = fx == group[-1]
-            fields[0], fields[4] = inodes[group[0]], len(group)
-            fields[6] = fields[6] if content else 0
-            out += b"070701" + b"".join(b"%08X" % f for f in fields)
-            out += raw[pos + 110 : data] + (raw[data:after] if content else b"")
+        entries.append((fields, pos, data, after))
         pos, fx = after, fx + 1
     if fx != len(paths):
         return None
+    out = bytearray()
+    for fx, (_, start, _, after) in enumerate(entries):
+        if fx not in member_of:
+            out += raw[start:after]
+    for members in groups:
+        for fx in members:
+            fields, start, data, after = entries[fx]
+            content = fx == members[-1]
+            fields[0], fields[4] = inodes[members[0]], len(members)
+            fields[6] = fields[6] if content else 0
+            out += b"070701" + b"".join(b"%08X" % f for f in fields)
+            out += raw[start + 110 : data] + (raw[data:after] if content else b"")
+    out += raw[pos:]
     # The installed size counts each file once (rpmbuild's SIZE does).
     total = main.int32s(SIZE)
     if total:
-        dropped = sum(sizes[m] for members in sets.values() for m in sorted(members)[:-1])
+        dropped = sum(sizes[m] for members in groups for m in members[:-1])
         _set_int32(main, SIZE, 0, total[0] - dropped)
     _set_int32(signature, SIG_PAYLOADSIZE, 0, len(out))
     compressed = _compress(compressor[0], bytes(out))

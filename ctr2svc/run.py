@@ -158,6 +158,7 @@ def run(
     on_start: Callable[[int], None] | None = None,
     on_line: Callable[[str], None] | None = None,
     watchdog: Watchdog | None = None,
+    umask: int = -1,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv (never through a shell); raise ToolError on failure.
 
@@ -165,6 +166,8 @@ def run(
     stderr is kept for the error. With capture=False stdout goes to our stderr (progress output).
     For progress lines: `on_start` gets the child's pid, `on_line` each stderr line as it comes.
     Past `timeout`, or when `watchdog` sees too little progress, the tool is stopped: ToolTimedOut.
+    `umask`, unless -1 (subprocess's "inherit"), is the child's: for a tool whose files end up in a
+    package, whose modes must not depend on the builder's umask.
     """
     args = [os.fspath(a) for a in argv]
     log.debug("+ " + shlex.join(args))
@@ -175,7 +178,7 @@ def run(
         full_env.update(env)
     tool = Path(args[0]).name
     try:
-        proc = _communicate(args, input, capture, full_env, timeout, cwd, on_start, on_line, watchdog)
+        proc = _communicate(args, input, capture, full_env, timeout, cwd, on_start, on_line, watchdog, umask)
     except FileNotFoundError as exc:
         raise _not_found(args, what or "build the package") from exc
     except subprocess.TimeoutExpired as exc:
@@ -306,6 +309,7 @@ def _communicate(
     on_start: Callable[[int], None] | None,
     on_line: Callable[[str], None] | None,
     watchdog: Watchdog | None = None,
+    umask: int = -1,
 ) -> subprocess.CompletedProcess[bytes]:
     """subprocess.run, plus the pid and a live view of stderr for progress reporting."""
     with subprocess.Popen(
@@ -315,6 +319,7 @@ def _communicate(
         stderr=subprocess.PIPE,
         env=env,
         cwd=cwd,
+        umask=umask,
         # Children die with ctr2svc: a `kill -9` of a build must not leave skopeo writing into the
         # cache or nfpm into the work directory.
         preexec_fn=_die_with_parent(os.getpid()),

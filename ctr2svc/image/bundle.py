@@ -142,6 +142,9 @@ def unpack(umoci_ref: str, dest: Path, layers: int = 0, *, user: str | None = No
                 what="unpack the image",
                 timeout=3600,
                 on_line=progress.on_line,
+                # umoci makes the directories a layer implies but does not list (the root, often)
+                # with mode 0755 less the umask: 0755, as Docker has them, whatever the builder's.
+                umask=0o022,
             )
     except ToolFailed as exc:
         raise _unpack_error(exc, umoci_ref, dest) from exc

@@ -159,12 +159,19 @@ class _Unpacker:
         self.skipped = skipped
         self.dirs: set[str] = {""}  # seen with lstat to be real directories in dest
         self.dir_times: dict[str, int] = {}
+        # Directories the layer does not list: made for it (implied), or a lower layer's whose time
+        # adding entries changes (kept). Their times are set at the end, not left at the unpack's
+        # time, which would make the layer package differ from build to build.
+        self.implied: list[str] = []
+        self.kept: dict[str, int] = {"": int(dest.lstat().st_mtime)}
+        self.newest = 0
 
     def refuse(self, problem: str) -> ImageError:
         return self.check.refuse(problem)
 
     def each(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         member = self.check.add(info)
+        self.newest = max(self.newest, int(info.mtime))
         if member.action == "root":
             os.chown(self.dest, info.uid, info.gid, follow_symlinks=False)
             self.dest.chmod(info.mode & 0o7777)
@@ -192,6 +199,7 @@ class _Unpacker:
                 self.mkdir(prefix)
                 continue
             if stat.S_ISDIR(st.st_mode):
+                self.kept.setdefault(prefix, int(st.st_mtime))
                 self.dirs.add(prefix)
                 continue
             if not self.apply and _is_whiteout(st) and self.check.own.get(prefix) in DIRS:
@@ -207,6 +215,7 @@ class _Unpacker:
         # mkdir's mode is subject to the umask.
         full.chmod(0o755)
         self.dirs.add(rel)
+        self.implied.append(rel)
 
     def _lstat(self, rel: str) -> os.stat_result | None:
         try:
@@ -298,6 +307,13 @@ class _Unpacker:
                 st = self._lstat(rel)
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     os.setxattr(self.dest / rel, OPAQUE_XATTR, b"y", follow_symlinks=False)
+        # Those the layer implies take its newest entry's time (the root too, for a layer on nothing); a
+        # lower layer's keep theirs; those it lists, their own.
+        unlisted = [(rel, self.newest) for rel in [*self.implied, *([] if self.apply else [""])]]
+        for rel, mtime in [*unlisted, *self.kept.items()]:
+            st = self._lstat(rel)  # (a later entry may have replaced it)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self.dir_times.setdefault(rel, mtime)
         # Directory times last: adding their entries changed them.
         for rel, mtime in sorted(self.dir_times.items(), reverse=True):
             with contextlib.suppress(FileNotFoundError):

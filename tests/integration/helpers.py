@@ -244,15 +244,21 @@ def unexplained(
 
 
 def lintian(deb: Path, timeout: float = 600) -> tuple[list[str], str]:
-    """lintian's E:/W: lines on DEB (a non-zero exit without one counts as one), and its output."""
+    """lintian's E:/W: lines on DEB (a non-zero exit without one counts as one) and its reports of
+    an override it found no use for (`I: unused-override`, which `lintian -I` shows everyone), and
+    its output."""
     proc = subprocess.run(
-        ["lintian", "--fail-on", "error,warning", "--tag-display-limit", "0", str(deb)],
+        ["lintian", "--fail-on", "error,warning", "--display-info", "--tag-display-limit", "0", str(deb)],
         capture_output=True,
         text=True,
         check=False,
         timeout=timeout,
     )
-    tags = [line for line in proc.stdout.splitlines() if line.startswith(("E:", "W:"))]
+    tags = [
+        line
+        for line in proc.stdout.splitlines()
+        if line.startswith(("E:", "W:")) or (line.startswith("I:") and " unused-override " in line)
+    ]
     # (--show-overrides would show what the overrides silence, but makes --fail-on count it too.)
     if proc.returncode != 0 and not tags:
         tags = [f"lintian exited {proc.returncode}"]

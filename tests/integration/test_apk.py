@@ -8,13 +8,16 @@ image's owners back, as the package's scripts do on Alpine.
 
 Then the repository `ctr2svc repo add` writes, read over HTTP by the real apk-tools 2.14 (built from
 tests/vendor/apk-tools, as test_shared_formats.py does) installing into a root of its own: the signed
-index, dependencies resolved from it, install and upgrade, and what apk refuses.
+index, dependencies resolved from it, install and upgrade, and what apk refuses. The package installed
+by apk-tools 2.14 and 3.0 (both built from tests/vendor/apk-tools) is what `apk audit` expects, its
+symlinks included, and `apk info` shows its license.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -33,7 +36,7 @@ from tests.support.registry import Registry, free_port
 from tests.support.webserver import serve
 
 from .helpers import leftovers, refuses, sh, wait_for_http
-from .test_shared_formats import apk_tool, make_root, stub_packages  # noqa: F401 - apk_tool: a fixture
+from .test_shared_formats import APK_TOOLS_SOURCE, apk_tool, make_root, stub_packages  # noqa: F401 - apk_tool: a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -69,11 +72,14 @@ def built(registry: Registry, ctr2svc: Cli, tmp_path_factory: pytest.TempPathFac
 def test_structure_and_fields(built: Built) -> None:
     path = built.apks["1.0"]
     assert path.name == f"{NAME}-1.0-r0.apk"
+    # Every file's and symlink's checksum among the rest (a symlink's is over its target, as apk's).
     assert verify_apk(path) == []
     apk = read_apk(path)
     assert apk.value("pkgname") == NAME
     assert apk.value("pkgver") == "1.0-r0"
     assert apk.value("arch") == "x86_64"
+    # The image has no org.opencontainers.image.licenses label: SPDX's word for it, as the .rpm's.
+    assert apk.value("license") == "NOASSERTION"
     assert {"runc", "openrc"} <= set(apk.pkginfo.get("depend", []))
     assert sorted(apk.scripts) == [".post-deinstall", ".post-install", ".post-upgrade", ".pre-deinstall"]
     init = apk.member(f"etc/init.d/{NAME}")
@@ -373,3 +379,53 @@ def test_repository_read_by_apk(built: Built, ctr2svc: Cli, apk_tool: Path, tmp_
         proc = sh(*apk, "add", NAME, check=False)
         assert proc.returncode != 0 and f"{NAME}-2.0-r0: BAD signature" in proc.stderr, proc.stderr
         assert NAME not in " ".join(installed(apk))
+
+
+@pytest.fixture(scope="session")
+def apk3_tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real apk of Alpine >= 3.23 (apk-tools 3.0.6): $CTR2SVC_APK3, or built from the source in
+    tests/vendor/apk-tools with its build.sh (meson and ninja-build besides apk-tools 2's needs)."""
+    given = os.environ.get("CTR2SVC_APK3")
+    if given:
+        require(Path(given).is_file(), f"CTR2SVC_APK3={given} does not exist")
+        return Path(given)
+    require(
+        shutil.which("meson") is not None and shutil.which("ninja") is not None,
+        "building apk-tools 3 needs meson and ninja (apt-get install meson ninja-build)",
+    )
+    prefix = tmp_path_factory.mktemp("apk-tools-3")
+    proc = subprocess.run(
+        ["bash", str(APK_TOOLS_SOURCE / "build.sh"), "3", str(prefix)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    require(proc.returncode == 0, f"building apk-tools 3 failed:\n{proc.stdout}{proc.stderr}")
+    return prefix / "bin/apk"
+
+
+@pytest.mark.parametrize("tool", ["apk_tool", "apk3_tool"], ids=["apk-tools-2.14", "apk-tools-3.0"])
+def test_apk_audit_finds_the_package_intact(
+    built: Built, tool: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """apk-tools records each file's checksum from the package and `apk audit` compares it with the
+    file on disk, for a symlink the SHA1 of its target: nothing of the package may be reported. And
+    the license is in apk's database."""
+    apk = [str(request.getfixturevalue(tool)), "--root", str(make_root(tmp_path / "root"))]
+    stubs = stub_packages("apk", tmp_path / "stubs", ("runc", "openrc"))
+    sh(*apk, "--initdb", "add", "--allow-untrusted", *stubs)
+    added = sh(*apk, "add", "--allow-untrusted", built.apks["1.0"])
+    said = added.stdout + added.stderr
+    assert "ERROR" not in said and "WARNING" not in said, said
+    links = [m.name for m in read_apk(built.apks["1.0"]).members if m.type == "symlink"]
+    assert f"opt/containers/{NAME}/1.0-r0/rootfs/var/run" in links and len(links) > 5, links
+    system = sh(*apk, "audit", "--system")
+    assert system.stdout == "", system.stdout
+    # The default audit looks at the protected paths (/etc): the test root's own /etc/apk is no
+    # package's, the package's files are not reported.
+    backup = sh(*apk, "audit").stdout
+    assert [line for line in backup.splitlines() if line != "D etc/apk/"] == [], backup
+    for args in (("info", "--license"), ("info", "-a")):
+        shown = sh(*apk, *args, NAME).stdout
+        assert f"{NAME}-1.0-r0 license:\nNOASSERTION\n" in shown, shown

@@ -9,6 +9,13 @@ Installed-Size too.
 
 The .apk carries them as hard-link entries as well (its size, datahash and signature made again): the
 real apk-tools 2.14 installs the signed package with the key trusted, one inode for all the names.
+
+An image with several hard-link sets whose names sort apart, other files between their members (perl's
+`usr/bin/perl` and `perl5.36.0`, three names in three directories, busybox's `bin/sh`), is installed
+from each format by the real installer (rpm into a root of its own, dnf with --installroot, dpkg on
+this host, apk-tools 2.14): every installed file has the image's content (sha256) and the image's
+links, and `rpm -V`, `dpkg -V` and `apk audit` find nothing. rpm's installer links every regular file
+it meets between a set's first member and the one carrying the content to that set (issue 22).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import hashlib
 import io
 import math
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -26,9 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, require
 from tests.support.apk import read_apk, verify_apk, verify_signature
-from tests.support.images import build_image, install_busybox, put_file
+from tests.support.images import build_image, install_busybox, put_file, unpack
 
 from .helpers import dpkg, lintian, purge, sh
 from .test_shared_formats import apk_tool, make_root, stub_packages  # noqa: F401 - apk_tool: a fixture
@@ -218,3 +226,130 @@ def test_lintian_is_clean_with_hard_links(built: Built, ctr2svc: Cli, tmp_path: 
     tags, output = lintian(deb)
     assert tags == [], output
     assert "package-contains-hardlink" in sh("lintian", "--show-overrides", deb, check=False).stdout
+
+
+# Hard-link sets whose names sort apart, and files that sort between their members.
+SETS_NAME = "linksets-svc"
+LINK_SETS = (
+    ("usr/bin/perl", "usr/bin/perl5.36.0"),
+    ("usr/bin/a1", "usr/lib/zz/a2", "usr/share/a3"),
+)
+BETWEEN = ("usr/bin/b", "usr/bin/perl5", "usr/bin/perlbug", "usr/lib/aa", "usr/lib/zz/a1", "usr/share/a2")
+
+
+def _populate_sets(root: Path) -> None:
+    install_busybox(root, symlinks=("cat",), hardlinks=("sh",))
+    for number, name in enumerate([names[0] for names in LINK_SETS] + list(BETWEEN)):
+        # Each file its own content and size: a name given another file's shows in sha256 and size.
+        put_file(root, name, hashlib.sha256(name.encode()).digest() * (100 + number), mode=0o755)
+    for first, *others in LINK_SETS:
+        for name in others:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            os.link(root / first, root / name)
+
+
+def tree_files(root: Path) -> dict[str, tuple[str, str]]:
+    """Each regular file under ROOT: its sha256 and the first name (sorted) of its inode, which says
+    which names are one file whatever the inode numbers."""
+    files: dict[str, tuple[str, str]] = {}
+    first: dict[int, str] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        name = str(path.relative_to(root))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        files[name] = (digest, first.setdefault(path.lstat().st_ino, name))
+    return files
+
+
+@dataclass(frozen=True)
+class LinkSets:
+    source: str
+    files: dict[str, tuple[str, str]]  # the image's, as tree_files() gives them
+
+
+@pytest.fixture(scope="module")
+def link_sets(ctr2svc: Cli, tmp_path_factory: pytest.TempPathFactory) -> LinkSets:
+    work = tmp_path_factory.mktemp("link-sets")
+    source = build_image(work / "layout", "1.0", _populate_sets, entrypoint=["/bin/sh", "-c", "sleep 1000"])
+    files = tree_files(unpack(source, work / "bundle") / "rootfs")
+    # The image is what the test means: the sets interleave with other files, each set is one file.
+    assert files["usr/bin/perl5.36.0"][1] == "usr/bin/perl" and files["usr/bin/perl5"][1] == "usr/bin/perl5"
+    assert files["usr/share/a3"][1] == "usr/bin/a1" and files["bin/sh"][1] == "bin/busybox"
+    return LinkSets(source, files)
+
+
+def build_sets(ctr2svc: Cli, link_sets: LinkSets, fmt: str, out: Path) -> Path:
+    proc = ctr2svc("build", link_sets.source, "-q", "-f", fmt, "--name", SETS_NAME, "-o", out)
+    return Path(proc.stdout.strip())
+
+
+def rpm_root(path: Path) -> Path:
+    """An empty rpm root where the scriptlets run: busybox-static's applets and /dev/null."""
+    root = make_root(path)
+    (root / "dev").mkdir()
+    os.mknod(root / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return root
+
+
+def test_rpm_installs_interleaved_link_sets(link_sets: LinkSets, ctr2svc: Cli, tmp_path: Path) -> None:
+    require(shutil.which("rpm") is not None, "rpm is not installed (apt-get install rpm)")
+    rpm = build_sets(ctr2svc, link_sets, "rpm", tmp_path / "out")
+    root = rpm_root(tmp_path / "root")
+    sh("rpm", "--root", root, "--initdb")
+    # --nodeps: runc is a dependency the bare root cannot satisfy.
+    out = sh("rpm", "--root", root, "--nodeps", "-i", rpm)
+    assert "scriptlet failed" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert tree_files(root / f"opt/containers/{SETS_NAME}/1.0-1/rootfs") == link_sets.files
+    verify = sh("rpm", "--root", root, "-V", "--nodeps", SETS_NAME, check=False)
+    assert (verify.returncode, verify.stdout) == (0, ""), verify.stdout + verify.stderr
+
+
+def test_dnf_installs_interleaved_link_sets(link_sets: LinkSets, ctr2svc: Cli, tmp_path: Path) -> None:
+    require(shutil.which("dnf") is not None, "dnf is not installed (apt-get install dnf)")
+    rpm = build_sets(ctr2svc, link_sets, "rpm", tmp_path / "out")
+    stubs = stub_packages("rpm", tmp_path / "stubs", ("runc",))
+    root = rpm_root(tmp_path / "root")
+    conf = tmp_path / "dnf.conf"
+    conf.write_text("[main]\ngpgcheck=0\ninstall_weak_deps=False\n")
+    (tmp_path / "repos").mkdir()
+    proc = sh(
+        "dnf", "-y", "--noplugins", "--installroot", root, "--config", conf,
+        "--setopt", f"reposdir={tmp_path / 'repos'}", "--setopt", f"cachedir={tmp_path / 'cache'}",
+        "--releasever", "1", "install", rpm, *stubs,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "scriptlet" not in proc.stderr, proc.stdout + proc.stderr
+    assert tree_files(root / f"opt/containers/{SETS_NAME}/1.0-1/rootfs") == link_sets.files
+    verify = sh("rpm", "--root", root, "-V", SETS_NAME, check=False)
+    assert (verify.returncode, verify.stdout) == (0, ""), verify.stdout + verify.stderr
+
+
+def test_dpkg_installs_interleaved_link_sets(link_sets: LinkSets, ctr2svc: Cli, tmp_path: Path) -> None:
+    deb = build_sets(ctr2svc, link_sets, "deb", tmp_path / "out")
+    purge(SETS_NAME)
+    dpkg("-i", deb)
+    try:
+        assert tree_files(Path(f"/opt/containers/{SETS_NAME}/1.0/rootfs")) == link_sets.files
+        verify = sh("dpkg", "-V", SETS_NAME, check=False)
+        assert (verify.returncode, verify.stdout) == (0, ""), verify.stdout + verify.stderr
+    finally:
+        purge(SETS_NAME)
+
+
+def test_apk_installs_interleaved_link_sets(
+    link_sets: LinkSets,
+    ctr2svc: Cli,
+    apk_tool: Path,  # noqa: F811 - a fixture
+    tmp_path: Path,
+) -> None:
+    apk_file = build_sets(ctr2svc, link_sets, "apk", tmp_path / "out")
+    root = make_root(tmp_path / "root")
+    apk = [str(apk_tool), "--root", str(root)]
+    stubs = stub_packages("apk", tmp_path / "stubs", ("runc", "openrc"))
+    sh(*apk, "--initdb", "add", "--allow-untrusted", *stubs)
+    proc = sh(*apk, "add", "--allow-untrusted", apk_file)
+    assert "ERROR" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert tree_files(root / f"opt/containers/{SETS_NAME}/1.0-r0/rootfs") == link_sets.files
+    audit = sh(*apk, "audit", "--system").stdout
+    assert not any(name in audit for name in link_sets.files), audit

@@ -2,8 +2,9 @@
 
 Flat, with shared layers (the service package and its layer packages) and for OpenRC. The overrides the
 packages ship (/usr/share/lintian/overrides/NAME) cover only tags that are wrong for this kind of
-package; info tags (unused overrides among them) may stay. The build passes a real maintainer address:
-the default `ctr2svc <root@localhost>` is one lintian refuses (the build warns about it).
+package, and only those the package raises: lintian reports no unused override either. The build
+passes a real maintainer address: the default `ctr2svc <root@localhost>` is one lintian refuses (the
+build warns about it).
 """
 
 from __future__ import annotations

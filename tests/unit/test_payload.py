@@ -18,6 +18,7 @@ from ctr2svc import payload
 from ctr2svc.errors import PackageError
 from ctr2svc.image.bundle import Entry, Kind, RootfsScan
 from ctr2svc.package import hardlink_groups
+from tests.support.apk import verify_apk
 
 BIG = bytes(range(256)) * 20  # 5120 bytes: 5 KiB
 ROOT = "opt/x/rootfs"
@@ -222,6 +223,31 @@ def test_names_that_are_not_one_file_are_refused(tmp_path: Path) -> None:
         payload.relink_deb(deb, [(f"{ROOT}/bin/busybox", f"{ROOT}/etc/passwd")], tmp_path / "work")
 
 
+@pytest.mark.parametrize("apk", [False, True], ids=["deb", "apk"])
+def test_interleaved_groups_each_link_to_their_own_first_member(apk: bool, tmp_path: Path) -> None:
+    """Two hard-link sets whose members alternate with each other and with another file in the
+    archive (nfpm's sorted order): each later name links to the first of its own set, whose content
+    stays; the other file stays a file with its content."""
+    one, two, other = b"1" * 700, b"2" * 700, b"3" * 700  # one size: only the names tell them apart
+    out = io.BytesIO()
+    order = [("x/a1", one), ("x/b1", two), ("x/c", other), ("y/a2", one), ("y/b2", two), ("z/a3", one)]
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT if apk else tarfile.GNU_FORMAT) as tar:
+        for name, data in order:
+            info, _ = _member(name if apk else f"./{name}", data=data)
+            tar.addfile(info, io.BytesIO(data))
+    source, dest = tmp_path / "in.tar", tmp_path / "out.tar"
+    source.write_bytes(out.getvalue())
+    payload.relink_tar(source, dest, [("y/a2", "x/a1", "z/a3"), ("y/b2", "x/b1")], apk=apk)
+    prefix = "" if apk else "./"
+    with tarfile.open(dest) as tar:
+        members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+        contents = {n: (tar.extractfile(m) or io.BytesIO()).read() for n, m in members.items() if m.isreg()}
+    assert list(members) == [name for name, _ in order]
+    assert contents == {"x/a1": one, "x/b1": two, "x/c": other}
+    links = {n: m.linkname for n, m in members.items() if m.islnk()}
+    assert links == {"y/a2": f"{prefix}x/a1", "z/a3": f"{prefix}x/a1", "y/b2": f"{prefix}x/b1"}
+
+
 def test_hardlink_groups_follow_tree_contents() -> None:
     scan = RootfsScan(
         [
@@ -245,18 +271,29 @@ def test_hardlink_groups_follow_tree_contents() -> None:
 PKGINFO = b"pkgname = x\npkgver = 1.0-r0\narch = x86_64\nsize = 20502\npkgdesc = x\ndatahash = 00\n"
 
 
-def apk_data_tar() -> bytes:
+def sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()  # noqa: S324 - apk's checksum
+
+
+def apk_data_tar(*, symlinks: bool = True, symlink_sha1: str | None = sha1(b"")) -> bytes:
+    """As nfpm writes it: PAX, a checksum record on every file; a symlink's is the SHA1 of nothing."""
     out = io.BytesIO()
+    links = [
+        _member(f"{ROOT}/bin/cat", tarfile.SYMTYPE, link="busybox"),
+        _member(f"{ROOT}/bin/{'long-link-' * 12}", tarfile.SYMTYPE, link=f"/{ROOT}/{'long-target-' * 12}"),
+    ]
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for info, data in [
             _member(f"{ROOT}/bin", tarfile.DIRTYPE),
             _member(f"{ROOT}/bin/ash", data=BIG),
             _member(f"{ROOT}/bin/busybox", data=BIG),
+            *(links if symlinks else []),
             _member(f"{ROOT}/bin/sh", data=BIG),
             _member(f"{ROOT}/etc/passwd", data=b"root:x:0:0::/:/bin/sh\n"),
         ]:
             info.name = info.name.removeprefix("./")
-            info.pax_headers = {"APK-TOOLS.checksum.SHA1": hashlib.sha1(data).hexdigest()}  # noqa: S324
+            checksum = symlink_sha1 if info.issym() else sha1(data)
+            info.pax_headers = {"APK-TOOLS.checksum.SHA1": checksum} if checksum is not None else {}
             archive.addfile(info, io.BytesIO(data))
     return out.getvalue()
 
@@ -267,8 +304,8 @@ def cut_tar(name: str, data: bytes) -> bytes:
     return info.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
 
 
-def make_apk(path: Path, key: Path | None = None) -> Path:
-    data = gzip.compress(apk_data_tar(), mtime=0)
+def make_apk(path: Path, key: Path | None = None, data_tar: bytes | None = None) -> Path:
+    data = gzip.compress(apk_data_tar() if data_tar is None else data_tar, mtime=0)
     info = PKGINFO.replace(b"datahash = 00", f"datahash = {hashlib.sha256(data).hexdigest()}".encode())
     control = gzip.compress(cut_tar(".PKGINFO", info), mtime=0)
     parts = [control, data]
@@ -297,7 +334,7 @@ def apk_streams(apk: Path) -> list[bytes]:
 
 def test_apk_second_names_become_hard_links(tmp_path: Path) -> None:
     apk = make_apk(tmp_path / "x.apk")
-    assert payload.relink_apk(apk, GROUPS, tmp_path / "work", None)
+    assert payload.finish_apk(apk, GROUPS, tmp_path / "work", None)
     compressed = [raw for raw, _ in payload.gzip_streams(apk.read_bytes())]
     control, data = apk_streams(apk)
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
@@ -324,7 +361,7 @@ def test_apk_second_names_become_hard_links(tmp_path: Path) -> None:
 
 def test_apk_signed_again(tmp_path: Path, key: Path) -> None:
     apk = make_apk(tmp_path / "x.apk", key)
-    assert payload.relink_apk(apk, GROUPS, tmp_path / "work", key)
+    assert payload.finish_apk(apk, GROUPS, tmp_path / "work", key)
     signature_stream, control_raw = (raw for raw, _ in payload.gzip_streams(apk.read_bytes())[:2])
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(signature_stream))) as archive:
         member = archive.getmembers()[0]
@@ -343,18 +380,57 @@ def test_apk_signed_again(tmp_path: Path, key: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The same input, the same bytes (RSA PKCS #1 v1.5 signatures are deterministic).
     again = make_apk(tmp_path / "y.apk", key)
-    payload.relink_apk(again, GROUPS, tmp_path / "work2", key)
+    payload.finish_apk(again, GROUPS, tmp_path / "work2", key)
     assert again.read_bytes() == apk.read_bytes()
 
 
 def test_a_signed_apk_needs_its_key(tmp_path: Path, key: Path) -> None:
     apk = make_apk(tmp_path / "x.apk", key)
     with pytest.raises(PackageError, match="no key"):
-        payload.relink_apk(apk, GROUPS, tmp_path / "work", None)
+        payload.finish_apk(apk, GROUPS, tmp_path / "work", None)
 
 
-def test_an_apk_without_hard_links_is_left_alone(tmp_path: Path) -> None:
-    apk = make_apk(tmp_path / "x.apk")
+def test_an_apk_that_is_right_is_left_alone(tmp_path: Path) -> None:
+    apk = make_apk(tmp_path / "x.apk", data_tar=apk_data_tar(symlinks=False))
     before = apk.read_bytes()
-    assert not payload.relink_apk(apk, [], tmp_path / "work", None)
+    assert not payload.finish_apk(apk, [], tmp_path / "work", None)
     assert apk.read_bytes() == before
+
+
+def data_members(apk: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(apk_streams(apk)[-1])) as archive:
+        return {m.name: m for m in archive.getmembers()}
+
+
+@pytest.mark.parametrize("written", [sha1(b""), None], ids=["sha1-of-nothing", "no-checksum"])
+def test_apk_symlinks_get_the_checksum_of_their_target(written: str | None, tmp_path: Path) -> None:
+    """apk-tools' checksum of a symlink is the SHA1 of its target (`apk audit` compares it with
+    readlink()); nfpm writes the SHA1 of nothing."""
+    apk = make_apk(tmp_path / "x.apk", data_tar=apk_data_tar(symlink_sha1=written))
+    assert payload.finish_apk(apk, [], tmp_path / "work", None)
+    members = data_members(apk)
+    links = [m for m in members.values() if m.issym()]
+    assert len(links) == 2
+    for link in links:
+        assert link.pax_headers["APK-TOOLS.checksum.SHA1"] == sha1(link.linkname.encode()), link.name
+    assert members[f"{ROOT}/bin/cat"].linkname == "busybox"
+    # Every other member as it was; .PKGINFO's datahash is the new stream's.
+    with tarfile.open(fileobj=io.BytesIO(apk_data_tar(symlink_sha1=written))) as original:
+        before = {m.name: m for m in original.getmembers()}
+    assert list(members) == list(before)
+    for name, member in members.items():
+        old = before[name]
+        if not member.issym():
+            assert (member.get_info(), member.pax_headers) == (old.get_info(), old.pax_headers)
+    assert verify_apk(apk) == []
+    assert payload.finish_apk(apk, [], tmp_path / "work", None) is False  # right now: left alone
+
+
+def test_apk_symlink_checksum_replaced_in_place(tmp_path: Path) -> None:
+    """The record is the same length: the data stream differs only in the checksums' hex digits."""
+    apk = make_apk(tmp_path / "x.apk")
+    payload.finish_apk(apk, [], tmp_path / "work", None)
+    before, after = apk_data_tar(), apk_streams(apk)[-1]
+    assert len(before) == len(after)
+    changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+    assert changed and all(chr(after[i]) in "0123456789abcdef" for i in changed)

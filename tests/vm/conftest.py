@@ -21,7 +21,13 @@ NETWORK_DEBS = (
 
 
 def install_network_stack(vm: vmhost.VM, work: Path) -> None:
-    """netavark, aardvark-dns and what they need, in the VM (downloaded into WORK on this host)."""
+    """netavark, aardvark-dns and what they need, in the VM (downloaded into WORK on this host); once a
+    session: the network and compose tests share the VM."""
+    if (
+        vm.ssh("dpkg-query -W -f '${Status}' netavark aardvark-dns", check=False).stdout.count("ok installed")
+        == 2
+    ):
+        return
     downloads = work / "downloads"
     downloads.mkdir()
     got = subprocess.run(
