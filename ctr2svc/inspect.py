@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import metadata, naming
+from ctr2svc import metadata
 from ctr2svc.build.generate import Generated, generate
 from ctr2svc.build.pipeline import pull_options
 from ctr2svc.build.workspace import workspace
@@ -24,6 +24,7 @@ from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.model import HealthCheck, Layout, PackageFormat
 from ctr2svc.options.request import BuildRequest
 from ctr2svc.options.values import normalize_signal
+from ctr2svc.package import naming
 
 # Of `inspect --json`'s output (docs/json.md): bumped when a field changes meaning or goes away.
 SCHEMA_VERSION = 1

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ctr2svc import naming
 from ctr2svc.errors import UsageError
 from ctr2svc.model import PackageFormat
 from ctr2svc.options.ranges import Limit
+from ctr2svc.package import naming
 
 STACK_SUFFIX = "-stack"
 

@@ -32,10 +32,10 @@ from ctr2svc.distribution.repo import DEFAULT_KEEP
 from ctr2svc.errors import UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackageFormat
-from ctr2svc.naming import check_package_name, default_package_name
 from ctr2svc.options.build_options import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
 from ctr2svc.options.ranges import LIMITS, user_problem
 from ctr2svc.options.request import BuildRequest, resolve
+from ctr2svc.package.naming import check_package_name, default_package_name
 from ctr2svc.service.runtime_config import DEFAULT_PIDS_LIMIT
 
 # A project's images go to a repository, where shared layers pay off: a base is downloaded once per

@@ -1,7 +1,7 @@
 """A compose application's packages: every service's, built in start order, then the application's,
 NAME-stack, which holds NAME-stack.target and depends on them all (docs/compose.md).
 
-The application package is laid out here like a service package is in package.py: its files and
+The application package is laid out here like a service package is in package/: its files and
 scripts come from templates/stack/, nfpm packs them.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import __version__, debian, log, metadata, naming, package
+from ctr2svc import __version__, log, metadata
 from ctr2svc.apps.compose import check_format
 from ctr2svc.apps.entries import Application, ServicePlan
 from ctr2svc.build.pipeline import build
@@ -24,6 +24,8 @@ from ctr2svc.distribution.summary import INSTALLERS, MARK_AUTO, SCHEMA_VERSION, 
 from ctr2svc.distribution.summary import package as package_summary
 from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.model import PackageFormat
+from ctr2svc.package import debian, naming
+from ctr2svc.package import service_package as package
 from ctr2svc.service import units
 
 STACK_VERSION = "1"

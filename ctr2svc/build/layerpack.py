@@ -12,13 +12,15 @@ import os
 import shutil
 from pathlib import Path
 
-from ctr2svc import log, naming, package
+from ctr2svc import log
 from ctr2svc.distribution import record
 from ctr2svc.image import layerstore
 from ctr2svc.image.cache import ImageCache
 from ctr2svc.image.config import ResolvedImage
 from ctr2svc.model import PackageFormat
 from ctr2svc.options.request import BuildRequest
+from ctr2svc.package import naming
+from ctr2svc.package import service_package as package
 from ctr2svc.run import halted
 
 

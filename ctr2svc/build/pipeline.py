@@ -9,7 +9,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from ctr2svc import log, naming, package
+from ctr2svc import log
 from ctr2svc.build.generate import Generated, generate
 from ctr2svc.build.layerpack import LayerPacker, place
 from ctr2svc.build.workspace import output_lock, workspace
@@ -19,6 +19,8 @@ from ctr2svc.errors import UsageError
 from ctr2svc.image import registry, skopeo
 from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.options.request import BuildRequest
+from ctr2svc.package import naming
+from ctr2svc.package import service_package as package
 from ctr2svc.run import find_tool
 
 

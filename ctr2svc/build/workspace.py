@@ -13,9 +13,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ctr2svc import log, naming
+from ctr2svc import log
 from ctr2svc.errors import UsageError
 from ctr2svc.options.request import BuildRequest
+from ctr2svc.package import naming
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 from ctr2svc.errors import PackageError, ToolFailed, UsageError
 from ctr2svc.image.layers import PACKAGE_PREFIX
 from ctr2svc.model import PackageFormat
-from ctr2svc.naming import TOOL_VERSION, compare
+from ctr2svc.package.naming import TOOL_VERSION, compare
 from ctr2svc.run import run
 
 # What the formats' tools accept in names, versions and architectures. Anything else in a package is

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from ctr2svc import metadata, naming, package
+from ctr2svc import metadata
 from ctr2svc.errors import UsageError
 from ctr2svc.image import layers
 from ctr2svc.image.reference import ImageReference
@@ -46,6 +46,8 @@ from ctr2svc.options.values import (
     split_user,
     tmpfs_mounts,
 )
+from ctr2svc.package import naming
+from ctr2svc.package import service_package as package
 from ctr2svc.service import network, runtime_config
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import log, metadata, naming
+from ctr2svc import log, metadata
 from ctr2svc.errors import ImageError, UsageError
 from ctr2svc.image import bundle
 from ctr2svc.image.bundle import Bundle, Kind, RootfsScan
@@ -22,6 +22,7 @@ from ctr2svc.model import HealthCheck, InitSystem, Layout, PackageFormat, Servic
 from ctr2svc.options.ranges import MAX_ID
 from ctr2svc.options.request import BuildRequest, HealthSettings, RunAs
 from ctr2svc.options.values import normalize_signal, numeric
+from ctr2svc.package import naming
 from ctr2svc.service import runtime_config
 
 # Names by which a process reaches its own stdout or stderr again: opening them needs a pipe or a file,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ctr2svc import debian, imagelint
 from ctr2svc.image.bundle import scan
+from ctr2svc.package import debian, imagelint
 
 WHERE = "opt/containers/x-svc/1/rootfs"
 

@@ -278,7 +278,7 @@ def test_state_file_that_is_a_directory(tmp_path: Path) -> None:
 def test_versions_reaching_rpm_eval_are_checked(version: str) -> None:
     """Versions from a hand-edited state file (update's floor) or a crafted package reach `rpm --eval`
     as Lua source: anything outside the formats' grammar is refused first."""
-    from ctr2svc.naming import compare
+    from ctr2svc.package.naming import compare
 
     with pytest.raises(UsageError, match="is not a package version"):
         compare(PackageFormat.RPM, "1.0", version)

@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import debian, imagelint, log, metadata, payload, rpmheader
+from ctr2svc import log, metadata
 from ctr2svc.errors import PackageError, ToolFailed, UsageError
 from ctr2svc.image.bundle import Kind, RootfsScan
 from ctr2svc.image.layers import INSTALL_DIR, PACKAGE_VERSION
 from ctr2svc.image.layerstore import Extracted
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
-from ctr2svc.naming import created_time, format_arch, nfpm_arch, parse_version
+from ctr2svc.package import debian, imagelint, payload, rpmheader
+from ctr2svc.package.naming import created_time, format_arch, nfpm_arch, parse_version
 from ctr2svc.run import find_tool, run
 from ctr2svc.service import seccomp, units
 from ctr2svc.service.runtime_config import capabilities

@@ -21,8 +21,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctr2svc import gpgsign
 from ctr2svc.errors import PackageError
+from ctr2svc.package import gpgsign
 from ctr2svc.run import find_tool, run
 
 LEAD_SIZE = 96

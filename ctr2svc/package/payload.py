@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ctr2svc import gpgsign
 from ctr2svc.errors import PackageError
+from ctr2svc.package import gpgsign
 from ctr2svc.run import find_tool, run
 
 AR_MAGIC = b"!<arch>\n"
