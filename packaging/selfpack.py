@@ -33,7 +33,7 @@ from ctr2svc.errors import Ctr2svcError, PackageError, UsageError  # noqa: E402
 from ctr2svc.model import PackageFormat  # noqa: E402
 from ctr2svc.package import debian  # noqa: E402
 from ctr2svc.package.naming import format_arch, nfpm_arch, parse_version  # noqa: E402
-from ctr2svc.package.service_package import (  # noqa: E402
+from ctr2svc.package.nfpm import (  # noqa: E402
     nfpm_compression,
     publish,
     rpm_changelog,

@@ -24,8 +24,7 @@ from ctr2svc.distribution.summary import INSTALLERS, MARK_AUTO, SCHEMA_VERSION, 
 from ctr2svc.distribution.summary import package as package_summary
 from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.model import PackageFormat
-from ctr2svc.package import debian, naming
-from ctr2svc.package import service_package as package
+from ctr2svc.package import debian, naming, nfpm
 from ctr2svc.service import units
 
 STACK_VERSION = "1"
@@ -79,7 +78,7 @@ def stack_config(
     epoch: int,
 ) -> dict[str, Any]:
     files, scripts = stack_files(app, fmt, version)
-    stamp = package._mtime(epoch)
+    stamp = nfpm.mtime(epoch)
     contents: list[dict[str, Any]] = []
 
     def staged(data: bytes | str, name: str) -> str:
@@ -147,12 +146,12 @@ def stack_config(
     if parsed.release:
         config["release"] = parsed.release
     if fmt is PackageFormat.DEB:
-        config["deb"] = {"compression": package.nfpm_compression(compression)}
+        config["deb"] = {"compression": nfpm.nfpm_compression(compression)}
     else:
         config["arch"] = "noarch"
         config["license"] = "NOASSERTION"
         config["rpm"] = {
-            "compression": package.nfpm_compression(compression),
+            "compression": nfpm.nfpm_compression(compression),
             "summary": summary,
             "group": "System Environment/Daemons",
             "packager": maintainer,
@@ -179,18 +178,18 @@ def pack_stack(
     work: Path,
 ) -> tuple[Path, bool]:
     """The application package in OUTPUT_DIR, and whether the one already there was the same."""
-    epoch = package.source_date_epoch() or STACK_EPOCH
+    epoch = nfpm.source_date_epoch() or STACK_EPOCH
     staging = work / "stack"
     staging.mkdir(parents=True)
     config = stack_config(app, fmt, version, maintainer, compression, staging, epoch)
     built = staging / stack_filename(app, fmt, version)
-    package.run_nfpm(config, fmt, staging, built, epoch)
+    nfpm.run_nfpm(config, fmt, staging, built, epoch)
     final = output_dir / built.name
     same = final.is_file() and _sha256(final) == _sha256(built)
     if same:
         return final, True
     output_dir.mkdir(parents=True, exist_ok=True)
-    return package.publish(built, output_dir, move=True), False
+    return nfpm.publish(built, output_dir, move=True), False
 
 
 def _sha256(path: Path) -> str:

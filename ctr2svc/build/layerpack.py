@@ -19,12 +19,11 @@ from ctr2svc.image.cache import ImageCache
 from ctr2svc.image.config import ResolvedImage
 from ctr2svc.model import PackageFormat
 from ctr2svc.options.request import BuildRequest
-from ctr2svc.package import naming
-from ctr2svc.package import service_package as package
+from ctr2svc.package import layer_package, naming, nfpm
 from ctr2svc.run import halted
 
 
-def layer_package_key(layer: package.LayerPackage) -> str:
+def layer_package_key(layer: layer_package.LayerPackage) -> str:
     """What a cached layer package depends on besides the layer: format, options, the code."""
     doc = {
         "id": layer.extracted.unit.id,
@@ -80,22 +79,22 @@ class LayerPacker:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, extracted: layerstore.Extracted) -> None:
-        layer = package.LayerPackage(extracted, *self.options)
+        layer = layer_package.LayerPackage(extracted, *self.options)
         final = (
             self.store.path(extracted.unit)
             / "packages"
             / layer_package_key(layer)
-            / package.layer_filename(layer)
+            / layer_package.layer_filename(layer)
         )
         self.paths.append(final)
         if not final.is_file():
             self.built.append(extracted.unit.package)
             self.jobs.append(self.pool.submit(self._build, layer, final))
 
-    def _build(self, layer: package.LayerPackage, final: Path) -> None:
+    def _build(self, layer: layer_package.LayerPackage, final: Path) -> None:
         staging = self.work / f"layer-{layer.extracted.unit.hex}"
         staging.mkdir()
-        built = package.pack_layer(layer, staging)
+        built = layer_package.pack_layer(layer, staging)
         final.parent.mkdir(parents=True, exist_ok=True)
         temp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         shutil.move(built, temp)
@@ -126,4 +125,4 @@ def place(cached: Path, output_dir: Path) -> Path:
         return final
     except OSError:
         temp.unlink(missing_ok=True)
-    return package.publish(cached, output_dir)
+    return nfpm.publish(cached, output_dir)

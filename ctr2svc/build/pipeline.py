@@ -19,8 +19,7 @@ from ctr2svc.errors import UsageError
 from ctr2svc.image import registry, skopeo
 from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.options.request import BuildRequest
-from ctr2svc.package import naming
-from ctr2svc.package import service_package as package
+from ctr2svc.package import naming, nfpm, service_package
 from ctr2svc.run import find_tool
 
 
@@ -93,8 +92,8 @@ def _pack(
 ) -> BuildResult:
     """Pack the service package; with shared layers, wait for the layer packages and place them all."""
     spec = made.spec
-    with log.step(f"Packing {package.filename(spec)}"):
-        inputs = package.PackageInputs(
+    with log.step(f"Packing {service_package.filename(spec)}"):
+        inputs = service_package.PackageInputs(
             spec,
             made.bundle.rootfs,
             made.scan,
@@ -110,12 +109,12 @@ def _pack(
         request.output_dir.mkdir(parents=True, exist_ok=True)
         if made.extracted:
             # Placed beside the service package only once every package is made.
-            path = package.pack(inputs, staging, work)
+            path = service_package.pack(inputs, staging, work)
             layer_packages, built = packer.finish()
             placed = tuple(str(place(p, request.output_dir)) for p in layer_packages)
-            path = package.publish(path, request.output_dir, move=True)
+            path = nfpm.publish(path, request.output_dir, move=True)
         else:
-            path = package.pack(inputs, staging, request.output_dir)
+            path = service_package.pack(inputs, staging, request.output_dir)
             placed, built = (), ()
     result = BuildResult.of(path, spec, made.scan.skipped, placed, built)
     record.save(cache.root, build_key, result)

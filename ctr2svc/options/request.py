@@ -46,8 +46,7 @@ from ctr2svc.options.values import (
     split_user,
     tmpfs_mounts,
 )
-from ctr2svc.package import naming
-from ctr2svc.package import service_package as package
+from ctr2svc.package import naming, nfpm
 from ctr2svc.service import network, runtime_config
 
 
@@ -138,11 +137,11 @@ def resolve(opts: BuildOptions) -> BuildRequest:
             f"{fmt} packages cannot target {init}",
             hint=f"use --init {' or --init '.join(fmt.inits)} with --format {fmt}",
         )
-    compression = opts.compression or package.COMPRESSIONS[fmt][0]
-    if compression not in package.COMPRESSIONS[fmt]:
+    compression = opts.compression or nfpm.COMPRESSIONS[fmt][0]
+    if compression not in nfpm.COMPRESSIONS[fmt]:
         raise UsageError(
             f"{fmt} packages cannot use {compression} compression",
-            hint=f"use --compression {' or '.join(package.COMPRESSIONS[fmt])} with --format {fmt}",
+            hint=f"use --compression {' or '.join(nfpm.COMPRESSIONS[fmt])} with --format {fmt}",
         )
     version = naming.parse_version(fmt, opts.version) if opts.version is not None else None
     confined = security(opts.cap_add, opts.cap_drop, opts.privileged, opts.pids_limit)
@@ -188,7 +187,7 @@ def resolve(opts: BuildOptions) -> BuildRequest:
         naming.format_arch(fmt, naming.deb_arch(arch, variant))
     stop_signal = normalize_signal(opts.stop_signal) if opts.stop_signal is not None else None
     maintainer = metadata.maintainer(opts.maintainer)
-    package.source_date_epoch()
+    nfpm.source_date_epoch()
     if opts.sign_key_name is not None:
         metadata.file_name(
             "--sign-key-name", opts.sign_key_name, "name the public key's file, e.g. ops.rsa.pub"

@@ -5,9 +5,9 @@ image's tree. An override lintian finds no use for is a tag of its own (`unused-
 everyone who runs `lintian -I`), so the package carries only those for the tags its image raises.
 They are judged here from what lintian itself looks at: each file's mode, name and kind (the scan), its
 first bytes (`#!` or ELF), an ELF's headers (its type, program headers, dynamic section and section
-table: file(1)'s "pie executable", "not stripped", readelf's NEEDED, SONAME, RUNPATH), the text of the
-image's systemd units, and for a few tags the content of its programs and scripts (the messages of
-libraries lintian looks for, dpkg's database, sensible-utils).
+table: file(1)'s "pie executable", "not stripped", readelf's NEEDED, SONAME, RUNPATH; filekinds.py),
+the text of the image's systemd units, and for a few tags the content of its programs and scripts
+(the messages of libraries lintian looks for, dpkg's database, sensible-utils).
 
 The rules are lintian 2.116's (Debian 12), as their checks state them, for names that lie under
 /opt/containers (lintian's exceptions anchored at /usr or /etc never apply there). Where a rule rests
@@ -31,256 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctr2svc.image.bundle import Entry, Kind, RootfsScan
+from ctr2svc.package.filekinds import (
+    INTERPRETERS,
+    OTHER_INTERPRETERS,
+    Elf,
+    Script,
+    parse_elf,
+    read_script,
+    versioned,
+)
 
 # The bytes read from each file to tell a script from an ELF file from anything else.
 HEAD = 256
 # Larger files with no NUL in their first bytes are not read for national-encoding.
 TEXT_LIMIT = 64 << 20
-
-# ELF (elf.h)
-ET_EXEC, ET_DYN = 2, 3
-PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_GNU_RELRO = 1, 2, 3, 0x6474E552
-DT_NEEDED, DT_STRTAB, DT_SONAME, DT_RPATH, DT_RUNPATH, DT_FLAGS_1 = 1, 5, 14, 15, 29, 0x6FFFFFFB
-DF_1_PIE = 0x08000000
-SHT_SYMTAB = 2
-
-
-@dataclass(frozen=True)
-class Elf:
-    kind: str  # file(1)'s word: "executable", "pie executable", "shared object" or "other"
-    interp: bool
-    needed: tuple[str, ...]
-    soname: bool
-    search_path: tuple[str, ...]  # RPATH and RUNPATH entries
-    relro: bool
-    unstripped: bool  # file(1)'s "not stripped": a symbol table
-
-    @property
-    def linked(self) -> bool:
-        """An executable or a shared object, as lintian's binaries checks want them."""
-        return self.kind in ("executable", "pie executable", "shared object")
-
-    @property
-    def shared(self) -> bool:
-        return self.kind in ("pie executable", "shared object")
-
-
-def read_elf(path: Path) -> Elf | None:
-    """The ELF file at PATH as file(1) and readelf describe it; None when it is not one."""
-    try:
-        return _parse_elf(path.read_bytes())
-    except OSError:
-        return None
-
-
-def _parse_elf(data: bytes) -> Elf | None:
-    """None when DATA is not an ELF file, or one whose headers lie beyond its end."""
-    try:
-        return _elf_headers(data)
-    except (struct.error, IndexError, ValueError):
-        return None
-
-
-def _elf_headers(data: bytes) -> Elf | None:
-    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
-        return None
-    wide, end = data[4] == 2, "<" if data[5] == 1 else ">"
-    if wide:
-        e_type, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _ = struct.unpack_from(
-            end + "HHIQQQIHHHHHH", data, 16
-        )
-    else:
-        e_type, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _ = struct.unpack_from(
-            end + "HHIIIIIHHHHHH", data, 16
-        )
-    segments = []  # (type, offset, vaddr, filesz)
-    for i in range(phnum):
-        at = phoff + i * phentsize
-        if wide:
-            p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from(end + "IIQQQQ", data, at)
-        else:
-            p_type, p_offset, p_vaddr, _, p_filesz = struct.unpack_from(end + "IIIII", data, at)
-        segments.append((p_type, p_offset, p_vaddr, p_filesz))
-    dynamic: list[tuple[int, int]] = []
-    for p_type, offset, _, size in segments:
-        if p_type == PT_DYNAMIC:
-            entry = struct.Struct(end + ("qQ" if wide else "iI"))
-            for at in range(offset, offset + size - entry.size + 1, entry.size):
-                tag, value = entry.unpack_from(data, at)
-                if tag == 0:
-                    break
-                dynamic.append((tag, value))
-
-    def string(value: int) -> str:
-        strtab = next((v for t, v in dynamic if t == DT_STRTAB), None)
-        for p_type, offset, vaddr, size in segments:
-            if strtab is not None and p_type == PT_LOAD and vaddr <= strtab < vaddr + size:
-                start = offset + strtab - vaddr + value
-                return data[start : data.index(b"\0", start)].decode("utf-8", "replace")
-        return ""
-
-    flags_1 = next((v for t, v in dynamic if t == DT_FLAGS_1), 0)
-    kind = {ET_EXEC: "executable", ET_DYN: "pie executable" if flags_1 & DF_1_PIE else "shared object"}
-    search = [string(v) for t, v in dynamic if t in (DT_RPATH, DT_RUNPATH)]
-    unstripped = False
-    for i in range(shnum):
-        sh_type = struct.unpack_from(end + "I", data, shoff + i * shentsize + 4)[0]
-        unstripped = unstripped or sh_type == SHT_SYMTAB
-    return Elf(
-        kind=kind.get(e_type, "other"),
-        interp=any(t == PT_INTERP for t, *_ in segments),
-        needed=tuple(string(v) for t, v in dynamic if t == DT_NEEDED),
-        soname=any(t == DT_SONAME for t, _ in dynamic),
-        search_path=tuple(entry for value in search for entry in value.split(":")),
-        relro=any(t == PT_GNU_RELRO for t, *_ in segments),
-        unstripped=unstripped,
-    )
-
-
-@dataclass(frozen=True)
-class Script:
-    interpreter: str  # without /usr/bin/env, without options; "" for a bare "#!"
-    env: bool
-
-
-def read_script(head: bytes) -> Script | None:
-    """A file's `#!` line as lintian reads it (lincity's `#!#!#!` data files are not scripts)."""
-    if not head.startswith(b"#!") or head.startswith(b"#!#!#!"):
-        return None
-    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-    env = re.match(r"/usr/bin/env\s+", line) is not None
-    line = re.sub(r"^/usr/bin/env\s+", "", line)
-    return Script(line.split()[0] if line.split() else "", env)
-
-
-# Interpreters lintian knows (its data/scripts/interpreters), modelled for the common ones: where
-# Debian has them and the tag a script gets when the package does not depend on the interpreter
-# ("" for an Essential one).
-INTERPRETERS = {
-    "sh": ("/bin", ""),
-    "bash": ("/bin", ""),
-    "dash": ("/bin", ""),
-    "sed": ("/bin", ""),
-    "perl": ("/usr/bin", ""),
-    "awk": ("/usr/bin", ""),
-    "python3": ("/usr/bin", "python3-script-but-no-python3-dep"),
-    "python2": ("/usr/bin", "python2-script-but-no-python2-dep"),
-    "ruby": ("/usr/bin", "ruby-script-but-no-ruby-dep"),
-    "gawk": ("/usr/bin", "gawk-script-but-no-gawk-dep"),
-    "mawk": ("/usr/bin", "mawk-script-but-no-mawk-dep"),
-    "php": ("/usr/bin", "php-script-but-no-php-cli-dep"),
-    "node": ("/usr/bin", "missing-dep-for-interpreter"),
-    "make": ("/usr/bin", "missing-dep-for-interpreter"),
-    "zsh": ("/bin", "missing-dep-for-interpreter"),
-    "ksh": ("/bin", "missing-dep-for-interpreter"),
-    "mksh": ("/bin", "missing-dep-for-interpreter"),
-    "tcsh": ("/bin", "missing-dep-for-interpreter"),
-    "csh": ("/bin", "missing-dep-for-interpreter"),
-    "ash": ("/bin", "missing-dep-for-interpreter"),
-    "expect": ("/usr/bin", "missing-dep-for-interpreter"),
-    "Rscript": ("/usr/bin", "missing-dep-for-interpreter"),
-}
-# The other names lintian knows, not modelled: a script of theirs may get either tag.
-OTHER_INTERPRETERS = frozenset(
-    {
-        "bltwish",
-        "cfagent",
-        "clisp",
-        "cwl-runner",
-        "escript",
-        "expectk",
-        "falcon",
-        "fish",
-        "fontforge",
-        "gbr2",
-        "gbr3",
-        "gbx",
-        "gbx2",
-        "gforth",
-        "gjs",
-        "gjs-console",
-        "gnuplot",
-        "gosh",
-        "hhvm",
-        "icmake",
-        "init-d-script",
-        "install-menu",
-        "invoke-run",
-        "ir",
-        "jed",
-        "jed-script",
-        "julia",
-        "jython",
-        "kaptain",
-        "lefty",
-        "liquidsoap",
-        "magicfilter",
-        "mscgen",
-        "newlisp",
-        "ngraph",
-        "nickle",
-        "ocamlrun",
-        "pagsh",
-        "parrot",
-        "perl6",
-        "perl6-m",
-        "plackup",
-        "procmail",
-        "pypy3",
-        "pforth",
-        "racket",
-        "rake",
-        "raku",
-        "r",
-        "rackup",
-        "rc",
-        "regina",
-        "rep",
-        "rexx",
-        "rrdcgi",
-        "run",
-        "runhaskell",
-        "runhugs",
-        "seed",
-        "slsh",
-        "speedy",
-        "stap",
-        "swipl",
-        "texlua",
-        "tixwish",
-        "trs",
-        "xjed",
-        "yforth",
-        "yorick",
-    }
-)
+# The tags an interpreter lintian does not model may get (filekinds.OTHER_INTERPRETERS).
 OTHER_TAGS = ("wrong-path-for-interpreter", "missing-dep-for-interpreter")
-# lintian's data/scripts/versioned-interpreters: a versioned name ("lua5.1") and the tag it gets
-# without the dependency. (Its python2 and python3 are never reached: "python3.11" is looked up as
-# "python", which lintian does not know, and is an unusual interpreter.)
-VERSIONED = {
-    "guile": (r"guile-([\d.]+)", "missing-dep-for-interpreter"),
-    "jruby": (r"jruby([\d.]+)", "missing-dep-for-interpreter"),
-    "lua": (r"lua([\d.]+)", "missing-dep-for-interpreter"),
-    "octave": (r"octave([\d.]+)", "missing-dep-for-interpreter"),
-    "pike": (r"pike([\d.]+)", "missing-dep-for-interpreter"),
-    "ruby": (r"ruby([\d.]+)", "ruby-script-but-no-ruby-dep"),
-    "runghc": (r"runghc(\d+)", "missing-dep-for-interpreter"),
-    "scsh": (r"scsh-([\d.]+)", "missing-dep-for-interpreter"),
-    "tclsh": (r"tclsh([\d.]+)", "tclsh-script-but-no-tclsh-dep"),
-    "wish": (r"wish([\d.]+)", "wish-script-but-no-wish-dep"),
-}
-
-
-def versioned(basename: str) -> str | None:
-    """The dependency tag of a versioned interpreter lintian knows (Scripts.pm's lookup), or None."""
-    if basename in VERSIONED:
-        return VERSIONED[basename][1]
-    base = re.fullmatch(r"(.*[^\d.-])-?[\d.]+", basename)
-    if base and base.group(1) in VERSIONED and re.search(VERSIONED[base.group(1)][0], basename):
-        return VERSIONED[base.group(1)][1]
-    return None
-
 
 # lintian's Files/Contents check, on programs' strings and scripts' text.
 SENSIBLE = re.compile(rb"(?<!-)(?:select-editor|sensible-(?:browser|editor|pager))\b")
@@ -382,7 +148,7 @@ def _file(found: Findings, path: Path, mode: int, name: str, package: str, depen
         return
     if name.endswith(".gz") or gzipped:
         _gzip(found, path, head, name, epoch)
-    elf = _parse_elf(whole) if head[:4] == b"\x7fELF" and whole else None
+    elf = parse_elf(whole) if head[:4] == b"\x7fELF" and whole else None
     script = read_script(head) if elf is None else None
     if elf is not None:
         _elf(found, elf, executable, name, package, depends)
