@@ -31,7 +31,7 @@ from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.options.ranges import COMPOSE_LIMITS, user_problem
 from ctr2svc.options.request import BuildRequest, resolve
 
-# A variable name /etc/NAME/env can hold (build.py's check, config.awk's pattern): Docker passes any
+# A variable name /etc/NAME/env can hold (options/values.py's check, config.awk's pattern): Docker passes any
 # name without "=" (elasticsearch's discovery.type, for one); a line of the file cannot start with "#"
 # (a comment) and its name ends at the first "=", so neither can be in one, nor can blanks.
 _ENV_NAME = re.compile(r"[^=\s#][^=\s]*")
