@@ -179,106 +179,30 @@ INTERPRETERS = {
     "ash": ("/bin", "missing-dep-for-interpreter"),
     "expect": ("/usr/bin", "missing-dep-for-interpreter"),
     "Rscript": ("/usr/bin", "missing-dep-for-interpreter"),
+    "tclsh": ("/usr/bin", "tclsh-script-but-no-tclsh-dep"),
+    "wish": ("/usr/bin", "wish-script-but-no-wish-dep"),
+    "lua": ("/usr/bin", "missing-dep-for-interpreter"),
 }
-# The other names lintian knows, not modelled: a script of theirs may get either tag.
-OTHER_INTERPRETERS = frozenset(
-    {
-        "bltwish",
-        "cfagent",
-        "clisp",
-        "cwl-runner",
-        "escript",
-        "expectk",
-        "falcon",
-        "fish",
-        "fontforge",
-        "gbr2",
-        "gbr3",
-        "gbx",
-        "gbx2",
-        "gforth",
-        "gjs",
-        "gjs-console",
-        "gnuplot",
-        "gosh",
-        "hhvm",
-        "icmake",
-        "init-d-script",
-        "install-menu",
-        "invoke-run",
-        "ir",
-        "jed",
-        "jed-script",
-        "julia",
-        "jython",
-        "kaptain",
-        "lefty",
-        "liquidsoap",
-        "magicfilter",
-        "mscgen",
-        "newlisp",
-        "ngraph",
-        "nickle",
-        "ocamlrun",
-        "pagsh",
-        "parrot",
-        "perl6",
-        "perl6-m",
-        "plackup",
-        "procmail",
-        "pypy3",
-        "pforth",
-        "racket",
-        "rake",
-        "raku",
-        "r",
-        "rackup",
-        "rc",
-        "regina",
-        "rep",
-        "rexx",
-        "rrdcgi",
-        "run",
-        "runhaskell",
-        "runhugs",
-        "seed",
-        "slsh",
-        "speedy",
-        "stap",
-        "swipl",
-        "texlua",
-        "tixwish",
-        "trs",
-        "xjed",
-        "yforth",
-        "yorick",
-    }
+# A script whose interpreter is none of the above: whether lintian knows it (and then wants it at a
+# path or a dependency for it) or calls it unusual depends on lintian's own tables, which ctr2svc does
+# not copy. So it gets all three; the ones lintian finds no use for are `I: unused-override` lines
+# (UNPREDICTABLE below), never an error or a warning on a package.
+UNKNOWN_INTERPRETER_TAGS = (
+    "unusual-interpreter",
+    "wrong-path-for-interpreter",
+    "missing-dep-for-interpreter",
 )
-OTHER_TAGS = ("wrong-path-for-interpreter", "missing-dep-for-interpreter")
-# lintian's data/scripts/versioned-interpreters: a versioned name ("lua5.1") and the tag it gets
-# without the dependency. (Its python2 and python3 are never reached: "python3.11" is looked up as
-# "python", which lintian does not know, and is an unusual interpreter.)
-VERSIONED = {
-    "guile": (r"guile-([\d.]+)", "missing-dep-for-interpreter"),
-    "jruby": (r"jruby([\d.]+)", "missing-dep-for-interpreter"),
-    "lua": (r"lua([\d.]+)", "missing-dep-for-interpreter"),
-    "octave": (r"octave([\d.]+)", "missing-dep-for-interpreter"),
-    "pike": (r"pike([\d.]+)", "missing-dep-for-interpreter"),
-    "ruby": (r"ruby([\d.]+)", "ruby-script-but-no-ruby-dep"),
-    "runghc": (r"runghc(\d+)", "missing-dep-for-interpreter"),
-    "scsh": (r"scsh-([\d.]+)", "missing-dep-for-interpreter"),
-    "tclsh": (r"tclsh([\d.]+)", "tclsh-script-but-no-tclsh-dep"),
-    "wish": (r"wish([\d.]+)", "wish-script-but-no-wish-dep"),
-}
+# Tags that rest on lintian's data tables (the interpreters it knows, the messages of the libraries it
+# looks for in programs): overridden whenever their kind of file is there, used or not.
+UNPREDICTABLE = frozenset({*UNKNOWN_INTERPRETER_TAGS, "embedded-library"})
 
 
 def versioned(basename: str) -> str | None:
-    """The dependency tag of a versioned interpreter lintian knows (Scripts.pm's lookup), or None."""
-    if basename in VERSIONED:
-        return VERSIONED[basename][1]
+    """A versioned name of an interpreter modelled above ("ruby3.1", "python3.11" is not: it reads as
+    "python3" + ".11") : the dependency tag of the unversioned one, or None."""
     base = re.fullmatch(r"(.*[^\d.-])-?[\d.]+", basename)
-    if base and base.group(1) in VERSIONED and re.search(VERSIONED[base.group(1)][0], basename):
-        return VERSIONED[base.group(1)][1]
+    if base and base.group(1) in INTERPRETERS and basename != base.group(1):
+        return INTERPRETERS[base.group(1)][1] or None
     return None
 
 
@@ -391,7 +315,9 @@ def _file(found: Findings, path: Path, mode: int, name: str, package: str, depen
     elif executable and head[:4] != b"\x7fELF" and not re.search(r"\.(?:exe|jar)$", name):
         found.tags.add("executable-not-elf-or-script")
     if elf is not None:
-        _embedded(found, whole)
+        # lintian looks in every program for the messages of libraries it knows (its own table, not
+        # copied here): overridden for every image with programs (UNPREDICTABLE).
+        found.tags.add("embedded-library")
     if elf is not None or script is not None:
         _contents(found, whole)
     elif whole and not gzipped:
@@ -487,11 +413,8 @@ def _script(found: Findings, script: Script, executable: bool, name: str) -> Non
         folder, dependency = known
         if f"{folder}/{basename}" != interpreter and not script.env:
             found.tags.add("wrong-path-for-interpreter")
-    elif basename in OTHER_INTERPRETERS:
-        found.tags.update(OTHER_TAGS if executable else OTHER_TAGS[:1])
     elif dependency is not None:
-        if not script.env and interpreter != f"/usr/bin/{basename}":
-            found.tags.add("wrong-path-for-interpreter")
+        found.tags.update(UNKNOWN_INTERPRETER_TAGS)
     elif interpreter.startswith("/usr/local/"):
         found.tags.add("interpreter-in-usr-local")
     elif interpreter == "/bin/env":
@@ -503,106 +426,11 @@ def _script(found: Findings, script: Script, executable: bool, name: str) -> Non
         found.tags.add("php-script-with-unusual-interpreter")
         dependency = "php-script-but-no-php-cli-dep"
     else:
-        # (Unless the package itself ships the interpreter there, which the image's tree never is.)
-        found.tags.add("unusual-interpreter")
+        found.tags.update(UNKNOWN_INTERPRETER_TAGS)
     if dependency and executable:
         found.tags.add(dependency)
     if script.env and interpreter == "perl":
         found.tags.add("incorrect-path-for-interpreter")
-
-
-# Messages that libraries carry and lintian's libraries/embedded check looks for in every ELF file, the
-# libraries themselves included (its data/binaries/embedded-libs names them by their source package):
-# a literal each, searched with bytes.find, which is some ten times faster here than a regex.
-EMBEDDED = (
-    b"This is a bug in bzip2",
-    b"A libcurl function was given a bad argument",
-    b"requested feature requires XML_DTD support in Expat",
-    b"could not find any magic files",
-    b"could not find any valid magic files",
-    b"HuaTianSongTi",
-    b"FTGlyphContainer",
-    b"Extension name exceeds 1023 characters.",
-    b"Missing GL version",
-    b"GNU MP: Cannot allocate memory",
-    b"Heimdal NTLMSSP Mechanism",
-    b"Heimdal SPNEGO Mechanism",
-    b"standards-oui.ieee.org/oui.txt",
-    b"cmsCreateTransform: intent mismatch",
-    b"Unsupported number of channels for VCGT",
-    b"insufficient thread locking around avcodec_open/close()",
-    b"Soundcard does not support 16 bit sample format",
-    b"Buffer video frames, and make them accessible to the filterchain.",
-    b"Format detected only with low score of %d, misdetection possible!",
-    b"AVOption type %d of option %s not implemented yet",
-    b"gd-png error:",
-    b"gd-jpeg error:",
-    b"Gadu-Gadu Client Build",
-    b"Invalid XPS File: cannot open fixedrepresentation",
-    b"Punycode failed",
-    b"ISCSIprep",
-    b"punycode conversion resulted in overflow",
-    b"Caution: quantization tables are too coarse for baseline JPEG",
-    b"A valid JSON document must be either an array or an object value.",
-    b"Received incoming RTSP request:",
-    b"LIVE555 Streaming Media v",
-    b"neg**non-integral: DOMAIN error",
-    b"failed to read new ASF header",
-    b"TERM misplaced during creation of MNG stream",
-    b"The MSN server has terminated the connection with an unknown reason code.",
-    b"Miniupnpc Invalid Arguments",
-    b"APUN (APlayer) and UNI (MikMod)",
-    b"MySQL client ran out of memory",
-    b'pcap_activate: The "any" device isn\'t supported',
-    b"corrupted frame on kernel ring mac offset",
-    b"Potential overflow in png_zalloc",
-    b"gamma value does not match libpng estimate",
-    b"quicktime_make_streamable: out of memory",
-    b"Unsupported file format or not RAW file",
-    b"using npp filters 0x%X/0x%X",
-    b"unknown internal error; please contact the LibSass maintainers",
-    b"Invalid descriptor passed to libssh2_poll",
-    b"Error allocating memory for ssh_scp",
-    b"Exactly one scaler algorithm must be chosen",
-    b"Xiph.Org libtheora",
-    b"SSDP_LIB: New Request Handler:Error",
-    b"mserv start: Error in IPv4 listen",
-    b"root and DTD name do not match",
-    b"did not find expected <stream-start>",
-    b"Signature does not match. Not TNEF.",
-    b"library already shutdown",
-    b"ASN1 - Actual length differs from expected length",
-    b"SSL - The connection indicated an EOF",
-    b"MPFR: Can't allocate memory",
-    b"Warning: Encountered more data after announced end of track",
-    b"Not enough memory to create terminal structure",
-    b"Unable to create nspr log file",
-    b"My Encrytion Test Data",
-    b"tcd_decode: incomplete bitstream",
-    b"tcd_decode: incomplete bit stream",
-    b"Cannot handle box of less than 8 bytes",
-    b"You need to read the OpenSSL FAQ",
-    b"this version of PCRE is not compiled with PCRE_UTF8 support",
-    b"May not be a PDF file (continuing anyway)",
-    b"PDF file is damaged - attempting to reconstruct xref table...",
-    b"srtp: in stream 0x%x:",
-    b"CREATE TABLE sqlite_master(",
-    b"One of the size bytes in the id3v2 header was greater than the allowed 128",
-    b"t1lib is copyright (c) Rainer Menzner",
-    b"No space for PixarLog state block",
-    b"Error when TiXmlDocument added to document",
-    b"Error null (0) or unexpected EOF found in input stream.",
-)
-# zlib's "deflate 1.2.13 Copyright ..." (not "deflate64"), after a cheap look for "flate ".
-ZLIB = re.compile(rb"(?<!4 )(?:in|de)flate \d[ \w.\-]{1,20}[\w.\-]")
-
-
-def _embedded(found: Findings, data: bytes) -> None:
-    """lintian's libraries/embedded: a library's own message in an ELF file (one is enough)."""
-    if "embedded-library" in found.tags:
-        return
-    if any(data.find(message) >= 0 for message in EMBEDDED) or (b"flate " in data and ZLIB.search(data)):
-        found.tags.add("embedded-library")
 
 
 def _contents(found: Findings, data: bytes) -> None:
