@@ -160,107 +160,16 @@ INTERPRETERS = {
     "ash": ("/bin", "missing-dep-for-interpreter"),
     "expect": ("/usr/bin", "missing-dep-for-interpreter"),
     "Rscript": ("/usr/bin", "missing-dep-for-interpreter"),
-}
-
-
-# The other names lintian knows, not modelled: a script of theirs may get either tag.
-OTHER_INTERPRETERS = frozenset(
-    {
-        "bltwish",
-        "cfagent",
-        "clisp",
-        "cwl-runner",
-        "escript",
-        "expectk",
-        "falcon",
-        "fish",
-        "fontforge",
-        "gbr2",
-        "gbr3",
-        "gbx",
-        "gbx2",
-        "gforth",
-        "gjs",
-        "gjs-console",
-        "gnuplot",
-        "gosh",
-        "hhvm",
-        "icmake",
-        "init-d-script",
-        "install-menu",
-        "invoke-run",
-        "ir",
-        "jed",
-        "jed-script",
-        "julia",
-        "jython",
-        "kaptain",
-        "lefty",
-        "liquidsoap",
-        "magicfilter",
-        "mscgen",
-        "newlisp",
-        "ngraph",
-        "nickle",
-        "ocamlrun",
-        "pagsh",
-        "parrot",
-        "perl6",
-        "perl6-m",
-        "plackup",
-        "procmail",
-        "pypy3",
-        "pforth",
-        "racket",
-        "rake",
-        "raku",
-        "r",
-        "rackup",
-        "rc",
-        "regina",
-        "rep",
-        "rexx",
-        "rrdcgi",
-        "run",
-        "runhaskell",
-        "runhugs",
-        "seed",
-        "slsh",
-        "speedy",
-        "stap",
-        "swipl",
-        "texlua",
-        "tixwish",
-        "trs",
-        "xjed",
-        "yforth",
-        "yorick",
-    }
-)
-
-
-# lintian's data/scripts/versioned-interpreters: a versioned name ("lua5.1") and the tag it gets
-# without the dependency. (Its python2 and python3 are never reached: "python3.11" is looked up as
-# "python", which lintian does not know, and is an unusual interpreter.)
-VERSIONED = {
-    "guile": (r"guile-([\d.]+)", "missing-dep-for-interpreter"),
-    "jruby": (r"jruby([\d.]+)", "missing-dep-for-interpreter"),
-    "lua": (r"lua([\d.]+)", "missing-dep-for-interpreter"),
-    "octave": (r"octave([\d.]+)", "missing-dep-for-interpreter"),
-    "pike": (r"pike([\d.]+)", "missing-dep-for-interpreter"),
-    "ruby": (r"ruby([\d.]+)", "ruby-script-but-no-ruby-dep"),
-    "runghc": (r"runghc(\d+)", "missing-dep-for-interpreter"),
-    "scsh": (r"scsh-([\d.]+)", "missing-dep-for-interpreter"),
-    "tclsh": (r"tclsh([\d.]+)", "tclsh-script-but-no-tclsh-dep"),
-    "wish": (r"wish([\d.]+)", "wish-script-but-no-wish-dep"),
+    "tclsh": ("/usr/bin", "tclsh-script-but-no-tclsh-dep"),
+    "wish": ("/usr/bin", "wish-script-but-no-wish-dep"),
+    "lua": ("/usr/bin", "missing-dep-for-interpreter"),
 }
 
 
 def versioned(basename: str) -> str | None:
-    """The dependency tag of a versioned interpreter lintian knows (Scripts.pm's lookup), or None."""
-    if basename in VERSIONED:
-        return VERSIONED[basename][1]
+    """A versioned name of an interpreter modelled above ("ruby3.1", "python3.11" is not: it reads as
+    "python3" + ".11") : the dependency tag of the unversioned one, or None."""
     base = re.fullmatch(r"(.*[^\d.-])-?[\d.]+", basename)
-    if base and base.group(1) in VERSIONED and re.search(VERSIONED[base.group(1)][0], basename):
-        return VERSIONED[base.group(1)][1]
+    if base and base.group(1) in INTERPRETERS and basename != base.group(1):
+        return INTERPRETERS[base.group(1)][1] or None
     return None

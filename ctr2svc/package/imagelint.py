@@ -31,22 +31,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctr2svc.image.bundle import Entry, Kind, RootfsScan
-from ctr2svc.package.filekinds import (
-    INTERPRETERS,
-    OTHER_INTERPRETERS,
-    Elf,
-    Script,
-    parse_elf,
-    read_script,
-    versioned,
-)
+from ctr2svc.package.filekinds import INTERPRETERS, Elf, Script, parse_elf, read_script, versioned
 
 # The bytes read from each file to tell a script from an ELF file from anything else.
 HEAD = 256
 # Larger files with no NUL in their first bytes are not read for national-encoding.
 TEXT_LIMIT = 64 << 20
-# The tags an interpreter lintian does not model may get (filekinds.OTHER_INTERPRETERS).
-OTHER_TAGS = ("wrong-path-for-interpreter", "missing-dep-for-interpreter")
+# A script whose interpreter is none of filekinds.INTERPRETERS: whether lintian knows it (and then wants
+# it at a path or a dependency for it) or calls it unusual depends on lintian's own tables, which
+# ctr2svc does not copy. So it gets all three; the ones lintian finds no use for are
+# `I: unused-override` lines (UNPREDICTABLE below), never an error or a warning on a package.
+UNKNOWN_INTERPRETER_TAGS = (
+    "unusual-interpreter",
+    "wrong-path-for-interpreter",
+    "missing-dep-for-interpreter",
+)
+# Tags that rest on lintian's data tables (the interpreters it knows, the messages of the libraries it
+# looks for in programs): overridden whenever their kind of file is there, used or not.
+UNPREDICTABLE = frozenset({*UNKNOWN_INTERPRETER_TAGS, "embedded-library"})
+
 
 # lintian's Files/Contents check, on programs' strings and scripts' text.
 SENSIBLE = re.compile(rb"(?<!-)(?:select-editor|sensible-(?:browser|editor|pager))\b")
@@ -157,7 +160,9 @@ def _file(found: Findings, path: Path, mode: int, name: str, package: str, depen
     elif executable and head[:4] != b"\x7fELF" and not re.search(r"\.(?:exe|jar)$", name):
         found.tags.add("executable-not-elf-or-script")
     if elf is not None:
-        _embedded(found, whole)
+        # lintian looks in every program for the messages of libraries it knows (its own table, not
+        # copied here): overridden for every image with programs (UNPREDICTABLE).
+        found.tags.add("embedded-library")
     if elf is not None or script is not None:
         _contents(found, whole)
     elif whole and not gzipped:
@@ -253,11 +258,8 @@ def _script(found: Findings, script: Script, executable: bool, name: str) -> Non
         folder, dependency = known
         if f"{folder}/{basename}" != interpreter and not script.env:
             found.tags.add("wrong-path-for-interpreter")
-    elif basename in OTHER_INTERPRETERS:
-        found.tags.update(OTHER_TAGS if executable else OTHER_TAGS[:1])
     elif dependency is not None:
-        if not script.env and interpreter != f"/usr/bin/{basename}":
-            found.tags.add("wrong-path-for-interpreter")
+        found.tags.update(UNKNOWN_INTERPRETER_TAGS)
     elif interpreter.startswith("/usr/local/"):
         found.tags.add("interpreter-in-usr-local")
     elif interpreter == "/bin/env":
@@ -269,106 +271,11 @@ def _script(found: Findings, script: Script, executable: bool, name: str) -> Non
         found.tags.add("php-script-with-unusual-interpreter")
         dependency = "php-script-but-no-php-cli-dep"
     else:
-        # (Unless the package itself ships the interpreter there, which the image's tree never is.)
-        found.tags.add("unusual-interpreter")
+        found.tags.update(UNKNOWN_INTERPRETER_TAGS)
     if dependency and executable:
         found.tags.add(dependency)
     if script.env and interpreter == "perl":
         found.tags.add("incorrect-path-for-interpreter")
-
-
-# Messages that libraries carry and lintian's libraries/embedded check looks for in every ELF file, the
-# libraries themselves included (its data/binaries/embedded-libs names them by their source package):
-# a literal each, searched with bytes.find, which is some ten times faster here than a regex.
-EMBEDDED = (
-    b"This is a bug in bzip2",
-    b"A libcurl function was given a bad argument",
-    b"requested feature requires XML_DTD support in Expat",
-    b"could not find any magic files",
-    b"could not find any valid magic files",
-    b"HuaTianSongTi",
-    b"FTGlyphContainer",
-    b"Extension name exceeds 1023 characters.",
-    b"Missing GL version",
-    b"GNU MP: Cannot allocate memory",
-    b"Heimdal NTLMSSP Mechanism",
-    b"Heimdal SPNEGO Mechanism",
-    b"standards-oui.ieee.org/oui.txt",
-    b"cmsCreateTransform: intent mismatch",
-    b"Unsupported number of channels for VCGT",
-    b"insufficient thread locking around avcodec_open/close()",
-    b"Soundcard does not support 16 bit sample format",
-    b"Buffer video frames, and make them accessible to the filterchain.",
-    b"Format detected only with low score of %d, misdetection possible!",
-    b"AVOption type %d of option %s not implemented yet",
-    b"gd-png error:",
-    b"gd-jpeg error:",
-    b"Gadu-Gadu Client Build",
-    b"Invalid XPS File: cannot open fixedrepresentation",
-    b"Punycode failed",
-    b"ISCSIprep",
-    b"punycode conversion resulted in overflow",
-    b"Caution: quantization tables are too coarse for baseline JPEG",
-    b"A valid JSON document must be either an array or an object value.",
-    b"Received incoming RTSP request:",
-    b"LIVE555 Streaming Media v",
-    b"neg**non-integral: DOMAIN error",
-    b"failed to read new ASF header",
-    b"TERM misplaced during creation of MNG stream",
-    b"The MSN server has terminated the connection with an unknown reason code.",
-    b"Miniupnpc Invalid Arguments",
-    b"APUN (APlayer) and UNI (MikMod)",
-    b"MySQL client ran out of memory",
-    b'pcap_activate: The "any" device isn\'t supported',
-    b"corrupted frame on kernel ring mac offset",
-    b"Potential overflow in png_zalloc",
-    b"gamma value does not match libpng estimate",
-    b"quicktime_make_streamable: out of memory",
-    b"Unsupported file format or not RAW file",
-    b"using npp filters 0x%X/0x%X",
-    b"unknown internal error; please contact the LibSass maintainers",
-    b"Invalid descriptor passed to libssh2_poll",
-    b"Error allocating memory for ssh_scp",
-    b"Exactly one scaler algorithm must be chosen",
-    b"Xiph.Org libtheora",
-    b"SSDP_LIB: New Request Handler:Error",
-    b"mserv start: Error in IPv4 listen",
-    b"root and DTD name do not match",
-    b"did not find expected <stream-start>",
-    b"Signature does not match. Not TNEF.",
-    b"library already shutdown",
-    b"ASN1 - Actual length differs from expected length",
-    b"SSL - The connection indicated an EOF",
-    b"MPFR: Can't allocate memory",
-    b"Warning: Encountered more data after announced end of track",
-    b"Not enough memory to create terminal structure",
-    b"Unable to create nspr log file",
-    b"My Encrytion Test Data",
-    b"tcd_decode: incomplete bitstream",
-    b"tcd_decode: incomplete bit stream",
-    b"Cannot handle box of less than 8 bytes",
-    b"You need to read the OpenSSL FAQ",
-    b"this version of PCRE is not compiled with PCRE_UTF8 support",
-    b"May not be a PDF file (continuing anyway)",
-    b"PDF file is damaged - attempting to reconstruct xref table...",
-    b"srtp: in stream 0x%x:",
-    b"CREATE TABLE sqlite_master(",
-    b"One of the size bytes in the id3v2 header was greater than the allowed 128",
-    b"t1lib is copyright (c) Rainer Menzner",
-    b"No space for PixarLog state block",
-    b"Error when TiXmlDocument added to document",
-    b"Error null (0) or unexpected EOF found in input stream.",
-)
-# zlib's "deflate 1.2.13 Copyright ..." (not "deflate64"), after a cheap look for "flate ".
-ZLIB = re.compile(rb"(?<!4 )(?:in|de)flate \d[ \w.\-]{1,20}[\w.\-]")
-
-
-def _embedded(found: Findings, data: bytes) -> None:
-    """lintian's libraries/embedded: a library's own message in an ELF file (one is enough)."""
-    if "embedded-library" in found.tags:
-        return
-    if any(data.find(message) >= 0 for message in EMBEDDED) or (b"flate " in data and ZLIB.search(data)):
-        found.tags.add("embedded-library")
 
 
 def _contents(found: Findings, data: bytes) -> None:
