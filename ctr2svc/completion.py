@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 import click
 from click.shell_completion import BashComplete, CompletionItem, add_completion_class, split_arg_string
 
-from ctr2svc.runtime_config import ALL_CAPABILITIES
+from ctr2svc.service.runtime_config import ALL_CAPABILITIES
 
-# Local transports, as `ctr2svc build` takes them (reference.py); `oci:` names a directory.
+# Local transports, as `ctr2svc build` takes them (image/reference.py); `oci:` names a directory.
 DIR_TRANSPORTS = ("oci:",)
 FILE_TRANSPORTS = ("oci-archive:", "docker-archive:")
 

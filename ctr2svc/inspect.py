@@ -14,37 +14,35 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ctr2svc import layers, metadata, naming, registry
-from ctr2svc.build import (
-    BuildOptions,
-    Generated,
-    check_package_options,
-    generate,
-    normalize_signal,
-    pull_options,
-    workspace,
-)
+from ctr2svc import metadata
+from ctr2svc.build.generate import Generated, generate
+from ctr2svc.build.pipeline import pull_options
+from ctr2svc.build.workspace import workspace
 from ctr2svc.errors import Ctr2svcError
+from ctr2svc.image import layers, layerstore, registry
+from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.model import HealthCheck, Layout, PackageFormat
+from ctr2svc.options.request import BuildRequest
+from ctr2svc.options.values import normalize_signal
+from ctr2svc.package import naming
 
 # Of `inspect --json`'s output (docs/json.md): bumped when a field changes meaning or goes away.
 SCHEMA_VERSION = 1
 
 
-def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
-    check_package_options(opts)
-    registry.check_transport(opts.reference)
-    cache = registry.ImageCache(opts.cache_dir or registry.default_cache_dir())
+def inspect(request: BuildRequest, *, with_files: bool = False) -> dict[str, Any]:
+    registry.check_transport(request.reference)
+    cache = ImageCache(request.cache_dir or default_cache_dir())
     cache.ensure()
     made: dict[str, Any] | None = None
     with workspace(cache.root) as work:
-        pull = pull_options(opts)
-        located = registry.locate(opts.reference, pull, work)
-        image = registry.resolve(opts.reference, pull, cache, work, located)
+        pull = pull_options(request)
+        located = registry.locate(request.reference, pull, work)
+        image = registry.resolve(request.reference, pull, cache, work, located)
         if with_files:
-            made = generated(generate(opts, cache, image, work))
+            made = generated(generate(request, cache, image, work))
     cfg = image.config
-    name = opts.name or naming.default_package_name(image.reference.basename)
+    name = request.name or naming.default_package_name(image.reference.basename)
     layer_info = image_layers(cache, image.digest)
     packages: dict[str, Any] = {}
     for fmt in PackageFormat:
@@ -89,13 +87,13 @@ def inspect(opts: BuildOptions, *, with_files: bool = False) -> dict[str, Any]:
     }
 
 
-def image_layers(cache: registry.ImageCache, digest: str) -> list[dict[str, Any]]:
+def image_layers(cache: ImageCache, digest: str) -> list[dict[str, Any]]:
     """The layer packages `--layers shared` makes of the image, bottom first: their sizes, and whether
     they are already unpacked and packed in the cache, and installed on this host."""
     manifest = cache.manifest(digest)
     if manifest is None:
         return []
-    store = layers.LayerStore(cache.root)
+    store = layerstore.LayerStore(cache.root)
     shown = []
     for unit in layers.plan(layers.image_layers(manifest, cache.config(manifest))):
         extracted = store.cached(unit)

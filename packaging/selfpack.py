@@ -27,12 +27,13 @@ sys.path.insert(0, str(REPO))
 
 import click  # noqa: E402
 
-from ctr2svc import __version__, debian, log, metadata  # noqa: E402
-from ctr2svc.compose import find_compose  # noqa: E402
+from ctr2svc import __version__, log, metadata  # noqa: E402
+from ctr2svc.apps.compose_file import find_compose  # noqa: E402
 from ctr2svc.errors import Ctr2svcError, PackageError, UsageError  # noqa: E402
 from ctr2svc.model import PackageFormat  # noqa: E402
-from ctr2svc.naming import format_arch, nfpm_arch, parse_version  # noqa: E402
-from ctr2svc.package import (  # noqa: E402
+from ctr2svc.package import debian  # noqa: E402
+from ctr2svc.package.naming import format_arch, nfpm_arch, parse_version  # noqa: E402
+from ctr2svc.package.nfpm import (  # noqa: E402
     nfpm_compression,
     publish,
     rpm_changelog,

@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from functools import cache
 from pathlib import Path, PurePosixPath
 
-from ctr2svc import __version__, network, runtime_config
-from ctr2svc.layers import INSTALL_DIR
+from ctr2svc import __version__
+from ctr2svc.image.layers import INSTALL_DIR
 from ctr2svc.model import ServiceSpec
+from ctr2svc.service import network, runtime_config
 
 HERE = Path(__file__).resolve().parent
 # In the order the program needs them: the head reads service.env, main dispatches.

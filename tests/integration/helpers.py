@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctr2svc.imagelint import UNPREDICTABLE
+from ctr2svc.package.imagelint import UNPREDICTABLE
 from tests.conftest import require
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from ctr2svc.registry import ImageCache
+from ctr2svc.image.cache import ImageCache
 from tests.conftest import Cli
 from tests.support.faults import Job, SlowProxy, all_entries, tmpfs
 from tests.support.images import build_image, install_busybox, put_file, service_image

@@ -258,9 +258,9 @@ def test_environment_refused_before_anything_is_pulled(
 
 def test_project_values_the_file_check_passes_fail_their_image(base: Path, tmp_path: Path) -> None:
     """A project file reaches BuildOptions without click's option types; its loader bounds the plain
-    numbers (project.LIMITS), and what needs more than a range (a size, a mount point, an epoch, a CPU
-    limit below the kernel's smallest quota) is checked where the options become BuildOptions: the
-    image with such a value fails in the table, the others are built."""
+    numbers (options/ranges.py's LIMITS), and what needs more than a range (a size, a mount point, an
+    epoch, a CPU limit below the kernel's smallest quota) is checked where the options become a
+    BuildRequest: the image with such a value fails in the table, the others are built."""
     images = [
         ("good-svc", ""),
         ("mem-svc", 'memory = "1"'),

@@ -15,9 +15,9 @@ package is the same file in every build that has the layer) is checked once: by 
 name, which an image's service packages flat and with shared layers share.
 
 What is left is overridden in the package itself only where the tag is wrong for this kind of package
-(ctr2svc/debian.py, each with its reason) and only for the tags the image's files raise
-(ctr2svc/imagelint.py), or listed in RPMLINT_ACCEPTED* (tests/integration/helpers.py) with its reason
-and where it may appear.
+(ctr2svc/package/debian.py, each with its reason) and only for the tags the image's files raise
+(ctr2svc/package/imagelint.py), or listed in RPMLINT_ACCEPTED* (tests/integration/helpers.py) with its
+reason and where it may appear.
 """
 
 from __future__ import annotations

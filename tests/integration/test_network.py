@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ctr2svc.network import BRIDGE, BRIDGE_MAC
+from ctr2svc.service.network import BRIDGE, BRIDGE_MAC
 from tests.conftest import Cli, require
 from tests.support.images import web_image
 from tests.support.registry import free_port

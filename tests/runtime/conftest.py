@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import runtime, runtime_config
+from ctr2svc import runtime
 from ctr2svc.model import HealthCheck, ServiceSpec, Volume
+from ctr2svc.service import runtime_config
 from tests.conftest import require
 from tests.unit.conftest import make_spec
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ctr2svc import units
 from ctr2svc.model import Layout
+from ctr2svc.service import units
 
 from .conftest import Helper, spec_for
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ctr2svc import runtime, units
+from ctr2svc import runtime
 from ctr2svc.model import HealthCheck, PackageFormat, PortMapping
+from ctr2svc.service import units
 from tests.conftest import require
 from tests.unit.test_templates import SHARED, sample_scan
 

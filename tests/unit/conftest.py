@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from ctr2svc.model import ImageConfig, Layout, ResolvedImage, ServiceSpec, Volume
-from ctr2svc.reference import parse
+from ctr2svc.image.config import ImageConfig, ResolvedImage
+from ctr2svc.image.reference import parse
+from ctr2svc.model import Layout, ServiceSpec, Volume
 
 DATA = Path(__file__).parent / "data"
 DIGEST = "sha256:" + "1f" * 32

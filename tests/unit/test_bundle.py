@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ctr2svc.bundle import image_file, image_path
+from ctr2svc.image.bundle import image_file, image_path
 
 
 def _root(tmp_path: Path) -> tuple[Path, Path]:

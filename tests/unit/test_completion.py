@@ -17,7 +17,7 @@ import pytest
 
 from ctr2svc import completion
 from ctr2svc.cli import cli
-from ctr2svc.runtime_config import ALL_CAPABILITIES
+from ctr2svc.service.runtime_config import ALL_CAPABILITIES
 from tests.conftest import REPO
 
 

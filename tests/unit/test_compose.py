@@ -19,18 +19,17 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import __version__, compose, runtime_config, stack, units
-from ctr2svc.build import (
-    RESTART,
-    BuildOptions,
-    check_package_options,
-    env_defaults,
-    health_check,
-    restart_policy,
-)
+from ctr2svc import __version__
+from ctr2svc.apps import compose, compose_file, compose_keys, stack
+from ctr2svc.apps.entries import Application
 from ctr2svc.errors import ToolError, UsageError
+from ctr2svc.image.reference import parse
 from ctr2svc.model import HealthCheck, PackagedFile, PackageFormat, ServiceSpec, TmpfsMount
-from ctr2svc.reference import parse
+from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.request import resolve
+from ctr2svc.options.values import RESTART, env_defaults, restart_policy
+from ctr2svc.service import runtime_config, units
+from ctr2svc.service.plan import health_check
 from tests.support import compose_app
 
 from .conftest import make_spec
@@ -52,16 +51,16 @@ def write(directory: Path, text: str, **files: str) -> Path:
 
 def load(
     path: Path, name: str | None = None, allow_outside: tuple[Path, ...] = (), **common: Any
-) -> compose.Application:
+) -> Application:
     return compose.load(path, name, {**COMMON, **common}, allow_outside)
 
 
-def service(app: compose.Application, name: str) -> BuildOptions:
+def service(app: Application, name: str) -> BuildOptions:
     return next(s.options for s in app.services if s.service == name)
 
 
 @pytest.fixture
-def shop(tmp_path: Path) -> compose.Application:
+def shop(tmp_path: Path) -> Application:
     return load(compose_app.write_project(tmp_path / "shop", REGISTRY))
 
 
@@ -69,7 +68,7 @@ def shop(tmp_path: Path) -> compose.Application:
 
 
 def test_the_binary_is_compose_gos() -> None:
-    found = compose.find_compose()
+    found = compose_file.find_compose()
     assert Path(found).name == "docker-compose"
     version = subprocess.run([found, "version"], capture_output=True, text=True, check=True).stdout
     assert "Docker Compose version v2." in version
@@ -157,11 +156,11 @@ def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
 # --- mapping ---------------------------------------------------------------------------------------
 
 
-def test_start_order_follows_depends_on(shop: compose.Application) -> None:
+def test_start_order_follows_depends_on(shop: Application) -> None:
     assert [s.service for s in shop.services] == ["store", "seed", "app", "web"]
 
 
-def test_depends_on_conditions(shop: compose.Application) -> None:
+def test_depends_on_conditions(shop: Application) -> None:
     store, seed, app, web = (service(shop, n) for n in ("store", "seed", "app", "web"))
     assert store.ready_health and not store.oneshot  # app waits for it to be healthy
     assert seed.oneshot and not seed.ready_health  # app waits for it to complete
@@ -268,7 +267,7 @@ configs:
     assert o.tmpfs == ("/tmp", "/run:size=64m", "/cache:size=1048576,mode=700")
     assert o.health_test == ("/bin/sh", "-c", "curl -f http://localhost/")
     assert (o.health_interval, o.health_timeout, o.health_retries, o.health_start_period) == (90, 1, 4, 120)
-    assert o.restart == "unless-stopped" and restart_policy(o) == "always"
+    assert o.restart == "unless-stopped" and resolve(o).restart == "always"
     assert (o.cap_add, o.cap_drop, o.privileged, o.read_only) == (("NET_ADMIN",), ("MKNOD",), False, True)
     assert (o.memory, o.cpus, o.pids_limit) == ("536870912", 1.5, 100)
     assert o.labels == ("com.example.team=core",) and o.init_process
@@ -290,7 +289,7 @@ configs:
     # A directory: its files packaged, the directory mounted once (in volumes above).
     assert files["/etc/p-api/files/static/css/site.css"].target == ""
     assert files["/etc/p-api/files/static/index.html"].content == "<h1>hi</h1>\n"
-    check_package_options(o)
+    resolve(o)
 
 
 def test_deploy_resources_and_restart_policy(tmp_path: Path) -> None:
@@ -325,25 +324,27 @@ def test_healthcheck_none_switches_the_images_off(tmp_path: Path) -> None:
     ("text", "seconds"), [("30s", 30), ("1m30s", 90), ("500ms", 1), ("2h", 7200), ("1.5s", 2), ("0s", 0)]
 )
 def test_durations(text: str, seconds: int) -> None:
-    assert compose.duration(Path("c.yaml"), "x", text) == seconds
+    assert compose_keys.duration(Path("c.yaml"), "x", text) == seconds
 
 
 def test_restart_policies() -> None:
     assert RESTART == {"no": "no", "always": "always", "on-failure": "on-failure", "unless-stopped": "always"}
-    base = BuildOptions(reference=parse("a:1"))
-    assert restart_policy(base) == "on-failure"  # ctr2svc's default when compose says nothing
-    assert restart_policy(dataclasses.replace(base, oneshot=True)) == "no"
+    assert restart_policy(None, oneshot=False) == "on-failure"  # ctr2svc's default when compose says nothing
+    assert restart_policy(None, oneshot=True) == "no"
     with pytest.raises(UsageError, match="others wait to complete"):
-        restart_policy(dataclasses.replace(base, oneshot=True, restart="always"))
+        restart_policy("always", oneshot=True)
+    base = BuildOptions(reference=parse("a:1"))
+    assert resolve(base).restart == "on-failure"
+    with pytest.raises(UsageError, match="others wait to complete"):
+        resolve(dataclasses.replace(base, oneshot=True, restart="always"))
 
 
 def test_health_check_merges_compose_timings_over_the_images() -> None:
     image = {"Test": ["CMD-SHELL", "true"], "Interval": 10 * 10**9, "Retries": 7}
     opts = BuildOptions(reference=parse("a:1"), health_test=("pg_isready",), health_timeout=4)
-    assert health_check(opts, image) == HealthCheck(("pg_isready",), 10, 4, 7, 0)
-    assert health_check(dataclasses.replace(opts, health_start_period=60), None) == HealthCheck(
-        ("pg_isready",), 30, 4, 3, 60
-    )
+    assert health_check(resolve(opts).health, image) == HealthCheck(("pg_isready",), 10, 4, 7, 0)
+    later = resolve(dataclasses.replace(opts, health_start_period=60))
+    assert health_check(later.health, None) == HealthCheck(("pg_isready",), 30, 4, 3, 60)
 
 
 # --- refused keys: one line, the key, the service, a hint ---------------------------------------------
@@ -448,7 +449,7 @@ def test_openrc_and_apk_are_refused() -> None:
         compose.check_format(PackageFormat.APK, None)
     base = BuildOptions(reference=parse("a:1"), init=None, format=PackageFormat.APK, stack="x-stack")
     with pytest.raises(UsageError, match="systemd only"):
-        check_package_options(base)
+        resolve(base)
 
 
 # --- the CLI -----------------------------------------------------------------------------------------
@@ -505,7 +506,7 @@ def test_project_name_needs_compose(tmp_path: Path) -> None:
 # --- what the packages hold: golden files -------------------------------------------------------------
 
 
-def plan_document(app: compose.Application, base: Path) -> str:
+def plan_document(app: Application, base: Path) -> str:
     """The mapping of every service, as JSON, with the temporary directory replaced by $DIR."""
     doc = {
         "name": app.name,
@@ -518,17 +519,18 @@ def plan_document(app: compose.Application, base: Path) -> str:
 
 def compose_spec(opts: BuildOptions) -> ServiceSpec:
     """make_spec()'s image as the service OPTS describes (what plan_service decides from them)."""
-    from ctr2svc.build import option_fields
+    from ctr2svc.service.plan import option_fields
 
     spec = make_spec()
-    check = health_check(opts, None) if opts.ready_health else None
+    request = resolve(opts)
+    check = health_check(request.health, None) if request.ready_health else None
     return dataclasses.replace(
         spec,
         name=str(opts.name),
         layout=dataclasses.replace(spec.layout, name=str(opts.name)),
         health=check,
         network=opts.network,
-        **option_fields(opts),
+        **option_fields(request),
     )
 
 
@@ -667,7 +669,7 @@ def test_init_mounts_tini_and_runs_below_it() -> None:
 
 
 def test_tmpfs_options() -> None:
-    from ctr2svc.build import tmpfs_mounts
+    from ctr2svc.options.values import tmpfs_mounts
 
     assert tmpfs_mounts(("/run:size=64m,mode=0755",)) == (TmpfsMount("/run", ("size=64m", "mode=0755")),)
     with pytest.raises(UsageError, match="is not PATH"):
@@ -687,7 +689,7 @@ def test_a_secret_is_root_only_and_a_conffile(tmp_path: Path) -> None:
 
 
 def test_json_has_the_documented_fields(tmp_path: Path) -> None:
-    from ctr2svc.record import BuildResult
+    from ctr2svc.distribution.record import BuildResult
     from tests.support.docs import json_fields, top_level
 
     app = load(compose_app.write_project(tmp_path / "shop", REGISTRY))
@@ -714,12 +716,12 @@ def test_json_has_the_documented_fields(tmp_path: Path) -> None:
 
 
 def test_a_compose_file_is_a_project_file(tmp_path: Path) -> None:
-    from ctr2svc.project import load as load_project
-    from ctr2svc.project import options
+    from ctr2svc.apps.project import load as load_project
+    from ctr2svc.apps.project import options
 
     path = compose_app.write_project(tmp_path / "shop", REGISTRY)
     project = load_project(path)
-    assert project.application.stack == "shop-stack"
+    assert project.application is not None and project.application.stack == "shop-stack"
     assert project.output_dir == tmp_path / "shop" / "dist"
     assert [e.name for e in project.images] == ["shop-store", "shop-seed", "shop-app", "shop-web"]
     entry = project.images[2]
@@ -804,7 +806,7 @@ DOLLARS = [
 
 
 @pytest.fixture(scope="module")
-def dollars(tmp_path_factory: pytest.TempPathFactory) -> compose.Application:
+def dollars(tmp_path_factory: pytest.TempPathFactory) -> Application:
     os.environ.pop("UNSET_C2S", None)
     path = write(
         tmp_path_factory.mktemp("dollars") / "p",
@@ -826,12 +828,12 @@ def mapped(opts: BuildOptions, field: str) -> object:
 
 @pytest.mark.parametrize(("case", "service_name", "field", "container"), DOLLARS, ids=[d[0] for d in DOLLARS])
 def test_dollars_reach_the_container_as_docker_compose_gives_them(
-    dollars: compose.Application, case: str, service_name: str, field: str, container: object
+    dollars: Application, case: str, service_name: str, field: str, container: object
 ) -> None:
     assert mapped(service(dollars, service_name), field) == container
 
 
-def test_dollars_in_the_generated_files(dollars: compose.Application, umoci_config: dict[str, Any]) -> None:
+def test_dollars_in_the_generated_files(dollars: Application, umoci_config: dict[str, Any]) -> None:
     """What the package holds: /etc/NAME/env lines, config.json's args and annotations, the helper's
     health check command, the secret's and the config's files."""
     opts = service(dollars, "a")
@@ -839,7 +841,7 @@ def test_dollars_in_the_generated_files(dollars: compose.Application, umoci_conf
         compose_spec(opts),
         args=(*(opts.entrypoint or ()), *(opts.cmd or ())),
         env=opts.env,
-        health=health_check(opts, None),
+        health=health_check(resolve(opts).health, None),
     )
     files = {f.dest: f.content for f in units.service_files(spec, sample_scan())}
     env = files["/etc/p-a/env"].splitlines()
@@ -858,11 +860,11 @@ def test_dollars_in_the_generated_files(dollars: compose.Application, umoci_conf
 
 def test_an_unescaped_dollar_is_not_guessed_at() -> None:
     """Should a compose ever print a single `$`, halving would corrupt the value: refused instead."""
-    assert compose.unescape({"a$$": ["$$$$", "x$$"]}) == {"a$": ["$$", "x$"]}
+    assert compose_file.unescape({"a$$": ["$$$$", "x$$"]}) == {"a$": ["$$", "x$"]}
     with pytest.raises(
         ToolError, match=r"a single '\$' in the model\.services\.a\.environment\.A,"
     ) as caught:
-        compose.unescape({"services": {"a": {"environment": {"A": "pa$word"}}}})
+        compose_file.unescape({"services": {"a": {"environment": {"A": "pa$word"}}}})
     assert "pa$word" not in caught.value.one_line()  # it may be a password
 
 
@@ -948,7 +950,7 @@ secrets:
 
 def test_allow_outside_reaches_a_compose_file_given_as_a_project(outside: Path) -> None:
     """`build -c compose.yaml --allow-outside` and `update -c`: project.load passes it on."""
-    from ctr2svc.project import load as load_project
+    from ctr2svc.apps.project import load as load_project
 
     path = write(outside, "services:\n  a:\n    image: a:1\n    volumes: ['./key-link.txt:/k']\n")
     with pytest.raises(UsageError, match="outside the project's directory"):
@@ -1009,7 +1011,7 @@ def test_dotted_variable_names_are_passed(tmp_path: Path) -> None:
         "cluster.routing.allocation.disk.threshold_enabled=false",
         "discovery.type=single-node",
     ]
-    check_package_options(opts)
+    resolve(opts)
 
 
 @pytest.mark.parametrize("item", ["discovery.type=single-node", "1ST=x", "K$$1=v", "a-b=", "A#B=x"])
@@ -1129,7 +1131,7 @@ def test_zero_means_what_it_means_to_docker(tmp_path: Path) -> None:
         0,
     )
     image = {"Test": ["CMD", "y"], "Interval": 10 * 10**9, "Timeout": 2 * 10**9, "Retries": 7}
-    assert health_check(opts, image) == HealthCheck(("x",), 10, 2, 7, 0)
+    assert health_check(resolve(opts).health, image) == HealthCheck(("x",), 10, 2, 7, 0)
 
 
 # --- every problem of a file at once (issue 24) --------------------------------------------------------

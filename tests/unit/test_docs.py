@@ -9,11 +9,12 @@ from pathlib import Path
 import click
 import pytest
 
-from ctr2svc import errors, summary
+from ctr2svc import errors
 from ctr2svc.cli import cli
+from ctr2svc.distribution import summary
+from ctr2svc.distribution.record import BuildResult
+from ctr2svc.distribution.summary import Outcome
 from ctr2svc.model import PackageFormat
-from ctr2svc.record import BuildResult
-from ctr2svc.update import Outcome
 from tests.support.docs import (
     DOCS,
     REPO,

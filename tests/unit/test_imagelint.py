@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ctr2svc import debian, imagelint
-from ctr2svc.bundle import scan
+from ctr2svc.image.bundle import scan
+from ctr2svc.package import debian, filekinds, imagelint
 
 WHERE = "opt/containers/x-svc/1/rootfs"
 
@@ -182,11 +182,11 @@ def test_systemd_units(root: Path) -> None:
     assert "service-file-is-not-a-file" not in tags(root)
 
 
-def elf_of(path: str) -> imagelint.Elf:
+def elf_of(path: str) -> filekinds.Elf:
     found = shutil.which(path) or path
     if not Path(found).exists():
         pytest.skip(f"{path} is not on this host")
-    elf = imagelint.read_elf(Path(found).resolve())
+    elf = filekinds.read_elf(Path(found).resolve())
     assert elf is not None
     return elf
 
@@ -205,7 +205,7 @@ def test_elf_of_a_dynamic_program() -> None:
 
 
 def test_elf_of_the_c_library() -> None:
-    elf = imagelint.read_elf(libc())
+    elf = filekinds.read_elf(libc())
     assert elf is not None and elf.kind == "shared object" and elf.soname and elf.interp
 
 
@@ -247,8 +247,8 @@ def test_embedded_library_whenever_there_are_programs(root: Path) -> None:
 
 
 def test_not_elf() -> None:
-    assert imagelint._parse_elf(b"\x7fELF\x02\x01" + b"\0" * 10) is None
-    assert imagelint._parse_elf(b"#!/bin/sh\n") is None
+    assert filekinds.parse_elf(b"\x7fELF\x02\x01" + b"\0" * 10) is None
+    assert filekinds.parse_elf(b"#!/bin/sh\n") is None
 
 
 def test_every_tag_has_its_reason() -> None:
@@ -256,7 +256,7 @@ def test_every_tag_has_its_reason() -> None:
     each there can be raised."""
     source = Path(imagelint.__file__).read_text()
     raisable = set(re.findall(r'tags\.add\("([^"]+)"\)', source))
-    raisable |= {tag for _, tag in imagelint.INTERPRETERS.values() if tag}
+    raisable |= {tag for _, tag in filekinds.INTERPRETERS.values() if tag}
     raisable |= set(imagelint.UNPREDICTABLE)
     raisable |= {"missing-dependency-on-libc", "package-contains-hardlink", "service-file-is-not-a-file"}
     raisable |= {"missing-depends-on-sensible-utils"}

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import layers, layertar
-from ctr2svc.bundle import scan
 from ctr2svc.errors import ImageError, UsageError
-from ctr2svc.layertar import Node
+from ctr2svc.image import layerrules, layers, layerstore, layertar
+from ctr2svc.image.bundle import scan
+from ctr2svc.image.layerrules import Node
 from tests.conftest import require
 from tests.support.images import tar_bytes, tar_member
 
@@ -120,7 +120,7 @@ def _unpack(tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]], *, app
     layer = layers.Layer(_digest(blob), "sha256:" + hashlib.sha256(raw).hexdigest(), GZIP, 1)
     dest = tmp_path / "diff"
     dest.mkdir(exist_ok=True)
-    layers.unpack_layer(layer, blob, dest, [], below=None, apply=apply)
+    layerstore.unpack_layer(layer, blob, dest, [], below=None, apply=apply)
     return dest
 
 
@@ -197,7 +197,7 @@ def test_a_layer_that_does_not_match_its_diff_id_is_refused(tmp_path: Path) -> N
     layer = layers.Layer(_digest(blob), "sha256:" + "f" * 64, GZIP, 1)
     (tmp_path / "diff").mkdir()
     with pytest.raises(ImageError, match="does not match its diff_id"):
-        layers.unpack_layer(layer, blob, tmp_path / "diff", [], below=None, apply=False)
+        layerstore.unpack_layer(layer, blob, tmp_path / "diff", [], below=None, apply=False)
 
 
 def test_a_corrupt_layer_is_the_images_fault(tmp_path: Path) -> None:
@@ -207,14 +207,14 @@ def test_a_corrupt_layer_is_the_images_fault(tmp_path: Path) -> None:
     layer = layers.Layer(_digest(blob), "sha256:" + "f" * 64, GZIP, 1)
     (tmp_path / "diff").mkdir()
     with pytest.raises(ImageError, match="layer ffffffffffff"):
-        layers.unpack_layer(layer, blob, tmp_path / "diff", [], below=None, apply=False)
+        layerstore.unpack_layer(layer, blob, tmp_path / "diff", [], below=None, apply=False)
 
 
 # --- hostile layers: one verdict and one root, flat or shared ------------------------------------------
 #
 # Each case is an image's layers (bottom first). It is judged twice: as a flat build does
 # (layertar.check_image reads the blobs, one stacked model) and as a shared build does (each layer
-# unpacked alone for real, then the units stacked with layers.Stack). Both must refuse it with the
+# unpacked alone for real, then the units stacked with layerstore.Stack). Both must refuse it with the
 # same words, or accept it with the same tree; and neither may touch anything outside its directory.
 
 T = tarfile
@@ -384,7 +384,7 @@ def _blob_layer(tmp_path: Path, number: int, members: list[tuple[tarfile.TarInfo
     return layers.Layer(digest, "sha256:" + hashlib.sha256(raw).hexdigest(), GZIP, len(blob))
 
 
-def _verdict(run: Callable[[], layertar.View]) -> tuple[str | None, dict[str, Node]]:
+def _verdict(run: Callable[[], layerrules.View]) -> tuple[str | None, dict[str, Node]]:
     try:
         view = run()
     except ImageError as exc:
@@ -417,16 +417,16 @@ def test_hostile_layers_get_one_verdict_flat_or_shared(
 
     flat = _verdict(lambda: layertar.check_image(image, blob))
 
-    def shared() -> layertar.View:
-        stack = layers.Stack()
+    def shared() -> layerrules.View:
+        stack = layerstore.Stack()
         for n, layer in enumerate(image):
             dest = tmp_path / f"layer{n}"
             dest.mkdir()
             skipped: list[tuple[str, str]] = []
-            check = layers.unpack_layer(layer, blob(layer.digest), dest, skipped, below=None, apply=False)
+            check = layerstore.unpack_layer(layer, blob(layer.digest), dest, skipped, below=None, apply=False)
             found = scan(dest, layer=True)
             found.skipped.extend(skipped)
-            stack.add(layers.Extracted(layers.Unit((layer,)), dest, found, tuple(check.needs)))
+            stack.add(layerstore.Extracted(layers.Unit((layer,)), dest, found, tuple(check.needs)))
         return stack.view
 
     assert _verdict(shared) == flat
@@ -479,7 +479,7 @@ def test_a_layer_unpacked_by_an_older_ctr2svc_is_unpacked_again(tmp_path: Path) 
     blob.write_bytes(gzip.compress(raw))
     layer = layers.Layer(_digest(blob), "sha256:" + hashlib.sha256(raw).hexdigest(), GZIP, 1)
     unit = layers.Unit((layer,))
-    store = layers.LayerStore(tmp_path / "cache")
+    store = layerstore.LayerStore(tmp_path / "cache")
     old = store.path(unit)
     (old / "diff/etc").mkdir(parents=True)
     (old / "diff/etc/shadow").write_text("the build host's\n")

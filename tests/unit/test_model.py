@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 
 from ctr2svc.errors import ImageError
-from ctr2svc.model import HealthCheck, ImageConfig
+from ctr2svc.image.config import ImageConfig
+from ctr2svc.model import HealthCheck
 
 
 def test_docker_healthcheck_forms() -> None:

@@ -4,9 +4,9 @@ import subprocess
 
 import pytest
 
-from ctr2svc import naming
 from ctr2svc.errors import UsageError
 from ctr2svc.model import PackageFormat
+from ctr2svc.package import naming
 
 DIGEST = "sha256:" + "0123456789ab" * 5 + "cdef"
 CREATED = "2026-11-23T09:22:30.365753692Z"

@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import network, runtime_config
-from ctr2svc.build import BuildOptions, check_package_options
-from ctr2svc.cli import build_options
+from ctr2svc.apps.project import load, options
+from ctr2svc.commands.common import build_options
 from ctr2svc.errors import UsageError
+from ctr2svc.image.reference import parse
 from ctr2svc.model import PackageFormat, PortMapping, ServiceSpec
-from ctr2svc.project import load, options
-from ctr2svc.reference import parse
+from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.request import resolve
+from ctr2svc.service import network, runtime_config
 
 
 @pytest.mark.parametrize(
@@ -76,9 +77,9 @@ def test_publish_needs_a_private_network_and_distinct_host_ports() -> None:
 def test_build_options_check_the_network() -> None:
     opts = build_options("valkey/valkey:9", network="private", publish=("8081:80", "53:53/udp"))
     assert (opts.network, opts.publish) == ("private", ("8081:80", "53:53/udp"))
-    check_package_options(opts)
+    resolve(opts)
     with pytest.raises(UsageError, match="needs --network private"):
-        check_package_options(BuildOptions(reference=parse("valkey/valkey:9"), publish=("8081:80",)))
+        resolve(BuildOptions(reference=parse("valkey/valkey:9"), publish=("8081:80",)))
 
 
 def test_project_keys(tmp_path: Path) -> None:
@@ -86,7 +87,7 @@ def test_project_keys(tmp_path: Path) -> None:
     path.write_text('[[image]]\nref = "r.example/web:1"\nnetwork = "private"\npublish = ["8081:80"]\n')
     project = load(path)
     opts = options(project, project.images[0], PackageFormat.DEB)
-    assert (opts.network, opts.publish) == ("private", ("8081:80",))
+    assert (opts.network, opts.publish) == ("private", (PortMapping(8081, 80),))
     path.write_text('[[image]]\nref = "r.example/web:1"\npublish = "8081:80"\n')
     with pytest.raises(UsageError, match="publish must be a list"):
         load(path)

@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import build, metadata, registry
-from ctr2svc.build import BuildOptions, check_package_options, image_volumes, image_working_dir, resolve_user
+from ctr2svc import metadata
 from ctr2svc.errors import ImageError, ToolFailed, UsageError
-from ctr2svc.reference import parse
+from ctr2svc.image import skopeo, skopeo_errors
+from ctr2svc.image.cache import ImageCache, default_cache_dir
+from ctr2svc.image.reference import parse
+from ctr2svc.options.build_options import BuildOptions
+from ctr2svc.options.request import RunAs, resolve
+from ctr2svc.service.plan import image_volumes, image_working_dir, resolve_user
 
 REF = parse("oci:examples/hello:1.0")
 
@@ -50,7 +54,7 @@ OUT_OF_RANGE = [
 @pytest.mark.parametrize(("given", "says"), OUT_OF_RANGE, ids=[str(g) for g, _ in OUT_OF_RANGE])
 def test_numbers_out_of_range_are_refused(given: dict[str, Any], says: str) -> None:
     with pytest.raises(UsageError) as info:
-        check_package_options(options(**given))
+        resolve(options(**given))
     assert says in info.value.brief, info.value.brief
     assert info.value.hint
 
@@ -72,7 +76,7 @@ def test_numbers_out_of_range_are_refused(given: dict[str, Any], says: str) -> N
     ],
 )
 def test_numbers_at_the_limits_are_accepted(given: dict[str, Any]) -> None:
-    check_package_options(options(**given))
+    resolve(options(**given))
 
 
 @pytest.mark.parametrize(
@@ -111,7 +115,7 @@ def test_every_way_to_mount_uses_the_rule() -> None:
         {"volume_paths": ("/",)},
     ):
         with pytest.raises(UsageError, match=r"runc|root"):
-            check_package_options(options(**given))
+            resolve(options(**given))
 
 
 def test_image_volumes_runc_cannot_mount_are_left_out() -> None:
@@ -129,6 +133,13 @@ def test_a_relative_working_dir_is_relative_to_the_root(declared: str, used: str
     assert image_working_dir(declared) == used
 
 
+def as_user(text: str) -> RunAs:
+    """--user TEXT as the request carries it (the image is what the test is about)."""
+    user = resolve(options(user=text)).user
+    assert user is not None
+    return user
+
+
 def rootfs(tmp_path: Path, passwd: str, group: str = "root:x:0:\n") -> Path:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "passwd").write_text(passwd)
@@ -143,45 +154,45 @@ def test_users_the_image_describes_badly(tmp_path: Path) -> None:
         "root:x:0:\nwide:x:99999999999:\n",
     )
     with pytest.raises(ImageError, match=r"gives 'odd' the id 'abc', which is not a number"):
-        resolve_user("odd", root)
+        resolve_user(as_user("odd"), root)
     with pytest.raises(ImageError, match=r"gives 'big' the id '99999999999'"):
-        resolve_user("big", root)
+        resolve_user(as_user("big"), root)
     with pytest.raises(ImageError, match=r"/etc/group gives 'wide'"):
-        resolve_user("0:wide", root)
+        resolve_user(as_user("0:wide"), root)
     # A primary group that is no number: root's, as before (and as Docker does for unknown users).
-    assert resolve_user("nogid", root) == (5, 0)
+    assert resolve_user(as_user("nogid"), root) == (5, 0)
     # Digits of other scripts are not numbers here (int() would take them).
     with pytest.raises(ImageError, match="has no user"):
-        resolve_user("\u0663", root)
+        resolve_user(as_user("\u0663"), root)
 
 
 @pytest.mark.parametrize(
     ("env", "limits"),
     [
-        ({}, registry.Limits(60, 120, 14400)),
-        ({"CTR2SVC_REGISTRY_TIMEOUT": "5"}, registry.Limits(5, 120, 14400)),
+        ({}, skopeo.Limits(60, 120, 14400)),
+        ({"CTR2SVC_REGISTRY_TIMEOUT": "5"}, skopeo.Limits(5, 120, 14400)),
         (
             {"CTR2SVC_PULL_STALL_TIMEOUT": " 30 ", "CTR2SVC_PULL_TIMEOUT": "604800"},
-            registry.Limits(60, 30, 604800),
+            skopeo.Limits(60, 30, 604800),
         ),
-        ({"CTR2SVC_PULL_TIMEOUT": ""}, registry.Limits()),
+        ({"CTR2SVC_PULL_TIMEOUT": ""}, skopeo.Limits()),
     ],
 )
 def test_limits_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], limits: registry.Limits
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], limits: skopeo.Limits
 ) -> None:
-    for variable in registry.LIMIT_VARIABLES.values():
+    for variable in skopeo.LIMIT_VARIABLES.values():
         monkeypatch.delenv(variable, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert registry.limits() == limits
+    assert skopeo.limits() == limits
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "30s", "604801", "\u0663", "soon"])
 def test_limits_that_are_not_seconds_are_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("CTR2SVC_PULL_STALL_TIMEOUT", value)
     with pytest.raises(UsageError, match=r"CTR2SVC_PULL_STALL_TIMEOUT=.* is not a number of seconds from 1"):
-        registry.limits()
+        skopeo.limits()
 
 
 @pytest.mark.parametrize(
@@ -205,7 +216,7 @@ def test_limits_that_are_not_seconds_are_refused(monkeypatch: pytest.MonkeyPatch
     ],
 )
 def test_go_error_chains_in_plain_words(go: str, plain: str) -> None:
-    assert registry._plain(go) == plain
+    assert skopeo_errors.plain_words(go) == plain
 
 
 # skopeo 1.9.3's output for a server on 127.0.0.1 that accepts and never completes a TLS handshake,
@@ -221,7 +232,7 @@ TLS_TIMEOUT = (
 def test_a_tls_handshake_timeout_in_ctr2svc_words() -> None:
     ref = parse("127.0.0.1:43275/app:1.0")
     failed = ToolFailed("skopeo failed", tool="skopeo", returncode=1, stderr=TLS_TIMEOUT, command="skopeo")
-    error = registry._map_skopeo_error(failed, ref, registry.PullOptions("amd64", tls_verify=True))
+    error = skopeo_errors.skopeo_error(failed, ref, skopeo.PullOptions("amd64", tls_verify=True))
     assert isinstance(error, ImageError)
     assert error.brief == (
         "registry 127.0.0.1:43275 accepted the connection but did not complete a TLS handshake (it timed out)"
@@ -237,25 +248,25 @@ def test_relative_paths_become_absolute_once(tmp_path: Path, monkeypatch: pytest
     # The output directory stays as given: the paths printed for the user are relative to where they are.
     assert opts.output_dir == Path("out")
     assert dataclasses.replace(opts, name="x-svc").cache_dir == tmp_path / "cache"
-    assert build.BuildOptions(reference=REF).cache_dir is None
+    assert BuildOptions(reference=REF).cache_dir is None
 
 
 def test_the_default_cache_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CTR2SVC_CACHE_DIR", "cache")
-    assert registry.default_cache_dir() == tmp_path / "cache"
+    assert default_cache_dir() == tmp_path / "cache"
     monkeypatch.delenv("CTR2SVC_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     # A relative XDG_CACHE_HOME is invalid by the XDG spec, and ignored.
     monkeypatch.setenv("XDG_CACHE_HOME", "relative")
-    assert registry.default_cache_dir() == tmp_path / "home" / ".cache" / "ctr2svc"
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "ctr2svc"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert registry.default_cache_dir() == tmp_path / "xdg" / "ctr2svc"
+    assert default_cache_dir() == tmp_path / "xdg" / "ctr2svc"
 
 
 def test_a_cache_path_with_a_colon_is_refused(tmp_path: Path) -> None:
     # skopeo and umoci are given the cache as DIR:TAG and split at the first ':'.
-    cache = registry.ImageCache(tmp_path / "a:b" / "cache")
+    cache = ImageCache(tmp_path / "a:b" / "cache")
     with pytest.raises(UsageError, match=r"has a ':' in its path") as info:
         cache.ensure()
     assert info.value.hint and "--cache-dir" in info.value.hint
@@ -265,12 +276,12 @@ def test_a_cache_path_with_a_colon_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("key", ["entrypoint", "cmd"])
 def test_a_nul_in_the_command_is_refused(key: str) -> None:
     with pytest.raises(UsageError, match=f"--{key} holds a NUL character"):
-        check_package_options(options(**{key: ("/bin/sh", "-c", "a\0b")}))
+        resolve(options(**{key: ("/bin/sh", "-c", "a\0b")}))
 
 
 @pytest.mark.parametrize("entrypoint", [(), ("",)])
 def test_an_empty_entrypoint_without_cmd_is_refused(entrypoint: tuple[str, ...]) -> None:
     # `--entrypoint ""` (or "''"): no entrypoint, and a new one drops the image's Cmd.
     with pytest.raises(UsageError, match="an empty --entrypoint leaves nothing to run"):
-        check_package_options(options(entrypoint=entrypoint))
-    check_package_options(options(entrypoint=entrypoint, cmd=("/bin/server",)))
+        resolve(options(entrypoint=entrypoint))
+    resolve(options(entrypoint=entrypoint, cmd=("/bin/server",)))

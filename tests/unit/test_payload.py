@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ctr2svc import payload
-from ctr2svc.bundle import Entry, Kind, RootfsScan
 from ctr2svc.errors import PackageError
-from ctr2svc.package import hardlink_groups
+from ctr2svc.image.bundle import Entry, Kind, RootfsScan
+from ctr2svc.package import payload
+from ctr2svc.package.finish import hardlink_groups
 from tests.support.apk import verify_apk
 
 BIG = bytes(range(256)) * 20  # 5120 bytes: 5 KiB

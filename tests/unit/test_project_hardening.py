@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from ctr2svc.apps.project import load, package_name
+from ctr2svc.distribution.update import load_state
 from ctr2svc.errors import UsageError
 from ctr2svc.model import PackageFormat
-from ctr2svc.project import load, package_name
-from ctr2svc.update import load_state
 
 R = "registry.example.com"
 
@@ -278,7 +278,7 @@ def test_state_file_that_is_a_directory(tmp_path: Path) -> None:
 def test_versions_reaching_rpm_eval_are_checked(version: str) -> None:
     """Versions from a hand-edited state file (update's floor) or a crafted package reach `rpm --eval`
     as Lua source: anything outside the formats' grammar is refused first."""
-    from ctr2svc.repo import compare
+    from ctr2svc.package.naming import compare
 
     with pytest.raises(UsageError, match="is not a package version"):
         compare(PackageFormat.RPM, "1.0", version)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ctr2svc.errors import UsageError
-from ctr2svc.reference import ImageReference, Transport, parse
+from ctr2svc.image.reference import ImageReference, Transport, parse
 
 DIGEST = "sha256:" + "ab" * 32
 

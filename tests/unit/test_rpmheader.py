@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 
-from ctr2svc import rpmheader as rh
+from ctr2svc.package import rpmheader as rh
 
 
 def header(entries: list[tuple[int, int, bytes, int]], region: bool) -> bytes:

@@ -153,9 +153,10 @@ def test_internal_error_is_one_line_and_exit_70() -> None:
     code = """
         import sys
         import ctr2svc.cli as cli
+        import ctr2svc.commands.build as command
         def broken(options):
             raise KeyError("surprise")
-        cli.build = broken
+        command.build = broken
         sys.argv = ["ctr2svc", *sys.argv[1:]]
         cli.main()
     """

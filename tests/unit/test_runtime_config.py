@@ -4,8 +4,8 @@ import copy
 import dataclasses
 from typing import Any
 
-from ctr2svc import runtime_config
 from ctr2svc.model import Security, ServiceSpec, Volume
+from ctr2svc.service import runtime_config
 
 from .conftest import make_spec
 

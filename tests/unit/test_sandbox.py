@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ctr2svc import runtime_config, sandbox, units
 from ctr2svc.model import Security
+from ctr2svc.service import runtime_config, sandbox, units
 
 from .conftest import make_spec
 

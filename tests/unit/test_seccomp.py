@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import runtime_config, seccomp
 from ctr2svc.errors import ToolError
+from ctr2svc.service import runtime_config, seccomp
 
 DEFAULT_CAPS = list(runtime_config.DEFAULT_CAPABILITIES)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from ctr2svc import __version__, runtime, runtime_config, units
-from ctr2svc.bundle import Entry, Kind, RootfsScan
+from ctr2svc import __version__, runtime
+from ctr2svc.image.bundle import Entry, Kind, RootfsScan
 from ctr2svc.model import (
     HealthCheck,
     InitSystem,
@@ -26,6 +26,7 @@ from ctr2svc.model import (
     ServiceSpec,
     SharedLayer,
 )
+from ctr2svc.service import runtime_config, units
 
 from .conftest import make_spec
 
