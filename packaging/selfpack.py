@@ -133,7 +133,6 @@ LINTIAN_RULES = [
     (TEMPLATE_REASON, f"script-not-executable [{TEMPLATES}/*]"),
     (TEMPLATE_REASON, f"shell-script-fails-syntax-check [{TEMPLATES}/*]"),
     (TEMPLATE_REASON, f"unusual-interpreter * [{TEMPLATES}/*]"),
-    (TEMPLATE_REASON, f"bash-term-in-posix-shell * [{TEMPLATES}/*]"),
     (
         "the strings of upstream's docker-compose, which this package does not alter",
         f"spelling-error-in-binary * [{BINDIR.lstrip('/')}/docker-compose]",

@@ -85,16 +85,30 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What a package is made from besides the image and the options: the modules, the service helper's
+# shell and awk parts (ctr2svc/runtime), the templates.
+CODE_SUFFIXES = (".py", ".sh", ".awk")
+
+
+def code_files() -> list[tuple[str, Path]]:
+    """(name, path) of every file of ctr2svc that shapes a package."""
+    package = Path(__file__).resolve().parents[1]  # ctr2svc/, every stage's modules below it
+    templates = templates_dir()
+    files = [
+        (str(path.relative_to(package)), path)
+        for path in sorted(package.rglob("*"))
+        if path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts
+    ]
+    files += [(str(path.relative_to(templates)), path) for path in sorted(templates.rglob("*.j2"))]
+    return files
+
+
 @cache
 def code_digest() -> str:
     """ctr2svc's own code and templates: a changed generator must not reuse an old package."""
     digest = hashlib.sha256(__version__.encode())
-    package = Path(__file__).resolve().parents[1]  # ctr2svc/, every stage's modules below it
-    templates = templates_dir()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    for path in sorted(templates.rglob("*.j2")):
-        digest.update(str(path.relative_to(templates)).encode() + b"\0" + path.read_bytes())
+    for name, path in code_files():
+        digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

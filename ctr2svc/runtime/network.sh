@@ -87,7 +87,7 @@ unmanage_links() {
 
 # The bridge's MAC address, fixed the first time (3: set by hand) so that the services' ARP entries for
 # the gateway stay right while others start and stop: made from the gateway's address, as the
-# services' are from theirs (network.awk; BRIDGE_MAC in ctr2svc/network.py for the default network).
+# services' are from theirs (network.awk; BRIDGE_MAC in ctr2svc/service/network.py for the default network).
 pin_bridge_mac() {
     read -r assigned <"/sys/class/net/$BRIDGE/addr_assign_type" || assigned=
     if [ "$assigned" != 3 ]; then

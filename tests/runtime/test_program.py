@@ -119,3 +119,12 @@ def test_a_wrong_command_shows_the_usage(helper: Helper) -> None:
     wrong = helper.run("frobnicate", check=False)
     assert wrong.returncode == 2
     assert wrong.stderr.startswith("usage: ") and "prepare|start|run|run-once|stop|cleanup" in wrong.stderr
+
+
+def test_a_changed_helper_is_a_new_build() -> None:
+    """The build record's code digest covers the helper's parts: a fixed helper is not taken for an
+    up-to-date package (a no-op rebuild compares it)."""
+    from ctr2svc.distribution import record
+
+    names = {name for name, _ in record.code_files()}
+    assert {f"runtime/{part}" for part in (*runtime.PARTS, *runtime.AWK_PROGRAMS)} <= names
