@@ -85,8 +85,8 @@ def exposure(vm: vmhost.VM, unit: str) -> float:
 
 
 def test_sandboxed_unit(vm: vmhost.VM, registry: Registry, ctr2svc: Cli, tmp_path: Path) -> None:
-    """The unit's confinement (ctr2svc/service/sandbox.py) under the real systemd: the service runs and stops as
-    before, the container's processes carry the unit's bounding set and a second system call filter,
+    """The unit's confinement (ctr2svc/service/sandbox.py) under the real systemd: the service runs and
+    stops as before, the container's processes carry the unit's bounding set and a second system call filter,
     and systemd-analyze scores it better than the same image built --privileged, which has none."""
     port, priv_port = free_port(), free_port()
     debs = []
