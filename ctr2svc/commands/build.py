@@ -10,7 +10,13 @@ import click
 from ctr2svc import completion, log
 from ctr2svc.apps.project import load as load_project
 from ctr2svc.build.pipeline import build
-from ctr2svc.commands.common import build_options, package_options, report, verbosity_options
+from ctr2svc.commands.common import (
+    allow_outside_option,
+    build_options,
+    package_options,
+    report,
+    verbosity_options,
+)
 from ctr2svc.distribution import summary
 from ctr2svc.distribution.update import build_all
 from ctr2svc.errors import UsageError
@@ -40,14 +46,7 @@ from ctr2svc.options.request import resolve
     help="With --compose: the application's name, which package names start with (default: the "
     "compose file's name:, or its directory's name).",
 )
-@click.option(
-    "--allow-outside",
-    multiple=True,
-    metavar="PATH",
-    type=click.Path(path_type=Path),
-    help="With a compose file: a file or directory outside the file's own that its secrets, configs, "
-    "env_files or bind mounts may package from this machine (repeatable).",
-)
+@allow_outside_option
 @click.option(
     "-o", "--output-dir", type=click.Path(path_type=Path), default=Path(), help="Where to write the package."
 )

@@ -213,6 +213,17 @@ PACKAGE_OPTIONS = [
 ]
 
 
+# build and update: a compose file's files from outside its directory, named one by one.
+allow_outside_option = click.option(
+    "--allow-outside",
+    multiple=True,
+    metavar="PATH",
+    type=click.Path(path_type=Path),
+    help="With a compose file: a file or directory outside the file's own that its secrets, configs, "
+    "env_files or bind mounts may package from this machine (repeatable).",
+)
+
+
 def package_options(command: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(PACKAGE_OPTIONS):
         command = option(command)

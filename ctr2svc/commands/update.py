@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ctr2svc.apps.project import load as load_project
-from ctr2svc.commands.common import report, verbosity_options
+from ctr2svc.commands.common import allow_outside_option, report, verbosity_options
 from ctr2svc.distribution.update import update
 from ctr2svc.errors import UsageError
 
@@ -34,14 +34,7 @@ from ctr2svc.errors import UsageError
     help="Rebuild and publish every image, moved or not (a new release each): how a newer ctr2svc's "
     "service helper reaches the hosts. Layer packages already published are reused.",
 )
-@click.option(
-    "--allow-outside",
-    multiple=True,
-    metavar="PATH",
-    type=click.Path(path_type=Path),
-    help="With a compose file: a file or directory outside the file's own that its secrets, configs, "
-    "env_files or bind mounts may package from this machine (repeatable).",
-)
+@allow_outside_option
 def update_command(
     project_file: Path, repo_dir: Path | None, rebuild: bool, allow_outside: tuple[Path, ...]
 ) -> None:
