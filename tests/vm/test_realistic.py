@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -58,8 +57,9 @@ def debs(
         ref = registry.push(realistic.build(image), f"e2e/real-{image}", "1")
         # Shared layers, as a project file builds them: the Debian base every image is built on is one
         # package, installed once (and the VM's dpkg, under emulation, unpacks it once, not three times).
-        built = ctr2svc("build", ref, "--name", f"real-{image}", "--layers", "shared", "-o", work / image)
-        for deb in map(Path, built.stdout.split()):
+        ctr2svc("build", ref, "--name", f"real-{image}", "--layers", "shared", "-o", work / image)
+        # The service's package and its layers' (stdout names the service's only).
+        for deb in sorted((work / image).glob("*.deb")):
             if deb.name not in copied:
                 vm.copy_to(deb, f"/root/{deb.name}")
                 copied.add(deb.name)
