@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import threading
@@ -71,11 +72,14 @@ class Progress:
     """A single self-rewriting status line for a long step, drawn only on a terminal.
 
     A ticker thread calls `poll()` (bytes done so far, or None) a few times a second; `note()` adds a
-    word such as "layer 2/3". Off a terminal, with -q or with --debug (whose command lines would
-    interleave with it) it draws nothing, so logs and pipes get the step lines alone.
+    word such as "layer 2/3". Off a terminal (a pipe, a CI log, ssh without a tty) the same line is
+    printed as a line of its own every PLAIN_INTERVAL seconds once the step has lasted that long, so a
+    long step never looks hung and a log is not flooded. With -q, or with --debug (whose command lines
+    would interleave with it), nothing is drawn.
     """
 
     INTERVAL = 0.25
+    PLAIN_INTERVAL = 10.0
 
     def __init__(self, title: str, total: int | None = None, poll: Callable[[], int | None] | None = None):
         self.title = title
@@ -90,6 +94,19 @@ class Progress:
     @staticmethod
     def enabled() -> bool:
         return STATE.verbosity == 0 and sys.stderr.isatty()
+
+    @staticmethod
+    def plain_interval() -> float | None:
+        """Seconds between the plain lines off a terminal; None when none are printed."""
+        if STATE.verbosity != 0 or sys.stderr.isatty():
+            return None
+        # For tests and for logs that want more (or fewer) lines: CTR2SVC_PROGRESS_INTERVAL=SECONDS.
+        value = os.environ.get("CTR2SVC_PROGRESS_INTERVAL", "")
+        try:
+            seconds = float(value) if value else Progress.PLAIN_INTERVAL
+        except ValueError:
+            seconds = Progress.PLAIN_INTERVAL
+        return seconds if seconds > 0 else None
 
     def note(self, detail: str) -> None:
         self.detail = detail
@@ -124,9 +141,19 @@ class Progress:
             sys.stderr.flush()
             self._drawn = True
 
+    def _tick_plain(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            _line(self.line())
+
     def __enter__(self) -> Progress:
+        plain = self.plain_interval()
         if self.enabled():
             self._thread = threading.Thread(target=self._tick, name="progress", daemon=True)
+        elif plain is not None:
+            self._thread = threading.Thread(
+                target=self._tick_plain, args=(plain,), name="progress", daemon=True
+            )
+        if self._thread is not None:
             self._thread.start()
         return self
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import posixpath
 import re
 import unicodedata
+from collections.abc import Mapping
 
 from ctr2svc import log
 from ctr2svc.errors import ImageError, UsageError
@@ -59,14 +60,41 @@ def check_one_line(what: str, value: str, hint: str) -> str:
     return value
 
 
-def maintainer(value: str) -> str:
-    check_one_line("--maintainer", value, "write it as 'Full Name <address@example.com>' on one line")
+def maintainer(value: str, what: str = "--maintainer") -> str:
+    check_one_line(what, value, "write it as 'Full Name <address@example.com>' on one line")
     if not _MAINTAINER.match(value.strip()):
         raise UsageError(
-            f"--maintainer {value!r} is not 'Full Name <address>'",
+            f"{what} {value!r} is not 'Full Name <address>'",
             hint="write it as 'Full Name <address@example.com>'",
         )
     return value.strip()
+
+
+def maintainer_from_environment(environ: Mapping[str, str]) -> str | None:
+    """The maintainer dch and fpm would write: DEBEMAIL (which may be 'Name <address>' on its own) or
+    EMAIL for the address, DEBFULLNAME or NAME for the name. None when no address is set."""
+    address_var = next((var for var in ("DEBEMAIL", "EMAIL") if environ.get(var, "").strip()), None)
+    if address_var is None:
+        return None
+    address = environ[address_var].strip()
+    if "<" in address:
+        return maintainer(address, address_var)
+    name_var = next((var for var in ("DEBFULLNAME", "NAME") if environ.get(var, "").strip()), None)
+    if name_var is None:
+        raise UsageError(
+            f"{address_var}={address!r} gives the maintainer's address but no name",
+            hint="set DEBFULLNAME too (export DEBFULLNAME='Full Name'), or pass --maintainer",
+        )
+    return maintainer(f"{environ[name_var].strip()} <{address}>", f"{name_var} and {address_var}")
+
+
+def maintainer_from_label(authors: str | None) -> str | None:
+    """The image's org.opencontainers.image.authors label when it is one 'Name <address>'; the label
+    is free text, so anything else (a list, a URL) is not guessed at."""
+    if not authors or control_characters(authors):
+        return None
+    text = authors.strip()
+    return text if _MAINTAINER.match(text) else None
 
 
 def summary(text: str) -> str:

@@ -32,7 +32,7 @@ from ctr2svc.distribution.repo import DEFAULT_KEEP
 from ctr2svc.errors import UsageError
 from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackageFormat
-from ctr2svc.options.build_options import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
+from ctr2svc.options.build_options import DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
 from ctr2svc.options.ranges import LIMITS, user_problem
 from ctr2svc.options.request import BuildRequest, resolve
 from ctr2svc.package.naming import check_package_name, default_package_name
@@ -325,7 +325,7 @@ def _build_options(
         cmd=words("cmd"),
         stop_signal=s.get("stop_signal"),
         stop_timeout=s.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
-        maintainer=s.get("maintainer", DEFAULT_MAINTAINER),
+        maintainer=s.get("maintainer"),
         compression=s.get("compression"),
         user=s.get("user"),
         cap_add=tuple(s.get("cap_add", ())),

@@ -24,6 +24,7 @@ from ctr2svc.distribution.summary import INSTALLERS, MARK_AUTO, SCHEMA_VERSION, 
 from ctr2svc.distribution.summary import package as package_summary
 from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.model import PackageFormat
+from ctr2svc.options.build_options import DEFAULT_MAINTAINER
 from ctr2svc.package import debian, naming, nfpm
 from ctr2svc.service import units
 
@@ -209,7 +210,7 @@ def build_stack(app: Application, output_dir: Path, version: str | None = None) 
             app,
             first.format,
             stack_version,
-            first.maintainer,
+            first.maintainer or DEFAULT_MAINTAINER,
             first.compression,
             output_dir,
             work,

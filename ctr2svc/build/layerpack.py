@@ -18,6 +18,7 @@ from ctr2svc.image import layerstore
 from ctr2svc.image.cache import ImageCache
 from ctr2svc.image.config import ResolvedImage
 from ctr2svc.model import PackageFormat
+from ctr2svc.options.build_options import DEFAULT_MAINTAINER
 from ctr2svc.options.request import BuildRequest
 from ctr2svc.package import layer_package, naming, nfpm
 from ctr2svc.run import halted
@@ -56,7 +57,8 @@ class LayerPacker:
             request.format,
             naming.deb_arch(cfg.architecture or "amd64", cfg.variant),
             request.compression,
-            request.maintainer,
+            # Not the image's label: a layer is shared by images with other authors.
+            request.maintainer or DEFAULT_MAINTAINER,
             request.sign_key_file,
             key_name,
         )

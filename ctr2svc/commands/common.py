@@ -105,7 +105,11 @@ PACKAGE_OPTIONS = [
         show_default=True,
         help="Seconds to wait after the stop signal before killing.",
     ),
-    click.option("--maintainer", default=DEFAULT_MAINTAINER, show_default=True, help="Package maintainer."),
+    click.option(
+        "--maintainer",
+        help="Package maintainer, 'Full Name <address>' [default: DEBFULLNAME <DEBEMAIL> as dch takes them,"
+        f" else the image's authors label, else {DEFAULT_MAINTAINER}]",
+    ),
     click.option(
         "--compression",
         type=click.Choice(["zstd", "gzip", "xz", "none"]),

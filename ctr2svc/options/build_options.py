@@ -37,7 +37,8 @@ class BuildOptions:
     cmd: tuple[str, ...] | None = None
     stop_signal: str | None = None
     stop_timeout: int = DEFAULT_STOP_TIMEOUT
-    maintainer: str = DEFAULT_MAINTAINER
+    # None: DEBEMAIL/DEBFULLNAME as dch takes them, else the image's authors label, else the default
+    maintainer: str | None = None
     compression: str | None = None  # None: the format's default
     user: str | None = None
     cap_add: tuple[str, ...] = ()

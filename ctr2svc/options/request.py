@@ -11,6 +11,7 @@ check nothing of the options again.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -94,7 +95,7 @@ class BuildRequest:
     cmd: tuple[str, ...] | None
     stop_signal: str | None  # SIGNAME; None: the image's STOPSIGNAL, else SIGTERM
     stop_timeout: int
-    maintainer: str
+    maintainer: str | None  # None: the image's authors label, else DEFAULT_MAINTAINER
     user: RunAs | None
     security: Security
     env: tuple[str, ...]  # KEY=VALUE defaults for /etc/NAME/env
@@ -186,7 +187,11 @@ def resolve(opts: BuildOptions) -> BuildRequest:
         arch, variant = naming.split_platform(opts.arch)
         naming.format_arch(fmt, naming.deb_arch(arch, variant))
     stop_signal = normalize_signal(opts.stop_signal) if opts.stop_signal is not None else None
-    maintainer = metadata.maintainer(opts.maintainer)
+    maintainer = (
+        metadata.maintainer(opts.maintainer)
+        if opts.maintainer is not None
+        else metadata.maintainer_from_environment(os.environ)
+    )
     nfpm.source_date_epoch()
     if opts.sign_key_name is not None:
         metadata.file_name(

@@ -23,7 +23,10 @@ LINE_LIMIT = 79
 # lintian's synopsis-too-long.
 SYNOPSIS_LIMIT = 79
 # The default maintainer's address is one lintian flags (root-in-contact, bogus-mail-host).
-LOCAL_ADDRESS_HINT = "pass --maintainer 'Full Name <address@example.com>' (a real address) for Debian's tools"
+LOCAL_ADDRESS_HINT = (
+    "pass --maintainer 'Full Name <address@example.com>', or set DEBFULLNAME and DEBEMAIL as for dch"
+    " (a real address, for Debian's tools)"
+)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from ctr2svc.image import bundle
 from ctr2svc.image.bundle import Bundle, Kind, RootfsScan
 from ctr2svc.image.config import ResolvedImage
 from ctr2svc.model import HealthCheck, InitSystem, Layout, PackageFormat, ServiceSpec, Volume
+from ctr2svc.options.build_options import DEFAULT_MAINTAINER
 from ctr2svc.options.ranges import MAX_ID
 from ctr2svc.options.request import BuildRequest, HealthSettings, RunAs
 from ctr2svc.options.values import normalize_signal, numeric
@@ -235,7 +236,9 @@ def plan_service(
         or normalize_signal(cfg.stop_signal or "SIGTERM", f"image {image.reference}"),
         stop_timeout=request.stop_timeout,
         volumes=volumes,
-        maintainer=request.maintainer,
+        maintainer=request.maintainer
+        or metadata.maintainer_from_label(labels.get("org.opencontainers.image.authors"))
+        or DEFAULT_MAINTAINER,
         format=fmt,
         init=request.init,
         security=request.security,

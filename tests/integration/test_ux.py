@@ -59,7 +59,7 @@ def on_terminal(args: list[str], cache: Path) -> tuple[int, str]:
     return proc.wait(timeout=600), b"".join(chunks).decode(errors="replace")
 
 
-def test_progress_only_on_a_terminal(large: str, tmp_path: Path) -> None:
+def test_progress_redrawn_on_a_terminal_and_plain_in_a_log(large: str, tmp_path: Path) -> None:
     status, shown = on_terminal(["build", large, "-o", str(tmp_path / "tty")], tmp_path / "cache-tty")
     assert status == 0, shown
     # Each long step redraws one line in place: carriage return, erase line, "step  done / total (N%)".
@@ -84,6 +84,23 @@ def test_progress_only_on_a_terminal(large: str, tmp_path: Path) -> None:
     )
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
     assert "‣ Packing" in proc.stderr and proc.stdout.strip().endswith(".deb")
+
+    # A long step in a log still says how far it is, a plain line every CTR2SVC_PROGRESS_INTERVAL
+    # seconds (10 by default; short here so that this small image's steps last several of them).
+    env["CTR2SVC_CACHE_DIR"] = str(tmp_path / "cache-log")
+    env["CTR2SVC_PROGRESS_INTERVAL"] = "0.05"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctr2svc", "build", large, "-o", str(tmp_path / "log")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=True,
+    )
+    lines = proc.stderr.splitlines()
+    assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
+    assert any(line.startswith("  packing") and "MB /" in line for line in lines), proc.stderr
+    assert any(line.startswith("  pulling") or line.startswith("  unpacking") for line in lines), proc.stderr
 
 
 def test_noop_rebuild(ctr2svc: Cli, registry: Registry, tmp_path: Path) -> None:
@@ -182,3 +199,56 @@ def test_build_json(ctr2svc: Cli, integration_host: None, tmp_path: Path) -> Non
     assert first["install"] == f"apt install {package}"
     again = json.loads(ctr2svc("build", "oci:examples/hello:1.0", "-o", tmp_path, "--json").stdout)
     assert again == {**first, "up_to_date": True}
+
+
+def test_the_maintainer_as_debian_tools_take_it(registry: Registry, tmp_path: Path) -> None:
+    """DEBFULLNAME/DEBEMAIL as dch takes them, else the image's authors label, else the default with
+    a warning that says how to set one; --maintainer over all of them."""
+    labels = {"org.opencontainers.image.authors": "Image Author <author@example.org>"}
+    plain = registry.push(
+        build_image(tmp_path / "p", "1.0", install_busybox, entrypoint=["/bin/sleep", "1000"]),
+        "ux/maint",
+        "1.0",
+    )
+    labelled = registry.push(
+        build_image(tmp_path / "l", "1.0", install_busybox, entrypoint=["/bin/sleep", "1000"], labels=labels),
+        "ux/maint-label",
+        "1.0",
+    )
+    bare = {k: v for k, v in os.environ.items() if k not in ("DEBEMAIL", "DEBFULLNAME", "EMAIL", "NAME")}
+
+    def build(ref: str, out: str, *extra: str, **env: str) -> tuple[str, str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ctr2svc", "build", ref, "-o", str(tmp_path / out), *extra],
+            capture_output=True,
+            text=True,
+            env={**bare, "CTR2SVC_CACHE_DIR": str(tmp_path / "cache"), **env},
+            cwd=REPO,
+            check=True,
+        )
+        field = subprocess.run(
+            ["dpkg-deb", "-f", proc.stdout.strip(), "Maintainer"], capture_output=True, text=True, check=True
+        )
+        return field.stdout.strip(), proc.stderr
+
+    maintainer, stderr = build(plain, "default")
+    assert maintainer == "ctr2svc <root@localhost>"
+    assert "not a real address" in stderr and "DEBEMAIL" in stderr
+
+    maintainer, stderr = build(plain, "env", DEBFULLNAME="Ada Ops", DEBEMAIL="ada@example.com")
+    assert maintainer == "Ada Ops <ada@example.com>" and "warning" not in stderr
+
+    assert build(labelled, "label")[0] == "Image Author <author@example.org>"
+    assert build(labelled, "env-over-label", EMAIL="Bo <bo@example.com>")[0] == "Bo <bo@example.com>"
+    given = build(labelled, "given", "--maintainer", "Cy <cy@example.com>", DEBEMAIL="Ada <ada@example.com>")
+    assert given[0] == "Cy <cy@example.com>"
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "ctr2svc", "build", plain, "-o", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        env={**bare, "CTR2SVC_CACHE_DIR": str(tmp_path / "cache"), "DEBEMAIL": "ada@example.com"},
+        cwd=REPO,
+    )
+    assert bad.returncode == 2 and "DEBEMAIL" in bad.stderr and "DEBFULLNAME" in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())

@@ -44,6 +44,52 @@ def test_good_maintainers_pass(value: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, None),
+        ({"DEBFULLNAME": "Ada Ops", "DEBEMAIL": "ada@example.com"}, "Ada Ops <ada@example.com>"),
+        ({"DEBEMAIL": "Ada Ops <ada@example.com>", "DEBFULLNAME": "Ignored"}, "Ada Ops <ada@example.com>"),
+        ({"NAME": "Bo", "EMAIL": "bo@example.com"}, "Bo <bo@example.com>"),
+        # dch's order: DEBEMAIL before EMAIL, DEBFULLNAME before NAME.
+        ({"NAME": "Bo", "DEBFULLNAME": "Ada", "EMAIL": "b@x.org", "DEBEMAIL": "a@x.org"}, "Ada <a@x.org>"),
+        ({"DEBFULLNAME": "Ada", "DEBEMAIL": "  "}, None),
+    ],
+)
+def test_maintainer_from_the_environment_as_dch_takes_it(
+    environ: dict[str, str], expected: str | None
+) -> None:
+    assert metadata.maintainer_from_environment(environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"DEBEMAIL": "ada@example.com"}, "DEBEMAIL=.* no name"),
+        ({"EMAIL": "Ada <ada@example.com>\nDepends: evil"}, "EMAIL .*control characters"),
+        ({"DEBFULLNAME": "Ada", "DEBEMAIL": "not-an-address"}, "DEBFULLNAME and DEBEMAIL .* is not"),
+    ],
+)
+def test_a_bad_maintainer_in_the_environment_names_its_variable(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(UsageError, match=named):
+        metadata.maintainer_from_environment(environ)
+
+
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        ("Ada Ops <ada@example.com>", "Ada Ops <ada@example.com>"),
+        ("Ada <a@x.org>, Bo <b@x.org>", None),
+        ("https://github.com/docker-library/postgres", None),
+        (None, None),
+    ],
+)
+def test_maintainer_from_the_authors_label_only_when_it_is_one(
+    label: str | None, expected: str | None
+) -> None:
+    assert metadata.maintainer_from_label(label) == expected
+
+
+@pytest.mark.parametrize(
     ("url", "kept"),
     [
         ("https://example.com/$HOME/x?a=1&b=%20", True),
