@@ -316,6 +316,9 @@ class ServiceSpec:
     # How the container's stdout and stderr reach the journal (systemd): "journal", its socket itself,
     # or "pipe", through a pipe and a relay process, for images that open /dev/stdout or /dev/stderr.
     stdio: str = "journal"
+    # What a first install does: "start" (enable and start), "preset" (rpm: systemctl preset, no start)
+    # or "manual" (neither). options.values.activation decides it from --activation and the format.
+    activation: str = "start"
     # Shared layers, bottom first: the root is mounted from these packages. Empty: the package holds
     # the flattened root itself.
     layers: tuple[SharedLayer, ...] = ()

@@ -57,9 +57,11 @@ def stack_files(
         "target": target,
         "services": [f"{p}.service" for p in app.packages],
         "compose_file": app.path.name,
+        # --activation is common to the application's services: the first one's stands for all.
+        "activation": app.services[0].request.activation,
     }
     files = [units.GeneratedFile(f"{unit_dir}/{target}", units.render("stack/target.j2", **values), 0o644)]
-    if fmt is PackageFormat.RPM:
+    if fmt is PackageFormat.RPM and values["activation"] == "start":
         preset = f"/usr/lib/systemd/system-preset/50-{app.stack}.preset"
         files.append(units.GeneratedFile(preset, units.render("stack/preset.j2", **values), 0o644))
     scripts = {

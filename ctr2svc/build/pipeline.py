@@ -16,7 +16,7 @@ from ctr2svc.build.workspace import output_lock, workspace
 from ctr2svc.distribution import record
 from ctr2svc.distribution.record import BuildResult
 from ctr2svc.errors import UsageError
-from ctr2svc.image import registry, skopeo
+from ctr2svc.image import registry, skopeo, trust
 from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.options.request import BuildRequest
 from ctr2svc.package import naming, nfpm, service_package
@@ -52,7 +52,14 @@ def pull_options(request: BuildRequest) -> skopeo.PullOptions:
         (request.arch, request.variant) if request.arch else naming.split_platform(naming.host_oci_arch())
     )
     return skopeo.PullOptions(
-        arch, variant, request.creds, request.authfile, request.tls_verify, skopeo.limits()
+        arch,
+        variant,
+        request.creds,
+        request.authfile,
+        request.tls_verify,
+        skopeo.limits(),
+        request.policy,
+        request.registries_d,
     )
 
 
@@ -63,8 +70,14 @@ def build(request: BuildRequest) -> BuildResult:
     with output_lock(cache.root, request), workspace(cache.root) as work:
         with log.step(f"Resolving {request.reference}"):
             pull = pull_options(request)
+            policy = trust.load(request.policy)
             located = registry.locate(request.reference, pull, work)
-            build_key = record.key(request, located.digest)
+            checked = trust.requirement(
+                policy, request.reference, registry.pinned_reference(request.reference, located)
+            )
+            # The requirement and the keys it trusts are part of the build: under a new policy the
+            # image is verified (and packaged) again.
+            build_key = record.key(request, located.digest, checked.record(located.digest))
             done = record.lookup(cache.root, build_key)
             if done is not None:
                 log.info(f"  {located.digest}: unchanged, and so are the options")
@@ -73,7 +86,7 @@ def build(request: BuildRequest) -> BuildResult:
                     path=request.output_dir / done.path.name,
                     layer_files=tuple(str(request.output_dir / Path(p).name) for p in done.layer_files),
                 )
-            image = registry.resolve(request.reference, pull, cache, work, located)
+            image = registry.resolve(request.reference, pull, cache, work, located, checked)
             log.info(f"  {image.pinned} ({image.config.platform})")
         with LayerPacker(request, cache, image, work) as packer:
             made = generate(

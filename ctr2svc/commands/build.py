@@ -141,7 +141,8 @@ def build_command(
 # one image and are the compose file's to give, per service.
 COMPOSE_COMMON = {
     "fmt", "init", "arch", "creds", "authfile", "tls_verify", "cache_dir", "maintainer", "compression",
-    "runtime", "stdio", "layers", "pkg_version", "sign_key_file", "sign_key_name",
+    "policy", "registries_d",
+    "runtime", "stdio", "activation", "layers", "pkg_version", "sign_key_file", "sign_key_name",
 }  # fmt: skip
 
 
@@ -172,7 +173,11 @@ def _build_compose(
         "init": init,
         "output_dir": output_dir,
         **{k: given[k] for k in ("arch", "creds", "authfile", "tls_verify", "cache_dir", "maintainer")},
-        **{k: given[k] for k in ("compression", "runtime", "stdio", "sign_key_file", "sign_key_name")},
+        **{k: given[k] for k in ("policy", "registries_d")},
+        **{
+            k: given[k]
+            for k in ("compression", "runtime", "stdio", "activation", "sign_key_file", "sign_key_name")
+        },
     }
     if ctx.get_parameter_source("layers") is not click.core.ParameterSource.DEFAULT:
         common["layers"] = given["layers"]

@@ -86,6 +86,18 @@ PACKAGE_OPTIONS = [
         help="Registry auth file, as written by `skopeo login` or `docker login`.",
     ),
     click.option(
+        "--policy",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The containers signature policy the image must satisfy (containers-policy.json(5); "
+        "default: /etc/containers/policy.json, as podman and skopeo). skopeo verifies the signatures.",
+    ),
+    click.option(
+        "--registries-d",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Where skopeo finds signatures: a registries.d directory (containers-registries.d(5); "
+        "default: /etc/containers/registries.d).",
+    ),
+    click.option(
         "--tls-verify/--no-tls-verify",
         default=None,
         help="Require HTTPS and valid certificates (default: yes, except for registries on loopback).",
@@ -204,6 +216,15 @@ PACKAGE_OPTIONS = [
         show_default=True,
         help="flat: one package holds the image's whole root. shared: one package per image layer "
         "beside the service package, shared by every service built on that layer.",
+    ),
+    click.option(
+        "--activation",
+        type=click.Choice(["distro", "start", "manual"]),
+        default="distro",
+        show_default=True,
+        help="What a first install does. distro: each distribution's rule (.deb: enable and start, as "
+        "Debian does; .rpm: systemctl preset, no start, as Fedora does; .apk: nothing, as Alpine does). "
+        "start: enabled and running in every format. manual: neither; the admin enables it.",
     ),
     click.option(
         "--stdio",

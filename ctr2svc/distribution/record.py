@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from ctr2svc import __version__
 from ctr2svc.model import InitSystem, ServiceSpec
@@ -24,7 +25,10 @@ from ctr2svc.options.request import BuildRequest
 from ctr2svc.service.units import templates_dir
 
 # Options that change where things come from or go, not what the package holds.
-_NOT_IN_KEY = {"output_dir", "cache_dir", "creds", "authfile", "tls_verify", "sign_key_file"}
+# The policy and registries.d by what they require of the image (key), not by their paths.
+_NOT_IN_KEY = {
+    "output_dir", "cache_dir", "creds", "authfile", "tls_verify", "sign_key_file", "policy", "registries_d",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def key(request: BuildRequest, digest: str) -> str:
+def key(request: BuildRequest, digest: str, trust: dict[str, Any] | None = None) -> str:
     """The identity of a build: image digest, every option that shapes the package, the code."""
     fields = {
         f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in _NOT_IN_KEY
@@ -128,6 +132,7 @@ def key(request: BuildRequest, digest: str) -> str:
             hashlib.sha256(request.sign_key_file.read_bytes()).hexdigest() if request.sign_key_file else None
         ),
         "code": code_digest(),
+        "trust": trust,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -173,6 +173,8 @@ class ResolvedImage:
     config: ImageConfig
     # Where the image sits in the local cache, as an umoci/skopeo "oci:" reference.
     cache_ref: str
+    # What the signature policy asked of the image when skopeo pulled it (trust.Requirement.record).
+    trust: dict[str, Any] | None = None
 
     @property
     def pinned(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ctr2svc import log
 from ctr2svc.errors import Ctr2svcError, ImageError, ToolFailed, ToolTimedOut
+from ctr2svc.image import trust
 from ctr2svc.image.cache import ImageCache
 from ctr2svc.image.config import ImageConfig, ResolvedImage
 from ctr2svc.image.reference import ImageReference, Transport
@@ -144,7 +145,7 @@ def _check_media_types(ref: ImageReference, top: dict[str, Any]) -> None:
 def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
     """The platform manifest's digest, from manifest requests only (no layer is downloaded)."""
     with auth_file(ref, opts, workdir) as auth:
-        raw = _raw_manifest(ref, opts, policy_args(workdir), auth, ref.skopeo())
+        raw = _raw_manifest(ref, opts, policy_args(workdir, opts), auth, ref.skopeo())
     try:
         top = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -181,24 +182,43 @@ def locate(ref: ImageReference, opts: PullOptions, workdir: Path) -> Located:
     return Located(digest, index_digest, source, tuple(platform_args), platforms, manifest)
 
 
+def pinned_reference(ref: ImageReference, located: Located) -> ImageReference:
+    """The reference skopeo copies (and its signature policy judges): a remote image by digest."""
+    return ref.pinned(located.digest) if ref.is_remote else ref
+
+
 def resolve(
-    ref: ImageReference, opts: PullOptions, cache: ImageCache, workdir: Path, located: Located | None = None
+    ref: ImageReference,
+    opts: PullOptions,
+    cache: ImageCache,
+    workdir: Path,
+    located: Located | None = None,
+    checked: trust.Requirement | None = None,
 ) -> ResolvedImage:
-    """Find the platform manifest's digest (unless LOCATED already did) and make sure the image is cached."""
+    """Find the platform manifest's digest (unless LOCATED already did) and make sure the image is cached.
+    CHECKED is the signature policy's requirement for the image: when it checks anything, skopeo copies
+    the image again even if it is cached (only the manifest and signatures travel: the cache has the
+    blobs), so that every build is verified under the policy it runs with."""
     skopeo = find_tool("skopeo", "pull container images")
-    policy = policy_args(workdir)
+    policy = policy_args(workdir, opts)
     located = located or locate(ref, opts, workdir)
     digest, index_digest = located.digest, located.index_digest
+    if checked is None:
+        checked = trust.requirement(trust.load(opts.policy), ref, pinned_reference(ref, located))
 
     with cache.locked(exclusive=True):
         manifest = cache.manifest(digest)
-        if manifest is not None:
+        if manifest is not None and checked.checks:
+            log.info(f"  using cached image {digest}, verified again: {checked.describe()} ({checked.scope})")
+            with auth_file(ref, opts, workdir) as auth:
+                _pull(skopeo, ref, opts, cache, located, policy, auth, checked)
+        elif manifest is not None:
             log.info(f"  using cached image {digest}")
         else:
             cache.layout.mkdir(parents=True, exist_ok=True)
             cache.remove_partial_blobs()
             with auth_file(ref, opts, workdir) as auth:
-                _pull(skopeo, ref, opts, cache, located, policy, auth)
+                _pull(skopeo, ref, opts, cache, located, policy, auth, checked)
             manifest = cache.manifest(digest)
             if manifest is None:
                 raise ImageError(
@@ -207,7 +227,7 @@ def resolve(
         config = ImageConfig.from_json(cache.config(manifest))
 
     _check_platform(config, ref, opts)
-    return ResolvedImage(ref, digest, index_digest, config, cache.umoci_ref(digest))
+    return ResolvedImage(ref, digest, index_digest, config, cache.umoci_ref(digest), checked.record(digest))
 
 
 def _pull(
@@ -218,8 +238,10 @@ def _pull(
     located: Located,
     policy: list[str],
     auth: Path | None,
+    checked: trust.Requirement,
 ) -> None:
-    """`skopeo copy` of the located platform manifest into the cache, tagged by its digest."""
+    """`skopeo copy` of the located platform manifest into the cache, tagged by its digest; skopeo
+    applies the signature policy (CHECKED says what it asks of this image) before anything is copied."""
     limits = opts.limits
     # A local image has no network to stall on: only the total limit applies to it.
     watchdog = Watchdog(_Received(cache), limits.stall, STALL_BYTES) if ref.is_remote else None
@@ -254,6 +276,9 @@ def _pull(
         if deadline_passed(exc):
             cache.remove_partial_blobs()
             raise timed_out(ref, "pulling the layers", limits.pull, "pull", exc) from exc
+        refused = trust.refusal(exc.stderr, ref, located.digest, checked)
+        if refused is not None:
+            raise refused from exc
         raise skopeo_error(exc, ref, opts, cache.root, policy=policy, auth=auth) from exc
 
 

@@ -19,11 +19,7 @@ from pathlib import Path
 from ctr2svc import log
 from ctr2svc.errors import ImageError, ToolError, ToolFailed, UsageError
 from ctr2svc.image.reference import ImageReference
-
-SYSTEM_POLICY = Path("/etc/containers/policy.json")
-
-# Used only where the host has no containers policy of its own: without one skopeo refuses to run.
-DEFAULT_POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
+from ctr2svc.image.trust import DEFAULT_POLICY, SYSTEM_POLICY
 
 
 @dataclass(frozen=True)
@@ -80,6 +76,9 @@ class PullOptions:
     # None: verify TLS except for registries on loopback, which Docker also treats as insecure.
     tls_verify: bool | None = None
     limits: Limits = Limits()
+    # --policy (None: /etc/containers/policy.json, else trust.DEFAULT_POLICY) and --registries-d.
+    policy: Path | None = None
+    registries_d: Path | None = None
 
 
 def _is_loopback(registry: str) -> bool:
@@ -93,9 +92,14 @@ def _is_loopback(registry: str) -> bool:
         return False
 
 
-def policy_args(workdir: Path) -> list[str]:
+def policy_args(workdir: Path, opts: PullOptions) -> list[str]:
+    """skopeo's global options for the signature policy: the one the build names, the system's, or,
+    where the host has none, podman's default written into WORKDIR (without one skopeo refuses to run)."""
+    lookaside = ["--registries.d", str(opts.registries_d)] if opts.registries_d is not None else []
+    if opts.policy is not None:
+        return [*lookaside, "--policy", str(opts.policy)]
     if SYSTEM_POLICY.exists():
-        return []
+        return lookaside
     policy = workdir / "policy.json"
     try:
         policy.write_text(json.dumps(DEFAULT_POLICY))
@@ -105,7 +109,7 @@ def policy_args(workdir: Path) -> list[str]:
             hint="check free space and permissions of the image cache, or point --cache-dir elsewhere",
         ) from exc
     log.debug(f"{SYSTEM_POLICY} is missing: using a policy that accepts any image ({policy})")
-    return ["--policy", str(policy)]
+    return [*lookaside, "--policy", str(policy)]
 
 
 @contextlib.contextmanager

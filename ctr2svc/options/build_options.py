@@ -31,6 +31,8 @@ class BuildOptions:
     arch: str | None = None  # OCI spelling, e.g. amd64 or arm/v7; None means the host's
     creds: str | None = None
     authfile: Path | None = None
+    policy: Path | None = None  # the containers signature policy (None: the system's)
+    registries_d: Path | None = None  # skopeo's registries.d: where signatures are found
     tls_verify: bool | None = None
     cache_dir: Path | None = None
     entrypoint: tuple[str, ...] | None = None
@@ -56,6 +58,7 @@ class BuildOptions:
     runtime: str = "runc"
     # auto: a pipe for the container's stdout/stderr when the image opens /dev/stdout or /dev/stderr.
     stdio: str = "auto"
+    activation: str = "distro"  # what a first install does: see options.values.activation
     # flat: one package holds the flattened root; shared: one package per image layer besides it.
     layers: str = "flat"
     # The version must sort above this one (ctr2svc update: a new digest of an unchanged tag).
@@ -90,7 +93,7 @@ class BuildOptions:
         # Absolute from here on: later steps run tools in other directories (the overlay of shared layers
         # is mounted from inside the cache), where a relative path would name something else. The
         # output directory stays as given: the paths printed for the user are relative to where they are.
-        for name in ("cache_dir", "authfile", "sign_key_file"):
+        for name in ("cache_dir", "authfile", "sign_key_file", "policy", "registries_d"):
             path = getattr(self, name)
             if path is not None and not path.is_absolute():
                 object.__setattr__(self, name, path.absolute())

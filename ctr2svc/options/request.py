@@ -18,7 +18,7 @@ from typing import TypedDict
 
 from ctr2svc import metadata
 from ctr2svc.errors import UsageError
-from ctr2svc.image import layers
+from ctr2svc.image import layers, trust
 from ctr2svc.image.reference import ImageReference
 from ctr2svc.model import (
     BindMount,
@@ -36,6 +36,7 @@ from ctr2svc.options.ranges import check_ranges
 from ctr2svc.options.values import (
     LAYER_MODES,
     STDIO_MODES,
+    activation,
     bind_mounts,
     check_runtime,
     check_sign_key,
@@ -89,6 +90,8 @@ class BuildRequest:
     variant: str | None
     creds: str | None
     authfile: Path | None
+    policy: Path | None
+    registries_d: Path | None
     tls_verify: bool | None
     cache_dir: Path | None
     entrypoint: tuple[str, ...] | None
@@ -107,6 +110,7 @@ class BuildRequest:
     health: HealthSettings
     runtime: str
     stdio: str
+    activation: str  # start, preset or manual: options.values.activation
     layers: str
     sign_key_file: Path | None
     sign_key_name: str | None
@@ -197,6 +201,13 @@ def resolve(opts: BuildOptions) -> BuildRequest:
         metadata.file_name(
             "--sign-key-name", opts.sign_key_name, "name the public key's file, e.g. ops.rsa.pub"
         )
+    # A policy that cannot be read or parsed fails here, before any registry is asked.
+    trust.load(opts.policy)
+    if opts.registries_d is not None and not opts.registries_d.is_dir():
+        raise UsageError(
+            f"--registries-d {opts.registries_d} is not a directory",
+            hint="name a directory of registries.d YAML files (containers-registries.d(5))",
+        )
     compose = _compose_settings(opts, init)
     return BuildRequest(
         reference=opts.reference,
@@ -211,6 +222,8 @@ def resolve(opts: BuildOptions) -> BuildRequest:
         variant=variant,
         creds=opts.creds,
         authfile=opts.authfile,
+        policy=opts.policy,
+        registries_d=opts.registries_d,
         tls_verify=opts.tls_verify,
         cache_dir=opts.cache_dir,
         entrypoint=opts.entrypoint,
@@ -240,6 +253,7 @@ def resolve(opts: BuildOptions) -> BuildRequest:
         ),
         runtime=runtime,
         stdio=opts.stdio,
+        activation=activation(fmt, opts.activation),
         layers=opts.layers,
         sign_key_file=opts.sign_key_file,
         sign_key_name=opts.sign_key_name,

@@ -19,6 +19,21 @@ SIGNALS = {s.name for s in signal.Signals}
 RUNTIMES = ("runc", "crun")
 LAYER_MODES = ("flat", "shared")
 STDIO_MODES = ("auto", "journal", "pipe")
+ACTIVATION_MODES = ("distro", "start", "manual")
+
+
+def activation(fmt: PackageFormat, given: str) -> str:
+    """What a first install does with the service, as the package scripts see it: "start" (enable and
+    start it, Debian's rule: installed means running), "preset" (rpm: `systemctl preset`, which lets the
+    distribution's and the admin's presets decide whether it is enabled, and start nothing: Fedora's
+    %systemd_post), "manual" (neither: Alpine's rule, where the admin runs rc-update). GIVEN is
+    --activation: distro picks the rule of the distributions that use FMT."""
+    if given not in ACTIVATION_MODES:
+        raise UsageError(f"unknown --activation {given!r}", hint="use --activation distro, start or manual")
+    if given != "distro":
+        return given
+    return {PackageFormat.DEB: "start", PackageFormat.RPM: "preset", PackageFormat.APK: "manual"}[fmt]
+
 
 # compose's restart policies -> systemd's Restart=. systemd has no "unless-stopped": a service an admin
 # stops stays stopped until started again, which is what "unless-stopped" means under Docker too.

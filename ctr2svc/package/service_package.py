@@ -297,6 +297,9 @@ def image_metadata(spec: ServiceSpec) -> dict[str, Any]:
         "pinned": image.pinned,
         "digest": image.digest,
         "index_digest": image.index_digest,
+        # Who vouched for the image: the signature policy's requirement skopeo enforced on the digest,
+        # with the keys it trusts by fingerprint (`ctr2svc inspect PACKAGE` shows it).
+        "trust": image.trust,
         "platform": image.config.platform,
         "created": image.config.created,
         "exposed_ports": list(image.config.exposed_ports),

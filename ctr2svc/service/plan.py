@@ -250,6 +250,7 @@ def plan_service(
         ready_port=request.ready_port,
         runtime=request.runtime,
         stdio=stdio,
+        activation=request.activation,
         network=request.network,
         publish=request.publish,
         homepage=metadata.homepage(labels.get("org.opencontainers.image.url"), "url")

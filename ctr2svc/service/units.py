@@ -112,6 +112,7 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         "homepage": spec.homepage,
         "unit": spec.layout.unit_name,
         "preset_name": Path(spec.layout.preset_path).name,
+        "activation": spec.activation,
         "entrypoint_n": spec.entrypoint_n,
         "restart": f"rc-service {spec.name} restart"
         if spec.init is InitSystem.OPENRC
@@ -213,7 +214,9 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
             for kind in ("service", "timer"):
                 dest = f"{spec.layout.unit_dir}/{spec.name}-health.{kind}"
                 files.append(GeneratedFile(dest, render(f"health.{kind}.j2", **values), 0o644))
-    if spec.format is PackageFormat.RPM:
+    if spec.format is PackageFormat.RPM and spec.activation == "start":
+        # Fedora's policy leaves enabling to the distribution's and the admin's presets; only a build that
+        # asks for Debian's rule (--activation start) ships one enabling the service.
         files.append(GeneratedFile(spec.layout.preset_path, render("rpm/preset.j2", **values), 0o644))
     return files
 

@@ -139,9 +139,17 @@ def runlevels() -> list[str]:
     return []
 
 
-def script(rc: openrc.OpenRC, apk: Apk, name: str, *args: str) -> None:
+def script(rc: openrc.OpenRC, apk: Apk, name: str, *args: str) -> str:
+    """Runs the package script NAME as apk would; returns what it printed."""
     body = apk.scripts[name]
-    rc.sh(f"sh -s {' '.join(args)} <<'CTR2SVC_SCRIPT'\n{body}\nCTR2SVC_SCRIPT", timeout=180)
+    return rc.sh(f"sh -s {' '.join(args)} <<'CTR2SVC_SCRIPT'\n{body}\nCTR2SVC_SCRIPT", timeout=180).stdout
+
+
+def start_as_printed(rc: openrc.OpenRC, printed: str) -> None:
+    """As an Alpine admin does after an install: the commands post-install printed."""
+    command = printed.rsplit("to run it now and at boot: ", 1)[-1].strip()
+    assert command == f"rc-update add {NAME} default && rc-service {NAME} start", printed
+    rc.sh(command, timeout=180)
 
 
 def test_openrc_service_lifecycle(built: Built, rc: openrc.OpenRC, tmp_path: Path) -> None:
@@ -151,10 +159,12 @@ def test_openrc_service_lifecycle(built: Built, rc: openrc.OpenRC, tmp_path: Pat
     url = f"http://127.0.0.1:{built.port}"
     v1, v2 = read_apk(built.apks["1.0"]), read_apk(built.apks["2.0"])
     install_files(v1)
-    script(rc, v1, ".post-install", "1.0-r0")
-    # post-install restored the image's owners, made the data dirs, added the service to the default
-    # runlevel and started it under supervise-daemon.
+    printed = script(rc, v1, ".post-install", "1.0-r0")
+    # post-install restored the image's owners and made the data dirs; as Alpine's packages do, it left
+    # the service out of the runlevels and stopped, and said how to run it.
     assert (Path("/opt/containers") / NAME / "1.0-r0/rootfs/home/app/owned.txt").stat().st_uid == 999
+    assert runlevels() == [] and rc.status(NAME) == "stopped"
+    start_as_printed(rc, printed)
     assert runlevels() == ["default"]
     assert rc.status(NAME) == "started"
     assert wait_for_http(f"{url}/").strip() == "kv 1.0"
@@ -225,7 +235,7 @@ def test_respawn_after_kill_runs_a_new_container(built: Built, rc: openrc.OpenRC
     url = f"http://127.0.0.1:{built.port}"
     v1 = read_apk(built.apks["1.0"])
     install_files(v1)
-    script(rc, v1, ".post-install", "1.0-r0")
+    start_as_printed(rc, script(rc, v1, ".post-install", "1.0-r0"))
     assert wait_for_http(f"{url}/").strip() == "kv 1.0"
 
     before, now = crash(rc, NAME)
@@ -272,7 +282,7 @@ def test_openrc_private_network(registry: Registry, ctr2svc: Cli, tmp_path: Path
     ref = registry.push(web_image(tmp_path / "layout", "1.0", "private under openrc"), "itest/netapk", "1.0")
     built = ctr2svc(
         "build", ref, "--format", "apk", "--name", name, "--network", "private", "-p", f"{port}:80",
-        "-o", tmp_path / "out",
+        "--activation", "start", "-o", tmp_path / "out",
     )  # fmt: skip
     apk = read_apk(Path(built.stdout.strip()))
     assert {"netavark", "aardvark-dns", "iptables", "iproute2"} <= set(apk.pkginfo.get("depend", []))

@@ -74,7 +74,9 @@ def test_metadata_and_signature_check(built: Built) -> None:
         assert scriptlet in scripts
     listing = sh("rpm", "-qlvp", rpm).stdout
     assert f"/usr/lib/systemd/system/{NAME}.service" in listing
-    assert f"/usr/lib/systemd/system-preset/50-{NAME}.preset" in listing
+    # Fedora's rule (--activation distro): the distribution's presets decide, the package ships none.
+    assert "/usr/lib/systemd/system-preset/" not in listing
+    assert "systemctl --no-reload preset" in scripts and f"systemctl enable --now {NAME}.service" in scripts
     # Faithful modes in the payload: sticky /tmp, setuid, setgid directory.
     modes = {line.split()[-1]: line.split()[0] for line in listing.splitlines() if "/rootfs/" in line}
     rootfs = f"/opt/containers/{NAME}/1.0-1/rootfs"

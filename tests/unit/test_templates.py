@@ -26,6 +26,7 @@ from ctr2svc.model import (
     ServiceSpec,
     SharedLayer,
 )
+from ctr2svc.options import values
 from ctr2svc.service import runtime_config, units
 
 from .conftest import make_spec
@@ -90,7 +91,11 @@ def layer_scripts() -> dict[str, str]:
 def for_format(spec: ServiceSpec, fmt: PackageFormat, init: InitSystem, version: str) -> ServiceSpec:
     unit_dir = "/usr/lib/systemd/system" if fmt is PackageFormat.RPM else "/lib/systemd/system"
     layout = Layout(spec.name, version, unit_dir=unit_dir)
-    return dataclasses.replace(spec, format=fmt, init=init, version=version, layout=layout)
+    # Each format's own rule for a first install (--activation distro).
+    activation = values.activation(fmt, "distro")
+    return dataclasses.replace(
+        spec, format=fmt, init=init, version=version, layout=layout, activation=activation
+    )
 
 
 def rendered(spec: ServiceSpec) -> dict[str, str]:
@@ -117,8 +122,16 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
     variants["apk-shared"] = dataclasses.replace(variants["apk"], layers=SHARED)
     # A private network: netavark in the helper, the ports file, and its awk program.
     variants["private"] = dataclasses.replace(spec, network="private", publish=PORTS, ready_port=6379)
+    # --activation start (Debian's rule everywhere) and manual (nothing on a first install).
+    variants["rpm-start"] = dataclasses.replace(variants["rpm"], activation="start")
+    variants["apk-start"] = dataclasses.replace(variants["apk"], activation="start")
+    variants["deb-manual"] = dataclasses.replace(spec, activation="manual")
+    variants["deb-openrc-manual"] = dataclasses.replace(variants["deb-openrc"], activation="manual")
     for prefix, variant in variants.items():
         integration = [variant.layout.unit_path, variant.layout.init_script, variant.layout.preset_path]
+        if prefix.endswith(("-start", "-manual")):
+            # The same service files; only the first install's script (and the rpm's preset) differ.
+            integration = [variant.layout.preset_path]
         if prefix == "private":
             integration += [f"{variant.layout.config_dir}/ports"]
         if prefix.endswith(("checked", "shared", "private")) or prefix == "piped":
@@ -129,9 +142,12 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
         for f in units.service_files(variant, sample_scan()):
             if f.dest in integration:
                 files[f"{prefix}-{Path(f.dest).name}"] = f.content
-            elif f.dest.startswith("/etc/logrotate.d/"):
+            elif f.dest.startswith("/etc/logrotate.d/") and not prefix.endswith(("-start", "-manual")):
                 files[f"{prefix}-logrotate"] = f.content
-        files.update({f"{prefix}-{k}": v for k, v in units.package_scripts(variant).items()})
+        scripts = units.package_scripts(variant)
+        if prefix.endswith(("-start", "-manual")):
+            scripts = {"postinstall": scripts["postinstall"]}
+        files.update({f"{prefix}-{k}": v for k, v in scripts.items()})
     files.update(layer_scripts())
     # The generator's version is in every header: keep the golden files stable across releases.
     return {k: v.replace(f"ctr2svc {__version__}", "ctr2svc VERSION") for k, v in files.items()}
@@ -158,7 +174,7 @@ def test_every_format_has_its_files() -> None:
         "deb-postinstall",
         "deb-openrc-valkey-svc",
         "rpm-valkey-svc.service",
-        "rpm-50-valkey-svc.preset",
+        "rpm-start-50-valkey-svc.preset",
         "rpm-postinstall",
         "apk-valkey-svc",
         "apk-postupgrade",

@@ -41,9 +41,17 @@ def test_rpm_install_upgrade_erase_under_systemd(
         vm.copy_to(rpm, f"/root/{rpm.name}")
         rpms[version] = f"/root/{rpm.name}"
 
-    vm.ssh(f"rpm -ivh --nodeps {rpms['1.0']}")
-    # %post: the package's preset enabled it and it was started.
+    installed = vm.ssh(f"rpm -ivh --nodeps {rpms['1.0']}").stdout
+    # %post, as Fedora's %systemd_post: `systemctl preset` (Debian's presets enable what they do not
+    # name; Fedora's would disable it), nothing started, and the command that starts it printed.
     assert vm.ssh(f"systemctl is-enabled {UNIT}").stdout.strip() == "enabled"
+    assert vm.ssh(f"systemctl is-active {UNIT}", check=False).stdout.strip() == "inactive"
+    assert f"to run it now and at boot: systemctl enable --now {UNIT}" in installed, installed
+    assert (
+        vm.ssh(f"test -e /usr/lib/systemd/system-preset/50-{NAME}.preset || echo none").stdout.strip()
+        == "none"
+    )
+    vm.ssh(f"systemctl enable --now {UNIT}")
     assert get(vm, port).strip() == "kvrpm 1.0"
     assert get(vm, port, "/cgi-bin/put?answer=42").strip() == "ok"
     assert vm.ssh(f"systemd-analyze verify /usr/lib/systemd/system/{UNIT}", check=False).returncode == 0
@@ -89,7 +97,20 @@ def test_shared_layer_rpms_install_upgrade_erase_under_systemd(
         text = f"shared {version}"
         source = layered_service_image(tmp_path / "layout", version, port=port, version_text=text)
         ref = registry.push(source, "e2e/kvrpm-shared", version)
-        argv = ["build", ref, "--format", "rpm", "--layers", "shared", "--name", SHARED, "--json"]
+        # Debian's rule for this one: the package's preset enables it and %post starts it.
+        argv = [
+            "build",
+            ref,
+            "--format",
+            "rpm",
+            "--layers",
+            "shared",
+            "--name",
+            SHARED,
+            "--json",
+            "--activation",
+            "start",
+        ]
         summary = json.loads(ctr2svc(*argv, "-o", tmp_path / f"shared-{version}").stdout)
         local = [Path(summary["package"]), *(Path(x["package"]) for x in summary["layers"])]
         for path in local:
