@@ -261,3 +261,30 @@ def test_a_broken_policy_is_refused_before_the_registry(tmp_path: Path, content:
     # Nothing listens on this port: the policy is refused before any request is made.
     proc = build(tmp_path, "127.0.0.1:9/none/app:1.0", "--policy", rules)
     assert proc.returncode == 2 and words in proc.stderr and str(rules) in proc.stderr, proc.stderr
+
+
+def test_update_publishes_what_the_policy_accepts_and_names_what_it_refuses(
+    registry: Registry, signing: Signing, images: dict[str, str], tmp_path: Path
+) -> None:
+    """A project file's [defaults] policy applies to every image `update` builds: the signed one is
+    published, the unsigned one is refused in the run's table and never reaches the repository."""
+    rules = policy(tmp_path / "policy.json", registry, signed_by(signing.public_key))
+    project = tmp_path / "ctr2svc.toml"
+    project.write_text(
+        f'output = "dist"\n[repo]\npath = "repo"\n[defaults]\nformats = ["deb"]\nlayers = "flat"\n'
+        f'policy = "{rules}"\nregistries_d = "{signing.registries_d}"\n'
+        f'[[image]]\nref = "{images["signed"]}"\nname = "trusted-svc"\n'
+        f'[[image]]\nref = "{images["unsigned"]}"\nname = "untrusted-svc"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctr2svc", "update", "-c", str(project)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CTR2SVC_CACHE_DIR": str(tmp_path / "cache")},
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 6, proc.stderr  # some images failed, the others were published
+    assert "refused by the signature policy" in proc.stderr and "untrusted-svc" in proc.stderr, proc.stderr
+    published = sorted(p.name for p in (tmp_path / "repo").rglob("*.deb"))
+    assert published and all(name.startswith("trusted-svc_") for name in published), published
