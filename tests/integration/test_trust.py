@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def _export(home: Path, fingerprint: str, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def signing(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Signing:
+def signing(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signing]:
     require(shutil.which("gpg") is not None, "gpg is not installed (apt-get install gnupg)")
     work = tmp_path_factory.mktemp("trust")
     fingerprint = _gpg_key(work / "gnupg", "signer")
@@ -76,7 +77,7 @@ def signing(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Sig
         f"docker:\n  {registry.host}:\n    lookaside: file://{lookaside}\n"
         f"    lookaside-staging: file://{lookaside}\n"
     )
-    return Signing(
+    yield Signing(
         work / "gnupg",
         fingerprint,
         _export(work / "gnupg", fingerprint, work / "signer.gpg"),
@@ -84,6 +85,9 @@ def signing(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Sig
         registries_d,
         lookaside,
     )
+    # gpg started an agent for each home: they go with the test.
+    for home in ("gnupg", "gnupg-other"):
+        subprocess.run(["gpgconf", "--homedir", str(work / home), "--kill", "all"], check=False)
 
 
 def push(registry: Registry, signing: Signing, source: str, name: str, *, signed: bool) -> str:
