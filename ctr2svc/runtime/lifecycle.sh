@@ -82,6 +82,21 @@ start() {
         [ "$now" -lt "$deadline" ] || break
         sleep 0.05
     done
+    register_machine "$pid"
+}
+
+# The container as a machine of systemd-machined, as podman's and nspawn's are: `machinectl list` and
+# `machinectl status NAME` show it, with the unit's process tree. RegisterMachine records the leader's
+# unit (this service) and creates no scope of its own; machined forgets the machine when the unit
+# stops. Only on a systemd host with machined installed (systemd-container); in the background, so
+# that the start does not wait on D-Bus.
+register_machine() {
+    [ -d /run/systemd/system ] || return 0
+    [ -x /lib/systemd/systemd-machined ] || [ -x /usr/lib/systemd/systemd-machined ] || return 0
+    command -v busctl >/dev/null 2>&1 || return 0
+    busctl call org.freedesktop.machine1 /org/freedesktop/machine1 org.freedesktop.machine1.Manager \
+        RegisterMachine sayssus "$NAME" 0 ctr2svc container "$1" "$ROOT" >/dev/null 2>"$STATE_DIR/machine.err" ||
+        echo "$NAME: not registered with systemd-machined: $(cat "$STATE_DIR/machine.err")" >&2 &
 }
 
 # In the foreground, for supervisors that watch their child (OpenRC's supervise-daemon): runc passes

@@ -126,6 +126,26 @@ def test_container_runs_inside_the_units_cgroup(vm: vmhost.VM, installed: Packag
     assert "httpd -f -v" in status and "entrypoint.sh serve" in status, status
 
 
+def test_the_service_is_a_machine(vm: vmhost.VM, installed: Packages) -> None:
+    """machinectl sees the container as podman's and nspawn's are seen: listed, its status the unit's
+    tree with the container's init as leader; gone from the list once the service stops."""
+    pid = main_pid(vm)
+    listed = vm.wait_until(f"machinectl list --no-legend | grep -w {NAME}", timeout=30)
+    assert "container" in listed and "ctr2svc" in listed, listed
+    shown = vm.ssh(f"machinectl show {NAME} -p Leader -p Class -p Unit -p RootDirectory").stdout
+    assert f"Leader={pid}" in shown and "Class=container" in shown and f"Unit={UNIT}" in shown, shown
+    assert f"RootDirectory=/run/{NAME}/rootfs" in shown, shown
+    status = vm.ssh(f"machinectl status --no-pager {NAME}", check=False).stdout
+    assert "httpd -f -v" in status, status
+    vm.ssh(f"systemctl stop {UNIT}")
+    try:
+        assert NAME not in vm.ssh("machinectl list --no-legend").stdout
+    finally:
+        vm.ssh(f"systemctl start {UNIT}")
+        get(vm, installed.port)
+    vm.wait_until(f"machinectl list --no-legend | grep -w {NAME}", timeout=30)
+
+
 def test_memory_limit_applies_to_the_container(vm: vmhost.VM, installed: Packages, timings: Timings) -> None:
     """[7] MemoryMax= in a drop-in: the container's processes are charged to it and OOM-killed past it."""
     dropin = f"/etc/systemd/system/{UNIT}.d"

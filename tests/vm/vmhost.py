@@ -63,6 +63,7 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     "crun",  # --runtime crun, which needs the unified cgroup hierarchy this guest has
     "postgresql-client",  # test_realistic.py: psql against the postgres-like service
     "redis-tools",  # test_realistic.py: redis-cli against the redis-like service
+    "systemd-container",  # systemd-machined: services registered as machines (machinectl)
 )
 
 #: Host programs needed to boot a cached image / to build one.
