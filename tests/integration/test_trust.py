@@ -292,3 +292,28 @@ def test_update_publishes_what_the_policy_accepts_and_names_what_it_refuses(
     assert "refused by the signature policy" in proc.stderr and "untrusted-svc" in proc.stderr, proc.stderr
     published = sorted(p.name for p in (tmp_path / "repo").rglob("*.deb"))
     assert published and all(name.startswith("trusted-svc_") for name in published), published
+
+
+@pytest.mark.parametrize("fmt", ["deb", "rpm", "apk"])
+def test_inspect_reads_every_formats_image_record(fmt: str, tmp_path: Path) -> None:
+    """`ctr2svc inspect PACKAGE` reads image.json out of a .deb (dpkg-deb), an .rpm (its cpio payload)
+    and an .apk (its data stream), without the registry."""
+    example = REPO / "examples" / "hello"
+    proc = build(tmp_path, f"oci:{example}:1.0", "--format", fmt)
+    assert proc.returncode == 0, proc.stderr
+    shown = inspect(Path(proc.stdout.strip()))
+    record = shown["image"]
+    assert isinstance(record, dict) and record["reference"] == f"oci:{example}:1.0"
+    assert record["trust"]["digest"] == record["digest"] and "scope" in record["trust"]
+    assert str(shown["package"]).startswith("hello-svc ")
+
+
+def test_inspect_of_a_layer_package_says_what_to_inspect(tmp_path: Path) -> None:
+    example = REPO / "examples" / "hello"
+    proc = build(tmp_path, f"oci:{example}:1.0", "--layers", "shared", "--json")
+    assert proc.returncode == 0, proc.stderr
+    layer = json.loads(proc.stdout)["layers"][0]["package"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "ctr2svc", "inspect", layer], capture_output=True, text=True, cwd=REPO
+    )
+    assert refused.returncode == 5 and "has no image.json" in refused.stderr, refused.stderr
