@@ -20,14 +20,15 @@ def detach_sign(source: Path, key_file: Path, epoch: int, *, armor: bool = False
         env = {"GNUPGHOME": home}
         try:
             run([*base, "--import", key_file], input=passphrase, env=env, what="read the signing key")
+            # The build's time, unless the key is newer: a signature older than its key is one gpg,
+            # gpgv and debsig-verify refuse ("Time conflict"), and an image is often older than the
+            # key that signs its package. Either way the same build and key give the same bytes.
+            when = max(epoch, _newest_key_time(gpg, env))
             proc = run(
                 [
                     *base,
                     "--faked-system-time",
-                    f"{epoch}!",
-                    # A key made after the image (whose time the signature takes) still signs it.
-                    "--ignore-time-conflict",
-                    "--ignore-valid-from",
+                    f"{when}!",
                     "--digest-algo",
                     "SHA256",
                     *(["--armor"] if armor else []),
@@ -44,3 +45,16 @@ def detach_sign(source: Path, key_file: Path, epoch: int, *, armor: bool = False
             # The agent gpg started for this home would outlive it.
             run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False, what="stop gpg-agent")
         return proc.stdout
+
+
+def _newest_key_time(gpg: str, env: dict[str, str]) -> int:
+    """When the newest of the imported secret key's parts (primary key, subkeys) was made."""
+    listing = run(
+        [gpg, "--batch", "--with-colons", "--list-secret-keys"], env=env, what="read the signing key"
+    ).stdout.decode(errors="replace")
+    times = [
+        int(fields[5])
+        for fields in (line.split(":") for line in listing.splitlines())
+        if fields[0] in ("sec", "ssb") and len(fields) > 5 and fields[5].isdigit()
+    ]
+    return max(times, default=0)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import REPO, Cli
 from tests.support.apk import verify_signature
 from tests.support.images import service_image
 from tests.support.registry import Registry, free_port
@@ -115,6 +116,45 @@ def test_deb_signature(ctr2svc: Cli, ref: str, keys: Keys, tmp_path: Path) -> No
         ctr2svc("build", ref, "--sign-key-file", keys.pgp_secret, "-o", tmp_path / "again").stdout.strip()
     )
     assert again.read_bytes() == deb.read_bytes()
+
+
+def test_a_key_newer_than_the_image_signs_what_gpg_verifies(
+    ctr2svc: Cli, ref: str, keys: Keys, tmp_path: Path
+) -> None:
+    """The package is dated by its image (here SOURCE_DATE_EPOCH, 2001), the key was made today: the
+    signature takes the key's time, not an earlier one that gpg refuses ("Time conflict"), in the
+    .deb's _gpgorigin and in the rpm's header, and two builds are still the same bytes."""
+    env = {**os.environ, "CTR2SVC_CACHE_DIR": str(ctr2svc.cache_dir), "SOURCE_DATE_EPOCH": "1000000000"}
+    built = {}
+    for fmt in ("deb", "rpm"):
+        for run in ("one", "two"):
+            proc = subprocess.run(
+                [sys.executable, "-m", "ctr2svc", "build", ref, "--format", fmt, "--sign-key-file",
+                 str(keys.pgp_secret), "-o", str(tmp_path / fmt / run)],
+                capture_output=True, text=True, env=env, check=True, cwd=REPO,
+            )  # fmt: skip
+            built[fmt, run] = Path(proc.stdout.strip())
+        assert built[fmt, "one"].read_bytes() == built[fmt, "two"].read_bytes()
+    deb = built["deb", "one"]
+    work = tmp_path / "ar"
+    work.mkdir()
+    subprocess.run(["ar", "x", deb], cwd=work, check=True)
+    members = subprocess.run(["ar", "t", deb], capture_output=True, text=True, check=True).stdout.split()
+    signed = b"".join((work / m).read_bytes() for m in members[:-1])
+    verify = subprocess.run(
+        ["gpg", "--batch", "--verify", work / "_gpgorigin", "-"],
+        input=signed,
+        env={**os.environ, "GNUPGHOME": str(keys.gnupghome)},
+        capture_output=True,
+    )
+    assert verify.returncode == 0, verify.stderr
+    db = tmp_path / "rpmdb"
+    db.mkdir()
+    subprocess.run(["rpm", "--dbpath", db, "--import", keys.pgp_public], check=True)
+    checked = subprocess.run(
+        ["rpm", "--dbpath", db, "-K", built["rpm", "one"]], capture_output=True, text=True
+    )
+    assert checked.returncode == 0 and "signatures OK" in checked.stdout, checked.stdout + checked.stderr
 
 
 def test_apk_signature(ctr2svc: Cli, ref: str, keys: Keys, tmp_path: Path) -> None:
