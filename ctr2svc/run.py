@@ -35,6 +35,7 @@ INSTALL_HINTS: dict[str, str] = {
     "dpkg-deb": "apt-get install dpkg",
     "zstd": "apt-get install zstd",
     "gzip": "apt-get install gzip",
+    "podman": "apt-get install podman (it builds the images of compose services that have build:)",
 }
 
 Arg = str | os.PathLike[str]

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ctr2svc import log, metadata
+from ctr2svc.apps.compose_build import ImageBuild, plan_build
 from ctr2svc.apps.compose_keys import (
     DOCS,
-    HINTS,
     SERVICE_KEYS,
     STACK_SUFFIX,
     Source,
@@ -25,7 +25,7 @@ from ctr2svc.apps.compose_keys import (
 )
 from ctr2svc.apps.compose_mounts import add_mount, file_ref
 from ctr2svc.errors import UsageError
-from ctr2svc.image.reference import parse
+from ctr2svc.image.reference import ImageReference, parse
 from ctr2svc.model import PackagedFile, PackageFormat
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.options.ranges import COMPOSE_LIMITS, user_problem
@@ -56,24 +56,16 @@ def service_options(
     healthy: bool,
     secrets: Mapping[str, Any],
     configs: Mapping[str, Any],
-) -> tuple[BuildOptions, BuildRequest]:
-    """The service's options as mapped, and checked (the request its package is built from)."""
+    supplied: ImageReference | None = None,
+) -> tuple[BuildOptions, BuildRequest, ImageBuild | None]:
+    """The service's options as mapped, and checked (the request its package is built from), and how
+    its image is built when the file builds it (SUPPLIED, --image SERVICE=REF, replaces both)."""
     path = src.path
     where = f"services.{name}"
     unknown_keys(src, where, svc, SERVICE_KEYS)
     fmt = common.get("format", PackageFormat.DEB)
     pkg = check_name(path, where, package_name(app, name), fmt)
-    image = svc.get("image")
-    if not image:
-        raise refuse(
-            path, where, "has no image: ctr2svc packages images, it does not build them", HINTS["build"]
-        )
-    if svc.get("build") is not None:
-        log.warn(f"{path}: {where}.build: not built; ctr2svc packages the image {image} from its registry")
-    try:
-        reference = parse(str(image))
-    except UsageError as exc:
-        raise refuse(path, f"{where}.image", exc.brief, exc.hint or DOCS) from exc
+    reference, build = _image(src, where, pkg, svc, common, supplied)
     opts: dict[str, Any] = dict(common)
     opts.update(
         reference=reference,
@@ -163,7 +155,51 @@ def service_options(
         request = resolve(options)
     except UsageError as exc:
         raise refuse(path, where, exc.brief, exc.hint or DOCS) from exc
-    return options, request
+    return options, request, build
+
+
+def _image(
+    src: Source,
+    where: str,
+    pkg: str,
+    svc: Mapping[str, Any],
+    common: Mapping[str, Any],
+    supplied: ImageReference | None,
+) -> tuple[ImageReference, ImageBuild | None]:
+    """Where the service's image comes from: --image SERVICE=REF, else its build: when it has no image:
+    (or pull_policy: build says to build it), else image: from its registry. Compose tags what it
+    builds with image:'s tag, else latest: the package version follows from that tag."""
+    image, spec, policy = svc.get("image"), svc.get("build"), svc.get("pull_policy")
+    if supplied is not None:
+        return supplied, None
+    if policy == "never":
+        raise src.refuse(
+            f"{where}.pull_policy",
+            "never: the image would have to be on this machine already",
+            f"pass --image {where.split('.', 1)[1]}=REF (e.g. oci:DIR:TAG), or drop pull_policy",
+        )
+    reference = None
+    if image:
+        try:
+            reference = parse(str(image))
+        except UsageError as exc:
+            raise src.refuse(f"{where}.image", exc.brief, exc.hint or DOCS) from exc
+    if spec is not None and (reference is None or policy == "build"):
+        tag = (reference.tag if reference is not None else None) or "latest"
+        build = plan_build(src, where, pkg, spec, tag, common)
+        return build.reference, build
+    if reference is None:
+        raise src.refuse(
+            where,
+            "has neither image: nor build:",
+            f"add one, or pass --image {where.split('.', 1)[1]}=REF",
+        )
+    if spec is not None:
+        log.warn(
+            f"{src.path}: {where}.build: not built; ctr2svc packages the image {image} from its registry "
+            "(pull_policy: build builds it)"
+        )
+    return reference, None
 
 
 def _environment(src: Source, where: str, environment: Mapping[str, Any]) -> tuple[str, ...]:
@@ -318,14 +354,6 @@ def _network(
             )
         opts["network"] = "host"
         return
-    if len(attached) > 1:
-        raise refuse(
-            path,
-            f"{where}.networks",
-            f"on {len(attached)} networks ({', '.join(sorted(attached))}): ctr2svc puts an "
-            "application's services on one",
-            "put the service on one network (or none: the default)",
-        )
     aliases: list[str] = [where.split(".", 1)[1]]
     for net, spec in attached.items():
         unknown_keys(src, f"{where}.networks.{net}", spec or {}, {"aliases"})

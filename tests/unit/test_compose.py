@@ -391,14 +391,6 @@ def test_refused(tmp_path: Path, extra: str, problem: str, hint: str) -> None:
     assert str(path) in message and "\n" not in message
 
 
-def test_a_service_with_only_build_is_refused(tmp_path: Path) -> None:
-    path = write(tmp_path / "p", "services:\n  a:\n    build: .\n")
-    with pytest.raises(UsageError) as caught:
-        load(path)
-    assert "services.a: has no image" in caught.value.one_line()
-    assert "build the image, push it to a registry, then name it with image:" in caught.value.one_line()
-
-
 def test_a_volume_shared_by_two_services_is_refused(tmp_path: Path) -> None:
     text = "services:\n  a:\n    image: a:1\n    volumes: [data:/a]\n"
     text += "  b:\n    image: b:1\n    volumes: [data:/b]\n"
