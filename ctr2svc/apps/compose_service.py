@@ -23,7 +23,7 @@ from ctr2svc.apps.compose_keys import (
     unknown_keys,
     whole_number,
 )
-from ctr2svc.apps.compose_mounts import add_mount, file_ref
+from ctr2svc.apps.compose_mounts import add_mount, check_nested, file_ref
 from ctr2svc.errors import UsageError
 from ctr2svc.image.reference import ImageReference, parse
 from ctr2svc.model import PackagedFile, PackageFormat
@@ -40,6 +40,9 @@ _ENV_NAME = re.compile(r"[^=\s#][^=\s]*")
 # so an environment variable or a label named x-… reaches the model, and the container, as
 # "#extensions=map[x-…:…]".
 _EXTENSIONS = "#extensions"
+
+# Label prefixes of tools that configure themselves from the labels of the containers Docker runs.
+LABEL_DRIVEN = ("caddy", "traefik")
 
 
 def service_options(
@@ -137,6 +140,9 @@ def service_options(
     for target in targets:
         if targets.count(target) > 1:
             raise refuse(path, where, f"two mounts at {target}", "mount one thing at each path")
+    inner = [*targets, *paths, *(t.split(":")[0] for t in tmpfs)]
+    for bind in binds:
+        check_nested(src, where, bind, inner, files)
     opts.update(tmpfs=tuple(tmpfs), volumes=tuple(binds), files=tuple(files), volume_paths=tuple(paths))
     opts["labels"] = _labels(src, f"{where}.labels", svc.get("labels") or {})
     depends = svc.get("depends_on") or {}
@@ -243,6 +249,13 @@ def _labels(src: Source, where: str, labels: Mapping[str, Any]) -> tuple[str, ..
             where,
             "labels whose names start with x- are lost: docker compose takes them for extensions",
             "rename them, e.g. com.example.name instead of x-name",
+        )
+    driven = sorted({tool for tool in LABEL_DRIVEN for k in labels if str(k).startswith(f"{tool}.")})
+    if driven:
+        log.warn(
+            f"{src.path}: {where}: the {' and '.join(driven)} labels are kept as annotations of the runtime "
+            "config, but nothing reads them: such a proxy finds its services through Docker's API, which a "
+            "ctr2svc host does not have (configure it from a file instead, e.g. traefik's file provider)"
         )
     return tuple(f"{k}={v}" for k, v in labels.items())
 
