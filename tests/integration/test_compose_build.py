@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 APP = "c2s-built"
 EPOCH = "1767225600"  # 2026-01-01: the image's date, as $SOURCE_DATE_EPOCH gives it
 PAGE = "built by compose\n"
+LOGO = b"\x89PNG\r\n\x1a\n\x00\xff"
 
 
 def write_project(directory: Path, registry: str, port: int) -> Path:
@@ -39,6 +40,11 @@ def write_project(directory: Path, registry: str, port: int) -> Path:
         "FROM base AS prod\n"
         "LABEL com.example.stage=prod\n"
     )
+    # The application's own files beside the compose file, one of them not text: packaged as data.
+    site = directory / "site"
+    site.mkdir()
+    (site / "extra.txt").write_text("from the project\n")
+    (site / "logo.bin").write_bytes(LOGO)
     path = directory / "compose.yaml"
     path.write_text(
         f"""services:
@@ -50,6 +56,7 @@ def write_project(directory: Path, registry: str, port: int) -> Path:
       target: prod
       network: none
     ports: ["{port}:80"]
+    volumes: ["./site:/www/site"]
 """
     )
     return path
@@ -100,6 +107,10 @@ def test_build_service_is_built_packaged_and_runs(
     listed = {name for deb in files for name in deb_listing(deb)}
     assert any(name.endswith("/rootfs/www/index.html") for name in listed), sorted(listed)[:20]
     assert any(name.endswith("/rootfs/www/greeting.txt") for name in listed)
+    # The bound site: the package's data (not conffiles), the binary file as it is.
+    assert f"usr/share/{APP}-web/files/site/logo.bin" in listed
+    conffiles = sh("dpkg-deb", "-I", web["package"], "conffiles", check=False).stdout
+    assert "/files/site/" not in conffiles
     # The same context builds the same image: nothing to do the second time.
     again = summary_of(ctr2svc("build", "--compose", path, "--project-name", APP, "-o", out, "--json"))
     assert again["services"][0]["up_to_date"] and again["services"][0]["sha256"] == web["sha256"]
@@ -115,6 +126,8 @@ def test_build_service_is_built_packaged_and_runs(
             subprocess.run([str(helper), "start"], stdout=log, stderr=log, check=True, timeout=60)
         assert wait_for_http(f"http://127.0.0.1:{port}/", deadline=60) == PAGE
         assert wait_for_http(f"http://127.0.0.1:{port}/greeting.txt") == "hello from the build\n"
+        assert wait_for_http(f"http://127.0.0.1:{port}/site/extra.txt") == "from the project\n"
+        assert Path(f"/usr/share/{APP}-web/files/site/logo.bin").read_bytes() == LOGO
     finally:
         sh(helper, "stop", check=False)
         dpkg("--purge", f"{APP}-stack", f"{APP}-web")
