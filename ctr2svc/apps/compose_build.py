@@ -78,6 +78,7 @@ def plan_build(
 ) -> ImageBuild:
     """The service's build: as compose's canonical model gives it (context absolute, dockerfile relative
     to it), checked now: nothing runs before the whole file is mapped."""
+    service = where.removeprefix("services.")
     where = f"{where}.build"
     for key, value in spec.items():
         if key in BUILD_KEYS or key in IGNORED or key.startswith("x-") or value in (None, False, "", [], {}):
@@ -90,9 +91,10 @@ def plan_build(
             f"{context_text} is a remote context",
             "clone it beside the compose file and name the directory, or pass --image SERVICE=REF",
         )
-    context = Path(context_text)
-    if not context.is_dir():
-        raise src.refuse(f"{where}.context", f"{context} is not a directory", "fix the path")
+    if not Path(context_text).is_dir():
+        raise src.refuse(f"{where}.context", f"{context_text} is not a directory", "fix the path")
+    # What the build reads goes into the package: the project's own files, as for bind mounts.
+    context = src.local(f"{where}.context", Path(context_text))
     dockerfile = context / str(spec.get("dockerfile") or "Dockerfile")
     if not dockerfile.is_file():
         raise src.refuse(
@@ -100,12 +102,13 @@ def plan_build(
             f"{dockerfile} does not exist",
             "fix the path (it is relative to the context)",
         )
+    dockerfile = src.local(f"{where}.dockerfile", dockerfile)
     network = spec.get("network")
     if network not in (None, "host", "none", "default"):
         raise src.refuse(f"{where}.network", f"{network!r} is not supported", "use host or none, or drop it")
     cache = Path(common.get("cache_dir") or default_cache_dir()).absolute()
     return ImageBuild(
-        service=where.split(".")[1],
+        service=service,
         context=context,
         dockerfile=dockerfile,
         args=tuple((str(k), str(v)) for k, v in (spec.get("args") or {}).items() if v is not None),

@@ -148,3 +148,21 @@ def test_image_option_packages_another_image_instead(
     web = summary_of(proc)["services"][0]
     assert "Building the image" not in proc.stderr
     assert web["version"] == "1" and web["pinned"].startswith(f"{base.host}/compose-build/base@sha256:")
+
+
+def test_update_rebuilds_to_the_same_image(base: Registry, ctr2svc: Cli, tmp_path: Path) -> None:
+    """`update -c`: the service is built every time, and the same context gives the same digest, so
+    the second run publishes nothing; a changed file is a new version."""
+    path = write_project(tmp_path / "shop", base.host, free_port())
+    repo = tmp_path / "repo"
+    ctr2svc("update", "-c", path, "--repo", repo)
+    first = sorted(p.name for p in (repo / "deb").glob("shop-web_*.deb"))
+    assert len(first) == 1, first
+    again = ctr2svc("update", "-c", path, "--repo", repo)
+    row = next(line.split() for line in again.stderr.splitlines() if line.startswith("shop-web"))
+    assert row[2] == "unchanged", again.stderr
+    index = path.parent / "web" / "index.html"
+    index.write_text("a new page\n")
+    ctr2svc("update", "-c", path, "--repo", repo)
+    versions = sorted(p.name for p in (repo / "deb").glob("shop-web_*.deb"))
+    assert len(versions) == 2 and first[0] in versions, versions

@@ -213,3 +213,34 @@ def test_the_podman_hint_is_the_package(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(ToolError) as caught:
         run.find_tool("podman", "build images")
     assert "apt-get install podman" in caught.value.one_line()
+
+
+def test_image_option_goes_with_a_compose_file(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ctr2svc.cli import cli
+
+    # The command raises the UsageError that ctr2svc's main() prints (exit status 2).
+    one = CliRunner().invoke(cli, ["build", "--image", "web=x:1", "nginx:1"])
+    assert isinstance(one.exception, UsageError) and "--image goes with a compose file" in str(one.exception)
+    project = tmp_path / "ctr2svc.toml"
+    project.write_text('[[image]]\nref = "nginx:1"\n')
+    for argv in (["build", "-c", str(project)], ["update", "-c", str(project), "--repo", str(tmp_path)]):
+        result = CliRunner().invoke(cli, [*argv, "--image", "web=x:1"])
+        assert isinstance(result.exception, UsageError), result.output
+        assert "--image goes with a compose file" in str(result.exception)
+
+
+def test_a_context_outside_the_project_needs_allow_outside(tmp_path: Path) -> None:
+    """What the build reads ends up in the package, as what a bind mount packages: the project's files."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "Dockerfile").write_text(DOCKERFILE)
+    path = write(tmp_path / "p", "services:\n  web:\n    build: ../shared\n")
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    assert (
+        "services.web.build.context" in caught.value.one_line()
+        and "--allow-outside" in caught.value.one_line()
+    )
+    assert build_of(load(path, allow_outside=(shared,)), "web").context == shared
