@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ctr2svc import log
-from ctr2svc.apps.compose_keys import Source
-from ctr2svc.errors import ImageError, ToolFailed
+from ctr2svc.apps.compose_keys import DOCS, Source
+from ctr2svc.errors import ImageError, ToolFailed, UsageError
 from ctr2svc.image.cache import default_cache_dir
-from ctr2svc.image.reference import ImageReference, Transport
+from ctr2svc.image.reference import ImageReference, Transport, parse
 from ctr2svc.run import find_tool, run
 
 # build: keys podman is given; those that only tune compose's own cache are accepted and ignored.
@@ -219,3 +219,47 @@ def build(spec: ImageBuild) -> None:
             f"build the image yourself and pass --image {spec.service}=REF",
             details=exc.details,
         ) from exc
+
+
+def image_source(
+    src: Source,
+    where: str,
+    pkg: str,
+    svc: Mapping[str, Any],
+    common: Mapping[str, Any],
+    supplied: ImageReference | None,
+) -> tuple[ImageReference, ImageBuild | None]:
+    """Where the service's image comes from: --image SERVICE=REF, else its build: when it has no image:
+    (or pull_policy: build says to build it), else image: from its registry. Compose tags what it
+    builds with image:'s tag, else latest: the package version follows from that tag."""
+    image, spec, policy = svc.get("image"), svc.get("build"), svc.get("pull_policy")
+    if supplied is not None:
+        return supplied, None
+    if policy == "never":
+        raise src.refuse(
+            f"{where}.pull_policy",
+            "never: the image would have to be on this machine already",
+            f"pass --image {where.split('.', 1)[1]}=REF (e.g. oci:DIR:TAG), or drop pull_policy",
+        )
+    reference = None
+    if image:
+        try:
+            reference = parse(str(image))
+        except UsageError as exc:
+            raise src.refuse(f"{where}.image", exc.brief, exc.hint or DOCS) from exc
+    if spec is not None and (reference is None or policy == "build"):
+        tag = (reference.tag if reference is not None else None) or "latest"
+        build = plan_build(src, where, pkg, spec, tag, common)
+        return build.reference, build
+    if reference is None:
+        raise src.refuse(
+            where,
+            "has neither image: nor build:",
+            f"add one, or pass --image {where.split('.', 1)[1]}=REF",
+        )
+    if spec is not None:
+        log.warn(
+            f"{src.path}: {where}.build: not built; ctr2svc packages the image {image} from its registry "
+            "(pull_policy: build builds it)"
+        )
+    return reference, None

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ctr2svc import log, metadata
-from ctr2svc.apps.compose_build import ImageBuild, plan_build
+from ctr2svc.apps.compose_build import ImageBuild, image_source
 from ctr2svc.apps.compose_keys import (
     DOCS,
     SERVICE_KEYS,
@@ -25,7 +25,7 @@ from ctr2svc.apps.compose_keys import (
 )
 from ctr2svc.apps.compose_mounts import add_mount, check_nested, file_ref
 from ctr2svc.errors import UsageError
-from ctr2svc.image.reference import ImageReference, parse
+from ctr2svc.image.reference import ImageReference
 from ctr2svc.model import PackagedFile, PackageFormat
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.options.ranges import COMPOSE_LIMITS, user_problem
@@ -65,10 +65,12 @@ def service_options(
     its image is built when the file builds it (SUPPLIED, --image SERVICE=REF, replaces both)."""
     path = src.path
     where = f"services.{name}"
+    # Every refusal is noted and the other keys checked on: a file's problems are reported at once.
+    before = len(src.problems)
     unknown_keys(src, where, svc, SERVICE_KEYS)
     fmt = common.get("format", PackageFormat.DEB)
     pkg = check_name(path, where, package_name(app, name), fmt)
-    reference, build = _image(src, where, pkg, svc, common, supplied)
+    reference, build = src.attempt(image_source, src, where, pkg, svc, common, supplied) or (None, None)
     opts: dict[str, Any] = dict(common)
     opts.update(
         reference=reference,
@@ -78,33 +80,13 @@ def service_options(
         application_network=app,
     )
     opts.setdefault("layers", "shared")
-    if svc.get("entrypoint") is not None:
-        opts["entrypoint"] = strings(path, f"{where}.entrypoint", svc["entrypoint"])
-    if svc.get("command") is not None:
-        opts["cmd"] = strings(path, f"{where}.command", svc["command"])
-    opts["env"] = _environment(src, f"{where}.environment", svc.get("environment") or {})
-    for key in ("user", "working_dir", "stop_signal"):
+    for key, option in (("entrypoint", "entrypoint"), ("command", "cmd")):
         if svc.get(key) is not None:
-            opts[key] = str(svc[key])
-    problem = user_problem(opts["user"]) if "user" in opts else None
-    if problem is not None:
-        raise refuse(path, f"{where}.user", problem, 'e.g. user: "999:999"')
-    if svc.get("restart") is not None:
-        opts["restart"] = str(svc["restart"])
-        if opts["restart"].startswith("on-failure:"):
-            raise refuse(
-                path,
-                f"{where}.restart",
-                f"{opts['restart']}: a retry count is not supported",
-                "use on-failure",
-            )
-    if svc.get("stop_grace_period") is not None:
-        seconds = duration(path, f"{where}.stop_grace_period", svc["stop_grace_period"])
-        if not 1 <= seconds <= 3600:
-            raise refuse(path, f"{where}.stop_grace_period", f"{seconds} s is not 1 s to 1 h", "e.g. 30s")
-        opts["stop_timeout"] = seconds
+            opts[option] = src.attempt(strings, path, f"{where}.{key}", svc[key])
+    opts["env"] = src.attempt(_environment, src, f"{where}.environment", svc.get("environment") or {})
+    _process(src, where, svc, opts)
     for key in ("cap_add", "cap_drop"):
-        opts[key] = strings(path, f"{where}.{key}", svc.get(key))
+        opts[key] = src.attempt(strings, path, f"{where}.{key}", svc.get(key))
     for key in ("privileged", "read_only"):
         opts[key] = bool(svc.get(key))
     opts["init_process"] = bool(svc.get("init"))
@@ -112,39 +94,28 @@ def service_options(
     opts["ready_health"] = healthy
     if svc.get("platform"):
         opts["arch"] = str(svc["platform"]).removeprefix("linux/")
-    _resources(src, where, svc, opts)
-    _health(src, where, svc.get("healthcheck"), opts)
-    _network(src, where, svc, opts, networks)
-    tmpfs = list(strings(path, f"{where}.tmpfs", svc.get("tmpfs")))
+    src.attempt(_resources, src, where, svc, opts)
+    src.attempt(_health, src, where, svc.get("healthcheck"), opts)
+    src.attempt(_network, src, where, svc, opts, networks)
+    tmpfs = list(src.attempt(strings, path, f"{where}.tmpfs", svc.get("tmpfs")) or ())
     binds: list[str] = []
     files: list[PackagedFile] = []
     paths: list[str] = []
     for number, mount in enumerate(svc.get("volumes") or []):
-        add_mount(
-            src,
-            f"{where}.volumes[{number}]",
-            name,
-            pkg,
-            mount,
-            volumes,
-            used_volumes,
-            tmpfs,
-            binds,
-            files,
-            paths,
-        )
+        at = f"{where}.volumes[{number}]"
+        src.attempt(add_mount, src, at, name, pkg, mount, volumes, used_volumes, tmpfs, binds, files, paths)
     for kind, table in (("secrets", secrets), ("configs", configs)):
         for number, ref in enumerate(svc.get(kind) or []):
-            files.append(file_ref(src, f"{where}.{kind}[{number}]", kind, pkg, ref, table))
+            packaged = src.attempt(file_ref, src, f"{where}.{kind}[{number}]", kind, pkg, ref, table)
+            files += [packaged] if packaged is not None else []
     targets = [f.target for f in files if f.target] + [b.split(":")[1] for b in binds]
-    for target in targets:
-        if targets.count(target) > 1:
-            raise refuse(path, where, f"two mounts at {target}", "mount one thing at each path")
+    for target in dict.fromkeys(t for t in targets if targets.count(t) > 1):
+        src.note(refuse(path, where, f"two mounts at {target}", "mount one thing at each path"))
     inner = [*targets, *paths, *(t.split(":")[0] for t in tmpfs)]
     for bind in binds:
-        check_nested(src, where, bind, inner, files)
+        src.attempt(check_nested, src, where, bind, inner, files)
     opts.update(tmpfs=tuple(tmpfs), volumes=tuple(binds), files=tuple(files), volume_paths=tuple(paths))
-    opts["labels"] = _labels(src, f"{where}.labels", svc.get("labels") or {})
+    opts["labels"] = src.attempt(_labels, src, f"{where}.labels", svc.get("labels") or {})
     depends = svc.get("depends_on") or {}
     for other, dep in depends.items():
         unknown_keys(src, f"{where}.depends_on.{other}", dep or {}, {"condition", "required", "restart"})
@@ -156,6 +127,9 @@ def service_options(
     )
     if svc.get("expose"):
         log.debug(f"{where}.expose: every port is open to the application's other services anyway")
+    if len(src.problems) > before:
+        # Noted already (Source.note keeps one of each): the service is not mapped.
+        raise src.problems[-1]
     try:
         options = BuildOptions(**opts)
         request = resolve(options)
@@ -164,48 +138,24 @@ def service_options(
     return options, request, build
 
 
-def _image(
-    src: Source,
-    where: str,
-    pkg: str,
-    svc: Mapping[str, Any],
-    common: Mapping[str, Any],
-    supplied: ImageReference | None,
-) -> tuple[ImageReference, ImageBuild | None]:
-    """Where the service's image comes from: --image SERVICE=REF, else its build: when it has no image:
-    (or pull_policy: build says to build it), else image: from its registry. Compose tags what it
-    builds with image:'s tag, else latest: the package version follows from that tag."""
-    image, spec, policy = svc.get("image"), svc.get("build"), svc.get("pull_policy")
-    if supplied is not None:
-        return supplied, None
-    if policy == "never":
-        raise src.refuse(
-            f"{where}.pull_policy",
-            "never: the image would have to be on this machine already",
-            f"pass --image {where.split('.', 1)[1]}=REF (e.g. oci:DIR:TAG), or drop pull_policy",
-        )
-    reference = None
-    if image:
-        try:
-            reference = parse(str(image))
-        except UsageError as exc:
-            raise src.refuse(f"{where}.image", exc.brief, exc.hint or DOCS) from exc
-    if spec is not None and (reference is None or policy == "build"):
-        tag = (reference.tag if reference is not None else None) or "latest"
-        build = plan_build(src, where, pkg, spec, tag, common)
-        return build.reference, build
-    if reference is None:
-        raise src.refuse(
-            where,
-            "has neither image: nor build:",
-            f"add one, or pass --image {where.split('.', 1)[1]}=REF",
-        )
-    if spec is not None:
-        log.warn(
-            f"{src.path}: {where}.build: not built; ctr2svc packages the image {image} from its registry "
-            "(pull_policy: build builds it)"
-        )
-    return reference, None
+def _process(src: Source, where: str, svc: Mapping[str, Any], opts: dict[str, Any]) -> None:
+    """user, working_dir, stop_signal, restart and stop_grace_period, each refusal noted."""
+    for key in ("user", "working_dir", "stop_signal"):
+        if svc.get(key) is not None:
+            opts[key] = str(svc[key])
+    problem = user_problem(opts["user"]) if "user" in opts else None
+    if problem is not None:
+        src.note(src.refuse(f"{where}.user", problem, 'e.g. user: "999:999"'))
+    if svc.get("restart") is not None:
+        opts["restart"] = str(svc["restart"])
+        if opts["restart"].startswith("on-failure:"):
+            retry = f"{opts['restart']}: a retry count is not supported"
+            src.note(src.refuse(f"{where}.restart", retry, "use on-failure"))
+    if svc.get("stop_grace_period") is not None:
+        seconds = src.attempt(duration, src.path, f"{where}.stop_grace_period", svc["stop_grace_period"])
+        if seconds is not None and not 1 <= seconds <= 3600:
+            src.note(src.refuse(f"{where}.stop_grace_period", f"{seconds} s is not 1 s to 1 h", "e.g. 30s"))
+        opts["stop_timeout"] = seconds
 
 
 def _environment(src: Source, where: str, environment: Mapping[str, Any]) -> tuple[str, ...]:

@@ -184,3 +184,21 @@ def test_a_volume_inside_a_read_only_source_tree_needs_its_mount_point(tmp_path:
     (tmp_path / "p" / "src" / "node_modules").mkdir()
     (tmp_path / "p" / "src" / "node_modules" / "x.js").write_text("2;\n")
     assert service(load(path), "web").volume_paths == ("/project/node_modules",)
+
+
+def test_every_refusal_of_one_service_is_reported_at_once(tmp_path: Path) -> None:
+    """Not only one per service: each key of a service is checked whatever the others hold."""
+    text = """
+services:
+  a:
+    image: a:1
+    restart: on-failure:3
+    stop_grace_period: 2h
+    ports: ['80']
+    volumes: ['/var/run/docker.sock:/x', './missing:/m:ro']
+    healthcheck: {test: [CMD-SHELL, a, b]}
+"""
+    message = refusal(write(tmp_path / "p", text))
+    assert ": 6 problems: " in message, message
+    for key in ("restart", "stop_grace_period", "ports[0]", "volumes[0]", "volumes[1]", "healthcheck.test"):
+        assert f"services.a.{key}" in message
