@@ -122,7 +122,13 @@ def generated(made: Generated) -> dict[str, Any]:
     spec = made.spec
     layout = spec.layout
     files = [
-        {"path": f.dest, "mode": f"{f.mode:04o}", "conffile": f.config, "content": f.content}
+        {
+            "path": f.dest,
+            "mode": f"{f.mode:04o}",
+            "conffile": f.config,
+            # JSON holds text: a binary file is shown by its size.
+            "content": f.content if isinstance(f.content, str) else f"<{len(f.content)} bytes>",
+        }
         for f in made.files
     ]
     original = json.dumps(made.bundle.config, indent=2, sort_keys=True).splitlines()

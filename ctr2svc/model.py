@@ -191,15 +191,17 @@ class TmpfsMount:
 
 @dataclass(frozen=True)
 class PackagedFile:
-    """A file the package installs below /etc/NAME and mounts into the container (a compose
-    application's config files and secrets): the admin's to change, kept on upgrade."""
+    """A file the package installs and mounts into the container (a compose application's files from
+    beside the compose file, its secrets and configs): below /etc/NAME the admin's to change, kept on
+    upgrade (config); below /usr/share/NAME the package's, replaced on upgrade."""
 
     source: str  # where it was read on the build machine, for messages
     dest: str  # where it is installed on the host
     target: str  # where the container sees it
-    content: str
+    content: str | bytes  # bytes: not UTF-8 text (an image, a font), packaged as it is
     mode: int = 0o644
     read_only: bool = True
+    config: bool = True  # a conffile (deb), %config(noreplace) (rpm)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ INSTALL_HINTS: dict[str, str] = {
     "dpkg-deb": "apt-get install dpkg",
     "zstd": "apt-get install zstd",
     "gzip": "apt-get install gzip",
+    "podman": "apt-get install podman, or pass --image SERVICE=REF with an image built elsewhere",
 }
 
 Arg = str | os.PathLike[str]

@@ -75,8 +75,9 @@ RELATIONS: dict[PackageFormat, dict[str, list[str]]] = {
         ],
         # `repo add` on a Debian host: apt-ftparchive indexes, gpg signs.
         "recommends": ["apt-utils", "gnupg"],
-        # .rpm repositories (createrepo_c, rpm), apk index signatures (openssl), running services (runc).
-        "suggests": ["createrepo-c", "rpm", "openssl", "runc"],
+        # .rpm repositories (createrepo_c, rpm), apk index signatures (openssl), running services (runc),
+        # compose services with build: (podman).
+        "suggests": ["createrepo-c", "rpm", "openssl", "runc", "podman"],
     },
     PackageFormat.RPM: {
         "depends": [
@@ -91,8 +92,9 @@ RELATIONS: dict[PackageFormat, dict[str, list[str]]] = {
         ],
         # `repo add` on a Fedora host: createrepo_c indexes, gpg signs.
         "recommends": ["createrepo_c", "gnupg2"],
-        # .deb repositories (dpkg-deb reads them), apk index signatures (openssl), running services (runc).
-        "suggests": ["dpkg", "openssl", "runc"],
+        # .deb repositories (dpkg-deb reads them), apk index signatures (openssl), running services (runc),
+        # compose services with build: (podman).
+        "suggests": ["dpkg", "openssl", "runc", "podman"],
     },
 }
 

@@ -31,21 +31,27 @@ from ctr2svc.apps.compose_keys import (
 from ctr2svc.apps.compose_service import service_options
 from ctr2svc.apps.entries import Application, ImageEntry, Project, ServicePlan
 from ctr2svc.errors import UsageError
+from ctr2svc.image.reference import ImageReference, parse
 from ctr2svc.model import InitSystem, PackageFormat
 
 
 def load(
-    path: Path, project_name: str | None, common: Mapping[str, Any], allow_outside: Sequence[Path] = ()
+    path: Path,
+    project_name: str | None,
+    common: Mapping[str, Any],
+    allow_outside: Sequence[Path] = (),
+    images: Mapping[str, str] | None = None,
 ) -> Application:
     """The application in PATH, every service mapped onto BuildOptions (COMMON adds the options that
     are the same for every service: format, output directory, cache, credentials…). Checked whole
-    before anything is pulled or written. ALLOW_OUTSIDE: paths outside the file's directory that its
-    secrets, configs and bind mounts may package."""
+    before anything is pulled, built or written. ALLOW_OUTSIDE: paths outside the file's directory that
+    its secrets, configs and bind mounts may package. IMAGES: --image SERVICE=REF, images that replace
+    what the file gives (or builds)."""
     doc = read_model(path, project_name)
     written = raw_services(path, project_name)
     if written is not None:
         left_out(path, written, list(doc.get("services") or {}))
-    return plan(doc, path, common, allow_outside, written)
+    return plan(doc, path, common, allow_outside, written, images)
 
 
 def plan(
@@ -54,9 +60,11 @@ def plan(
     common: Mapping[str, Any],
     allow_outside: Sequence[Path] = (),
     written: Mapping[str, Any] | None = None,
+    images: Mapping[str, str] | None = None,
 ) -> Application:
     """DOC (the canonical model) mapped; WRITTEN (raw_services) adds the env_file paths it folded."""
     src = Source(path, tuple(p.resolve() for p in allow_outside))
+    supplied = _supplied(path, images or {}, doc.get("services") or {})
     unknown_keys(src, "top level", doc, TOP_KEYS)
     name = str(doc.get("name") or "")
     services = doc.get("services") or {}
@@ -102,10 +110,12 @@ def plan(
             healthy=svc_name in healthy,
             secrets=doc.get("secrets") or {},
             configs=doc.get("configs") or {},
+            supplied=supplied.get(svc_name),
         )
         if mapped is not None:
             plans[svc_name] = ServicePlan(svc_name, *mapped)
         _env_files(src, f"services.{svc_name}.env_file", (written or {}).get(svc_name) or {})
+    _one_network(src, services)
     _one_package_each(src, name, stack, list(services))
     src.check()
     order = _start_order(services)
@@ -120,6 +130,57 @@ def _env_files(src: Source, where: str, svc: Mapping[str, Any]) -> None:
         given = str(entry.get("path") if isinstance(entry, dict) else entry)
         if "$" not in given and Path(given).exists():
             src.attempt(src.local, where, Path(given))
+
+
+def _supplied(
+    path: Path, images: Mapping[str, str], services: Mapping[str, Any]
+) -> dict[str, ImageReference]:
+    """--image SERVICE=REF, each naming a service of the file and an image."""
+    supplied = {}
+    for service, text in images.items():
+        if service not in services:
+            raise UsageError(
+                f"--image {service}={text}: {path} has no service {service!r}",
+                hint=f"its services: {', '.join(services) or 'none'}",
+            )
+        supplied[service] = parse(text)
+    return supplied
+
+
+def parse_images(given: Sequence[str]) -> dict[str, str]:
+    """--image SERVICE=REF values, one service each."""
+    images: dict[str, str] = {}
+    for item in given:
+        service, sep, ref = item.partition("=")
+        if not sep or not service or not ref:
+            raise UsageError(
+                f"--image {item!r} is not SERVICE=REF", hint="e.g. --image web=registry.example.com/web:1.0"
+            )
+        if images.setdefault(service, ref) != ref:
+            raise UsageError(f"--image names {service} twice", hint="give one image per service")
+    return images
+
+
+def _one_network(src: Source, services: Mapping[str, Any]) -> None:
+    """ctr2svc gives an application one network, on which every service reaches every other. A file
+    whose services are on different networks (two on one service, or separate ones) asks that some
+    of them cannot reach others: that would silently be lost, so it is refused."""
+    members: dict[str, list[str]] = {}
+    for svc_name, svc in services.items():
+        if svc.get("network_mode") is None:
+            for net in svc.get("networks") or {"default": None}:
+                members.setdefault(str(net), []).append(svc_name)
+    if len(members) > 1:
+        listed = "; ".join(f"{net}: {', '.join(names)}" for net, names in sorted(members.items()))
+        src.note(
+            src.refuse(
+                "networks",
+                f"the services are on {len(members)} networks ({listed}), and ctr2svc puts an "
+                "application's services on one, where each service reaches every other",
+                "put every service on one network (or drop networks: from the file) if they may all "
+                "reach each other",
+            )
+        )
 
 
 def _one_package_each(src: Source, app: str, stack: str, services: list[str]) -> None:
@@ -194,13 +255,17 @@ def check_format(fmt: PackageFormat, init: InitSystem | None) -> None:
         )
 
 
-def as_project(path: Path, allow_outside: Sequence[Path] = ()) -> Project:
+def as_project(
+    path: Path, allow_outside: Sequence[Path] = (), supplied: Mapping[str, str] | None = None
+) -> Project:
     """A compose file as a project file (`build -c`, `update -c`): its services are the images, built
     into dist/ beside it, and its application package is built after them."""
     output_dir = path.parent / "dist"
-    app = load(path, None, {"output_dir": output_dir}, allow_outside)
+    app = load(path, None, {"output_dir": output_dir}, allow_outside, supplied)
     images = [
-        ImageEntry(number, {"ref": str(s.options.reference), "name": s.options.name}, preset=s.options)
+        ImageEntry(
+            number, {"ref": str(s.options.reference), "name": s.options.name}, preset=s.options, build=s.build
+        )
         for number, s in enumerate(app.services, 1)
     ]
     return Project(path=path, output_dir=output_dir, images=images, application=app)

@@ -27,13 +27,12 @@ SERVICE_KEYS = frozenset(
         "expose", "networks", "network_mode", "volumes", "depends_on", "healthcheck", "restart",
         "stop_signal", "stop_grace_period", "cap_add", "cap_drop", "privileged", "read_only", "tmpfs",
         "mem_limit", "cpus", "pids_limit", "deploy", "secrets", "configs", "labels", "init",
-        "container_name", "platform", "build", "profiles",
+        "container_name", "platform", "build", "pull_policy", "profiles",
     }
 )  # fmt: skip
 
 # What to do instead, for keys people often write.
 HINTS = {
-    "build": "build the image, push it to a registry, then name it with image:",
     "hostname": "drop it: a service's host name is its package name, and the others reach it by service name",
     "extra_hosts": "drop it, or add the names to the host's /etc/hosts (the container gets a copy)",
     "dns": "drop it: the containers use the ctr2svc network's resolver, then the host's",

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ctr2svc import log, metadata
+from ctr2svc.apps.compose_build import ImageBuild, image_source
 from ctr2svc.apps.compose_keys import (
     DOCS,
-    HINTS,
     SERVICE_KEYS,
     STACK_SUFFIX,
     Source,
@@ -23,9 +23,9 @@ from ctr2svc.apps.compose_keys import (
     unknown_keys,
     whole_number,
 )
-from ctr2svc.apps.compose_mounts import add_mount, file_ref
+from ctr2svc.apps.compose_mounts import add_mount, check_nested, file_ref
 from ctr2svc.errors import UsageError
-from ctr2svc.image.reference import parse
+from ctr2svc.image.reference import ImageReference
 from ctr2svc.model import PackagedFile, PackageFormat
 from ctr2svc.options.build_options import BuildOptions
 from ctr2svc.options.ranges import COMPOSE_LIMITS, user_problem
@@ -40,6 +40,9 @@ _ENV_NAME = re.compile(r"[^=\s#][^=\s]*")
 # so an environment variable or a label named x-… reaches the model, and the container, as
 # "#extensions=map[x-…:…]".
 _EXTENSIONS = "#extensions"
+
+# Label prefixes of tools that configure themselves from the labels of the containers Docker runs.
+LABEL_DRIVEN = ("caddy", "traefik")
 
 
 def service_options(
@@ -56,24 +59,18 @@ def service_options(
     healthy: bool,
     secrets: Mapping[str, Any],
     configs: Mapping[str, Any],
-) -> tuple[BuildOptions, BuildRequest]:
-    """The service's options as mapped, and checked (the request its package is built from)."""
+    supplied: ImageReference | None = None,
+) -> tuple[BuildOptions, BuildRequest, ImageBuild | None]:
+    """The service's options as mapped, and checked (the request its package is built from), and how
+    its image is built when the file builds it (SUPPLIED, --image SERVICE=REF, replaces both)."""
     path = src.path
     where = f"services.{name}"
+    # Every refusal is noted and the other keys checked on: a file's problems are reported at once.
+    before = len(src.problems)
     unknown_keys(src, where, svc, SERVICE_KEYS)
     fmt = common.get("format", PackageFormat.DEB)
     pkg = check_name(path, where, package_name(app, name), fmt)
-    image = svc.get("image")
-    if not image:
-        raise refuse(
-            path, where, "has no image: ctr2svc packages images, it does not build them", HINTS["build"]
-        )
-    if svc.get("build") is not None:
-        log.warn(f"{path}: {where}.build: not built; ctr2svc packages the image {image} from its registry")
-    try:
-        reference = parse(str(image))
-    except UsageError as exc:
-        raise refuse(path, f"{where}.image", exc.brief, exc.hint or DOCS) from exc
+    reference, build = src.attempt(image_source, src, where, pkg, svc, common, supplied) or (None, None)
     opts: dict[str, Any] = dict(common)
     opts.update(
         reference=reference,
@@ -83,33 +80,13 @@ def service_options(
         application_network=app,
     )
     opts.setdefault("layers", "shared")
-    if svc.get("entrypoint") is not None:
-        opts["entrypoint"] = strings(path, f"{where}.entrypoint", svc["entrypoint"])
-    if svc.get("command") is not None:
-        opts["cmd"] = strings(path, f"{where}.command", svc["command"])
-    opts["env"] = _environment(src, f"{where}.environment", svc.get("environment") or {})
-    for key in ("user", "working_dir", "stop_signal"):
+    for key, option in (("entrypoint", "entrypoint"), ("command", "cmd")):
         if svc.get(key) is not None:
-            opts[key] = str(svc[key])
-    problem = user_problem(opts["user"]) if "user" in opts else None
-    if problem is not None:
-        raise refuse(path, f"{where}.user", problem, 'e.g. user: "999:999"')
-    if svc.get("restart") is not None:
-        opts["restart"] = str(svc["restart"])
-        if opts["restart"].startswith("on-failure:"):
-            raise refuse(
-                path,
-                f"{where}.restart",
-                f"{opts['restart']}: a retry count is not supported",
-                "use on-failure",
-            )
-    if svc.get("stop_grace_period") is not None:
-        seconds = duration(path, f"{where}.stop_grace_period", svc["stop_grace_period"])
-        if not 1 <= seconds <= 3600:
-            raise refuse(path, f"{where}.stop_grace_period", f"{seconds} s is not 1 s to 1 h", "e.g. 30s")
-        opts["stop_timeout"] = seconds
+            opts[option] = src.attempt(strings, path, f"{where}.{key}", svc[key])
+    opts["env"] = src.attempt(_environment, src, f"{where}.environment", svc.get("environment") or {})
+    _process(src, where, svc, opts)
     for key in ("cap_add", "cap_drop"):
-        opts[key] = strings(path, f"{where}.{key}", svc.get(key))
+        opts[key] = src.attempt(strings, path, f"{where}.{key}", svc.get(key))
     for key in ("privileged", "read_only"):
         opts[key] = bool(svc.get(key))
     opts["init_process"] = bool(svc.get("init"))
@@ -117,36 +94,28 @@ def service_options(
     opts["ready_health"] = healthy
     if svc.get("platform"):
         opts["arch"] = str(svc["platform"]).removeprefix("linux/")
-    _resources(src, where, svc, opts)
-    _health(src, where, svc.get("healthcheck"), opts)
-    _network(src, where, svc, opts, networks)
-    tmpfs = list(strings(path, f"{where}.tmpfs", svc.get("tmpfs")))
+    src.attempt(_resources, src, where, svc, opts)
+    src.attempt(_health, src, where, svc.get("healthcheck"), opts)
+    src.attempt(_network, src, where, svc, opts, networks)
+    tmpfs = list(src.attempt(strings, path, f"{where}.tmpfs", svc.get("tmpfs")) or ())
     binds: list[str] = []
     files: list[PackagedFile] = []
     paths: list[str] = []
     for number, mount in enumerate(svc.get("volumes") or []):
-        add_mount(
-            src,
-            f"{where}.volumes[{number}]",
-            name,
-            pkg,
-            mount,
-            volumes,
-            used_volumes,
-            tmpfs,
-            binds,
-            files,
-            paths,
-        )
+        at = f"{where}.volumes[{number}]"
+        src.attempt(add_mount, src, at, name, pkg, mount, volumes, used_volumes, tmpfs, binds, files, paths)
     for kind, table in (("secrets", secrets), ("configs", configs)):
         for number, ref in enumerate(svc.get(kind) or []):
-            files.append(file_ref(src, f"{where}.{kind}[{number}]", kind, pkg, ref, table))
+            packaged = src.attempt(file_ref, src, f"{where}.{kind}[{number}]", kind, pkg, ref, table)
+            files += [packaged] if packaged is not None else []
     targets = [f.target for f in files if f.target] + [b.split(":")[1] for b in binds]
-    for target in targets:
-        if targets.count(target) > 1:
-            raise refuse(path, where, f"two mounts at {target}", "mount one thing at each path")
+    for target in dict.fromkeys(t for t in targets if targets.count(t) > 1):
+        src.note(refuse(path, where, f"two mounts at {target}", "mount one thing at each path"))
+    inner = [*targets, *paths, *(t.split(":")[0] for t in tmpfs)]
+    for bind in binds:
+        src.attempt(check_nested, src, where, bind, inner, files)
     opts.update(tmpfs=tuple(tmpfs), volumes=tuple(binds), files=tuple(files), volume_paths=tuple(paths))
-    opts["labels"] = _labels(src, f"{where}.labels", svc.get("labels") or {})
+    opts["labels"] = src.attempt(_labels, src, f"{where}.labels", svc.get("labels") or {})
     depends = svc.get("depends_on") or {}
     for other, dep in depends.items():
         unknown_keys(src, f"{where}.depends_on.{other}", dep or {}, {"condition", "required", "restart"})
@@ -158,12 +127,35 @@ def service_options(
     )
     if svc.get("expose"):
         log.debug(f"{where}.expose: every port is open to the application's other services anyway")
+    if len(src.problems) > before:
+        # Noted already (Source.note keeps one of each): the service is not mapped.
+        raise src.problems[-1]
     try:
         options = BuildOptions(**opts)
         request = resolve(options)
     except UsageError as exc:
         raise refuse(path, where, exc.brief, exc.hint or DOCS) from exc
-    return options, request
+    return options, request, build
+
+
+def _process(src: Source, where: str, svc: Mapping[str, Any], opts: dict[str, Any]) -> None:
+    """user, working_dir, stop_signal, restart and stop_grace_period, each refusal noted."""
+    for key in ("user", "working_dir", "stop_signal"):
+        if svc.get(key) is not None:
+            opts[key] = str(svc[key])
+    problem = user_problem(opts["user"]) if "user" in opts else None
+    if problem is not None:
+        src.note(src.refuse(f"{where}.user", problem, 'e.g. user: "999:999"'))
+    if svc.get("restart") is not None:
+        opts["restart"] = str(svc["restart"])
+        if opts["restart"].startswith("on-failure:"):
+            retry = f"{opts['restart']}: a retry count is not supported"
+            src.note(src.refuse(f"{where}.restart", retry, "use on-failure"))
+    if svc.get("stop_grace_period") is not None:
+        seconds = src.attempt(duration, src.path, f"{where}.stop_grace_period", svc["stop_grace_period"])
+        if seconds is not None and not 1 <= seconds <= 3600:
+            src.note(src.refuse(f"{where}.stop_grace_period", f"{seconds} s is not 1 s to 1 h", "e.g. 30s"))
+        opts["stop_timeout"] = seconds
 
 
 def _environment(src: Source, where: str, environment: Mapping[str, Any]) -> tuple[str, ...]:
@@ -207,6 +199,13 @@ def _labels(src: Source, where: str, labels: Mapping[str, Any]) -> tuple[str, ..
             where,
             "labels whose names start with x- are lost: docker compose takes them for extensions",
             "rename them, e.g. com.example.name instead of x-name",
+        )
+    driven = sorted({tool for tool in LABEL_DRIVEN for k in labels if str(k).startswith(f"{tool}.")})
+    if driven:
+        log.warn(
+            f"{src.path}: {where}: the {' and '.join(driven)} labels are kept as annotations of the runtime "
+            "config, but nothing reads them: such a proxy finds its services through Docker's API, which a "
+            "ctr2svc host does not have (configure it from a file instead, e.g. traefik's file provider)"
         )
     return tuple(f"{k}={v}" for k, v in labels.items())
 
@@ -318,14 +317,6 @@ def _network(
             )
         opts["network"] = "host"
         return
-    if len(attached) > 1:
-        raise refuse(
-            path,
-            f"{where}.networks",
-            f"on {len(attached)} networks ({', '.join(sorted(attached))}): ctr2svc puts an "
-            "application's services on one",
-            "put the service on one network (or none: the default)",
-        )
     aliases: list[str] = [where.split(".", 1)[1]]
     for net, spec in attached.items():
         unknown_keys(src, f"{where}.networks.{net}", spec or {}, {"aliases"})

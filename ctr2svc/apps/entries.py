@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctr2svc.apps.compose_build import ImageBuild
 from ctr2svc.distribution.indexes import ApkKey, Signing
 from ctr2svc.distribution.repo import DEFAULT_KEEP
 from ctr2svc.model import PackageFormat
@@ -25,6 +26,7 @@ class ServicePlan:
     service: str  # compose's name
     options: BuildOptions  # as the file's keys map onto them
     request: BuildRequest  # checked: what the service's package is built from
+    build: ImageBuild | None = None  # how its image is built first, when the file builds it
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class ImageEntry:
     settings: Mapping[str, Any]
     # A compose file's service: its options as ctr2svc/apps/compose.py mapped them (settings has ref, name).
     preset: BuildOptions | None = None
+    # A compose service the file builds (build:): its image is built before it is located or pulled.
+    build: ImageBuild | None = None
 
     @property
     def ref(self) -> str:

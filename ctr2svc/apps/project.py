@@ -213,15 +213,23 @@ def _suggest(entry: ImageEntry, taken: str) -> str:
     return f"{taken.removesuffix('-svc')}{entry.number}-svc"
 
 
-def load(path: Path, allow_outside: tuple[Path, ...] = ()) -> Project:
-    """The project in PATH; ALLOW_OUTSIDE is for a compose file (compose.load)."""
+def load(
+    path: Path, allow_outside: tuple[Path, ...] = (), supplied: Mapping[str, str] | None = None
+) -> Project:
+    """The project in PATH; ALLOW_OUTSIDE and SUPPLIED (--image SERVICE=REF) are for a compose file
+    (compose.load)."""
     if path.suffix in (".yaml", ".yml"):
         # A compose file: its services are the images, its application one more package.
-        return compose.as_project(path, allow_outside)
+        return compose.as_project(path, allow_outside, supplied)
     if allow_outside:
         raise UsageError(
             f"{path}: --allow-outside goes with a compose file",
             hint="a project file's images package nothing from this machine: drop --allow-outside",
+        )
+    if supplied:
+        raise UsageError(
+            f"{path}: --image goes with a compose file",
+            hint="a project file names each image with ref = ...: drop --image",
         )
     doc = _read(path)
     base = path.parent

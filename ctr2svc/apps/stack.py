@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ctr2svc import __version__, log, metadata
+from ctr2svc.apps import compose_build
 from ctr2svc.apps.compose import check_format
 from ctr2svc.apps.entries import Application, ServicePlan
 from ctr2svc.build.pipeline import build
@@ -241,6 +242,8 @@ def build_application(app: Application, *, version: str | None = None) -> Applic
     try:
         for service in app.services:
             with log.step(f"Service {service.service}: {service.options.reference}"):
+                if service.build is not None:
+                    compose_build.build(service.build)
                 result = build(service.request)
             done.append((service, result))
             written += [p for p in result.files if p not in before]

@@ -8,11 +8,13 @@ from typing import Any
 import click
 
 from ctr2svc import completion, log
+from ctr2svc.apps.compose import parse_images
 from ctr2svc.apps.project import load as load_project
 from ctr2svc.build.pipeline import build
 from ctr2svc.commands.common import (
     allow_outside_option,
     build_options,
+    image_option,
     package_options,
     report,
     verbosity_options,
@@ -47,6 +49,7 @@ from ctr2svc.options.request import resolve
     "compose file's name:, or its directory's name).",
 )
 @allow_outside_option
+@image_option
 @click.option(
     "-o", "--output-dir", type=click.Path(path_type=Path), default=Path(), help="Where to write the package."
 )
@@ -70,6 +73,7 @@ def build_command(
     compose_file: Path | None,
     project_name: str | None,
     allow_outside: tuple[Path, ...],
+    images: tuple[str, ...],
     output_dir: Path,
     as_json: bool,
     **package: Any,
@@ -95,7 +99,7 @@ def build_command(
                 "give one of IMAGE, -c FILE or --compose FILE",
                 hint="--compose builds every service of the file",
             )
-        _build_compose(compose_file, project_name, output_dir, as_json, package, allow_outside)
+        _build_compose(compose_file, project_name, output_dir, as_json, package, allow_outside, images)
         return
     if project_name is not None:
         raise UsageError(
@@ -104,7 +108,7 @@ def build_command(
     if project_file is not None:
         if image is not None:
             raise UsageError("give either IMAGE or -c FILE, not both", hint="drop IMAGE to build the project")
-        project = load_project(project_file, allow_outside)
+        project = load_project(project_file, allow_outside, parse_images(images))
         outcomes = build_all(project)
         report(outcomes, "built", as_json=as_json)
         return
@@ -112,10 +116,9 @@ def build_command(
         raise UsageError(
             "no image given", hint="pass an image reference, e.g. ctr2svc build valkey/valkey:9.0.0"
         )
-    if allow_outside:
-        raise UsageError(
-            "--allow-outside goes with a compose file", hint="add --compose FILE, or drop --allow-outside"
-        )
+    if allow_outside or images:
+        option = "--allow-outside" if allow_outside else "--image"
+        raise UsageError(f"{option} goes with a compose file", hint=f"add --compose FILE, or drop {option}")
     request = resolve(build_options(image, output_dir=output_dir, **package))
     result = build(request)
     size = result.path.stat().st_size
@@ -153,6 +156,7 @@ def _build_compose(
     as_json: bool,
     given: dict[str, Any],
     allow_outside: tuple[Path, ...],
+    images: tuple[str, ...],
 ) -> None:
     from ctr2svc.apps import compose, compose_keys, stack
 
@@ -181,7 +185,7 @@ def _build_compose(
     }
     if ctx.get_parameter_source("layers") is not click.core.ParameterSource.DEFAULT:
         common["layers"] = given["layers"]
-    app = compose.load(path, project_name, common, allow_outside)
+    app = compose.load(path, project_name, common, allow_outside, compose.parse_images(images))
     result = stack.build_application(app, version=given.get("pkg_version"))
     for plan, built in result.services:
         log.info(f"✓ {plan.service}: {built.path} ({'up to date' if built.up_to_date else built.version})")

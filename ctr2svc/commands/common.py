@@ -249,6 +249,17 @@ allow_outside_option = click.option(
 )
 
 
+# build and update: an image for a compose service instead of the one its file names or builds.
+image_option = click.option(
+    "--image",
+    "images",
+    multiple=True,
+    metavar="SERVICE=REF",
+    help="With a compose file: package REF (a registry reference or oci:DIR:TAG, ...) as SERVICE's "
+    "image instead of the file's image: or build: (repeatable).",
+)
+
+
 def package_options(command: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(PACKAGE_OPTIONS):
         command = option(command)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from ctr2svc.apps.compose import parse_images
 from ctr2svc.apps.project import load as load_project
-from ctr2svc.commands.common import allow_outside_option, report, verbosity_options
+from ctr2svc.commands.common import allow_outside_option, image_option, report, verbosity_options
 from ctr2svc.distribution.update import update
 from ctr2svc.errors import UsageError
 
@@ -35,8 +36,13 @@ from ctr2svc.errors import UsageError
     "service helper reaches the hosts. Layer packages already published are reused.",
 )
 @allow_outside_option
+@image_option
 def update_command(
-    project_file: Path, repo_dir: Path | None, rebuild: bool, allow_outside: tuple[Path, ...]
+    project_file: Path,
+    repo_dir: Path | None,
+    rebuild: bool,
+    allow_outside: tuple[Path, ...],
+    images: tuple[str, ...],
 ) -> None:
     """Rebuild the images whose tag moved to a new digest and publish them to the repository.
 
@@ -49,7 +55,7 @@ def update_command(
       ctr2svc update -c ctr2svc.toml --repo /srv/repo
       ctr2svc update -c ctr2svc.toml --rebuild      # after upgrading ctr2svc
     """
-    project = load_project(project_file, allow_outside)
+    project = load_project(project_file, allow_outside, parse_images(images))
     target = repo_dir or project.repo
     if target is None:
         raise UsageError("no repository given", hint="pass --repo DIR or set [repo] path in the project file")

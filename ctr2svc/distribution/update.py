@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ctr2svc import log
-from ctr2svc.apps import stack
+from ctr2svc.apps import compose_build, stack
 from ctr2svc.apps.entries import ImageEntry, Project
 from ctr2svc.apps.project import options, package_name
 from ctr2svc.build.pipeline import build, pull_options
@@ -59,6 +59,8 @@ def _build_one(
 ) -> Outcome:
     """ENTRY's package of format FMT, from REQUEST when it is made already (update's, with its floor)."""
     try:
+        if entry.build is not None and request is None:
+            compose_build.build(entry.build)
         result = build(request or options(project, entry, fmt))
     except Ctr2svcError as exc:
         log.warn(f"{entry.label()} ({fmt}): {exc.one_line()}")
@@ -140,6 +142,10 @@ def _update(project: Project, repo_dir: Path, rebuild: bool = False) -> list[Out
             previous = state.get(key)
             try:
                 request = options(project, entry, fmt)
+                if entry.build is not None:
+                    # Built each time: the same context gives the same digest (compose_build.py), so an
+                    # unchanged one is "unchanged" here as an unmoved tag is.
+                    compose_build.build(entry.build)
                 with _scratch() as work:
                     digest = registry.locate(request.reference, pull_options(request), work).digest
             except Ctr2svcError as exc:

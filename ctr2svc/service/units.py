@@ -91,10 +91,17 @@ def ownership_plan(scan: RootfsScan) -> tuple[list[ChownBatch], list[Entry], lis
 @dataclass(frozen=True)
 class GeneratedFile:
     dest: str
-    content: str
+    content: str | bytes
     mode: int
     # The admin's to edit: a conffile (deb), %config(noreplace) (rpm), kept on upgrade.
     config: bool = False
+
+    @property
+    def text(self) -> str:
+        """The content of a file ctr2svc generated, which is text (a compose file's may not be)."""
+        if isinstance(self.content, bytes):
+            raise TypeError(f"{self.dest} is not text")
+        return self.content
 
 
 def _values(spec: ServiceSpec) -> dict[str, Any]:
@@ -186,8 +193,9 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
         GeneratedFile(f"{cfg}/network", render("network.j2", **values), 0o644, config=True),
         GeneratedFile(f"{cfg}/ports", render("ports.j2", **values, publish=spec.publish), 0o644, config=True),
     ]
-    # A compose application's config files and secrets: the admin's, kept on upgrade, mounted at start.
-    files += [GeneratedFile(f.dest, f.content, f.mode, config=True) for f in spec.files]
+    # A compose application's config files and secrets (the admin's, kept on upgrade) and the data it
+    # packages from beside the compose file, mounted at start.
+    files += [GeneratedFile(f.dest, f.content, f.mode, config=f.config) for f in spec.files]
     if not spec.layers:
         # Shared layers set their own files up (templates/layer/setup.sh.j2).
         ownership = render(

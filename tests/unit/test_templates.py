@@ -104,7 +104,7 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
     # golden files hold what is generated, service.env among it.
     static = {spec.layout.helper, spec.layout.config_awk, spec.layout.network_awk}
     generated = [f for f in units.service_files(spec, sample_scan()) if f.dest not in static]
-    files = {Path(f.dest).name: f.content for f in generated}
+    files = {Path(f.dest).name: f.text for f in generated}
     files.update({f"deb-{k}": v for k, v in units.package_scripts(spec).items()})
     variants = {
         "deb-openrc": for_format(spec, PackageFormat.DEB, InitSystem.OPENRC, "9.0.0"),
@@ -141,9 +141,9 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
             ]
         for f in units.service_files(variant, sample_scan()):
             if f.dest in integration:
-                files[f"{prefix}-{Path(f.dest).name}"] = f.content
+                files[f"{prefix}-{Path(f.dest).name}"] = f.text
             elif f.dest.startswith("/etc/logrotate.d/") and not prefix.endswith(("-start", "-manual")):
-                files[f"{prefix}-logrotate"] = f.content
+                files[f"{prefix}-logrotate"] = f.text
         scripts = units.package_scripts(variant)
         if prefix.endswith(("-start", "-manual")):
             scripts = {"postinstall": scripts["postinstall"]}
