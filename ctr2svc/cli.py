@@ -56,7 +56,7 @@ def main() -> None:
     # Local imports: main() is the only part of this module that needs them.
     import traceback
 
-    from ctr2svc.run import hide_from_ps, secret_args
+    from ctr2svc.cmdline import hide_from_ps, secret_args
 
     signal.signal(signal.SIGTERM, _terminate)
     # A --creds password would otherwise stay readable in /proc/PID/cmdline for the whole build.
