@@ -21,6 +21,7 @@ from ctr2svc.run import find_tool, stream
 
 # gzip is read in process (zlib); zstd, which Python 3.11 cannot read, by the zstd tool.
 ZSTD = ("zstd", "-dc", "-q")
+READ_SIZE = 1 << 20
 
 
 class _Readable(Protocol):
@@ -40,7 +41,9 @@ class _Reader:
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.digest.update(data)
-        kept = len(data.rstrip(b"\0"))
+        # Only the tail is looked at (rstrip copies what it keeps), unless it is all zeros.
+        tail = len(data[-4096:].rstrip(b"\0"))
+        kept = len(data) - min(len(data), 4096) + tail if tail else len(data.rstrip(b"\0"))
         if kept:
             self.last_nonzero = self.total + kept - 1
         self.total += len(data)
@@ -155,7 +158,8 @@ def read_layer(
         with _tar_stream(layer, blob) as raw:
             reader = _Reader(raw)
             try:
-                with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
+                # Reads of 1 MiB, not tarfile's 10 KiB: a hundred times fewer calls into zlib and hashlib.
+                with tarfile.open(fileobj=reader, mode="r|", bufsize=READ_SIZE) as archive:  # type: ignore[call-overload]
                     for info in archive:
                         current = info.name
                         each(archive, info)
