@@ -8,8 +8,6 @@ from typing import Any
 import click
 
 from ctr2svc import completion, log
-from ctr2svc.apps.project import load as load_project
-from ctr2svc.build.pipeline import build
 from ctr2svc.commands.common import (
     allow_outside_option,
     build_options,
@@ -18,10 +16,7 @@ from ctr2svc.commands.common import (
     verbosity_options,
 )
 from ctr2svc.distribution import summary
-from ctr2svc.distribution.update import build_all
 from ctr2svc.errors import UsageError
-from ctr2svc.model import InitSystem, PackageFormat
-from ctr2svc.options.request import resolve
 
 
 @click.command(name="build")
@@ -104,6 +99,9 @@ def build_command(
     if project_file is not None:
         if image is not None:
             raise UsageError("give either IMAGE or -c FILE, not both", hint="drop IMAGE to build the project")
+        from ctr2svc.apps.project import load as load_project
+        from ctr2svc.distribution.update import build_all
+
         project = load_project(project_file, allow_outside)
         outcomes = build_all(project)
         report(outcomes, "built", as_json=as_json)
@@ -116,6 +114,11 @@ def build_command(
         raise UsageError(
             "--allow-outside goes with a compose file", hint="add --compose FILE, or drop --allow-outside"
         )
+    # Imported here, not at the top: an up-to-date package (the build record says so) needs little of the
+    # build's code, and `ctr2svc build` of an unchanged image should cost hardly more than Python's start.
+    from ctr2svc.build.pipeline import build
+    from ctr2svc.options.request import resolve
+
     request = resolve(build_options(image, output_dir=output_dir, **package))
     result = build(request)
     size = result.path.stat().st_size
@@ -154,6 +157,7 @@ def _build_compose(
     allow_outside: tuple[Path, ...],
 ) -> None:
     from ctr2svc.apps import compose, compose_keys, stack
+    from ctr2svc.model import InitSystem, PackageFormat
 
     ctx = click.get_current_context()
     for key in given:
