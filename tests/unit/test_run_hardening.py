@@ -154,7 +154,7 @@ def test_internal_error_is_one_line_and_exit_70() -> None:
     code = """
         import sys
         import ctr2svc.cli as cli
-        import ctr2svc.commands.build as command
+        import ctr2svc.build.pipeline as command
         def broken(options):
             raise KeyError("surprise")
         command.build = broken
