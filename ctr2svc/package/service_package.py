@@ -1,6 +1,7 @@
 """The service's package: the image's root (unless shared layers hold it), the files the service stage
 generated, the maintainer scripts, the runtime config and the metadata each format wants, packed by
-nfpm (nfpm.py) and finished where nfpm cannot (finish.py).
+nfpm (nfpm.py) and finished where nfpm cannot (finish.py); a flat .deb's image files are written by
+ctr2svc into what nfpm packed, in one streaming pass (debdata.py).
 """
 
 from __future__ import annotations
