@@ -3,21 +3,57 @@ turns every failure into one line and an exit status."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import click
 
 from ctr2svc import __version__, log
-from ctr2svc.commands.build import build_command
 from ctr2svc.commands.common import verbosity_options
-from ctr2svc.commands.completion import completion_command
-from ctr2svc.commands.inspect import inspect_command
-from ctr2svc.commands.repo import repo_group
-from ctr2svc.commands.update import update_command
 from ctr2svc.errors import Ctr2svcError
+
+# Each command's module, imported when the command is looked up: `ctr2svc build` of an unchanged image
+# (a look at the build record) must not pay for importing inspect's, repo's and update's code.
+COMMANDS = {
+    "build": ("ctr2svc.commands.build", "build_command"),
+    "completion": ("ctr2svc.commands.completion", "completion_command"),
+    "inspect": ("ctr2svc.commands.inspect", "inspect_command"),
+    "repo": ("ctr2svc.commands.repo", "repo_group"),
+    "update": ("ctr2svc.commands.update", "update_command"),
+}
+
+
+class _Commands(MutableMapping[str, click.Command]):
+    """The group's commands by name, as click keeps them, each imported when first looked up (whoever
+    goes through all of them, help or the docs' tests, gets all of them)."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self.loaded and name in COMMANDS:
+            module, attribute = COMMANDS[name]
+            self.loaded[name] = getattr(importlib.import_module(module), attribute)
+        return self.loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self.loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self.loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in COMMANDS or name in self.loaded
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted({*COMMANDS, *self.loaded}))
+
+    def __len__(self) -> int:
+        return len({*COMMANDS, *self.loaded})
 
 
 class _Cli(click.Group):
@@ -25,6 +61,15 @@ class _Cli(click.Group):
         # Each invocation starts at normal verbosity; -q/-v on any level of the command line change it.
         log.set_verbosity(0)
         return super().make_context(*args, **kwargs)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        try:
+            return self.commands[cmd_name]
+        except KeyError:
+            return None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,8 +85,7 @@ def cli() -> None:
     """
 
 
-for command in (build_command, inspect_command, repo_group, update_command, completion_command):
-    cli.add_command(command)
+cli.commands = _Commands()
 
 
 class Terminated(BaseException):
@@ -56,7 +100,7 @@ def main() -> None:
     # Local imports: main() is the only part of this module that needs them.
     import traceback
 
-    from ctr2svc.run import hide_from_ps, secret_args
+    from ctr2svc.cmdline import hide_from_ps, secret_args
 
     signal.signal(signal.SIGTERM, _terminate)
     # A --creds password would otherwise stay readable in /proc/PID/cmdline for the whole build.

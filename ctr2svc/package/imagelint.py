@@ -145,8 +145,12 @@ def _file(found: Findings, path: Path, mode: int, name: str, package: str, depen
             # Whole files only where a rule reads them: programs, scripts, what may be text (up to
             # a size no text file in an image reaches).
             program = head[:4] == b"\x7fELF" or head[:2] == b"#!"
-            text = b"\0" not in head and os.fstat(f.fileno()).st_size <= TEXT_LIMIT
-            whole = head + f.read() if program or text else b""
+            size = os.fstat(f.fileno()).st_size
+            text = b"\0" not in head and size <= TEXT_LIMIT
+            # Read again from the start, by its size: one copy of a large program in memory (head +
+            # the rest, or read() to the end, which joins its pieces, hold two or three), so that a
+            # build's peak memory is about the image's largest program, once.
+            whole = f.read(size) if (program or text) and f.seek(0) == 0 else b""
     except OSError:
         return
     if name.endswith(".gz") or gzipped:

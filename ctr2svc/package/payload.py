@@ -337,20 +337,7 @@ def relink_deb(
         rewritten = work / deb.name
         kept = [members[0], ArMember(control.header, control.name, new_control), new_data]
         if signature is not None and key_file is not None:
-            # debsigs' "origin" signature: over debian-binary, control and data, one after the other.
-            signed = work / "plain-signed"
-            with signed.open("wb") as out:
-                for member in kept:
-                    if isinstance(member.data, bytes):
-                        out.write(member.data)
-                    else:
-                        with member.data.open("rb") as source:
-                            shutil.copyfileobj(source, out, 1 << 20)
-            kept.append(
-                ArMember(
-                    signature.header, signature.name, gpgsign.detach_sign(signed, key_file, epoch, armor=True)
-                )
-            )
+            kept.append(signed_origin(kept, signature, key_file, epoch, work))
         write_ar(kept, rewritten)
         rewritten.replace(deb)
         return True
@@ -360,6 +347,27 @@ def relink_deb(
                 member.data.unlink(missing_ok=True)
         for leftover in [*work.glob("plain-*"), *work.glob("packed-*")]:
             leftover.unlink()
+
+
+def signed_origin(
+    members: Sequence[ArMember], signature: ArMember, key_file: Path, epoch: int, work: Path
+) -> ArMember:
+    """debsigs' "origin" signature (the _gpgorigin member SIGNATURE, made again with KEY_FILE, dated
+    EPOCH) over MEMBERS' contents (debian-binary, control, data) one after the other."""
+    signed = work / "plain-signed"
+    try:
+        with signed.open("wb") as out:
+            for member in members:
+                if isinstance(member.data, bytes):
+                    out.write(member.data)
+                else:
+                    with member.data.open("rb") as source:
+                        shutil.copyfileobj(source, out, 1 << 20)
+        return ArMember(
+            signature.header, signature.name, gpgsign.detach_sign(signed, key_file, epoch, armor=True)
+        )
+    finally:
+        signed.unlink(missing_ok=True)
 
 
 def gzip_streams(blob: bytes) -> list[tuple[bytes, bytes]]:
@@ -376,7 +384,7 @@ def gzip_streams(blob: bytes) -> list[tuple[bytes, bytes]]:
     return streams
 
 
-def _replace_member(plain: bytes, name: str, data: bytes) -> bytes:
+def replace_member(plain: bytes, name: str, data: bytes) -> bytes:
     """The tar PLAIN with member NAME's content replaced by DATA (its one-block header resized);
     every other byte as it was. apk's control and signature tars have no end-of-archive blocks."""
     out = io.BytesIO()
@@ -458,14 +466,14 @@ def finish_apk(apk: Path, groups: Sequence[Sequence[str]], work: Path, key_file:
     control_plain = streams[-2][1]
     _, info = _member_data(control_plain, ".PKGINFO")
     info = _pkginfo(info, size, hashlib.sha256(data).hexdigest())
-    control = gzip.compress(_replace_member(control_plain, ".PKGINFO", info), compresslevel=9, mtime=0)
+    control = gzip.compress(replace_member(control_plain, ".PKGINFO", info), compresslevel=9, mtime=0)
     parts = [control, data]
     if signed:
         assert key_file is not None
         signature_plain = streams[0][1]
         name, _ = _member_data(signature_plain, ".SIGN.")
         signature = _rsa_sha1(control, key_file)
-        parts.insert(0, gzip.compress(_replace_member(signature_plain, name, signature), 9, mtime=0))
+        parts.insert(0, gzip.compress(replace_member(signature_plain, name, signature), 9, mtime=0))
     rewritten = work / apk.name
     rewritten.write_bytes(b"".join(parts))
     rewritten.replace(apk)

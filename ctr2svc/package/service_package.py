@@ -1,6 +1,7 @@
 """The service's package: the image's root (unless shared layers hold it), the files the service stage
 generated, the maintainer scripts, the runtime config and the metadata each format wants, packed by
-nfpm (nfpm.py) and finished where nfpm cannot (finish.py).
+nfpm (nfpm.py) and finished where nfpm cannot (finish.py); a flat .deb's image files are written by
+ctr2svc into what nfpm packed, in one streaming pass (debdata.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from ctr2svc import log, metadata
 from ctr2svc.image.bundle import RootfsScan
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
-from ctr2svc.package import debian, imagelint
+from ctr2svc.package import debdata, debian, imagelint
 from ctr2svc.package.finish import finish
 from ctr2svc.package.naming import created_time, format_arch, nfpm_arch, parse_version
 from ctr2svc.package.nfpm import (
@@ -97,7 +98,8 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
     ):
         directory(parent)
 
-    if not spec.layers:
+    if not spec.layers and spec.format is not PackageFormat.DEB:
+        # A .deb's image files are written after nfpm (debdata.py), in one pass and with hard links.
         contents.extend(tree_contents(inputs.scan, inputs.rootfs, layout.rootfs, files_dir, epoch))
 
     config_path = staged_file(json.dumps(inputs.config_json, indent=2) + "\n", "config.json")
@@ -331,16 +333,22 @@ def pack(inputs: PackageInputs, staging: Path, output_dir: Path) -> Path:
         log.warn(f"the maintainer {spec.maintainer!r} is not a real address: {debian.LOCAL_ADDRESS_HINT}")
     config = nfpm_config(inputs, staging)
     built = staging / filename(inputs.spec)
-    total = inputs.scan.file_bytes if not inputs.spec.layers else 0
-    run_nfpm(config, inputs.spec.format, staging, built, build_epoch(inputs.spec), total)
-    # With shared layers the image's files are in the layer packages.
-    finish(
-        built,
-        spec.format,
-        None if spec.layers else inputs.scan,
-        spec.layout.rootfs,
-        staging,
-        inputs.sign_key_file,
-        build_epoch(spec),
-    )
+    epoch = build_epoch(spec)
+    streamed = spec.format is PackageFormat.DEB and not spec.layers
+    total = inputs.scan.file_bytes if not (spec.layers or streamed) else 0
+    run_nfpm(config, spec.format, staging, built, epoch, total)
+    if streamed:
+        debdata.add_rootfs(
+            built,
+            inputs.scan,
+            inputs.rootfs,
+            spec.layout.rootfs,
+            epoch,
+            staging / "data",
+            inputs.sign_key_file,
+        )
+    else:
+        # With shared layers the image's files are in the layer packages.
+        scan = None if spec.layers else inputs.scan
+        finish(built, spec.format, scan, spec.layout.rootfs, staging, inputs.sign_key_file, epoch)
     return publish(built, output_dir, move=True)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from ctr2svc.cmdline import secret_args
 from ctr2svc.errors import ToolFailed, ToolTimedOut
-from ctr2svc.run import Halted, Watchdog, halted, last_words, run, secret_args, tool_message
+from ctr2svc.run import Halted, Watchdog, halted, last_words, run, tool_message
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,7 +93,7 @@ def test_password_hidden_from_proc_cmdline() -> None:
     /proc/PID/cmdline nor `ps` shows the password; Python's own sys.argv still has it."""
     code = """
         import sys, time
-        from ctr2svc.run import hide_from_ps, secret_args
+        from ctr2svc.cmdline import hide_from_ps, secret_args
         assert hide_from_ps(secret_args(sys.argv[1:]))
         print(sys.argv[-1], flush=True)
         time.sleep(30)
@@ -153,7 +154,7 @@ def test_internal_error_is_one_line_and_exit_70() -> None:
     code = """
         import sys
         import ctr2svc.cli as cli
-        import ctr2svc.commands.build as command
+        import ctr2svc.build.pipeline as command
         def broken(options):
             raise KeyError("surprise")
         command.build = broken
