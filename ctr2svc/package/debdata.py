@@ -136,14 +136,9 @@ def merge(nfpm_tar: bytes, dest: str, out: IO[bytes], write_image: Callable[[], 
                 inserted = True
             elif inserted and f"{dest}/".startswith(f"{path}/"):
                 raise PackageError(f"nfpm wrote the directory {member.name} after what it holds")
-            end = member.offset_data + (-(-member.size // BLOCK) * BLOCK if member.isreg() else 0)
+            end = member.offset_data + (payload.blocks(member.size) if member.isreg() else 0)
             out.write(nfpm_tar[member.offset : end])
-            if member.isreg():
-                kib += math.ceil(member.size / 1024)
-            elif member.issym():
-                kib += math.ceil(len(member.linkname.encode()) / 1024)
-            elif not member.islnk():
-                kib += 1
+            kib += payload.member_kib(member)
     if not inserted:
         write_image()
     out.write(b"\0" * (2 * BLOCK))

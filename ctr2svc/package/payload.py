@@ -104,8 +104,19 @@ def _copy(source: IO[bytes], out: IO[bytes], size: int) -> None:
         size -= len(chunk)
 
 
-def _blocks(size: int) -> int:
+def blocks(size: int) -> int:
+    """SIZE rounded up to whole tar blocks: the room a member's data takes in the archive."""
     return -(-size // BLOCK) * BLOCK
+
+
+def member_kib(member: tarfile.TarInfo) -> int:
+    """MEMBER's part of Installed-Size as dpkg-gencontrol counts it: a file's size and a symlink's
+    target in KiB rounded up, a hard link nothing (its file is counted once), anything else 1."""
+    if member.isreg():
+        return math.ceil(member.size / 1024)
+    if member.issym():
+        return math.ceil(len(member.linkname.encode()) / 1024)
+    return 0 if member.islnk() else 1
 
 
 def relink_tar(source: Path, dest: Path | None, groups: Iterable[Sequence[str]], *, apk: bool = False) -> int:
@@ -126,7 +137,7 @@ def relink_tar(source: Path, dest: Path | None, groups: Iterable[Sequence[str]],
         out = stack.enter_context(dest.open("wb")) if dest is not None else None
         end = 0
         for member in archive:
-            end = member.offset_data + (_blocks(member.size) if member.isreg() else 0)
+            end = member.offset_data + (blocks(member.size) if member.isreg() else 0)
             number = group_of.get(package_path(member.name))
             if member.isreg() and number is not None and number in first:
                 target = first[number]
@@ -140,12 +151,7 @@ def relink_tar(source: Path, dest: Path | None, groups: Iterable[Sequence[str]],
                 continue
             if member.isreg() and number is not None:
                 first[number] = member
-            if member.isreg():
-                kib += math.ceil(member.size / 1024)
-            elif member.issym():
-                kib += math.ceil(len(member.linkname.encode()) / 1024)
-            elif not member.islnk():
-                kib += 1
+            kib += member_kib(member)
             if out is not None and apk and member.issym():
                 raw.seek(member.offset)
                 out.write(_apk_symlink(raw.read(end - member.offset), member))
@@ -203,7 +209,7 @@ def set_installed_size(control_tar: bytes, kib: int) -> bytes:
     end = 0
     with tarfile.open(fileobj=io.BytesIO(control_tar), mode="r:") as archive:
         for member in archive:
-            end = member.offset_data + _blocks(member.size)
+            end = member.offset_data + blocks(member.size)
             if package_path(member.name) != "control":
                 out.write(control_tar[member.offset : end])
                 continue
@@ -221,7 +227,7 @@ def set_installed_size(control_tar: bytes, kib: int) -> bytes:
                 lines.append(field)
             data = b"".join(lines)
             out.write(_resized(control_tar[member.offset : member.offset_data], len(data)))
-            out.write(data + b"\0" * (_blocks(len(data)) - len(data)))
+            out.write(data + b"\0" * (blocks(len(data)) - len(data)))
     out.write(control_tar[end:])
     return out.getvalue()
 
@@ -391,14 +397,14 @@ def replace_member(plain: bytes, name: str, data: bytes) -> bytes:
     end = 0
     with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as archive:
         for member in archive:
-            end = member.offset_data + _blocks(member.size)
+            end = member.offset_data + blocks(member.size)
             if member.name != name:
                 out.write(plain[member.offset : end])
                 continue
             if member.offset_data - member.offset != BLOCK:
                 raise PackageError(f"unexpected header for {member.name} in the .apk")
             out.write(_resized(plain[member.offset : member.offset_data], len(data)))
-            out.write(data + b"\0" * (_blocks(len(data)) - len(data)))
+            out.write(data + b"\0" * (blocks(len(data)) - len(data)))
     out.write(plain[end:])
     return out.getvalue()
 

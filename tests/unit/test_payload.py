@@ -154,8 +154,8 @@ def test_other_members_keep_their_bytes(tmp_path: Path) -> None:
     for a, b in pairs:
         if b.islnk():
             continue
-        end_a = a.offset_data + payload._blocks(a.size)
-        end_b = b.offset_data + payload._blocks(b.size)
+        end_a = a.offset_data + payload.blocks(a.size)
+        end_b = b.offset_data + payload.blocks(b.size)
         assert before[a.offset : end_a] == after[b.offset : end_b], a.name
 
 
