@@ -17,6 +17,7 @@ from ctr2svc.errors import PartialFailure
 from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.options.build_options import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
+from ctr2svc.options.values import ACTIVATION_MODES
 from ctr2svc.service.runtime_config import DEFAULT_PIDS_LIMIT
 
 
@@ -219,7 +220,7 @@ PACKAGE_OPTIONS = [
     ),
     click.option(
         "--activation",
-        type=click.Choice(["distro", "start", "manual"]),
+        type=click.Choice(ACTIVATION_MODES),
         default="distro",
         show_default=True,
         help="What a first install does. distro: each distribution's rule (.deb: enable and start, as "

@@ -87,22 +87,27 @@ def test_rpm_signature(ctr2svc: Cli, ref: str, keys: Keys, tmp_path: Path) -> No
     assert trusted.returncode == 0 and "digests signatures OK" in trusted.stdout, trusted.stdout
 
 
-def test_deb_signature(ctr2svc: Cli, ref: str, keys: Keys, tmp_path: Path) -> None:
-    deb = Path(
-        ctr2svc("build", ref, "--sign-key-file", keys.pgp_secret, "-o", tmp_path / "out").stdout.strip()
-    )
-    work = tmp_path / "ar"
+def verify_origin(deb: Path, keys: Keys, work: Path) -> subprocess.CompletedProcess[bytes]:
+    """gpg's check of DEB's debsigs "origin" signature (_gpgorigin, the last member) over the members
+    before it, one after the other."""
     work.mkdir()
     subprocess.run(["ar", "x", deb], cwd=work, check=True)
     members = subprocess.run(["ar", "t", deb], capture_output=True, text=True, check=True).stdout.split()
     assert members[0] == "debian-binary" and members[-1] == "_gpgorigin"
     signed = b"".join((work / m).read_bytes() for m in members[:-1])
-    verify = subprocess.run(
+    return subprocess.run(
         ["gpg", "--batch", "--verify", work / "_gpgorigin", "-"],
         input=signed,
         env={**os.environ, "GNUPGHOME": str(keys.gnupghome)},
         capture_output=True,
     )
+
+
+def test_deb_signature(ctr2svc: Cli, ref: str, keys: Keys, tmp_path: Path) -> None:
+    deb = Path(
+        ctr2svc("build", ref, "--sign-key-file", keys.pgp_secret, "-o", tmp_path / "out").stdout.strip()
+    )
+    verify = verify_origin(deb, keys, tmp_path / "ar")
     assert verify.returncode == 0, verify.stderr
     # Still an ordinary package for dpkg, with the image's hard link (bin/sh) as a hard link: the
     # payload was rewritten after nfpm and signed again, with the same bytes at every build.
@@ -136,17 +141,7 @@ def test_a_key_newer_than_the_image_signs_what_gpg_verifies(
             built[fmt, run] = Path(proc.stdout.strip())
         assert built[fmt, "one"].read_bytes() == built[fmt, "two"].read_bytes()
     deb = built["deb", "one"]
-    work = tmp_path / "ar"
-    work.mkdir()
-    subprocess.run(["ar", "x", deb], cwd=work, check=True)
-    members = subprocess.run(["ar", "t", deb], capture_output=True, text=True, check=True).stdout.split()
-    signed = b"".join((work / m).read_bytes() for m in members[:-1])
-    verify = subprocess.run(
-        ["gpg", "--batch", "--verify", work / "_gpgorigin", "-"],
-        input=signed,
-        env={**os.environ, "GNUPGHOME": str(keys.gnupghome)},
-        capture_output=True,
-    )
+    verify = verify_origin(deb, keys, tmp_path / "ar")
     assert verify.returncode == 0, verify.stderr
     db = tmp_path / "rpmdb"
     db.mkdir()
