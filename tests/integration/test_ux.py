@@ -59,6 +59,18 @@ def on_terminal(args: list[str], cache: Path) -> tuple[int, str]:
     return proc.wait(timeout=600), b"".join(chunks).decode(errors="replace")
 
 
+def piped(args: list[str], env: dict[str, str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """ctr2svc with its output on pipes (a script, a CI log), in the environment ENV."""
+    return subprocess.run(
+        [sys.executable, "-m", "ctr2svc", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=check,
+    )
+
+
 def test_progress_redrawn_on_a_terminal_and_plain_in_a_log(large: str, tmp_path: Path) -> None:
     status, shown = on_terminal(["build", large, "-o", str(tmp_path / "tty")], tmp_path / "cache-tty")
     assert status == 0, shown
@@ -74,14 +86,7 @@ def test_progress_redrawn_on_a_terminal_and_plain_in_a_log(large: str, tmp_path:
 
     # Not a terminal (a pipe, a CI log): the step lines alone, nothing redrawn.
     env = {**os.environ, "CTR2SVC_CACHE_DIR": str(tmp_path / "cache-pipe")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ctr2svc", "build", large, "-o", str(tmp_path / "pipe")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        check=True,
-    )
+    proc = piped(["build", large, "-o", str(tmp_path / "pipe")], env)
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
     assert "‣ Packing" in proc.stderr and proc.stdout.strip().endswith(".deb")
 
@@ -89,14 +94,7 @@ def test_progress_redrawn_on_a_terminal_and_plain_in_a_log(large: str, tmp_path:
     # seconds (10 by default; short here so that this small image's steps last several of them).
     env["CTR2SVC_CACHE_DIR"] = str(tmp_path / "cache-log")
     env["CTR2SVC_PROGRESS_INTERVAL"] = "0.05"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ctr2svc", "build", large, "-o", str(tmp_path / "log")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        check=True,
-    )
+    proc = piped(["build", large, "-o", str(tmp_path / "log")], env)
     lines = proc.stderr.splitlines()
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
     assert any(line.startswith("  packing") and "MB /" in line for line in lines), proc.stderr
@@ -216,16 +214,10 @@ def test_the_maintainer_as_debian_tools_take_it(registry: Registry, tmp_path: Pa
         "1.0",
     )
     bare = {k: v for k, v in os.environ.items() if k not in ("DEBEMAIL", "DEBFULLNAME", "EMAIL", "NAME")}
+    cache = {"CTR2SVC_CACHE_DIR": str(tmp_path / "cache")}
 
     def build(ref: str, out: str, *extra: str, **env: str) -> tuple[str, str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "ctr2svc", "build", ref, "-o", str(tmp_path / out), *extra],
-            capture_output=True,
-            text=True,
-            env={**bare, "CTR2SVC_CACHE_DIR": str(tmp_path / "cache"), **env},
-            cwd=REPO,
-            check=True,
-        )
+        proc = piped(["build", ref, "-o", str(tmp_path / out), *extra], {**bare, **cache, **env})
         field = subprocess.run(
             ["dpkg-deb", "-f", proc.stdout.strip(), "Maintainer"], capture_output=True, text=True, check=True
         )
@@ -243,12 +235,10 @@ def test_the_maintainer_as_debian_tools_take_it(registry: Registry, tmp_path: Pa
     given = build(labelled, "given", "--maintainer", "Cy <cy@example.com>", DEBEMAIL="Ada <ada@example.com>")
     assert given[0] == "Cy <cy@example.com>"
 
-    bad = subprocess.run(
-        [sys.executable, "-m", "ctr2svc", "build", plain, "-o", str(tmp_path / "bad")],
-        capture_output=True,
-        text=True,
-        env={**bare, "CTR2SVC_CACHE_DIR": str(tmp_path / "cache"), "DEBEMAIL": "ada@example.com"},
-        cwd=REPO,
+    bad = piped(
+        ["build", plain, "-o", str(tmp_path / "bad")],
+        {**bare, **cache, "DEBEMAIL": "ada@example.com"},
+        check=False,
     )
     assert bad.returncode == 2 and "DEBEMAIL" in bad.stderr and "DEBFULLNAME" in bad.stderr, bad.stderr
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
