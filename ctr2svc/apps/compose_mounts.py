@@ -26,14 +26,11 @@ def _mode(src: Source, where: str, value: object) -> str:
 
 
 def _text(path: Path, where: str, source: Path) -> str:
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise refuse(path, where, f"cannot read {source}: {exc.strerror}", "check the path") from exc
-    try:
-        return data.decode()
-    except UnicodeDecodeError as exc:
-        raise refuse(path, where, f"{source} is not UTF-8 text", "ctr2svc packages text files only") from exc
+    """A secret's or config's content: text only."""
+    content = _content(path, where, source)
+    if isinstance(content, bytes):
+        raise refuse(path, where, f"{source} is not UTF-8 text", "ctr2svc packages text files only")
+    return content
 
 
 def _content(path: Path, where: str, source: Path) -> str | bytes:
