@@ -18,7 +18,6 @@ import io
 import json
 import os
 import platform
-import random
 import resource
 import shlex
 import shutil
@@ -361,7 +360,7 @@ def build_images(ctx: Context) -> list[Image]:
         huge.source = images.service_image(layout, huge.key, port=huge.port, version_text=huge.version_text)
         add_layer(huge.source, copy_host_paths(RUNTIME_GLOBS))
         add_layer(huge.source, copy_host_paths(STDLIB_GLOBS))
-        add_layer(huge.source, generated_files(HUGE_FILES))
+        add_layer(huge.source, images.generated_files(HUGE_FILES))
         result.append(huge)
     return result
 
@@ -369,20 +368,6 @@ def build_images(ctx: Context) -> list[Image]:
 # --huge: the large image plus this many 1 MiB files, each half random bytes (which no compressor
 # shrinks) and half zeros, and hard links to a few of them: a root of ~520 MB, ~300 MB compressed.
 HUGE_FILES = 384
-
-
-def generated_files(count: int) -> Callable[[Path], None]:
-    def populate(root: Path) -> None:
-        where = root / "srv" / "generated"
-        where.mkdir(parents=True)
-        # Seeded: the same bytes at every run, so that runs compare.
-        rng = random.Random(24)  # noqa: S311 - test data, not secrets
-        for number in range(count):
-            (where / f"{number:04}.bin").write_bytes(rng.randbytes(1 << 19) + bytes(1 << 19))
-        for number in range(3):
-            os.link(where / f"{number:04}.bin", where / f"link-{number}.bin")
-
-    return populate
 
 
 def push_images(registry: Registry, imgs: Sequence[Image]) -> None:

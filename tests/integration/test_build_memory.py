@@ -10,8 +10,6 @@ time: timings are bench/'s business.
 
 from __future__ import annotations
 
-import os
-import random
 import shutil
 import subprocess
 import sys
@@ -20,21 +18,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, require
-from tests.support.images import install_busybox, layered_image, service_image
+from tests.support.images import generated_files, install_busybox, layered_image, service_image
 
 pytestmark = pytest.mark.integration
 
 BOUND_KIB = 100 * 1024
 FILES = 256  # of 1 MiB each
-
-
-def _generated(root: Path) -> None:
-    where = root / "srv" / "generated"
-    where.mkdir(parents=True)
-    rng = random.Random(24)  # noqa: S311 - test data, not secrets
-    for number in range(FILES):
-        (where / f"{number:04}.bin").write_bytes(rng.randbytes(1 << 19) + bytes(1 << 19))
-    os.link(where / "0000.bin", where / "link.bin")
 
 
 def _peak_kib(source: str, work: Path) -> tuple[int, Path]:
@@ -54,7 +43,7 @@ def test_flat_build_memory_is_bounded(tmp_path: Path) -> None:
     require(Path("/usr/bin/time").exists(), "GNU time (apt-get install time)")
     small = service_image(tmp_path / "layout", "small", port=18099, version_text="small")
     large = layered_image(
-        tmp_path / "layout", "large", [install_busybox, _generated],
+        tmp_path / "layout", "large", [install_busybox, generated_files(FILES, links=1)],
         entrypoint=["/bin/sh", "-c", "sleep 1000"],
     )  # fmt: skip
     small_kib, _ = _peak_kib(small, tmp_path / "small")
@@ -64,5 +53,5 @@ def test_flat_build_memory_is_bounded(tmp_path: Path) -> None:
     assert small_kib < BOUND_KIB, small_kib
     assert large_kib < BOUND_KIB, f"{large_kib} KiB for the large image, {small_kib} KiB for the small one"
     listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout
-    links = [line for line in listing.splitlines() if "/generated/link.bin link to " in line]
+    links = [line for line in listing.splitlines() if "/generated/link-0.bin link to " in line]
     assert len(links) == 1 and links[0].endswith("/generated/0000.bin"), listing[-2000:]

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import shlex
 import shutil
 import stat
@@ -747,3 +748,20 @@ def crafted_image(
     index["manifests"] = others
     (layout / "index.json").write_text(json.dumps(index))
     return f"oci:{layout}:{tag}"
+
+
+def generated_files(count: int, links: int = 3) -> Callable[[Path], None]:
+    """A layer step: COUNT files of 1 MiB under /srv/generated, each half random bytes (which no
+    compressor shrinks) and half zeros, seeded so that every run writes the same bytes, and hard links
+    to the first LINKS of them."""
+
+    def populate(root: Path) -> None:
+        where = root / "srv" / "generated"
+        where.mkdir(parents=True)
+        rng = random.Random(24)  # noqa: S311 - test data, not secrets
+        for number in range(count):
+            (where / f"{number:04}.bin").write_bytes(rng.randbytes(1 << 19) + bytes(1 << 19))
+        for number in range(links):
+            os.link(where / f"{number:04}.bin", where / f"link-{number}.bin")
+
+    return populate
