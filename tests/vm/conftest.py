@@ -47,6 +47,17 @@ def root_mounts(vm: vmhost.VM, name: str) -> int:
     return int(vm.ssh(table).stdout.strip())
 
 
+# The modules whose images are made of Debian packages (tests/support/realistic.py) run last: scripts/test
+# builds those images in the background from its start, while the VM runs the other modules, instead of
+# the VM waiting idle for the build (about 10 minutes of a clean CI run).
+REALISTIC_MODULES = ("test_compose.py", "test_realistic.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    items.sort(key=lambda item: item.path.parent == here and item.path.name in REALISTIC_MODULES)
+
+
 @pytest.fixture(scope="session")
 def vm_image() -> Path:
     """The cached Debian 12 VM image directory (built on first use, ~2 minutes).
