@@ -1,0 +1,231 @@
+"""Upgrades that roll back, the helper's side (snapshot.sh, rollback.sh): arming one (the snapshot, the
+previous version's files kept), refusing an upgrade with no room for the snapshot, the readiness wait
+after the restart, and the rollback itself, against the stand-in runtime and real file systems (tmpfs
+in a mount namespace of the test's own). The package's scripts around them run in the VM
+(tests/vm/test_rollback.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import Helper, spec_for
+
+pytestmark = pytest.mark.usefixtures("as_root")
+
+# systemd's side stubbed: the service runs, and what systemctl was asked is logged.
+STUBS = """\
+service_active() { true; }
+systemctl() { echo "systemctl $*" >>"$LOG"; }
+OVERRIDE_DIR="$TOP/etc/systemd/system"
+mkdir -p "$OVERRIDE_DIR"
+"""
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Helper:
+    """Version 1.0 installed, its packaged unit beside it, data in its volume."""
+    top = tmp_path / "host"
+    helper = Helper(top, spec_for())
+    helper.top.mkdir(parents=True)
+    unit = top / "lib/kv-svc.service"
+    helper.install(
+        LIBEXEC=str(helper.libexec),
+        UNIT_PATH=str(unit),
+        ROLLBACK_DIR=str(top / "var/lib/ctr2svc/rollback/kv-svc"),
+        PREVIOUS_DIR=str(top / "opt/kv-svc/.rollback"),
+        HEALTH_CMD="",
+    )
+    unit.parent.mkdir(parents=True)
+    unit.write_text(
+        f"[Service]\nExecStartPre={helper.libexec}/service prepare\nExecStart={helper.libexec}/service start\n"
+    )
+    data = helper.path("DATA_DIR") / "volumes/data"
+    data.mkdir(parents=True)
+    (data / "index.html").write_text("v1 data\n")
+    return helper
+
+
+def sh(helper: Helper, script: str, *, check: bool = True, namespace: bool = False):  # type: ignore[no-untyped-def]
+    extra = {"TOP": str(helper.top), "LOG": str(helper.top / "systemctl.log")}
+    return helper.shell(STUBS + script, extra=extra, check=check, namespace=namespace)
+
+
+def test_arming_keeps_the_previous_version_and_snapshots_the_data(service: Helper) -> None:
+    armed = sh(service, "arm_rollback 1.0 2.0")
+    assert "upgrading from 1.0 to 2.0: " in armed.stderr and "kept for a rollback (copy" in armed.stderr
+    state = service.path("ROLLBACK_DIR") / "state"
+    assert state.read_text().startswith("FROM='1.0'\nTO='2.0'\nSTATUS='armed'\nMETHOD='copy (")
+    snapshot = service.path("ROLLBACK_DIR") / "data/volumes/data/index.html"
+    assert snapshot.read_text() == "v1 data\n"
+    previous = service.path("PREVIOUS_DIR")
+    # The image as hard links: the unpack's renames and unlinks leave these names the old inodes.
+    original = service.path("IMAGE_DIR") / "rootfs/data/seed"
+    kept = previous / "image/rootfs/data/seed"
+    assert os.stat(kept).st_ino == os.stat(original).st_ino
+    assert (previous / "unit").read_text() == Path(service.values["UNIT_PATH"]).read_text()
+    env = (previous / "libexec/service.env").read_text()
+    assert env.endswith(f"IMAGE_DIR='{previous}/image'\n")
+    assert (previous / "libexec/service").read_bytes() == service.program.read_bytes()
+
+
+def test_a_stopped_service_or_rollback_off_arms_nothing(service: Helper) -> None:
+    sh(service, "service_active() { false; }\narm_rollback 1.0 2.0")
+    assert not service.path("ROLLBACK_DIR").exists() and not service.path("PREVIOUS_DIR").exists()
+    (service.path("CONFIG_DIR") / "rollback").write_text("# comment\nrollback off\n")
+    sh(service, "arm_rollback 1.0 2.0")
+    assert not service.path("ROLLBACK_DIR").exists() and not service.path("PREVIOUS_DIR").exists()
+
+
+def test_data_larger_than_the_copy_limit_upgrades_without_rollback(service: Helper) -> None:
+    (service.path("DATA_DIR") / "volumes/data/big").write_bytes(os.urandom(3 << 20))
+    (service.path("CONFIG_DIR") / "rollback").write_text("copy-limit 2M\n")
+    armed = sh(service, "arm_rollback 1.0 2.0")
+    assert "upgrading to 2.0 without a rollback: " in armed.stderr
+    assert "more than the copy-limit of 2048 KiB" in armed.stderr
+    assert not service.path("ROLLBACK_DIR").exists() and not service.path("PREVIOUS_DIR").exists()
+
+
+def test_no_room_for_the_snapshot_refuses_the_upgrade(service: Helper) -> None:
+    """Where the snapshot goes is a 1 MiB tmpfs, the data 2 MiB: the preinst fails before the unpack,
+    saying why, and leaves nothing behind: the running version is untouched."""
+    (service.path("DATA_DIR") / "volumes/data/big").write_bytes(os.urandom(2 << 20))
+    rollback_root = service.path("ROLLBACK_DIR").parent
+    rollback_root.mkdir(parents=True)
+    script = f"mount -t tmpfs -o size=1m tmpfs {rollback_root}\nst=0; arm_rollback 1.0 2.0 || st=$?; echo status $st"
+    refused = sh(service, script, namespace=True)
+    assert refused.stdout.strip() == "status 1", refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("kv-svc: upgrade to 2.0 refused, 1.0 keeps running: no room for the snapshot"), line
+    assert "write 'rollback off' in" in line
+    assert not service.path("PREVIOUS_DIR").exists()
+    assert (service.path("DATA_DIR") / "volumes/data/index.html").read_text() == "v1 data\n"
+
+
+def test_no_room_found_by_the_copy_itself(service: Helper) -> None:
+    """The free-space estimate passes but the copy runs out (what another writer took meanwhile): cp's
+    error refuses the upgrade just the same."""
+    (service.path("DATA_DIR") / "volumes/data/big").write_bytes(os.urandom(2 << 20))
+    rollback_root = service.path("ROLLBACK_DIR").parent
+    rollback_root.mkdir(parents=True)
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {rollback_root}\n"
+        "df() { printf 'Filesystem 1024-blocks Used Available Capacity Mounted\\nx 1 1 999999 0% /\\n'; }\n"
+        "st=0; arm_rollback 1.0 2.0 || st=$?; echo status $st"
+    )
+    refused = sh(service, script, namespace=True)
+    assert refused.stdout.strip() == "status 1", refused.stderr
+    assert "No space left on device" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "number"),
+    [("rollback maybe", 2), ("copy-limit 12", 2), ("copy-limit 1.5G", 2), ("steady 0", 2), ("frobnicate 1", 2)],
+)
+def test_a_bad_config_line_is_named(service: Helper, line: str, number: int) -> None:
+    (service.path("CONFIG_DIR") / "rollback").write_text(f"rollback on\n{line}\n")
+    failed = sh(service, "arm_rollback 1.0 2.0", check=False)
+    assert failed.returncode != 0
+    assert failed.stderr.strip() == (
+        f"kv-svc: {service.path('CONFIG_DIR')}/rollback line {number}: not 'rollback on|off', 'copy-limit SIZE' "
+        "(0, or a number and K, M, G or T), 'ready-timeout SECONDS' or 'steady SECONDS'"
+    )
+
+
+def test_config_values(service: Helper) -> None:
+    (service.path("CONFIG_DIR") / "rollback").write_text("copy-limit 3G\nready-timeout 42\nsteady 7\n")
+    read = sh(service, 'read_rollback_config; echo "$ROLLBACK $COPY_LIMIT $READY_TIMEOUT $STEADY"')
+    assert read.stdout.strip() == "on 3145728 42 7"
+
+
+def test_roll_back_puts_the_snapshot_back_and_runs_the_kept_version(service: Helper) -> None:
+    """After the unpack deleted 1.0's image and 2.0 rewrote the data: the data is 1.0's again, 2.0's is
+    kept beside it, and the unit in /etc runs the kept helper, whose root is the kept image."""
+    sh(service, "arm_rollback 1.0 2.0")
+    image = service.path("IMAGE_DIR")
+    previous = service.path("PREVIOUS_DIR")
+    data = service.path("DATA_DIR")
+    # The unpack and the failed version.
+    for path in sorted(image.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    image.rmdir()
+    (data / "volumes/data/index.html").write_text("migrated by 2.0\n")
+
+    rolled = sh(service, "roll_back 2.0")
+    assert "version 2.0 did not become ready within 300 s: rolled back to 1.0" in rolled.stderr
+    assert (data / "volumes/data/index.html").read_text() == "v1 data\n"
+    failed = Path(f"{data}.failed-2.0")
+    assert (failed / "volumes/data/index.html").read_text() == "migrated by 2.0\n"
+    assert f"the data 2.0 left is in {failed}" in rolled.stderr
+    override = (service.top / "etc/systemd/system/kv-svc.service").read_text()
+    assert override.startswith("# Written by ctr2svc's rollback: 2.0 did not become ready, 1.0 runs from ")
+    assert f"ExecStart=/bin/sh {previous}/libexec/service start\n" in override
+    assert "STATUS='rolled-back'" in (service.path("ROLLBACK_DIR") / "state").read_text()
+
+    # The kept version starts from its kept files (in a namespace: prepare mounts the root).
+    ran = sh(
+        service,
+        f"sh {previous}/libexec/service prepare\nsh {previous}/libexec/service start\n"
+        'grep -c " $ROOT " /proc/self/mountinfo\n'
+        f"grep -o 'lowerdir=[^,]*' /proc/self/mountinfo\nsh {previous}/libexec/service stop",
+        namespace=True,
+    )
+    assert ran.stdout.split() == ["1", f"lowerdir={previous}/image/rootfs"], ran.stderr
+
+    # A second failure of the same version keeps the first one's data too.
+    sh(service, "arm_rollback 2.0 2.0")
+    again = sh(service, "roll_back 2.0")
+    assert Path(f"{data}.failed-2.0.2").is_dir() and failed.is_dir(), again.stderr
+
+
+def test_configuring_a_rolled_back_version_again_fails_and_changes_nothing(service: Helper) -> None:
+    sh(service, "arm_rollback 1.0 2.0\nroll_back 2.0")
+    again = sh(service, "st=0; upgrade_restart 2.0 true || st=$?; echo status $st")
+    assert again.stdout.strip() == "status 4"
+    assert "version 2.0 did not become ready and was rolled back to 1.0" in again.stderr
+    assert (service.top / "etc/systemd/system/kv-svc.service").exists()
+    assert service.path("PREVIOUS_DIR").is_dir()
+
+
+def test_a_version_that_runs_steadily_is_kept(service: Helper) -> None:
+    """No ready port, no health check: STEADY seconds without a stop make it ready; the snapshot and the
+    kept files go."""
+    (service.path("CONFIG_DIR") / "rollback").write_text("steady 1\n")
+    done = sh(
+        service,
+        "arm_rollback 1.0 2.0\nst=0; upgrade_restart 2.0 sh -c './service prepare && ./service start' || st=$?\n"
+        "echo status $st\n"
+        "./service stop",
+        namespace=True,
+    )
+    assert done.stdout.strip() == "status 0", done.stderr
+    assert "version 2.0 is ready (" in done.stderr and "the rollback snapshot is removed" in done.stderr
+    assert not service.path("ROLLBACK_DIR").exists() and not service.path("PREVIOUS_DIR").exists()
+
+
+@pytest.mark.parametrize("when", ["at once", "within the steady time"])
+def test_a_version_that_stops_is_not_ready(service: Helper, when: str) -> None:
+    (service.path("CONFIG_DIR") / "rollback").write_text("steady 3\n")
+    crash = "./service stop" if when == "at once" else "(sleep 1; kill -9 \"$(cat $STATE_DIR/pid)\") &"
+    done = sh(
+        service,
+        f"arm_rollback 1.0 2.0\nst=0; upgrade_restart 2.0 sh -c './service prepare && ./service start && {crash}'"
+        " || st=$?; echo status $st\n./service stop",
+        namespace=True,
+    )
+    assert done.stdout.strip() == "status 3", done.stderr
+    assert "STATUS='armed'" in (service.path("ROLLBACK_DIR") / "state").read_text()
+
+
+def test_a_restart_that_fails_is_not_ready(service: Helper) -> None:
+    done = sh(service, "arm_rollback 1.0 2.0\nst=0; upgrade_restart 2.0 false || st=$?; echo status $st")
+    assert done.stdout.strip() == "status 3", done.stderr
+
+
+def test_an_upgrade_that_was_not_armed_just_restarts(service: Helper) -> None:
+    done = sh(service, "upgrade_restart 2.0 sh -c 'exit 7'; echo status $?", check=False)
+    assert done.returncode == 7 and done.stdout == ""
+    fine = sh(service, "st=0; upgrade_restart 2.0 true || st=$?; echo status $st")
+    assert fine.stdout.strip() == "status 0"
