@@ -76,15 +76,20 @@ upgrade_restart() {
     clock
     begun=$now
     restarted=0
-    timeout "$READY_TIMEOUT" "$@" || restarted=$?
+    said=$(timeout "$READY_TIMEOUT" "$@" 2>&1) || restarted=$?
     clock
     left=$((READY_TIMEOUT - (now - begun) / 100))
-    if [ "$restarted" = 0 ] && [ "$left" -gt 0 ] && upgrade_ready "$left"; then
+    if [ "$restarted" = 124 ] || { [ "$restarted" = 0 ] && [ "$left" -le 0 ]; }; then
+        reason="the restart took longer than the ready-timeout of $READY_TIMEOUT s"
+    elif [ "$restarted" != 0 ]; then
+        reason="the restart failed ($(echo "$said" | tail -n 1))"
+    elif reason=$(upgrade_ready "$left" 2>&1); then
         clock
         say "version $TO is ready ($(((now - begun) / 100)) s after its restart): the rollback snapshot is removed"
         forget_rollback
         return 0
     fi
+    say "version $TO is not ready: ${reason#"$NAME: "}; rolling back to $FROM" 3
     return 3
 }
 
@@ -123,5 +128,5 @@ roll_back() {
     mv "$override.new" "$override"
     STATUS=rolled-back
     write_state
-    say "version $TO did not become ready within ${READY_TIMEOUT} s: rolled back to $FROM with $DATA_DIR as it was before the upgrade ($METHOD); the data $TO left is in $failed" 3
+    say "rolled back to $FROM: $DATA_DIR is as it was before the upgrade ($METHOD); the data $TO left is in $failed" 3
 }

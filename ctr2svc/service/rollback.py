@@ -25,6 +25,7 @@ def previous_dir(layout: Layout) -> str:
 
 
 def applies(spec: ServiceSpec) -> bool:
-    """Where upgrades roll back: .debs for systemd (dpkg's preinst and postinst), for a service that
-    stays running (a oneshot unit has no readiness to wait for)."""
-    return spec.format is PackageFormat.DEB and spec.init is InitSystem.SYSTEMD and not spec.oneshot
+    """Where upgrades roll back: .debs and .rpms for systemd (dpkg's preinst and postinst, rpm's %pre
+    and %post), for a service that stays running (a oneshot unit has no readiness to wait for)."""
+    formats = (PackageFormat.DEB, PackageFormat.RPM)
+    return spec.format in formats and spec.init is InitSystem.SYSTEMD and not spec.oneshot

@@ -254,7 +254,8 @@ def package_scripts(spec: ServiceSpec) -> dict[str, str]:
     scripts = {key: render(f"{template}.j2", **values) for key, template in SCRIPTS[spec.format].items()}
     if rollback.applies(spec):
         # Upgrades that roll back: the snapshot is taken before the unpack.
-        scripts["preinstall"] = render("deb/preinst.j2", **values, snapshot_program=runtime.snapshot_part())
+        template = "deb/preinst.j2" if spec.format is PackageFormat.DEB else "rpm/pre.j2"
+        scripts["preinstall"] = render(template, **values, snapshot_program=runtime.snapshot_part())
     return scripts
 
 

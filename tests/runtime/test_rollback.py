@@ -156,7 +156,7 @@ def test_roll_back_puts_the_snapshot_back_and_runs_the_kept_version(service: Hel
     (data / "volumes/data/index.html").write_text("migrated by 2.0\n")
 
     rolled = sh(service, "roll_back 2.0")
-    assert "version 2.0 did not become ready within 300 s: rolled back to 1.0" in rolled.stderr
+    assert "kv-svc: rolled back to 1.0: " in rolled.stderr
     assert (data / "volumes/data/index.html").read_text() == "v1 data\n"
     failed = Path(f"{data}.failed-2.0")
     assert (failed / "volumes/data/index.html").read_text() == "migrated by 2.0\n"
@@ -210,7 +210,9 @@ def test_a_version_that_runs_steadily_is_kept(service: Helper) -> None:
 @pytest.mark.parametrize("when", ["at once", "within the steady time"])
 def test_a_version_that_stops_is_not_ready(service: Helper, when: str) -> None:
     (service.path("CONFIG_DIR") / "rollback").write_text("steady 3\n")
-    crash = "./service stop" if when == "at once" else '(sleep 1; kill -9 "$(cat $STATE_DIR/pid)") &'
+    # (In the background with its output elsewhere: the restart's output is read to its end.)
+    late = '(sleep 1; kill -9 "$(cat ../run/kv-svc/pid)") >/dev/null 2>&1 &'
+    crash = "./service stop" if when == "at once" else late
     done = sh(
         service,
         "arm_rollback 1.0 2.0\nst=0\n"
@@ -219,12 +221,24 @@ def test_a_version_that_stops_is_not_ready(service: Helper, when: str) -> None:
         namespace=True,
     )
     assert done.stdout.strip() == "status 3", done.stderr
+    why = (
+        "the container is not running"
+        if when == "at once"
+        else "the container stopped within 3 s of its start"
+    )
+    assert f"kv-svc: version 2.0 is not ready: {why}; rolling back to 1.0\n" in done.stderr
     assert "STATUS='armed'" in (service.path("ROLLBACK_DIR") / "state").read_text()
 
 
-def test_a_restart_that_fails_is_not_ready(service: Helper) -> None:
-    done = sh(service, "arm_rollback 1.0 2.0\nst=0; upgrade_restart 2.0 false || st=$?; echo status $st")
+def test_a_restart_that_fails_or_takes_too_long_is_not_ready(service: Helper) -> None:
+    failing = "upgrade_restart 2.0 sh -c 'echo Job failed. >&2; exit 1'"
+    done = sh(service, f"arm_rollback 1.0 2.0\nst=0; {failing} || st=$?; echo status $st")
     assert done.stdout.strip() == "status 3", done.stderr
+    assert "version 2.0 is not ready: the restart failed (Job failed.); rolling back to 1.0" in done.stderr
+    (service.path("CONFIG_DIR") / "rollback").write_text("ready-timeout 1\n")
+    done = sh(service, "arm_rollback 1.0 2.0\nst=0; upgrade_restart 2.0 sleep 3 || st=$?; echo status $st")
+    assert done.stdout.strip() == "status 3", done.stderr
+    assert "not ready: the restart took longer than the ready-timeout of 1 s; rolling back" in done.stderr
 
 
 def test_an_upgrade_that_was_not_armed_just_restarts(service: Helper) -> None:

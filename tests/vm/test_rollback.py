@@ -31,6 +31,7 @@ from tests.vm.conftest import Timings
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 NAME = "rb-svc"
+RPM_NAME = "rbrpm-svc"
 UNIT = f"{NAME}.service"
 PORT = 8097
 DATA = f"/var/lib/{NAME}/volumes/data"
@@ -48,14 +49,17 @@ ENTRYPOINTS = {
 
 
 @dataclass(frozen=True)
-class Debs:
-    paths: dict[str, str]  # version -> path in the guest
+class Packages:
+    debs: dict[str, str]  # version -> path in the guest
+    rpms: dict[str, str]
 
 
 @pytest.fixture(scope="module")
-def debs(vm: vmhost.VM, registry: Registry, ctr2svc: Cli, tmp_path_factory: pytest.TempPathFactory) -> Debs:
+def packages(
+    vm: vmhost.VM, registry: Registry, ctr2svc: Cli, tmp_path_factory: pytest.TempPathFactory
+) -> Packages:
     work = tmp_path_factory.mktemp("rollback")
-    paths = {}
+    built: dict[str, dict[str, str]] = {"deb": {}, "rpm": {}}
     for version, script in ENTRYPOINTS.items():
 
         def populate(root: Path, script: str = script) -> None:
@@ -68,14 +72,14 @@ def debs(vm: vmhost.VM, registry: Registry, ctr2svc: Cli, tmp_path_factory: pyte
             env={"PATH": "/bin"},
         )  # fmt: skip
         ref = registry.push(source, "e2e/rollback", version)
-        built = ctr2svc(
-            "build", ref, "--name", NAME, "--version", version, "--ready-port", str(PORT),
-            "--stop-timeout", "5", "-o", work / version,
-        )  # fmt: skip
-        deb = Path(built.stdout.strip())
-        vm.copy_to(deb, f"/root/{deb.name}")
-        paths[version] = f"/root/{deb.name}"
-    return Debs(paths)
+        for fmt, name in (("deb", NAME), ("rpm", RPM_NAME)):
+            out = ctr2svc(
+                "build", ref, "--format", fmt, "--name", name, "--version", version,
+                "--ready-port", str(PORT), "--stop-timeout", "5", "-o", work / fmt / version,
+            ).stdout.strip()  # fmt: skip
+            vm.copy_to(Path(out), f"/root/{Path(out).name}")
+            built[fmt][version] = f"/root/{Path(out).name}"
+    return Packages(built["deb"], built["rpm"])
 
 
 def apt(vm: vmhost.VM, deb: str, *, check: bool = True) -> tuple[int, str, float]:
@@ -133,6 +137,20 @@ class PollLog:
             longest = max(longest, float(samples[-1][0]) - last_ok)
         return longest
 
+    def answered_after(self, since: float) -> float:
+        """Seconds from SINCE (the guest's clock) to the first answer after it."""
+        for line in self.vm.ssh("cat /root/poll.log").stdout.splitlines():
+            stamp, result = line.split()
+            if result == "ok" and float(stamp) > since:
+                return float(stamp) - since
+        raise AssertionError(f"no answer after {since}")
+
+
+def logged_at(vm: vmhost.VM, text: str) -> float:
+    """When the journal of the unit got the entry holding TEXT (the guest's clock)."""
+    found = vm.ssh(f"journalctl -u {UNIT} -o short-unix --no-pager | grep -F '{text}'").stdout
+    return float(found.split()[0])
+
 
 def status(vm: vmhost.VM) -> str:
     return vm.ssh(f"dpkg-query -W -f '${{Status}} ${{Version}}' {NAME}").stdout.strip()
@@ -143,13 +161,13 @@ def main_pid(vm: vmhost.VM) -> str:
 
 
 def test_a_failed_upgrade_rolls_back_with_its_data(
-    vm: vmhost.VM, debs: Debs, poller: PollLog, timings: Timings
+    vm: vmhost.VM, packages: Packages, poller: PollLog, timings: Timings
 ) -> None:
-    apt(vm, debs.paths["1.0"])
+    apt(vm, packages.debs["1.0"])
     vm.wait_until(f"curl -fsS http://127.0.0.1:{PORT}/ | grep -q 'written by 1.0'", timeout=60)
     vm.ssh(f"echo 'one more line' >>{DATA}/index.html")
 
-    rc, output, took = apt(vm, debs.paths["2.0"], check=False)
+    rc, output, took = apt(vm, packages.debs["2.0"], check=False)
     assert rc != 0, output
     assert f"{NAME}: version 2.0 did not become ready and was rolled back" in output, output
     assert "Errors were encountered while processing" in output, output
@@ -165,12 +183,13 @@ def test_a_failed_upgrade_rolls_back_with_its_data(
     journal = vm.ssh(f"journalctl -u {UNIT} --no-pager -o cat").stdout
     assert "upgrading from 1.0 to 2.0: /var/lib/rb-svc kept for a rollback (copy" in journal, journal
     assert "2.0: cannot start" in journal, journal
-    assert (
-        f"version 2.0 did not become ready within 300 s: rolled back to 1.0 with /var/lib/{NAME}" in journal
-    )
+    assert "version 2.0 is not ready: the restart failed (" in journal, journal
+    assert f"rolled back to 1.0: /var/lib/{NAME} is as it was before the upgrade (copy" in journal
     outage = poller.outage()
+    rollback = poller.answered_after(logged_at(vm, "version 2.0 is not ready"))
     timings.record("rollback: apt install of a failing 2.0, rolled back to 1.0", took)
     timings.record("rollback: outage of the failed upgrade with the rollback", outage)
+    timings.record("rollback: 2.0 found not ready → 1.0 answering again", rollback)
     # A configure retried by hand fails again at once, and leaves 1.0 running.
     pid = main_pid(vm)
     again = vm.ssh("dpkg --configure -a", check=False)
@@ -179,9 +198,9 @@ def test_a_failed_upgrade_rolls_back_with_its_data(
 
 
 def test_a_fixed_version_installs_and_cleans_up(
-    vm: vmhost.VM, debs: Debs, poller: PollLog, timings: Timings
+    vm: vmhost.VM, packages: Packages, poller: PollLog, timings: Timings
 ) -> None:
-    _, _, took = apt(vm, debs.paths["3.0"])
+    _, _, took = apt(vm, packages.debs["3.0"])
     assert status(vm) == "install ok installed 3.0"
     assert get(vm) == "written by 1.0\none more line"
     root = vm.ssh(f"awk '$5 == \"/run/{NAME}/rootfs\"' /proc/self/mountinfo").stdout
@@ -201,14 +220,14 @@ def test_a_fixed_version_installs_and_cleans_up(
     timings.record("rollback: outage of the healthy upgrade", poller.outage())
 
 
-def test_no_room_for_the_snapshot_refuses_the_upgrade(vm: vmhost.VM, debs: Debs) -> None:
+def test_no_room_for_the_snapshot_refuses_the_upgrade(vm: vmhost.VM, packages: Packages) -> None:
     pid = main_pid(vm)
     vm.ssh(
         f"head -c 2097152 /dev/urandom >{DATA}/blob && mkdir -p /var/lib/ctr2svc/rollback "
         "&& mount -t tmpfs -o size=1m tmpfs /var/lib/ctr2svc/rollback"
     )
     try:
-        rc, output, _ = apt(vm, debs.paths["2.0"], check=False)
+        rc, output, _ = apt(vm, packages.debs["2.0"], check=False)
     finally:
         vm.ssh("umount /var/lib/ctr2svc/rollback")
     assert rc != 0
@@ -221,18 +240,55 @@ def test_no_room_for_the_snapshot_refuses_the_upgrade(vm: vmhost.VM, debs: Debs)
 
 
 def test_without_rollback_the_failed_upgrade_stays_down(
-    vm: vmhost.VM, debs: Debs, poller: PollLog, timings: Timings
+    vm: vmhost.VM, packages: Packages, poller: PollLog, timings: Timings
 ) -> None:
     """What the rollback saves: with `rollback off` apt succeeds, 2.0 fails to start and the service
     is down until the admin installs a working version, on the data 2.0 rewrote."""
     vm.ssh(f"echo 'rollback off' >/etc/{NAME}/rollback")
-    rc, output, _ = apt(vm, debs.paths["2.0"], check=False)
+    rc, output, _ = apt(vm, packages.debs["2.0"], check=False)
     assert rc == 0, output
     assert f"{NAME}: restart failed" in output, output
     assert get(vm) == ""
-    _, _, took = apt(vm, debs.paths["3.0"])
+    _, _, took = apt(vm, packages.debs["3.0"])
     assert get(vm) == "migrated by 2.0"
     timings.record(
         "rollback off: outage of the failed upgrade until 3.0 is installed at once", poller.outage()
     )
     timings.record("rollback off: apt install of 3.0 after it", took)
+
+    # A purge takes the failed versions' data too, and leaves nothing of the rollback behind.
+    vm.ssh(f"apt-get purge -y {NAME}", timeout=300)
+    left = vm.ssh(
+        f"ls -d /var/lib/{NAME}* /opt/containers/{NAME} /var/lib/ctr2svc/rollback/{NAME} "
+        f"/etc/systemd/system/{UNIT} 2>/dev/null",
+        check=False,
+    ).stdout
+    assert left == ""
+
+
+def test_rpm_a_failed_upgrade_rolls_back_and_a_fixed_one_installs(vm: vmhost.VM, packages: Packages) -> None:
+    """The same with rpm -U: the new %pre snapshots, the new %post rolls back and fails (rpm erases
+    the old package's files after it: the previous version runs from its kept hard links)."""
+    unit = f"{RPM_NAME}.service"
+    vm.ssh(f"rpm -i --nodeps {packages.rpms['1.0']} && systemctl enable --now {unit}", timeout=300)
+    vm.wait_until(f"curl -fsS http://127.0.0.1:{PORT}/ | grep -q 'written by 1.0'", timeout=60)
+    upgrade = vm.ssh(f"rpm -U --nodeps {packages.rpms['2.0']}", check=False, timeout=600)
+    assert upgrade.returncode != 0
+    output = upgrade.stdout + upgrade.stderr
+    assert f"{RPM_NAME}: version 2.0 did not become ready and was rolled back" in output, output
+    assert get(vm) == "written by 1.0"
+    assert vm.ssh(f"rpm -q --qf '%{{VERSION}}' {RPM_NAME}").stdout == "2.0"
+    assert not vm.ssh(f"ls /opt/containers/{RPM_NAME}").stdout.split().count("1.0")
+    failed = vm.ssh(f"cat /var/lib/{RPM_NAME}.failed-2.0/volumes/data/index.html").stdout
+    assert failed == "migrated by 2.0\n"
+
+    vm.ssh(f"rpm -U --nodeps {packages.rpms['3.0']}", timeout=600)
+    assert get(vm) == "written by 1.0"
+    left = vm.ssh(
+        f"ls -d /etc/systemd/system/{unit} /var/lib/ctr2svc/rollback/{RPM_NAME} "
+        f"/opt/containers/{RPM_NAME}/.rollback 2>/dev/null",
+        check=False,
+    ).stdout
+    assert left == ""
+    vm.ssh(f"rpm -e --nodeps {RPM_NAME} && rm -rf /var/lib/{RPM_NAME} /var/lib/{RPM_NAME}.failed-2.0")
+    assert vm.ssh(f"ls -d /opt/containers/{RPM_NAME} 2>/dev/null", check=False).stdout == ""
