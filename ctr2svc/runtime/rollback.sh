@@ -82,7 +82,7 @@ upgrade_restart() {
     if [ "$restarted" = 124 ] || { [ "$restarted" = 0 ] && [ "$left" -le 0 ]; }; then
         reason="the restart took longer than the ready-timeout of $READY_TIMEOUT s"
     elif [ "$restarted" != 0 ]; then
-        reason="the restart failed ($(echo "$said" | tail -n 1))"
+        reason="the restart failed ($(echo "$said" | head -n 1))"
     elif reason=$(upgrade_ready "$left" 2>&1); then
         clock
         say "version $TO is ready ($(((now - begun) / 100)) s after its restart): the rollback snapshot is removed"
@@ -108,11 +108,20 @@ roll_back() {
         n=$((n + 1))
         failed="$DATA_DIR.failed-$TO.$n"
     done
-    mv "$DATA_DIR" "$failed"
-    if ! mv "$ROLLBACK_DIR/data" "$DATA_DIR"; then
-        # Another file system (a mount below /var/lib): copied back, the snapshot kept until the next upgrade.
-        cp -a "$ROLLBACK_DIR/data" "$DATA_DIR.new"
-        mv "$DATA_DIR.new" "$DATA_DIR"
+    if mv "$DATA_DIR" "$failed" 2>/dev/null; then
+        if ! mv "$ROLLBACK_DIR/data" "$DATA_DIR" 2>/dev/null; then
+            cp -a "$ROLLBACK_DIR/data" "$DATA_DIR.new"
+            mv "$DATA_DIR.new" "$DATA_DIR"
+            rm -rf "$ROLLBACK_DIR/data"
+        fi
+    else
+        # A mount point (the data on a file system of its own), which cannot be renamed: the failed
+        # data copied aside, then the snapshot copied in. A copy that fails stops here, the data and
+        # the snapshot as they were.
+        cp -a "$DATA_DIR" "$failed"
+        find "$DATA_DIR" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+        cp -a "$ROLLBACK_DIR/data/." "$DATA_DIR/"
+        rm -rf "$ROLLBACK_DIR/data"
     fi
     override="$OVERRIDE_DIR/$NAME.service"
     if [ -e "$override" ] && ! ours "$override"; then

@@ -7,9 +7,13 @@ in a mount namespace of the test's own). The package's scripts around them run i
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import require
 
 from .conftest import Helper, spec_for
 
@@ -246,3 +250,66 @@ def test_an_upgrade_that_was_not_armed_just_restarts(service: Helper) -> None:
     assert done.returncode == 7 and done.stdout == ""
     fine = sh(service, "st=0; upgrade_restart 2.0 true || st=$?; echo status $st")
     assert fine.stdout.strip() == "status 0"
+
+
+@pytest.fixture
+def btrfs(tmp_path: Path) -> Path:
+    """An empty btrfs image file (mkfs.btrfs from btrfs-progs; the kernel's btrfs)."""
+    require(shutil.which("mkfs.btrfs") is not None, "mkfs.btrfs (btrfs-progs) is not installed")
+    require("btrfs" in Path("/proc/filesystems").read_text(), "the kernel has no btrfs")
+    image = tmp_path / "btrfs.img"
+    with image.open("wb") as f:
+        f.truncate(256 << 20)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    return image
+
+
+@pytest.mark.parametrize("kind", ["subvolume", "directory"])
+def test_btrfs_snapshots_or_reflinks_whatever_the_copy_limit(service: Helper, btrfs: Path, kind: str) -> None:
+    """/var/lib on btrfs: a data directory that is a subvolume is snapshotted, a plain one reflinked; the
+    100 MiB of data take no copy (copy-limit 0 forbids one) and almost no space; the rollback puts it back
+    by renames."""
+    (service.path("CONFIG_DIR") / "rollback").write_text("copy-limit 0\n")
+    make = "btrfs -q subvolume create" if kind == "subvolume" else "mkdir"
+    script = f"""
+mount -o loop {btrfs} "$TOP/var/lib"
+{make} "$DATA_DIR"
+mkdir -p "$DATA_DIR/volumes/data"
+head -c 104857600 /dev/urandom >"$DATA_DIR/volumes/data/big"
+echo "v1 data" >"$DATA_DIR/volumes/data/index.html"
+sync
+used() {{ btrfs filesystem sync "$TOP/var/lib"; df -k --output=used "$TOP/var/lib" | tail -n 1; }}
+before=$(used)
+arm_rollback 1.0 2.0
+echo "grew $(($(used) - before))"
+echo "migrated by 2.0" >"$DATA_DIR/volumes/data/index.html"
+roll_back 2.0 2>/dev/null
+echo "restored $(cat "$DATA_DIR/volumes/data/index.html")"
+echo "failed $(cat "$DATA_DIR.failed-2.0/volumes/data/index.html")"
+"""
+    done = sh(service, script, namespace=True)
+    method = "btrfs snapshot" if kind == "subvolume" else "reflink copy"
+    assert f"kept for a rollback ({method})" in done.stderr, done.stderr
+    lines = done.stdout.splitlines()
+    grew = int(lines[0].removeprefix("grew "))
+    assert grew < 4096, f"the snapshot took {grew} KiB"
+    assert lines[1:] == ["restored v1 data", "failed migrated by 2.0"]
+
+
+def test_a_data_directory_that_is_a_mount_point_is_copied_back(service: Helper) -> None:
+    """/var/lib/NAME on a file system of its own cannot be renamed: the failed data is copied aside and
+    the snapshot copied in."""
+    script = """
+mount -t tmpfs -o size=8m tmpfs "$DATA_DIR"
+mkdir -p "$DATA_DIR/volumes/data"
+echo "v1 data" >"$DATA_DIR/volumes/data/index.html"
+arm_rollback 1.0 2.0 2>/dev/null
+echo "migrated by 2.0" >"$DATA_DIR/volumes/data/index.html"
+echo new >"$DATA_DIR/volumes/data/new"
+roll_back 2.0 2>/dev/null
+ls "$DATA_DIR/volumes/data"
+cat "$DATA_DIR/volumes/data/index.html" "$DATA_DIR.failed-2.0/volumes/data/index.html"
+grep -c " $DATA_DIR " /proc/self/mountinfo
+"""
+    done = sh(service, script, namespace=True)
+    assert done.stdout.splitlines() == ["index.html", "v1 data", "migrated by 2.0", "1"], done.stderr
