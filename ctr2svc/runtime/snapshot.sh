@@ -182,7 +182,8 @@ arm_rollback() {
     fi
     if [ "$status" = 2 ]; then
         say "upgrading to $TO without a rollback: $why" 4
-        forget_rollback
+        # (The files of a version a rollback restored stay: it runs from them until the restart.)
+        [ -n "$rolled_back" ] || forget_rollback
         return 0
     fi
     METHOD=$method

@@ -175,7 +175,8 @@ def test_roll_back_puts_the_snapshot_back_and_runs_the_kept_version(service: Hel
         service,
         f"sh {previous}/libexec/service prepare\nsh {previous}/libexec/service start\n"
         'grep -c " $ROOT " /proc/self/mountinfo\n'
-        f"grep -o 'lowerdir=[^,]*' /proc/self/mountinfo\nsh {previous}/libexec/service stop",
+        "awk -v root=\"$ROOT\" '$5 == root' /proc/self/mountinfo | grep -o 'lowerdir=[^,]*'\n"
+        f"sh {previous}/libexec/service stop",
         namespace=True,
     )
     assert ran.stdout.split() == ["1", f"lowerdir={previous}/image/rootfs"], ran.stderr
@@ -313,3 +314,27 @@ grep -c " $DATA_DIR " /proc/self/mountinfo
 """
     done = sh(service, script, namespace=True)
     assert done.stdout.splitlines() == ["index.html", "v1 data", "migrated by 2.0", "1"], done.stderr
+
+
+def test_after_a_rollback_the_next_upgrade_keeps_what_runs(service: Helper) -> None:
+    """The version a rollback restored runs from the kept files: the next upgrade's snapshot keeps them
+    (and comes back to that version), and one that cannot snapshot leaves them to the restart."""
+    sh(service, "arm_rollback 1.0 2.0\nroll_back 2.0")
+    previous = service.path("PREVIOUS_DIR")
+    armed = sh(service, "arm_rollback 2.0 3.0")
+    assert "upgrading from 1.0 to 3.0: " in armed.stderr
+    assert (previous / "image/rootfs/data/seed").is_file()
+    sh(service, "roll_back 3.0")
+    (service.path("DATA_DIR") / "volumes/data/big").write_bytes(os.urandom(2 << 20))
+    (service.path("CONFIG_DIR") / "rollback").write_text("copy-limit 1M\n")
+    plain = sh(service, "arm_rollback 3.0 4.0")
+    assert "upgrading to 4.0 without a rollback" in plain.stderr
+    assert (previous / "image/rootfs/data/seed").is_file()
+    # The restart of 4.0 stops the restored version with its own unit, then forgets it all.
+    done = sh(service, 'st=0; upgrade_restart 4.0 true || st=$?; echo status $st; cat "$LOG"')
+    assert done.stdout.splitlines() == [
+        "status 0",
+        "systemctl stop kv-svc.service",
+        "systemctl daemon-reload",
+    ]
+    assert not previous.exists() and not (service.top / "etc/systemd/system/kv-svc.service").exists()
