@@ -42,6 +42,16 @@ ours() {
     return 1
 }
 
+# stop_restored: the version a rollback restored, which runs from its kept files, stopped by its own
+# unit, and that unit removed: the package's is the unit again. Fails if there was none. The restart
+# that follows must then be a start (rpm's try-restart would leave the stopped service stopped).
+stop_restored() {
+    ours "$OVERRIDE_DIR/$NAME.service" || return 1
+    systemctl stop "$NAME.service" || true
+    rm -f "$OVERRIDE_DIR/$NAME.service"
+    systemctl daemon-reload
+}
+
 # upgrade_restart VERSION COMMAND...: the service restarted with COMMAND; when the preinst armed a
 # rollback for VERSION, the new version must then be ready within the admin's ready-timeout: exits 0
 # (the snapshot and the kept files removed), or 3 (not ready: roll_back is next), or COMMAND's status.
@@ -49,7 +59,6 @@ upgrade_restart() {
     version=$1
     shift
     read_rollback_config
-    override="$OVERRIDE_DIR/$NAME.service"
     if read_state && [ "$TO" = "$version" ] && [ "$STATUS" = rolled-back ]; then
         # Configured again (dpkg --configure -a): the previous version runs and stays.
         echo "$NAME: version $TO did not become ready and was rolled back to $FROM (journalctl -u $NAME): install a fixed version, or this one again (apt install --reinstall) to retry it" >&2
@@ -57,21 +66,16 @@ upgrade_restart() {
     elif [ "$TO" = "$version" ] && [ "$STATUS" = armed ]; then
         :
     else
-        if ours "$override"; then
-            # A fix after a rollback that was not armed (the service was stopped at the upgrade).
-            systemctl stop "$NAME.service" || true
-            rm -f "$override"
-            systemctl daemon-reload
+        # (An upgrade after a rollback that was not armed: the service was stopped at the upgrade.)
+        if stop_restored; then
+            set -- systemctl start "$NAME.service"
         fi
         forget_rollback
         "$@"
         return
     fi
-    if ours "$override"; then
-        # The version a rollback restored runs from its kept files: stopped by its own unit.
-        systemctl stop "$NAME.service" || true
-        rm -f "$override"
-        systemctl daemon-reload
+    if stop_restored; then
+        set -- systemctl start "$NAME.service"
     fi
     clock
     begun=$now
@@ -125,8 +129,9 @@ roll_back() {
     fi
     override="$OVERRIDE_DIR/$NAME.service"
     if [ -e "$override" ] && ! ours "$override"; then
-        echo "$NAME: $override is the admin's: the rollback's unit goes to /run/systemd/system (until reboot)" >&2
-        override="/run/systemd/system/$NAME.service"
+        # It overrides any unit the rollback could write (/etc comes first): the admin's unit runs.
+        say "$override is the admin's own unit: the rollback writes none, and that unit is what starts" 4
+        override="$ROLLBACK_DIR/unit.unused"
     fi
     {
         echo "$OVERRIDE_MARK: $TO did not become ready, $FROM runs from $PREVIOUS_DIR."
