@@ -61,7 +61,7 @@ upgrade_restart() {
     read_rollback_config
     if read_state && [ "$TO" = "$version" ] && [ "$STATUS" = rolled-back ]; then
         # Configured again (dpkg --configure -a): the previous version runs and stays.
-        echo "$NAME: version $TO did not become ready and was rolled back to $FROM (journalctl -u $NAME): install a fixed version, or this one again (apt install --reinstall) to retry it" >&2
+        echo "$NAME: version $TO did not become ready and was rolled back to $FROM (journalctl -u $NAME): install a fixed version, or the package file of this one again (dpkg -i) to retry it" >&2
         return 4
     elif [ "$TO" = "$version" ] && [ "$STATUS" = armed ]; then
         :
