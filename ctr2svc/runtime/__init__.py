@@ -17,12 +17,12 @@ from pathlib import Path, PurePosixPath
 from ctr2svc import __version__
 from ctr2svc.image.layers import INSTALL_DIR
 from ctr2svc.model import ServiceSpec
-from ctr2svc.service import network, runtime_config
+from ctr2svc.service import network, rollback, runtime_config
 
 HERE = Path(__file__).resolve().parent
 # In the order the program needs them: the head reads service.env, main dispatches.
 PARTS = ("head.sh", "base.sh", "mount.sh", "config.sh", "ipam.sh", "network.sh", "health.sh",
-         "lifecycle.sh", "main.sh")  # fmt: skip
+         "lifecycle.sh", "snapshot.sh", "rollback.sh", "main.sh")  # fmt: skip
 AWK_PROGRAMS = ("config.awk", "network.awk")
 
 
@@ -38,6 +38,11 @@ def library() -> str:
     """The helper's functions without its command line, for a shell to source (tests/runtime)."""
     parts = ((HERE / part).read_text().removeprefix("# shellcheck shell=sh\n") for part in PARTS[:-1])
     return "\n".join(parts)
+
+
+def snapshot_part() -> str:
+    """snapshot.sh, for the preinst, which runs before the package's helper is unpacked."""
+    return (HERE / "snapshot.sh").read_text().removeprefix("# shellcheck shell=sh\n")
 
 
 @cache
@@ -102,6 +107,13 @@ def service_values(
         "CONTAINER_ID": network.container_id(spec.name),
         "ALIASES": " ".join(aliases),
         "HEALTH_CMD": _words(health.command) if health else "",
+        # Upgrades that roll back (rollback.sh): where the packaged files are, and where a rollback
+        # keeps its state and the previous version's.
+        "READY_PORT": str(spec.ready_port or ""),
+        "LIBEXEC": layout.libexec,
+        "UNIT_PATH": layout.unit_path,
+        "ROLLBACK_DIR": rollback.state_dir(layout),
+        "PREVIOUS_DIR": rollback.previous_dir(layout),
         "HEALTH_TIMEOUT": str(health.timeout) if health else "",
         "HEALTH_RETRIES": str(health.retries) if health else "",
     }

@@ -22,8 +22,13 @@ case "${1:-}" in
     wait-ready) wait_ready "$2" "${3:-90}" ;;
     health) health ;;
     wait-healthy) wait_healthy "${2:-90}" ;;
+    upgrade-restart)
+        shift
+        upgrade_restart "$@"
+        ;;
+    roll-back) roll_back "$2" ;;
     *)
-        echo "usage: $0 prepare|start|run|run-once|stop|cleanup|init-data|status|wait-ready PORT [SECONDS]|health|wait-healthy [SECONDS]" >&2
+        echo "usage: $0 prepare|start|run|run-once|stop|cleanup|init-data|status|wait-ready PORT [SECONDS]|health|wait-healthy [SECONDS]|upgrade-restart VERSION COMMAND...|roll-back VERSION" >&2
         exit 2
         ;;
 esac

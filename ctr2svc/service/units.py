@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ctr2svc import __version__, runtime
 from ctr2svc.image.bundle import Entry, Kind, RootfsScan
 from ctr2svc.model import InitSystem, PackageFormat, ServiceSpec
-from ctr2svc.service import sandbox
+from ctr2svc.service import rollback, sandbox
 
 if TYPE_CHECKING:
     import jinja2
@@ -145,6 +145,10 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         "ready_health": spec.ready_health,
         "health_deadline": health_deadline(spec),
         "sandbox": sandbox.unit_sandbox(spec),
+        "data_dir": spec.layout.data_dir,
+        "rollback": rollback.applies(spec),
+        "rollback_dir": rollback.state_dir(spec.layout),
+        "previous_dir": rollback.previous_dir(spec.layout),
     }
 
 
@@ -222,6 +226,8 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
             for kind in ("service", "timer"):
                 dest = f"{spec.layout.unit_dir}/{spec.name}-health.{kind}"
                 files.append(GeneratedFile(dest, render(f"health.{kind}.j2", **values), 0o644))
+    if rollback.applies(spec):
+        files.append(GeneratedFile(f"{cfg}/rollback", render("rollback.j2", **values), 0o644, config=True))
     if spec.format is PackageFormat.RPM and spec.activation == "start":
         # Fedora's policy leaves enabling to the distribution's and the admin's presets; only a build that
         # asks for Debian's rule (--activation start) ships one enabling the service.
@@ -245,7 +251,12 @@ SCRIPTS = {
 def package_scripts(spec: ServiceSpec) -> dict[str, str]:
     """The package's maintainer scripts, keyed by nfpm's script name."""
     values = _values(spec)
-    return {key: render(f"{template}.j2", **values) for key, template in SCRIPTS[spec.format].items()}
+    scripts = {key: render(f"{template}.j2", **values) for key, template in SCRIPTS[spec.format].items()}
+    if rollback.applies(spec):
+        # Upgrades that roll back: the snapshot is taken before the unpack.
+        template = "deb/preinst.j2" if spec.format is PackageFormat.DEB else "rpm/pre.j2"
+        scripts["preinstall"] = render(template, **values, snapshot_program=runtime.snapshot_part())
+    return scripts
 
 
 # A layer package's scripts, keyed by nfpm's name (one template each, for every format): make what its

@@ -170,6 +170,14 @@ RPMLINT_ACCEPTED: dict[str, tuple[str, str | None]] = {
         "rm of the runtime state (service) or of the whiteouts (layer), on erase only ($1 = 0)",
         r"rm",
     ),
+    "dangerous-command-in-%pre": (
+        "rm of a rollback's own state and snapshot (/var/lib/ctr2svc/rollback/NAME), before an upgrade",
+        r"rm",
+    ),
+    "dangerous-command-in-%preun": (
+        "rm of what an upgrade kept for a rollback, on erase only ($1 = 0)",
+        r"rm",
+    ),
 }
 
 

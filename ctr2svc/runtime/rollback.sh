@@ -1,0 +1,146 @@
+# shellcheck shell=sh
+# Upgrades that roll back, after the restart (snapshot.sh armed it, before): the new version ready, or
+# its data put aside, the snapshot put back and the previous version's kept unit installed.
+
+# upgrade_ready SECONDS: the new version became ready: its --ready-port listens, its health check
+# passes, or (neither) its container ran $STEADY seconds without stopping.
+upgrade_ready() {
+    if [ -n "$READY_PORT" ]; then
+        wait_ready "$READY_PORT" "$1"
+    elif [ -n "$HEALTH_CMD" ]; then
+        wait_healthy "$1"
+    else
+        find_init
+        if [ -z "$started" ]; then
+            echo "$NAME: the container is not running" >&2
+            return 1
+        fi
+        clock
+        deadline=$((now + STEADY * 100))
+        while [ "$now" -lt "$deadline" ]; do
+            if ! init_alive; then
+                echo "$NAME: the container stopped within $STEADY s of its start" >&2
+                return 1
+            fi
+            sleep 0.2
+            clock
+        done
+    fi
+}
+
+# The unit a rollback writes, which runs the previous version's kept files: in /etc, where it overrides
+# the package's (in /lib) until the next upgrade removes it, its first line says whose it is.
+OVERRIDE_DIR=/etc/systemd/system
+OVERRIDE_MARK="# Written by ctr2svc's rollback"
+
+ours() {
+    first=
+    read -r first 2>/dev/null <"$1" || true
+    case "$first" in
+        "$OVERRIDE_MARK"*) return 0 ;;
+    esac
+    return 1
+}
+
+# stop_restored: the version a rollback restored, which runs from its kept files, stopped by its own
+# unit, and that unit removed: the package's is the unit again. Fails if there was none. The restart
+# that follows must then be a start (rpm's try-restart would leave the stopped service stopped).
+stop_restored() {
+    ours "$OVERRIDE_DIR/$NAME.service" || return 1
+    systemctl stop "$NAME.service" || true
+    rm -f "$OVERRIDE_DIR/$NAME.service"
+    systemctl daemon-reload
+}
+
+# upgrade_restart VERSION COMMAND...: the service restarted with COMMAND; when the preinst armed a
+# rollback for VERSION, the new version must then be ready within the admin's ready-timeout: exits 0
+# (the snapshot and the kept files removed), or 3 (not ready: roll_back is next), or COMMAND's status.
+upgrade_restart() {
+    version=$1
+    shift
+    read_rollback_config
+    if read_state && [ "$TO" = "$version" ] && [ "$STATUS" = rolled-back ]; then
+        # Configured again (dpkg --configure -a): the previous version runs and stays.
+        echo "$NAME: version $TO did not become ready and was rolled back to $FROM (journalctl -u $NAME): install a fixed version, or the package file of this one again (dpkg -i) to retry it" >&2
+        return 4
+    elif [ "$TO" = "$version" ] && [ "$STATUS" = armed ]; then
+        :
+    else
+        # (An upgrade after a rollback that was not armed: the service was stopped at the upgrade.)
+        if stop_restored; then
+            set -- systemctl start "$NAME.service"
+        fi
+        forget_rollback
+        "$@"
+        return
+    fi
+    if stop_restored; then
+        set -- systemctl start "$NAME.service"
+    fi
+    clock
+    begun=$now
+    restarted=0
+    said=$(timeout "$READY_TIMEOUT" "$@" 2>&1) || restarted=$?
+    clock
+    left=$((READY_TIMEOUT - (now - begun) / 100))
+    if [ "$restarted" = 124 ] || { [ "$restarted" = 0 ] && [ "$left" -le 0 ]; }; then
+        reason="the restart took longer than the ready-timeout of $READY_TIMEOUT s"
+    elif [ "$restarted" != 0 ]; then
+        reason="the restart failed ($(echo "$said" | head -n 1))"
+    elif reason=$(upgrade_ready "$left" 2>&1); then
+        clock
+        say "version $TO is ready ($(((now - begun) / 100)) s after its restart): the rollback snapshot is removed"
+        forget_rollback
+        return 0
+    fi
+    say "version $TO is not ready: ${reason#"$NAME: "}; rolling back to $FROM" 3
+    return 3
+}
+
+# roll_back VERSION: with the new version stopped, the data put back as it was before the upgrade (the
+# failed version's kept beside it), and the previous version's kept unit installed in /etc, where it
+# overrides the package's until the next upgrade. The caller starts it.
+roll_back() {
+    read_rollback_config
+    if ! read_state || [ "$TO" != "$1" ] || [ "$STATUS" != armed ]; then
+        echo "$NAME: no rollback of version $1 is armed" >&2
+        return 1
+    fi
+    failed="$DATA_DIR.failed-$TO"
+    n=1
+    while [ -e "$failed" ] || [ -L "$failed" ]; do
+        n=$((n + 1))
+        failed="$DATA_DIR.failed-$TO.$n"
+    done
+    if mv "$DATA_DIR" "$failed" 2>/dev/null; then
+        if ! mv "$ROLLBACK_DIR/data" "$DATA_DIR" 2>/dev/null; then
+            cp -a "$ROLLBACK_DIR/data" "$DATA_DIR.new"
+            mv "$DATA_DIR.new" "$DATA_DIR"
+            rm -rf "$ROLLBACK_DIR/data"
+        fi
+    else
+        # A mount point (the data on a file system of its own), which cannot be renamed: the failed
+        # data copied aside, then the snapshot copied in. A copy that fails stops here, the data and
+        # the snapshot as they were.
+        cp -a "$DATA_DIR" "$failed"
+        find "$DATA_DIR" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+        cp -a "$ROLLBACK_DIR/data/." "$DATA_DIR/"
+        rm -rf "$ROLLBACK_DIR/data"
+    fi
+    override="$OVERRIDE_DIR/$NAME.service"
+    if [ -e "$override" ] && ! ours "$override"; then
+        # It overrides any unit the rollback could write (/etc comes first): the admin's unit runs.
+        say "$override is the admin's own unit: the rollback writes none, and that unit is what starts" 4
+        override="$ROLLBACK_DIR/unit.unused"
+    fi
+    {
+        echo "$OVERRIDE_MARK: $TO did not become ready, $FROM runs from $PREVIOUS_DIR."
+        echo "# The next upgrade of the package removes it."
+        # sh runs the kept helper: /var or /opt may be mounted noexec.
+        sed "s#=$LIBEXEC/service #=/bin/sh $PREVIOUS_DIR/libexec/service #" "$PREVIOUS_DIR/unit"
+    } >"$override.new"
+    mv "$override.new" "$override"
+    STATUS=rolled-back
+    write_state
+    say "rolled back to $FROM: $DATA_DIR is as it was before the upgrade ($METHOD); the data $TO left is in $failed" 3
+}

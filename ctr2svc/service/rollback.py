@@ -1,0 +1,31 @@
+"""Upgrades that roll back: which packages arm one, and where its state lives (docs/service.md).
+
+The work is the helper's (ctr2svc/runtime/rollback.sh), which the package's preinst also carries: it
+runs before the new helper is unpacked.
+"""
+
+from __future__ import annotations
+
+from ctr2svc.model import InitSystem, Layout, PackageFormat, ServiceSpec
+
+# Host-wide, beside the private networks' address book (/var/lib/ctr2svc), on /var/lib's file system:
+# a snapshot of /var/lib/NAME there can be a btrfs snapshot or a reflink copy, and is put back by a rename.
+STATE_ROOT = "/var/lib/ctr2svc/rollback"
+
+
+def state_dir(layout: Layout) -> str:
+    """The upgrade's state and the data's snapshot."""
+    return f"{STATE_ROOT}/{layout.name}"
+
+
+def previous_dir(layout: Layout) -> str:
+    """The previous version's helper, unit and image, kept beside the image directories: the image as
+    hard links, which need the same file system."""
+    return f"{layout.prefix}/{layout.name}/.rollback"
+
+
+def applies(spec: ServiceSpec) -> bool:
+    """Where upgrades roll back: .debs and .rpms for systemd (dpkg's preinst and postinst, rpm's %pre
+    and %post), for a service that stays running (a oneshot unit has no readiness to wait for)."""
+    formats = (PackageFormat.DEB, PackageFormat.RPM)
+    return spec.format in formats and spec.init is InitSystem.SYSTEMD and not spec.oneshot
