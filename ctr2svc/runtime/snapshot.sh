@@ -23,7 +23,7 @@ read_rollback_config() {
     ROLLBACK=on
     COPY_LIMIT=1048576
     READY_TIMEOUT=300
-    STEADY=10
+    STEADY=5
     [ -r "$CONFIG_DIR/rollback" ] || return 0
     line=0
     while read -r key value rest || [ -n "$key" ]; do
