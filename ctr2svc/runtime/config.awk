@@ -150,10 +150,30 @@ inmounts && /^    }$/ && mountn {
         print "      \"destination\": " quote(mdst[i]) ","
         print "      \"type\": \"bind\","
         print "      \"source\": " quote(msrc[i]) ","
-        print "      \"options\": [\"rbind\", \"" mopt[i] "\"]"
+        # nspawn takes neither ro nor rw: a read-only one is in readonlyPaths (below).
+        if (NSPAWN) print "      \"options\": [\"rbind\"]"
+        else print "      \"options\": [\"rbind\", \"" mopt[i] "\"]"
         print "    }" (i < mountn ? "," : "")
     }
     next
 }
 inmounts && /^  \],?$/ { inmounts = 0 }
+
+# nspawn (NSPAWN set): the admin's read-only mounts are made read-only as readonlyPaths, which the
+# packaged config always has for it (ctr2svc/service/nspawn.py).
+NSPAWN && /^    "readonlyPaths": \[/ {
+    n = 0
+    split("", ro)
+    for (i = 1; i <= mountn; i++) if (mopt[i] == "ro") ro[++n] = "      " quote(mdst[i])
+    if (!n) { print; next }
+    if ($0 ~ /\]/) {
+        print "    \"readonlyPaths\": ["
+        emit("", n, ro)
+        print "    ]" (($0 ~ /,$/) ? "," : "")
+    } else {
+        print
+        for (i = 1; i <= n; i++) print ro[i] ","
+    }
+    next
+}
 { print }

@@ -13,6 +13,7 @@ fi
 case "${1:-}" in
     prepare) prepare ;;
     start) start ;;
+    nspawn) nspawn_start ;;
     run) run ;;
     run-once) run_once ;;
     stop) stop ;;
@@ -21,9 +22,13 @@ case "${1:-}" in
     status) status ;;
     wait-ready) wait_ready "$2" "${3:-90}" ;;
     health) health ;;
+    exec)
+        shift
+        nspawn_exec "$@"
+        ;;
     wait-healthy) wait_healthy "${2:-90}" ;;
     *)
-        echo "usage: $0 prepare|start|run|run-once|stop|cleanup|init-data|status|wait-ready PORT [SECONDS]|health|wait-healthy [SECONDS]" >&2
+        echo "usage: $0 prepare|start|nspawn|run|run-once|stop|cleanup|init-data|status|wait-ready PORT [SECONDS]|health|wait-healthy [SECONDS]|exec COMMAND..." >&2
         exit 2
         ;;
 esac
