@@ -197,7 +197,7 @@ stop() {
         # nspawn unregisters the machine and exits once it has reaped the init: a second or so.
         clock
         deadline=$((now + 500))
-        while [ -e "/proc/$nspawn_pid" ] && [ "$now" -lt "$deadline" ]; do
+        while nspawn_alive && [ "$now" -lt "$deadline" ]; do
             sleep 0.1
             clock
         done

@@ -8,6 +8,10 @@
 # status. nspawn passes the SIGTERM the stop sends it on to the init as the image's stop signal.
 nspawn_start() {
     echo "$$" >"$STATE_DIR/pid"
+    # nspawn refuses a root without /usr ("doesn't look like it has an OS tree"), which an image made
+    # FROM scratch or of busybox alone has none of: an empty one in the writable layer, gone at the
+    # next start, lets it run.
+    [ -d "$ROOT/usr" ] || mkdir "$ROOT/usr"
     register=no
     # machined is there to register with on a systemd host that has systemd-container (the
     # package's dependency); elsewhere (a test host without systemd) nspawn runs unregistered.
@@ -31,8 +35,30 @@ nspawn_init() {
     pid=
     nspawn_pid=
     read -r nspawn_pid 2>/dev/null <"$STATE_DIR/pid" || [ -n "$nspawn_pid" ] || return 1
+    # Not before the helper has become nspawn (its mkdir is a child too), nor once the PID is another's.
+    comm=
+    read -r comm 2>/dev/null <"/proc/$nspawn_pid/comm" || true
+    [ "$comm" = systemd-nspawn ] || return 1
     # nspawn is the init's parent (it reaps it); the kernel's list has no newline.
-    read -r pid _ 2>/dev/null <"/proc/$nspawn_pid/task/$nspawn_pid/children" || [ -n "$pid" ]
+    read -r pid _ 2>/dev/null <"/proc/$nspawn_pid/task/$nspawn_pid/children" || [ -n "$pid" ] || return 1
+    # While the container starts, that child is for a moment nspawn's own helper: the init is PID 1
+    # of a PID namespace of its own ("NSpid: PID 1" in its status).
+    while read -r key host inner _; do
+        if [ "$key" = NSpid: ]; then
+            [ "$inner" = 1 ] && [ "$host" = "$pid" ]
+            return
+        fi
+    done 2>/dev/null <"/proc/$pid/status"
+    return 1
+}
+
+# Whether nspawn ($nspawn_pid) runs: not gone, not a zombie its parent has yet to reap.
+nspawn_alive() {
+    stat=
+    read -r stat 2>/dev/null <"/proc/$nspawn_pid/stat" || return 1
+    # shellcheck disable=SC2086 # split on purpose: the fields after "(comm) ", the state first
+    set -- ${stat##*) }
+    [ "$1" != Z ] && [ "$1" != X ]
 }
 
 nspawn_status() {
@@ -43,16 +69,31 @@ nspawn_status() {
     fi
 }
 
-# nspawn_exec COMMAND...: COMMAND in the container, as `runc exec` runs it: in all its namespaces and
-# its root, as the config's user, with the init's environment (nspawn gives no exec of its own).
+# nspawn_exec COMMAND...: COMMAND in the container, as `runc exec` runs it: in all the init's
+# namespaces and its root, as the config's user, with the config's environment (the init's own may
+# have changed since: an entrypoint that drops privileges with su, say). nspawn has no exec of its own.
 # Unlike runc exec, it keeps the helper's capabilities and cgroup, and no seccomp filter applies.
 nspawn_exec() {
     nspawn_init || return 1
     uid=$(sed -n 's/^      "uid": \([0-9][0-9]*\),\{0,1\}$/\1/p' "$BUNDLE/config.json")
     gid=$(sed -n 's/^      "gid": \([0-9][0-9]*\),\{0,1\}$/\1/p' "$BUNDLE/config.json")
-    environment=$(tr '\0' '\n' <"/proc/$pid/environ") || return 1
     set -- nsenter --target "$pid" --all --root --wd --setuid "${uid:-0}" --setgid "${gid:-0}" -- "$@"
-    # One assignment a line (a value with a newline in it is cut there); the order does not matter.
+    # process.env, one item a line as config.awk writes it, with the escapes it writes undone (a value
+    # with a newline in it is cut there). The order does not matter.
+    environment=$(awk '
+        /^    "env": \[\]/ { exit }
+        /^    "env": \[/ { on = 1; next }
+        on && /^    \],?$/ { exit }
+        on {
+            sub(/^ *"/, ""); sub(/",?$/, "")
+            out = ""
+            for (i = 1; i <= length($0); i++) {
+                c = substr($0, i, 1)
+                if (c == "\\") { i++; c = substr($0, i, 1); if (c == "t") c = "\t" }
+                out = out c
+            }
+            print out
+        }' "$BUNDLE/config.json") || return 1
     while IFS= read -r assignment; do
         case "$assignment" in
             ?*=*) set -- "$assignment" "$@" ;;

@@ -30,6 +30,11 @@ def adapt(config: dict[str, Any]) -> dict[str, Any]:
     cfg = copy.deepcopy(config)
     cfg["ociVersion"] = OCI_VERSION
     linux = cfg.setdefault("linux", {})
+    # nspawn registers a container with machined only if it has a UTS namespace of its own: with the
+    # host's network too, where the helper's awk names it as the host at each start.
+    namespaces = linux.setdefault("namespaces", [])
+    if not any(ns.get("type") == "uts" for ns in namespaces):
+        namespaces.append({"type": "uts"})
     # nspawn reads cgroupsPath as a slice, and turns resources into properties of the unit it creates
     # over D-Bus; with --keep-unit it creates none. The unit holds the limits instead (MemoryMax=,
     # CPUQuota=, TasksMax=: templates/service.unit.j2), and nspawn runs the container in its cgroup.
