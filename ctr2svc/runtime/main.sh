@@ -28,7 +28,7 @@ case "${1:-}" in
         ;;
     wait-healthy) wait_healthy "${2:-90}" ;;
     *)
-        echo "usage: $0 prepare|start|nspawn|run|run-once|stop|cleanup|init-data|status|wait-ready PORT [SECONDS]|health|wait-healthy [SECONDS]|exec COMMAND..." >&2
+        echo "usage: $0 prepare|start|run|run-once|stop|cleanup|init-data|status|wait-ready PORT [SECONDS]|health|wait-healthy [SECONDS]|nspawn|exec COMMAND..." >&2
         exit 2
         ;;
 esac
