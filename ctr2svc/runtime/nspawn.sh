@@ -18,6 +18,11 @@ nspawn_start() {
     if [ -d /run/systemd/system ] && command -v machinectl >/dev/null 2>&1; then
         register=yes
     fi
+    # nspawn gives a container with no systemd of its own a cgroup v1 "name=systemd" hierarchy unless
+    # told otherwise: cgroup v2, as runc (and Docker, on a v2 host) give it, wherever v2 is mounted.
+    if [ -e /sys/fs/cgroup/cgroup.controllers ] || [ -d /sys/fs/cgroup/unified ]; then
+        export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
+    fi
     if [ "$STDIO" = pipe ]; then
         # As start does for runc: the container's stdout and stderr are a pipe that cat forwards.
         rm -f "$STATE_DIR/stdio"
