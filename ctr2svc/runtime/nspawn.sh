@@ -12,6 +12,12 @@ nspawn_start() {
     # FROM scratch or of busybox alone has none of: an empty one in the writable layer, gone at the
     # next start, lets it run.
     [ -d "$ROOT/usr" ] || mkdir "$ROOT/usr"
+    # What nspawn masks /proc/kcore, /proc/sysrq-trigger and the like with: an empty file of mode 0000,
+    # which the config binds at /run/systemd/inaccessible (ctr2svc/service/nspawn.py says why).
+    if ! [ -e "$STATE_DIR/inaccessible/reg" ]; then
+        mkdir -p "$STATE_DIR/inaccessible"
+        (umask 0777 && : >"$STATE_DIR/inaccessible/reg")
+    fi
     register=no
     # machined is there to register with on a systemd host that has systemd-container (the
     # package's dependency); elsewhere (a test host without systemd) nspawn runs unregistered.

@@ -25,8 +25,14 @@ def package(runtime: str) -> str:
     return PACKAGE if runtime == "nspawn" else runtime
 
 
-def adapt(config: dict[str, Any]) -> dict[str, Any]:
-    """CONFIG (runtime_config.patch's, for runc) as nspawn takes it; never edits its input."""
+def inaccessible_dir(state_dir: str) -> str:
+    """Where the helper makes the empty, mode 0000 file nspawn masks /proc's files with."""
+    return f"{state_dir}/inaccessible"
+
+
+def adapt(config: dict[str, Any], state_dir: str) -> dict[str, Any]:
+    """CONFIG (runtime_config.patch's, for runc) as nspawn takes it, STATE_DIR the service's runtime
+    directory; never edits its input."""
     cfg = copy.deepcopy(config)
     cfg["ociVersion"] = OCI_VERSION
     linux = cfg.setdefault("linux", {})
@@ -53,6 +59,20 @@ def adapt(config: dict[str, Any]) -> dict[str, Any]:
         if "ro" in options and mount["destination"] not in readonly:
             readonly.append(mount["destination"])
         mount["options"] = [o for o in options if o in BIND_OPTIONS]
+    # nspawn leaves /proc's masked and read-only paths to itself (its reader skips them), and masks
+    # /proc/kcore, kallsyms, keys, timer_list and sysrq-trigger (which root may write: the host's
+    # reboot, say) with /run/systemd/inaccessible/reg as the container sees it. v252 mounts its own
+    # /run first and so finds none: each stays open. The helper makes that file (inaccessible_dir),
+    # bound there read-only before nspawn mounts /proc.
+    cfg.setdefault("mounts", []).append(
+        {
+            "destination": "/run/systemd/inaccessible",
+            "type": "bind",
+            "source": inaccessible_dir(state_dir),
+            "options": ["rbind"],
+        }
+    )
+    readonly.append("/run/systemd/inaccessible")
     # Present even when empty: the helper's awk adds the admin's read-only mounts to it.
     linux["readonlyPaths"] = readonly
     return cfg

@@ -199,7 +199,7 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     if spec.private_network:
         head["hostname"] = spec.name
     if spec.runtime == "nspawn":
-        return nspawn.adapt(head | cfg)
+        return nspawn.adapt(head | cfg, spec.layout.state_dir)
     return head | cfg
 
 

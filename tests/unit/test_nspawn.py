@@ -27,6 +27,11 @@ def nspawn_spec(spec: ServiceSpec) -> ServiceSpec:
     return dataclasses.replace(spec, runtime="nspawn", mounts=(BindMount("/srv/certs", "/certs", "ro"),))
 
 
+def mount(cfg: dict[str, Any], destination: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(m for m in cfg["mounts"] if m["destination"] == destination)
+    return found
+
+
 def binds(cfg: dict[str, Any]) -> dict[str, list[str]]:
     return {m["destination"]: m["options"] for m in cfg["mounts"] if m["type"] == "bind"}
 
@@ -50,7 +55,14 @@ def test_the_config_is_what_nspawn_reads(umoci_config: dict[str, Any], nspawn_sp
     # readonlyPaths entry, which nspawn binds read-only onto itself.
     assert binds(runc)["/etc/hosts"] == ["rbind", "rw"] and binds(cfg)["/etc/hosts"] == ["rbind"]
     assert all(set(options) <= set(nspawn.BIND_OPTIONS) for options in binds(cfg).values())
-    assert cfg["linux"]["readonlyPaths"] == [*runc["linux"]["readonlyPaths"]]
+    # What nspawn 252 masks /proc's kcore, keys, sysrq-trigger... with, where it looks for it.
+    assert mount(cfg, "/run/systemd/inaccessible") == {
+        "destination": "/run/systemd/inaccessible",
+        "type": "bind",
+        "source": "/run/valkey-svc/inaccessible",
+        "options": ["rbind"],
+    }
+    assert cfg["linux"]["readonlyPaths"] == [*runc["linux"]["readonlyPaths"], "/run/systemd/inaccessible"]
     # The hostname stays right after ociVersion, where the helper's awk looks for it.
     private = runtime_config.patch(umoci_config, dataclasses.replace(nspawn_spec, network="private"))
     assert list(private)[:2] == ["ociVersion", "hostname"]
@@ -63,13 +75,15 @@ def test_read_only_binds_and_init(umoci_config: dict[str, Any], nspawn_spec: Ser
     assert runtime_config.INIT_PATH in cfg["linux"]["readonlyPaths"]
     # --privileged has no readonlyPaths of its own: the key is there for the admin's mounts.
     privileged = dataclasses.replace(nspawn_spec, security=Security(privileged=True))
-    assert runtime_config.patch(umoci_config, privileged)["linux"]["readonlyPaths"] == []
+    assert runtime_config.patch(umoci_config, privileged)["linux"]["readonlyPaths"] == [
+        "/run/systemd/inaccessible"
+    ]
 
 
 def test_adapt_does_not_edit_its_input(umoci_config: dict[str, Any], spec: ServiceSpec) -> None:
     cfg = runtime_config.patch(umoci_config, spec)
     before = copy.deepcopy(cfg)
-    nspawn.adapt(cfg)
+    nspawn.adapt(cfg, spec.layout.state_dir)
     assert cfg == before
 
 

@@ -159,6 +159,9 @@ def test_health_check_runs_in_the_container(vm: vmhost.VM, installed: Packages) 
     assert vm.ssh(f"{HELPER} exec cat /www/index.html").stdout.strip() == "kv 1.0"
     assert vm.ssh(f"{HELPER} exec id -u").stdout.strip() == "0"
     assert f"PORT={installed.port}" in vm.ssh(f"{HELPER} exec env").stdout.split()
+    # Read-only, as under runc (nspawn 252 alone would leave it writable: ctr2svc/service/nspawn.py).
+    sysrq = vm.ssh(f"{HELPER} exec sh -c 'echo h >/proc/sysrq-trigger'", check=False)
+    assert sysrq.returncode != 0 and "Read-only file system" in sysrq.stderr, sysrq.stderr
     vm.ssh(f"touch /var/lib/{NAME}/volumes/data/sick")
     try:
         sick = vm.ssh(f"{HELPER} health", check=False)
@@ -242,7 +245,9 @@ def test_an_init_that_ignores_its_stop_signal_is_killed_on_time(
     vm: vmhost.VM, packages: Packages, timings: Timings
 ) -> None:
     """busybox httpd as PID 1 ignores SIGTERM: the stop takes the stop timeout (5 s) by systemd's
-    clock, plus at most 3 s to kill it and clean up."""
+    clock, plus at most 4 s to kill it and clean up: runc's bound (test_lifecycle.py) and a second
+    for nspawn's own teardown (it reaps the init and unregisters the machine before it exits), which
+    took up to 1.5 s under emulation on a loaded host."""
     unit = f"{STUBBORN}.service"
     apt_install(vm, packages.stubborn)
     try:
@@ -256,7 +261,7 @@ def test_an_init_that_ignores_its_stop_signal_is_killed_on_time(
             int(stamps["InactiveEnterTimestampMonotonic"]) - int(stamps["ActiveExitTimestampMonotonic"])
         ) / 1e6
         timings.record(f"nspawn: systemctl stop, SIGTERM ignored, stop timeout {STUBBORN_TIMEOUT} s", took)
-        assert STUBBORN_TIMEOUT <= took <= STUBBORN_TIMEOUT + 3, f"the stop took {took:.1f} s"
+        assert STUBBORN_TIMEOUT <= took <= STUBBORN_TIMEOUT + 4, f"the stop took {took:.1f} s"
         assert f"{STUBBORN}: still running after {STUBBORN_TIMEOUT}s; killing it" in journal(vm, unit)
         assert root_mounts(vm, STUBBORN) == 0 and gone(vm, f"/run/{STUBBORN}")
     finally:
