@@ -14,10 +14,12 @@ wait_ready() {
     until [ -n "$net" ] && awk -v port="$port_hex" '
             $4 == "0A" && substr($2, length($2) - 4) == port { found = 1 }
             END { exit !found }' "$net/tcp" "$net/tcp6" 2>/dev/null; do
-        if [ -e "$NET_JSON" ] && [ "$RUNTIME" = nspawn ]; then
-            nspawn_init || pid=
-        elif [ -e "$NET_JSON" ]; then
-            pid=$(runc_ state "$NAME" 2>/dev/null | sed -n 's/^ *"pid": \([0-9][0-9]*\),$/\1/p')
+        if [ -e "$NET_JSON" ]; then
+            if [ "$RUNTIME" = nspawn ]; then
+                nspawn_init || pid=
+            else
+                pid=$(runc_ state "$NAME" 2>/dev/null | sed -n 's/^ *"pid": \([0-9][0-9]*\),$/\1/p')
+            fi
             net=
             if [ -n "$pid" ] && [ "$pid" != 0 ]; then
                 net=/proc/$pid/net

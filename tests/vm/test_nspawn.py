@@ -18,7 +18,7 @@ from tests.conftest import Cli
 from tests.support.images import build_image, install_busybox, layered_service_image, service_image
 from tests.support.registry import Registry, free_port
 from tests.vm import vmhost
-from tests.vm.conftest import Timings, root_mounts
+from tests.vm.conftest import Timings, install_network_stack, root_mounts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -222,6 +222,35 @@ def test_upgrade_keeps_data(vm: vmhost.VM, installed: Packages, timings: Timings
     assert vm.ssh(f"ls /opt/containers/{NAME}").stdout.split() == ["2.0"]
     assert root_mounts(vm, NAME) == 1
     vm.wait_until(f"machinectl list --no-legend | grep -w {NAME}", timeout=30)
+
+
+def test_private_network(
+    vm: vmhost.VM, installed: Packages, timings: Timings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """/etc/NAME/network says private: nspawn joins the namespace netavark wired
+    (--network-namespace-path= through the config), with its own address and a published port; the
+    readiness wait and machined see the container's network; back to the host's after."""
+    install_network_stack(vm, tmp_path_factory.mktemp("nspawn-net"))
+    published = free_port()
+    config = f"/etc/{NAME}"
+    vm.ssh(f"echo private > {config}/network && echo '{published}:{installed.port}' >> {config}/ports")
+    try:
+        start = time.monotonic()
+        # --ready-port: the restart returns once the port listens in the container's namespace.
+        vm.ssh(f"systemctl restart {UNIT}", timeout=300)
+        timings.record("nspawn: restart on a private network (netavark)", time.monotonic() - start)
+        assert get(vm, published).strip() == "kv 2.0"
+        init = leader(vm)
+        assert vm.ssh(f"readlink /proc/{init}/ns/net").stdout != vm.ssh("readlink /proc/1/ns/net").stdout
+        shown = vm.ssh(f"machinectl status --no-pager {NAME}", check=False).stdout
+        assert "Address: 10.89." in shown, shown
+        # Its own UTS namespace, named after the service, as under runc.
+        assert vm.ssh(f"{HELPER} exec cat /proc/sys/kernel/hostname").stdout.strip() == NAME
+    finally:
+        vm.ssh(f"echo host > {config}/network && sed -i '/^{published}:/d' {config}/ports")
+        vm.ssh(f"systemctl restart {UNIT}", timeout=300)
+    assert get(vm, installed.port).strip() == "kv 2.0"
+    assert vm.ssh(f"test -e /run/netns/ctr2svc-{NAME} && echo left || echo gone").stdout.strip() == "gone"
 
 
 def test_shared_layers(vm: vmhost.VM, packages: Packages) -> None:
