@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ NSPAWN_ENV: dict[str, str] = {}
 APPLETS = ("sh", "httpd", "cat", "id", "test", "sleep", "kill", "env")
 
 
-def container(tmp_path: Path, script: str, **changes: object) -> Helper:
+def container(tmp_path: Path, script: str, **changes: Any) -> Helper:
     """A service whose image is busybox alone (no /usr: nspawn would refuse it as it is), running
     SCRIPT as its init, with a health check that looks for the seeded volume's file."""
     require(shutil.which("systemd-nspawn") is not None, "systemd-nspawn (systemd-container) is not installed")
