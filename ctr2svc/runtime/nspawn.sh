@@ -89,8 +89,9 @@ nspawn_exec() {
     uid=$(sed -n 's/^      "uid": \([0-9][0-9]*\),\{0,1\}$/\1/p' "$BUNDLE/config.json")
     gid=$(sed -n 's/^      "gid": \([0-9][0-9]*\),\{0,1\}$/\1/p' "$BUNDLE/config.json")
     set -- nsenter --target "$pid" --all --root --wd --setuid "${uid:-0}" --setgid "${gid:-0}" -- "$@"
-    # process.env, one item a line as config.awk writes it, with the escapes it writes undone (a value
-    # with a newline in it is cut there). The order does not matter.
+    # process.env, one item a line as config.awk writes it, with the escapes it writes undone (\\, \"
+    # and \t; others, such as the \uXXXX Python writes for a character beyond ASCII, stay as they are).
+    # The order does not matter.
     environment=$(awk '
         /^    "env": \[\]/ { exit }
         /^    "env": \[/ { on = 1; next }
@@ -100,7 +101,12 @@ nspawn_exec() {
             out = ""
             for (i = 1; i <= length($0); i++) {
                 c = substr($0, i, 1)
-                if (c == "\\") { i++; c = substr($0, i, 1); if (c == "t") c = "\t" }
+                if (c == "\\") {
+                    i++
+                    c = substr($0, i, 1)
+                    if (c == "t") c = "\t"
+                    else if (c != "\\" && c != "\"") c = "\\" c
+                }
                 out = out c
             }
             print out

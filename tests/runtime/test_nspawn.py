@@ -102,6 +102,8 @@ def test_nspawn_runs_the_bundle_and_execs_into_it(tmp_path: Path, started: list[
     port = free_port()
     script = f"trap 'echo stopping on SIGINT; kill $!; exit 0' INT; httpd -f -p {port} -h /www & wait"
     helper = container(tmp_path, script, stop_signal="SIGINT", stop_timeout=10)
+    # The admin's, with what the config's JSON escapes: exec gets it back as written.
+    (helper.path("CONFIG_DIR") / "env").write_text('GREETING=say "hi" \\ there\tnow\n')
     run = Running(helper)
     started.append(run)
     nspawn_pid = int((helper.path("STATE_DIR") / "pid").read_text())
@@ -111,7 +113,8 @@ def test_nspawn_runs_the_bundle_and_execs_into_it(tmp_path: Path, started: list[
     # The config's user (umoci's 999 here) and environment, in the container's root and volume.
     assert helper.run("exec", "cat", "/www/index.html").stdout == "nspawn\n"
     assert helper.run("exec", "id", "-u").stdout.strip() == "999"
-    assert "HOME=/data" in helper.run("exec", "env").stdout.split()
+    env = helper.run("exec", "env").stdout.splitlines()
+    assert "HOME=/data" in env and 'GREETING=say "hi" \\ there\tnow' in env, env
     assert helper.run("exec", "cat", "/data/seed").stdout == "from the image\n"
     # Masked read-only as runc masks them (nspawn 252 alone leaves them open: ctr2svc/service/nspawn.py;
     # this host's /proc has no sysrq-trigger or kcore, which the VM test checks).
