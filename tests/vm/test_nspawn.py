@@ -253,13 +253,20 @@ def test_private_network(
     assert vm.ssh(f"test -e /run/netns/ctr2svc-{NAME} && echo left || echo gone").stdout.strip() == "gone"
 
 
-def test_shared_layers(vm: vmhost.VM, packages: Packages) -> None:
+@pytest.fixture(scope="module")
+def others(vm: vmhost.VM, packages: Packages) -> Packages:
+    """The shared-layer and the stubborn services, installed with one apt run (each costs ~15 s under
+    emulation); each test purges its own."""
+    apt_install(vm, *packages.shared, packages.stubborn)
+    return packages
+
+
+def test_shared_layers(vm: vmhost.VM, others: Packages) -> None:
     """A --layers shared package runs under nspawn too (the root is the layers' overlay); purged,
     nothing of it is left."""
     unit = f"{SHARED}.service"
-    apt_install(vm, *packages.shared)
     try:
-        assert get(vm, packages.shared_port).strip() == "shared 1.0"
+        assert get(vm, others.shared_port).strip() == "shared 1.0"
         assert show(vm, "Type", unit) == "notify"
         vm.wait_until(f"machinectl list --no-legend | grep -w {SHARED}", timeout=30)
         assert root_mounts(vm, SHARED) == 1
@@ -271,14 +278,13 @@ def test_shared_layers(vm: vmhost.VM, packages: Packages) -> None:
 
 
 def test_an_init_that_ignores_its_stop_signal_is_killed_on_time(
-    vm: vmhost.VM, packages: Packages, timings: Timings
+    vm: vmhost.VM, others: Packages, timings: Timings
 ) -> None:
     """busybox httpd as PID 1 ignores SIGTERM: the stop takes the stop timeout (5 s) by systemd's
     clock, plus at most 4 s to kill it and clean up: runc's bound (test_lifecycle.py) and a second
     for nspawn's own teardown (it reaps the init and unregisters the machine before it exits), which
     took up to 1.5 s under emulation on a loaded host."""
     unit = f"{STUBBORN}.service"
-    apt_install(vm, packages.stubborn)
     try:
         vm.wait_until("curl -s --max-time 2 -o /dev/null http://127.0.0.1:8091/", timeout=60)
         vm.ssh(f"systemctl stop {unit}", timeout=120)
