@@ -312,7 +312,7 @@ class ServiceSpec:
     resources: Resources = field(default_factory=Resources)
     health: HealthCheck | None = None
     ready_port: int | None = None  # the start counts as done once something listens here
-    runtime: str = "runc"  # the OCI runtime binary: runc or crun (same command line)
+    runtime: str = "runc"  # runc or crun (same command line), or nspawn (systemd-nspawn --oci-bundle)
     homepage: str | None = None
     license: str | None = None
     # How the container's stdout and stderr reach the journal (systemd): "journal", its socket itself,

@@ -208,7 +208,7 @@ PACKAGE_OPTIONS = [
         "--runtime",
         default="runc",
         show_default=True,
-        help="OCI runtime the service runs with: runc or crun (the package depends on it).",
+        help="OCI runtime the service runs with: runc, crun or nspawn (the package depends on it).",
     ),
     click.option(
         "--layers",

@@ -151,6 +151,11 @@ def resolve(opts: BuildOptions) -> BuildRequest:
     version = naming.parse_version(fmt, opts.version) if opts.version is not None else None
     confined = security(opts.cap_add, opts.cap_drop, opts.privileged, opts.pids_limit)
     runtime = check_runtime(opts.runtime)
+    if runtime == "nspawn" and init is not InitSystem.SYSTEMD:
+        raise UsageError(
+            "--runtime nspawn needs systemd: nspawn runs in the foreground under a systemd unit",
+            hint="use --init systemd with --runtime nspawn, or --runtime runc for OpenRC",
+        )
     if opts.layers not in LAYER_MODES:
         raise UsageError(f"unknown --layers {opts.layers!r}", hint="use --layers flat or --layers shared")
     if opts.layers == "shared":

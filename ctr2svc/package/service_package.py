@@ -31,7 +31,7 @@ from ctr2svc.package.nfpm import (
     tree_contents,
     year,
 )
-from ctr2svc.service import seccomp, units
+from ctr2svc.service import nspawn, seccomp, units
 from ctr2svc.service.runtime_config import capabilities
 
 
@@ -174,7 +174,7 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
         "maintainer": metadata.nfpm_text(spec.maintainer),
         "description": metadata.nfpm_text(description),
         "depends": [
-            spec.runtime,
+            nspawn.package(spec.runtime),
             *(["openrc"] if spec.init is InitSystem.OPENRC else []),
             *(layer.package for layer in spec.layers),
             # What the service helper runs besides runc and the Essential packages: mount(8) is
@@ -314,7 +314,9 @@ def image_metadata(spec: ServiceSpec) -> dict[str, Any]:
             "cap_drop": list(spec.security.cap_drop),
             "pids_limit": spec.security.pids_limit,
             # Which allow-list, and which version of it: the filter is fixed at build time.
-            "seccomp": "none"
+            "seccomp": "systemd-nspawn's own"
+            if spec.runtime == "nspawn"
+            else "none"
             if spec.security.privileged
             else f"Docker's default from {seccomp.load().source}",
         },

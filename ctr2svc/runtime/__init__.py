@@ -22,7 +22,7 @@ from ctr2svc.service import network, rollback, runtime_config
 HERE = Path(__file__).resolve().parent
 # In the order the program needs them: the head reads service.env, main dispatches.
 PARTS = ("head.sh", "base.sh", "mount.sh", "config.sh", "ipam.sh", "network.sh", "health.sh",
-         "lifecycle.sh", "snapshot.sh", "rollback.sh", "main.sh")  # fmt: skip
+         "nspawn.sh", "lifecycle.sh", "snapshot.sh", "rollback.sh", "main.sh")  # fmt: skip
 AWK_PROGRAMS = ("config.awk", "network.awk")
 
 

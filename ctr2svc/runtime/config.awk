@@ -108,10 +108,12 @@ CGROUPS_PATH != "" && /^    "cgroupsPath": / {
 # The network ($CONFIG_DIR/network): the host's, or the private namespace at NETNS_PATH with a UTS
 # namespace of its own whose name is HOSTNAME. The packaged file has one or the other; both ways are
 # rewritten here. ctr2svc writes "hostname" right after "ociVersion", never last: no comma to mend.
+# nspawn (NSPAWN set) registers with machined only a container with a UTS namespace: with the host's
+# network it gets one too, named as the host (HOSTNAME is the host's name then).
 /^  "hostname": / { next }
 /^  "ociVersion": / {
     print
-    if (NETWORK == "private") print "  \"hostname\": " quote(HOSTNAME) ","
+    if (NETWORK == "private" || NSPAWN) print "  \"hostname\": " quote(HOSTNAME) ","
     next
 }
 /^    "namespaces": \[$/ {
@@ -128,10 +130,8 @@ CGROUPS_PATH != "" && /^    "cgroupsPath": / {
     m = 0
     split("", kept)
     for (i = 1; i <= n; i++) if (!dropped[i]) kept[++m] = body[i]
-    if (NETWORK == "private") {
-        kept[++m] = "        \"type\": \"network\",\n        \"path\": " quote(NETNS_PATH) "\n"
-        kept[++m] = "        \"type\": \"uts\"\n"
-    }
+    if (NETWORK == "private") kept[++m] = "        \"type\": \"network\",\n        \"path\": " quote(NETNS_PATH) "\n"
+    if (NETWORK == "private" || NSPAWN) kept[++m] = "        \"type\": \"uts\"\n"
     for (i = 1; i <= m; i++) {
         print "      {"
         printf "%s", kept[i]
@@ -150,10 +150,30 @@ inmounts && /^    }$/ && mountn {
         print "      \"destination\": " quote(mdst[i]) ","
         print "      \"type\": \"bind\","
         print "      \"source\": " quote(msrc[i]) ","
-        print "      \"options\": [\"rbind\", \"" mopt[i] "\"]"
+        # nspawn takes neither ro nor rw: a read-only one is in readonlyPaths (below).
+        if (NSPAWN) print "      \"options\": [\"rbind\"]"
+        else print "      \"options\": [\"rbind\", \"" mopt[i] "\"]"
         print "    }" (i < mountn ? "," : "")
     }
     next
 }
 inmounts && /^  \],?$/ { inmounts = 0 }
+
+# nspawn (NSPAWN set): the admin's read-only mounts are made read-only as readonlyPaths, which the
+# packaged config always has for it (ctr2svc/service/nspawn.py).
+NSPAWN && /^    "readonlyPaths": \[/ {
+    n = 0
+    split("", ro)
+    for (i = 1; i <= mountn; i++) if (mopt[i] == "ro") ro[++n] = "      " quote(mdst[i])
+    if (!n) { print; next }
+    if ($0 ~ /\]/) {
+        print "    \"readonlyPaths\": ["
+        emit("", n, ro)
+        print "    ]" (($0 ~ /,$/) ? "," : "")
+    } else {
+        print
+        for (i = 1; i <= n; i++) print ro[i] ","
+    }
+    next
+}
 { print }

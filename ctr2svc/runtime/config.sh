@@ -62,7 +62,9 @@ render_config() {
     # (Emptied with a redirection, the config written in place, deleted if awk fails: processes cost
     # a start.)
     : >"$BUNDLE/inputs"
-    awk -v NAME="$NAME" -v ENTRYPOINT_N="$ENTRYPOINT_N" -v CGROUPS_PATH="$cgroups_path" \
+    nspawn=
+    [ "$RUNTIME" != nspawn ] || nspawn=1
+    awk -v NAME="$NAME" -v ENTRYPOINT_N="$ENTRYPOINT_N" -v CGROUPS_PATH="$cgroups_path" -v NSPAWN="$nspawn" \
         -v HOSTNAME="$hostname" -v NETWORK="$NETWORK" -v NETNS_PATH="$NETNS_PATH" \
         -v ENVFILE="$CONFIG_DIR/env" -v ARGSFILE="$CONFIG_DIR/args" -v MOUNTSFILE="$CONFIG_DIR/mounts" \
         -f "$CONFIG_AWK" "$IMAGE_DIR/config.json" >"$BUNDLE/config.json" || {

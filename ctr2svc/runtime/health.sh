@@ -15,7 +15,11 @@ wait_ready() {
             $4 == "0A" && substr($2, length($2) - 4) == port { found = 1 }
             END { exit !found }' "$net/tcp" "$net/tcp6" 2>/dev/null; do
         if [ -e "$NET_JSON" ]; then
-            pid=$(runc_ state "$NAME" 2>/dev/null | sed -n 's/^ *"pid": \([0-9][0-9]*\),$/\1/p')
+            if [ "$RUNTIME" = nspawn ]; then
+                nspawn_init || pid=
+            else
+                pid=$(runc_ state "$NAME" 2>/dev/null | sed -n 's/^ *"pid": \([0-9][0-9]*\),$/\1/p')
+            fi
             net=
             if [ -n "$pid" ] && [ "$pid" != 0 ]; then
                 net=/proc/$pid/net
@@ -38,6 +42,10 @@ wait_ready() {
 # shellcheck disable=SC2120 # its arguments are the list eval sets
 health_check() {
     eval "set -- $HEALTH_CMD"
+    if [ "$RUNTIME" = nspawn ]; then
+        timeout "$HEALTH_TIMEOUT" "$0" exec "$@" >/dev/null 2>&1
+        return
+    fi
     timeout "$HEALTH_TIMEOUT" "$RUNC" --root "$STATE_DIR/runc" exec "$NAME" "$@" >/dev/null 2>&1
 }
 

@@ -2,6 +2,10 @@
 # The container's life: prepare (root, data, config, network), start or run, stop, cleanup.
 
 status() {
+    if [ "$RUNTIME" = nspawn ]; then
+        nspawn_status
+        return
+    fi
     runc_ state "$NAME" 2>/dev/null | sed -n 's/^ *"status": "\(.*\)",$/\1/p'
 }
 
@@ -117,6 +121,9 @@ run() {
 # To completion, for a unit others wait for to finish (Type=oneshot): from a leaf of the unit's cgroup,
 # as start does, runc in the foreground; it passes the stop signal on and exits with the container.
 run_once() {
+    if [ "$RUNTIME" = nspawn ]; then
+        nspawn_start
+    fi
     enter_leaf_cgroup
     exec "$RUNC" --root "$STATE_DIR/runc" run --bundle "$BUNDLE" "$NAME"
 }
@@ -126,6 +133,10 @@ run_once() {
 find_init() {
     pid=
     started=
+    if [ "$RUNTIME" = nspawn ]; then
+        if nspawn_init && init_alive; then started=$starttime; fi
+        return 0
+    fi
     read -r pid 2>/dev/null <"$STATE_DIR/pid" || [ -n "$pid" ] || true
     if [ -z "$pid" ]; then
         pid=$(runc_ state "$NAME" 2>/dev/null | sed -n 's/^ *"pid": \([0-9][0-9]*\),$/\1/p') || pid=
@@ -162,16 +173,35 @@ stop() {
     clock
     deadline=$((now + STOP_TIMEOUT * 100))
     find_init
-    runc_ kill "$NAME" "$STOP_SIGNAL" 2>/dev/null || true
+    if [ "$RUNTIME" != nspawn ]; then
+        runc_ kill "$NAME" "$STOP_SIGNAL" 2>/dev/null || true
+    elif [ -n "$nspawn_pid" ]; then
+        # nspawn sends the init the image's stop signal (--kill-signal).
+        kill -s TERM "$nspawn_pid" 2>/dev/null || true
+    fi
     while still_running; do
         clock
         if [ "$now" -ge "$deadline" ]; then
             echo "$NAME: still running after ${STOP_TIMEOUT}s; killing it" >&2
-            runc_ kill --all "$NAME" KILL 2>/dev/null || true
+            if [ "$RUNTIME" = nspawn ]; then
+                # The kernel kills every process of the init's PID namespace with it.
+                kill -s KILL "$pid" 2>/dev/null || true
+            else
+                runc_ kill --all "$NAME" KILL 2>/dev/null || true
+            fi
             break
         fi
         sleep 0.1
     done
+    if [ "$RUNTIME" = nspawn ] && [ -n "$nspawn_pid" ]; then
+        # nspawn unregisters the machine and exits once it has reaped the init: a second or so.
+        clock
+        deadline=$((now + 500))
+        while nspawn_alive && [ "$now" -lt "$deadline" ]; do
+            sleep 0.1
+            clock
+        done
+    fi
     after_stop
 }
 

@@ -13,6 +13,7 @@ fi
 case "${1:-}" in
     prepare) prepare ;;
     start) start ;;
+    nspawn) nspawn_start ;;
     run) run ;;
     run-once) run_once ;;
     stop) stop ;;
@@ -21,6 +22,10 @@ case "${1:-}" in
     status) status ;;
     wait-ready) wait_ready "$2" "${3:-90}" ;;
     health) health ;;
+    exec)
+        shift
+        nspawn_exec "$@"
+        ;;
     wait-healthy) wait_healthy "${2:-90}" ;;
     upgrade-restart)
         shift
@@ -28,7 +33,7 @@ case "${1:-}" in
         ;;
     roll-back) roll_back "$2" ;;
     *)
-        echo "usage: $0 prepare|start|run|run-once|stop|cleanup|init-data|status|wait-ready PORT [SECONDS]|health|wait-healthy [SECONDS]|upgrade-restart VERSION COMMAND...|roll-back VERSION" >&2
+        echo "usage: $0 prepare|start|run|run-once|stop|cleanup|init-data|status|wait-ready PORT [SECONDS]|health|wait-healthy [SECONDS]|upgrade-restart VERSION COMMAND...|roll-back VERSION|nspawn|exec COMMAND..." >&2
         exit 2
         ;;
 esac

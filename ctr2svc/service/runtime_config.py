@@ -12,7 +12,7 @@ from typing import Any
 
 from ctr2svc import metadata
 from ctr2svc.model import ServiceSpec
-from ctr2svc.service import seccomp
+from ctr2svc.service import nspawn, seccomp
 
 # Docker's default capability set (moby's oci/caps/defaults.go): enough for entrypoints that chown
 # their data dir and drop privileges (valkey, redis, postgres), nothing beyond what `docker run` grants.
@@ -198,6 +198,8 @@ def patch(config: dict[str, Any], spec: ServiceSpec) -> dict[str, Any]:
     head: dict[str, Any] = {"ociVersion": cfg.pop("ociVersion", OCI_VERSION)}
     if spec.private_network:
         head["hostname"] = spec.name
+    if spec.runtime == "nspawn":
+        return nspawn.adapt(head | cfg, spec.layout.state_dir)
     return head | cfg
 
 

@@ -132,6 +132,7 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         "health": spec.health,
         "ready_port": spec.ready_port,
         "runtime": spec.runtime,
+        "pids_limit": spec.security.pids_limit,
         "layers": spec.layers,
         # The package's network mode; /etc/NAME/network (the admin's) may say otherwise.
         "network_mode": spec.network,

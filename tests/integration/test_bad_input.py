@@ -229,7 +229,7 @@ def test_bad_format_combinations(
         (("--cpus", "inf"), "is not a number of CPUs above 0", "--cpus 0.5"),
         (("--cpus", "nan"), "is not a number of CPUs above 0", "--cpus 0.5"),
         (("--stdio", "socket"), "Invalid value for '--stdio'", "auto"),
-        (("--runtime", "nspawn"), "--runtime nspawn is not supported", "--runtime runc"),
+        (("--runtime", "nspawn", "--init", "openrc"), "--runtime nspawn needs systemd", "--init systemd"),
         (("--runtime", "kata"), "unknown runtime 'kata'", "--runtime crun"),
         (("--user", "a:"), "is not USER, UID, USER:GROUP or UID:GID", "--user 999:999"),
     ],

@@ -122,6 +122,8 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
     variants["apk-shared"] = dataclasses.replace(variants["apk"], layers=SHARED)
     # A private network: netavark in the helper, the ports file, and its awk program.
     variants["private"] = dataclasses.replace(spec, network="private", publish=PORTS, ready_port=6379)
+    # systemd-nspawn in the foreground as the unit's main process.
+    variants["nspawn"] = dataclasses.replace(spec, runtime="nspawn")
     # --activation start (Debian's rule everywhere) and manual (nothing on a first install).
     variants["rpm-start"] = dataclasses.replace(variants["rpm"], activation="start")
     variants["apk-start"] = dataclasses.replace(variants["apk"], activation="start")
@@ -134,7 +136,7 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
             integration = [variant.layout.preset_path]
         if prefix == "private":
             integration += [f"{variant.layout.config_dir}/ports"]
-        if prefix.endswith(("checked", "shared", "private")) or prefix == "piped":
+        if prefix.endswith(("checked", "shared", "private")) or prefix in ("piped", "nspawn"):
             integration += [
                 variant.layout.service_env,
                 *(f"{variant.layout.unit_dir}/valkey-svc-health.{k}" for k in ("service", "timer")),
