@@ -349,6 +349,9 @@ class ServiceSpec:
     aliases: tuple[str, ...] = ()  # more names the other services reach this one by (private network)
     # The compose application whose own network the service is on ("": the host's ctr2svc network).
     application_network: str = ""
+    # "host": the container's root is the host's root. "auto": a user namespace of its own, with 65536
+    # host ids allocated at install (ctr2svc/runtime/userns.sh); /etc/NAME/userns may say otherwise.
+    userns: str = "host"
 
     @property
     def package_depends(self) -> tuple[str, ...]:

@@ -17,7 +17,12 @@ derive_paths() {
     # The address book of the private networks (ipam.sh); services' data directories hold their side.
     IPAM_DIR=/var/lib/ctr2svc
     SERVICES_DATA=/var/lib
+    # The user namespaces' ranges (userns.sh).
+    USERNS_DIR="$IPAM_DIR/userns"
     PODMAN_NETWORKS=/etc/containers/networks
+    # Where the container's ids are on the host: 0, or a user namespace's range (userns.sh).
+    SHIFT=0
+    USERNS_START=
     # The image's writable layer is marked with the root directory's mode and owner (mount.sh).
     LAYER_MARK=".root-$ROOT_MODE-$ROOT_UID-$ROOT_GID"
 }

@@ -8,9 +8,11 @@ status() {
 prepare() {
     cleanup
     read_network_mode
+    userns_setup allocate
     if [ -n "$LOWER" ]; then
         check_layers
     else
+        shift_rootfs
         init_data
     fi
     # One mkdir for all: each process costs a start a few milliseconds (bench/README.md).
@@ -22,6 +24,7 @@ prepare() {
         host_files
         warn_unpublished
     fi
+    userns_state
     # The container's writable layer starts empty at every start, like a fresh `docker run`: what must
     # persist belongs in a volume. It lives on disk; /run (memory) is the fallback for a /var/lib that
     # cannot hold an overlay's upper layer (an overlayfs itself, for instance).
@@ -193,6 +196,7 @@ cleanup() {
 after_stop() {
     cleanup
     if [ -d "$DATA_DIR" ] && [ -d "$OVERLAY_DIR" ]; then
+        userns_setup
         new_layer "$OVERLAY_DIR" 2>/dev/null || true
     fi
 }

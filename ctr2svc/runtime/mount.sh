@@ -36,8 +36,8 @@ new_layer() {
     rm -rf "$1"
     # shellcheck disable=SC2174 # -m is meant for all three
     mkdir -p -m "$ROOT_MODE" "$1/upper" "$1/work" "$1/$LAYER_MARK"
-    if [ "$ROOT_UID" != 0 ] || [ "$ROOT_GID" != 0 ]; then
-        chown "$ROOT_UID:$ROOT_GID" "$1/upper"
+    if [ "$ROOT_UID" != 0 ] || [ "$ROOT_GID" != 0 ] || [ "$SHIFT" != 0 ]; then
+        chown "$((ROOT_UID + SHIFT)):$((ROOT_GID + SHIFT))" "$1/upper"
     fi
 }
 
@@ -95,7 +95,7 @@ init_volume() {
     if [ "$6" = yes ]; then
         cp -a "$SEED_ROOT$2/." "$1.new/"
     fi
-    chown "$3:$4" "$1.new"
+    chown "$(($3 + SHIFT)):$(($4 + SHIFT))" "$1.new"
     chmod "$5" "$1.new"
     # Renamed into place last, so an interrupted copy is redone rather than taken as done.
     mv "$1.new" "$1"
@@ -109,6 +109,7 @@ init_data() {
         chmod 0700 "$DATA_DIR"
     fi
     [ -d "$VOLUMES_DIR" ] || mkdir -p "$VOLUMES_DIR"
+    shift_volumes
     eval "set -- $VOLUMES"
     while [ "$#" -ge 6 ]; do
         init_volume "$1" "$2" "$3" "$4" "$5" "$6"
