@@ -19,6 +19,7 @@ derive_paths() {
     SERVICES_DATA=/var/lib
     # The user namespaces' ranges (userns.sh).
     USERNS_DIR="$IPAM_DIR/userns"
+    SUBUID=/etc/subuid
     PODMAN_NETWORKS=/etc/containers/networks
     # Where the container's ids are on the host: 0, or a user namespace's range (userns.sh).
     SHIFT=0

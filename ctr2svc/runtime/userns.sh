@@ -35,13 +35,13 @@ read_userns_mode() {
 userns_pool() {
     pool_start=1879048192
     pool_size=268304384
-    [ -r /etc/subuid ] || return 0
+    [ -r "$SUBUID" ] || return 0
     while IFS=: read -r user start count || [ -n "$user" ]; do
         if [ "$user" = ctr2svc ]; then
             pool_start=$start
             pool_size=$count
         fi
-    done </etc/subuid
+    done <"$SUBUID"
 }
 
 # userns_free START: no other service holds the range starting at START.
