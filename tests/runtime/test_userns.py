@@ -63,8 +63,8 @@ def test_concurrent_installs_get_distinct_ranges(helper: Helper, book: Path) -> 
     for proc in installs:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-        name, start = out.split()
-        results[name] = int(start)
+        name, given = out.split()
+        results[name] = int(given)
     assert sorted(results.values()) == [POOL + i * SIZE for i in range(20)]
     for name, start in results.items():
         assert (book / "userns" / str(start)).read_text() == f"{name}\n"
