@@ -168,14 +168,26 @@ shift_volumes() {
     chown "$SHIFT:$SHIFT" "$VOLUMES_DIR"
 }
 
-# What the container reaches on the host by path as its root (the root's mount point below $STATE_DIR,
-# the files runc binds from there): the mapped root may pass $STATE_DIR (systemd makes it 0700) and
-# write the container's own /etc/hosts, /etc/resolv.conf and /etc/hostname, as it does under Docker.
+# The container's own /etc/hosts, /etc/resolv.conf and /etc/hostname are its root's to write, as under
+# Docker; $STATE_DIR/userns tells the start that the container has a user namespace.
 userns_state() {
-    [ "$SHIFT" != 0 ] || return 0
-    chgrp "$SHIFT" "$STATE_DIR"
-    chmod 0710 "$STATE_DIR"
+    if [ "$SHIFT" = 0 ]; then
+        rm -f "$STATE_DIR/userns"
+        return 0
+    fi
+    : >"$STATE_DIR/userns"
     if [ "$NETWORK" = host ]; then
         chown "$SHIFT:$SHIFT" "$STATE_DIR/hosts" "$STATE_DIR/resolv.conf" "$STATE_DIR/hostname"
+    fi
+}
+
+# Right before runc: the container's root mounts its root directory by path, as the mapped id, which
+# must be able to pass $STATE_DIR. systemd sets the directory's mode (RuntimeDirectoryMode=0700)
+# before each of the unit's commands, so it is done here, in the command that runs runc; its owner
+# stays root (systemd would chown the whole tree back, the container's root included, at the next
+# command). Only the names below it can be reached: the bundle and runc's state are 0700.
+userns_enter() {
+    if [ -e "$STATE_DIR/userns" ]; then
+        chmod 0711 "$STATE_DIR"
     fi
 }
