@@ -140,17 +140,29 @@ shift_rootfs() {
 }
 
 # shift_tree DIR FROM TO: the ids in FROM..FROM+65535 of every file below DIR moved to TO..; others
-# stay (one process per file: a volume's, once, when the admin switches the mode).
+# stay. One chown per owner for all its files (awk sorts them into lists), then the set-id bits chown
+# cleared. (Names with a newline are not shifted.)
 shift_tree() {
-    find "$1" -exec stat -c '%u %g %a %n' {} + | while read -r u g mode path; do
-        if [ "$u" -ge "$2" ] && [ "$u" -lt $(($2 + USERNS_SIZE)) ]; then u=$((u - $2 + $3)); fi
-        if [ "$g" -ge "$2" ] && [ "$g" -lt $(($2 + USERNS_SIZE)) ]; then g=$((g - $2 + $3)); fi
-        chown -h "$u:$g" "$path"
-        # chown clears the set-id bits.
-        if [ "${#mode}" -gt 3 ] && ! [ -L "$path" ]; then
-            chmod "$mode" "$path"
-        fi
+    lists=$(mktemp -d)
+    find "$1" -exec stat -c '%u %g %a %n' {} + | awk -v from="$2" -v to="$3" -v size="$USERNS_SIZE" \
+        -v lists="$lists" '{
+            u = $1; g = $2; mode = $3
+            path = substr($0, length($1) + length($2) + length($3) + 4)
+            if (u >= from && u < from + size) u = u - from + to
+            if (g >= from && g < from + size) g = g - from + to
+            print path > (lists "/" u ":" g)
+            if (length(mode) > 3) print mode " " path > (lists "/modes")
+        }'
+    for list in "$lists"/*:*; do
+        [ -e "$list" ] || continue
+        tr '\n' '\0' <"$list" | xargs -0 chown -h "${list##*/}" --
     done
+    if [ -e "$lists/modes" ]; then
+        while read -r mode path; do
+            [ -L "$path" ] || chmod "$mode" "$path"
+        done <"$lists/modes"
+    fi
+    rm -rf "$lists"
 }
 
 # The volumes of a service whose mode changed since they were made: the volumes directory's owner
