@@ -132,6 +132,11 @@ class Layout:
         return f"{self.libexec}/network.awk"
 
     @property
+    def idmap_program(self) -> str:
+        # Idmapped mounts of shared layers for a user namespace (ctr2svc/runtime/idmap.pl).
+        return f"{self.libexec}/idmap.pl"
+
+    @property
     def config_dir(self) -> str:
         # The admin's settings, applied at each start and kept across upgrades.
         return f"/etc/{self.name}"
@@ -366,6 +371,14 @@ class ServiceSpec:
     @property
     def private_network(self) -> bool:
         return self.network == "private"
+
+    @property
+    def userns_depends(self) -> tuple[str, ...]:
+        """A user namespace over shared layers mounts them idmapped with perl (ctr2svc/runtime/idmap.pl):
+        Essential in Debian (perl-base), a package of its own elsewhere."""
+        if self.userns != "auto" or not self.layers or self.format is PackageFormat.DEB:
+            return ()
+        return ("perl",)
 
     @property
     def network_depends(self) -> tuple[str, ...]:

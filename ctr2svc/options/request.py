@@ -242,7 +242,7 @@ def resolve(opts: BuildOptions) -> BuildRequest:
         ),
         resources=limits,
         network=opts.network,
-        userns=userns_mode(opts.userns, opts.layers),
+        userns=userns_mode(opts.userns),
         publish=published,
         ready_port=opts.ready_port,
         health=HealthSettings(

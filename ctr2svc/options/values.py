@@ -23,17 +23,10 @@ ACTIVATION_MODES = ("distro", "start", "manual")
 USERNS_MODES = ("host", "auto")
 
 
-def userns_mode(given: str, layers: str) -> str:
+def userns_mode(given: str) -> str:
     """--userns: "host" (the container's root is the host's) or "auto" (a user namespace of its own)."""
     if given not in USERNS_MODES:
         raise UsageError(f"unknown --userns {given!r}", hint="use --userns auto or --userns host")
-    if given == "auto" and layers == "shared":
-        # Shared layers are one copy for every service: their files cannot be given one service's ids,
-        # and Debian 12's mount (util-linux 2.38) cannot idmap them (docs/service.md, User namespaces).
-        raise UsageError(
-            "--userns auto needs the service's own copy of the image (--layers flat)",
-            hint="build with --layers flat, or leave --userns out",
-        )
     return given
 
 

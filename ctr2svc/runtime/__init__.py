@@ -24,6 +24,8 @@ HERE = Path(__file__).resolve().parent
 PARTS = ("head.sh", "base.sh", "mount.sh", "userns.sh", "config.sh", "ipam.sh", "network.sh", "health.sh",
          "lifecycle.sh", "main.sh")  # fmt: skip
 AWK_PROGRAMS = ("config.awk", "network.awk")
+# And a perl one: idmapped mounts of shared layers for a user namespace (userns.sh).
+IDMAP_PROGRAM = "idmap.pl"
 
 
 @cache

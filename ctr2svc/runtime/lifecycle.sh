@@ -30,6 +30,7 @@ prepare() {
     # The container's writable layer starts empty at every start, like a fresh `docker run`: what must
     # persist belongs in a volume. It lives on disk; /run (memory) is the fallback for a /var/lib that
     # cannot hold an overlay's upper layer (an overlayfs itself, for instance).
+    idmap_layers
     if ! mount_root "$OVERLAY_DIR" 2>/dev/null; then
         echo "$NAME: cannot use $OVERLAY_DIR for the writable layer; using $STATE_DIR/overlay (memory)" >&2
         rm -rf "$OVERLAY_DIR"
@@ -192,6 +193,9 @@ cleanup() {
     fi
     unmounted=0
     unmount_all "$ROOT" || unmounted=1
+    if [ "$unmounted" = 0 ]; then
+        unmount_idmapped || unmounted=1
+    fi
     network_cleanup
     return "$unmounted"
 }

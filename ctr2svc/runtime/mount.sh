@@ -58,10 +58,11 @@ mount_root() {
     if [ -z "$LOWER" ]; then
         mount -t overlay overlay -o "lowerdir=$IMAGE_DIR/rootfs,upperdir=$1/upper,workdir=$1/work" "$ROOT"
     else
-        # Lower layers named relative to $LAYERS_DIR: the options stay short whatever the layer count.
-        cd "$LAYERS_DIR" || return
+        # Lower layers named relative to $LOWER_DIR ($LAYERS_DIR, or their idmapped mounts': userns.sh):
+        # the options stay short whatever the layer count.
+        cd "$LOWER_DIR" || return
         mounted=0
-        mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$1/upper,workdir=$1/work" "$ROOT" || mounted=$?
+        mount -t overlay overlay -o "lowerdir=$LOWER_LIST,upperdir=$1/upper,workdir=$1/work" "$ROOT" || mounted=$?
         cd /
         return "$mounted"
     fi

@@ -7,8 +7,8 @@
 # the two writes) is stale and the range free, as with the private network's addresses (ipam.sh).
 # The image's files, the writable layer, the volumes and the files the container gets from the host
 # are owned by the mapped ids on the host; the runtime config gets the namespace and its mappings
-# (config.awk). Shared layers are every service's: they are not shifted, and a user namespace needs the
-# service's own copy of the image.
+# (config.awk). Shared layers are every service's: they are not shifted but mounted idmapped and
+# read-only (idmap.pl) below $IDMAP_DIR, and the overlay is made of those.
 
 USERNS_SIZE=65536
 
@@ -102,8 +102,8 @@ userns_setup() {
     SHIFT=0
     USERNS_START=
     if [ "$USERNS" = auto ]; then
-        if [ -n "$LOWER" ]; then
-            echo "$NAME: a user namespace needs the service's own copy of the image (a package built with --layers flat): write host in $CONFIG_DIR/userns" >&2
+        if [ -n "$LOWER" ] && ! command -v perl >/dev/null 2>&1; then
+            echo "$NAME: a user namespace over shared layers needs perl (idmapped mounts): install perl, or write host in $CONFIG_DIR/userns" >&2
             exit 1
         fi
         if [ "${1:-}" = allocate ]; then
@@ -202,4 +202,47 @@ userns_enter() {
     if [ -e "$STATE_DIR/userns" ]; then
         chmod 0711 "$STATE_DIR"
     fi
+}
+
+# Shared layers seen with the range's ids: each layer's rootfs mounted idmapped at $IDMAP_DIR/LAYER,
+# which the overlay then takes as its lower layers (mount_root). The layers on disk stay as installed,
+# shared by every service.
+# shellcheck disable=SC2120 # its arguments are the list eval sets
+idmap_layers() {
+    [ -n "$LOWER" ] && [ "$SHIFT" != 0 ] || return 0
+    eval "set -- $LAYERS"
+    pairs=
+    while [ "$#" -ge 3 ]; do
+        mkdir -p "$IDMAP_DIR/$1"
+        pairs="$pairs $LAYERS_DIR/$1/rootfs $IDMAP_DIR/$1"
+        shift 3
+    done
+    # shellcheck disable=SC2086 # split on purpose: the layers' paths are ctr2svc's own names
+    if ! perl "$HELPER_DIR/idmap.pl" "$SHIFT" "$USERNS_SIZE" $pairs; then
+        unmount_idmapped || true
+        echo "$NAME: cannot mount the shared layers with the ids of the user namespace: write host in $CONFIG_DIR/userns" >&2
+        return 1
+    fi
+    LOWER_DIR=$IDMAP_DIR
+    LOWER_LIST=
+    rest=$LOWER
+    while [ -n "$rest" ]; do
+        layer=${rest%%:*}
+        LOWER_LIST="$LOWER_LIST${LOWER_LIST:+:}${layer%/rootfs}"
+        case "$rest" in
+            *:*) rest=${rest#*:} ;;
+            *) rest= ;;
+        esac
+    done
+}
+
+# The idmapped layers of a user namespace, once the root above them is gone (cleanup).
+unmount_idmapped() {
+    [ -d "$IDMAP_DIR" ] || return 0
+    for layer in "$IDMAP_DIR"/*; do
+        [ -d "$layer" ] || continue
+        unmount_all "$layer" || return 1
+        rmdir "$layer"
+    done
+    rmdir "$IDMAP_DIR"
 }

@@ -183,6 +183,7 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
         GeneratedFile(spec.layout.service_env, runtime.service_env(helper_data), 0o644),
         GeneratedFile(spec.layout.config_awk, runtime.awk_program("config.awk"), 0o644),
         GeneratedFile(spec.layout.network_awk, runtime.awk_program("network.awk"), 0o644),
+        GeneratedFile(spec.layout.idmap_program, runtime.awk_program(runtime.IDMAP_PROGRAM), 0o644),
         # Mode 0600: the environment is where an admin puts passwords.
         GeneratedFile(f"{cfg}/env", render("env.j2", **values, env=spec.env), 0o600, config=True),
         GeneratedFile(
