@@ -18,11 +18,10 @@ case "${1:-}" in
     stop) stop ;;
     cleanup) after_stop ;;
     init-data)
-        # The package's post-install: a user namespace's range is allocated, the image's files shifted.
-        if [ -z "$LOWER" ]; then
-            userns_setup allocate
-            shift_rootfs always
-        fi
+        # The package's post-install: a user namespace's range is allocated, the image's files shifted
+        # (the service's own copy: shared layers are mounted idmapped at each start instead).
+        userns_setup allocate
+        shift_rootfs always
         init_data
         ;;
     status) status ;;
