@@ -26,6 +26,8 @@ NAME = "uns-svc"
 UNIT = f"{NAME}.service"
 # Installed, not started (--activation manual): it only takes a range.
 OTHER = "uns-b-svc"
+# Built with --layers shared: its layer package stays as installed, mounted idmapped for the service.
+SHARED = "uns-shared-svc"
 APP = 999  # the test service's user, which its entrypoint drops to
 BREAKOUT = "/srv/breakout"
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -q"
@@ -35,6 +37,8 @@ APT = "DEBIAN_FRONTEND=noninteractive apt-get -q"
 class Packages:
     port: int
     debs: dict[str, str]  # version or other service's name -> path inside the VM
+    shared_port: int
+    shared: list[str]  # SHARED's package and its layer package, paths inside the VM
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +62,18 @@ def packages(
     deb = Path(built.stdout.strip())
     vm.copy_to(deb, f"/root/{deb.name}")
     debs[OTHER] = f"/root/{deb.name}"
+    shared_port = free_port()
+    source = service_image(work / "shared", "1.0", port=shared_port, version_text="shared 1.0")
+    ref = registry.push(source, "e2e/uns-shared", "1.0")
+    out = work / "shared-debs"
+    ctr2svc("build", ref, "--name", SHARED, "--userns", "auto", "--layers", "shared", "-o", out)
+    shared = []
+    for deb in sorted(out.glob("*.deb")):
+        vm.copy_to(deb, f"/root/{deb.name}")
+        shared.append(f"/root/{deb.name}")
     vm.ssh(f"install -d -m 0755 -o root -g root {BREAKOUT}")
-    yield Packages(port, debs)
-    vm.ssh(f"{APT} purge -y {NAME} {OTHER}; rm -rf {BREAKOUT}", check=False, timeout=600)
+    yield Packages(port, debs, shared_port, shared)
+    vm.ssh(f"{APT} purge -y {NAME} {OTHER} {SHARED}; rm -rf {BREAKOUT}", check=False, timeout=600)
 
 
 def get(vm: vmhost.VM, port: int, path: str = "/") -> str:
@@ -152,3 +165,26 @@ def test_a_purge_frees_the_range(vm: vmhost.VM, packages: Packages) -> None:
     assert vm.ssh(f"test -e /var/lib/{NAME}", check=False).returncode == 1
     vm.ssh(f"dpkg -i {packages.debs[OTHER]}", timeout=600)
     assert range_start(vm, OTHER) == start
+
+
+def test_shared_layers_stay_shared(vm: vmhost.VM, packages: Packages) -> None:
+    """A service on shared layers: its layer package's files stay as installed (root's, usable by every
+    service), mounted idmapped and read-only for this one; its writes go to its writable layer with the
+    range's ids; a stop leaves no mount."""
+    vm.ssh(f"{APT} install -y {' '.join(packages.shared)}", timeout=600)
+    assert get(vm, packages.shared_port, "/cgi-bin/whoami").strip() == f"{APP}:{APP}"
+    start = range_start(vm, SHARED)
+    pid = int(vm.ssh(f"systemctl show -p MainPID --value {SHARED}.service").stdout.strip())
+    assert host_uids(vm, pid) == [start + APP] * 4
+    # ctr2svc-layer-<12 hex>_VERSION_ARCH.deb installs /opt/containers/layers/<12 hex>/rootfs.
+    (layer_deb,) = (Path(deb).name for deb in packages.shared if Path(deb).name.startswith("ctr2svc-layer-"))
+    layer = f"/opt/containers/layers/{layer_deb.split('_')[0].removeprefix('ctr2svc-layer-')}/rootfs"
+    assert owner(vm, f"{layer}/bin/busybox") == "0:0"
+    mapped = vm.ssh(f"grep ' /run/ctr2svc/idmapped/{SHARED}/' /proc/self/mountinfo").stdout
+    assert " ro," in mapped and ",idmapped " in mapped, mapped
+    runc = f"runc --root /run/{SHARED}/runc exec --user 0:0 {SHARED}"
+    assert vm.ssh(f"{runc} sh -c 'touch /bin/new; stat -c %u /bin/busybox'").stdout.strip() == "0"
+    assert owner(vm, f"/var/lib/{SHARED}/overlay/upper/bin/new") == f"{start}:{start}"
+    assert vm.ssh(f"test -e {layer}/bin/new", check=False).returncode == 1
+    vm.ssh(f"systemctl stop {SHARED}.service")
+    assert vm.ssh(f"grep -c '{SHARED}' /proc/self/mountinfo", check=False).stdout.strip() == "0"
