@@ -1,8 +1,10 @@
 """--userns auto under systemd (the Debian 12 test VM): the service's root is an unprivileged id on the
 host, its data is owned by its range, which an upgrade keeps, a root-owned host directory bound into it
-cannot be written through, and a purge frees the range. One module-scoped setup: the packages are built
-once and installed with apt into the session's VM; the scenarios run in the order a service lives them.
-tests/integration/test_userns.py covers the same on the development host, beside podman's --userns=auto.
+cannot be written through, and a purge frees the range; a service on shared layers sees them idmapped
+while its layer package stays as installed; an .rpm does the same as the .deb. One module-scoped setup:
+the packages are built once and installed into the session's VM; the scenarios run in the order a
+service lives them (each builds on the one before). tests/integration/test_userns.py covers the flat
+.deb on the development host, beside podman's --userns=auto.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 NAME = "uns-svc"
 UNIT = f"{NAME}.service"
-# Installed, not started (--activation manual): it only takes a range.
-OTHER = "uns-b-svc"
 # Built with --layers shared: its layer package stays as installed, mounted idmapped for the service.
+# Installed after NAME's purge: it gets NAME's range.
 SHARED = "uns-shared-svc"
+# The same service as an .rpm (Debian's rpm, --nodeps: runc comes from dpkg).
+RPM = "uns-rpm-svc"
 APP = 999  # the test service's user, which its entrypoint drops to
 BREAKOUT = "/srv/breakout"
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -q"
@@ -39,6 +42,7 @@ class Packages:
     debs: dict[str, str]  # version or other service's name -> path inside the VM
     shared_port: int
     shared: list[str]  # SHARED's package and its layer package, paths inside the VM
+    rpm: str  # RPM's package, built from SHARED's image (--layers flat), path inside the VM
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +60,6 @@ def packages(
         )
         vm.copy_to(deb, f"/root/{deb.name}")
         debs[version] = f"/root/{deb.name}"
-    built = ctr2svc(
-        "build", ref, "--name", OTHER, "--userns", "auto", "--activation", "manual", "-o", work / OTHER
-    )
-    deb = Path(built.stdout.strip())
-    vm.copy_to(deb, f"/root/{deb.name}")
-    debs[OTHER] = f"/root/{deb.name}"
     shared_port = free_port()
     source = service_image(work / "shared", "1.0", port=shared_port, version_text="shared 1.0")
     ref = registry.push(source, "e2e/uns-shared", "1.0")
@@ -71,9 +69,17 @@ def packages(
     for deb in sorted(out.glob("*.deb")):
         vm.copy_to(deb, f"/root/{deb.name}")
         shared.append(f"/root/{deb.name}")
+    flags = ("--format", "rpm", "--name", RPM, "--userns", "auto", "--activation", "start")
+    built = ctr2svc("build", ref, *flags, "-o", work / "rpm")
+    rpm = Path(built.stdout.strip())
+    vm.copy_to(rpm, f"/root/{rpm.name}")
     vm.ssh(f"install -d -m 0755 -o root -g root {BREAKOUT}")
-    yield Packages(port, debs, shared_port, shared)
-    vm.ssh(f"{APT} purge -y {NAME} {OTHER} {SHARED}; rm -rf {BREAKOUT}", check=False, timeout=600)
+    yield Packages(port, debs, shared_port, shared, f"/root/{rpm.name}")
+    vm.ssh(
+        f"rpm -e --nodeps {RPM}; {APT} purge -y {NAME} {SHARED}; rm -rf /var/lib/{RPM} {BREAKOUT}",
+        check=False,
+        timeout=600,
+    )
 
 
 def get(vm: vmhost.VM, port: int, path: str = "/") -> str:
@@ -158,20 +164,20 @@ def test_an_upgrade_keeps_the_range_and_the_data(vm: vmhost.VM, packages: Packag
 
 
 def test_a_purge_frees_the_range(vm: vmhost.VM, packages: Packages) -> None:
-    """The purged service's claim stays on disk, naming it; its own record is gone, so the range is
-    free: the next service gets it (not the next range up)."""
+    """The purged service's claim stays on disk, naming it, but its own record is gone: the range is free,
+    and the next service installed gets it (SHARED, below), not the next range up."""
     start = range_start(vm)
     vm.ssh(f"dpkg --purge {NAME}", timeout=600)
     assert vm.ssh(f"test -e /var/lib/{NAME}", check=False).returncode == 1
-    vm.ssh(f"dpkg -i {packages.debs[OTHER]}", timeout=600)
-    assert range_start(vm, OTHER) == start
+    assert vm.ssh(f"cat /var/lib/ctr2svc/userns/{start}").stdout.strip() == NAME
+    vm.ssh(f"{APT} install -y {' '.join(packages.shared)}", timeout=600)
+    assert range_start(vm, SHARED) == start
 
 
 def test_shared_layers_stay_shared(vm: vmhost.VM, packages: Packages) -> None:
     """A service on shared layers: its layer package's files stay as installed (root's, usable by every
     service), mounted idmapped and read-only for this one; its writes go to its writable layer with the
     range's ids; a stop leaves no mount."""
-    vm.ssh(f"{APT} install -y {' '.join(packages.shared)}", timeout=600)
     assert get(vm, packages.shared_port, "/cgi-bin/whoami").strip() == f"{APP}:{APP}"
     start = range_start(vm, SHARED)
     pid = int(vm.ssh(f"systemctl show -p MainPID --value {SHARED}.service").stdout.strip())
@@ -188,3 +194,17 @@ def test_shared_layers_stay_shared(vm: vmhost.VM, packages: Packages) -> None:
     assert vm.ssh(f"test -e {layer}/bin/new", check=False).returncode == 1
     vm.ssh(f"systemctl stop {SHARED}.service")
     assert vm.ssh(f"grep -c '{SHARED}' /proc/self/mountinfo", check=False).stdout.strip() == "0"
+
+
+def test_an_rpm_runs_in_a_user_namespace_too(vm: vmhost.VM, packages: Packages) -> None:
+    """The .rpm's %post allocates the range and shifts the image as the .deb's postinst does (the port
+    is SHARED's image's: that service is stopped)."""
+    vm.ssh(f"rpm -ivh --nodeps {packages.rpm}", timeout=600)
+    assert get(vm, packages.shared_port, "/cgi-bin/whoami").strip() == f"{APP}:{APP}"
+    start = range_start(vm, RPM)
+    pid = int(vm.ssh(f"systemctl show -p MainPID --value {RPM}.service").stdout.strip())
+    assert host_uids(vm, pid) == [start + APP] * 4
+    assert owner(vm, f"/opt/containers/{RPM}/*/rootfs/bin/busybox") == f"{start}:{start}"
+    vm.ssh(f"rpm -e --nodeps {RPM}", timeout=600)
+    # rpm has no purge: the range stays the service's until /var/lib/NAME is deleted.
+    assert range_start(vm, RPM) == start
