@@ -102,11 +102,11 @@ userns_setup() {
     SHIFT=0
     USERNS_START=
     if [ "$USERNS" = auto ]; then
-        if [ -n "$LOWER" ] && ! command -v perl >/dev/null 2>&1; then
-            echo "$NAME: a user namespace over shared layers needs perl (idmapped mounts): install perl, or write host in $CONFIG_DIR/userns" >&2
-            exit 1
-        fi
         if [ "${1:-}" = allocate ]; then
+            if [ -n "$LOWER" ] && ! command -v perl >/dev/null 2>&1; then
+                echo "$NAME: a user namespace over shared layers needs perl (idmapped mounts): install perl, or write host in $CONFIG_DIR/userns" >&2
+                exit 1
+            fi
             allocate_userns
         else
             read -r USERNS_START _ 2>/dev/null <"$DATA_DIR/userns" || true

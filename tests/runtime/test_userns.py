@@ -6,10 +6,13 @@ under systemd."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import require
 
 from .conftest import Helper
 
@@ -46,11 +49,14 @@ def start_of(helper: Helper, book: Path, name: str) -> int:
     return int(done.stdout.split()[1])
 
 
-def test_concurrent_installs_get_distinct_ranges(helper: Helper, book: Path) -> None:
+@pytest.mark.parametrize("shell", [["sh"], ["busybox", "sh"]], ids=["dash", "busybox"])
+def test_concurrent_installs_get_distinct_ranges(helper: Helper, book: Path, shell: list[str]) -> None:
+    """Twenty installs at once, in Debian's sh and in Alpine's (busybox: its flock, its read)."""
+    require(shutil.which(shell[0]) is not None, f"{shell[0]} is not installed")
     body = f"set -eu\n. ./library.sh\nderive_paths\n{ALLOCATE}"
     installs = [
         subprocess.Popen(
-            ["sh", "-c", body, "sh", f"svc{i}"],
+            [*shell, "-c", body, "sh", f"svc{i}"],
             cwd=helper.libexec,
             env={**helper.env(), "BOOK": str(book)},
             stdout=subprocess.PIPE,
