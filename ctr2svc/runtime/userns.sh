@@ -135,7 +135,11 @@ shift_rootfs() {
         # Installed as the package wrote it, and ownership.sh without an offset has run.
         return 0
     fi
-    echo "$NAME: giving the image's files the ids of the container's user namespace (+$SHIFT)" >&2
+    if [ "$SHIFT" = 0 ]; then
+        echo "$NAME: giving the image's files their own ids back (no user namespace)" >&2
+    else
+        echo "$NAME: giving the image's files the ids of the container's user namespace (+$SHIFT)" >&2
+    fi
     sh "$IMAGE_DIR/ownership.sh" "$SHIFT"
 }
 
@@ -174,7 +178,7 @@ shift_volumes() {
     [ "$owner" != "$SHIFT" ] || return 0
     for volume in "$VOLUMES_DIR"/* "$VOLUMES_DIR"/.[!.]*; do
         [ -e "$volume" ] || continue
-        echo "$NAME: giving $volume the ids of the container's user namespace (+$SHIFT)" >&2
+        echo "$NAME: giving $volume the ids of the container's user namespace (+$SHIFT; was +$owner)" >&2
         shift_tree "$volume" "$owner" "$SHIFT"
     done
     chown "$SHIFT:$SHIFT" "$VOLUMES_DIR"
