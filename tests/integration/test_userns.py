@@ -160,9 +160,10 @@ def test_root_inside_is_not_root_outside(built: tuple[int, Path, dict[str, Path]
     # And on again: the same range, the data still readable.
     (ETC / "userns").write_text("auto\n")
     pid = restart(log)
+    # Once it answers, the entrypoint has dropped to the app user.
+    assert wait_for_http(f"http://127.0.0.1:{port}/cgi-bin/get?k").strip() == "kept"
     assert host_ids(pid) == ({start + APP}, {start + APP})
     assert owner(volume) == (start + APP, start)
-    assert wait_for_http(f"http://127.0.0.1:{port}/cgi-bin/get?k").strip() == "kept"
     assert not breaks_out()
     sh(HELPER, "stop")
 
