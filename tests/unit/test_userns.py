@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ctr2svc import runtime
+from ctr2svc.apps.project import load, options
 from ctr2svc.commands.common import build_options
 from ctr2svc.errors import UsageError
 from ctr2svc.image.bundle import Entry, Kind, RootfsScan
@@ -23,11 +24,16 @@ DIFF_ID = "sha256:" + "ab" * 32
 LAYER = SharedLayer(DIFF_ID, "ctr2svc-layer-abababababab", "/opt/containers/layers/ab", (DIFF_ID,), 1)
 
 
-def test_the_option_is_host_or_auto() -> None:
+def test_the_option_is_host_or_auto(tmp_path: Path) -> None:
     assert resolve(build_options("oci:/x:1")).userns == "host"
     assert resolve(build_options("oci:/x:1", userns="auto", layers="shared")).userns == "auto"
     with pytest.raises(UsageError, match="unknown --userns 'keep-id'"):
         resolve(build_options("oci:/x:1", userns="keep-id"))
+    # And a project file's key (ctr2svc update).
+    path = tmp_path / "ctr2svc.toml"
+    path.write_text('[[image]]\nref = "r.example/web:1"\nuserns = "auto"\n')
+    project = load(path)
+    assert options(project, project.images[0], PackageFormat.DEB).userns == "auto"
 
 
 @pytest.mark.parametrize("mode", ["host", "auto"])
