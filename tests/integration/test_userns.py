@@ -209,15 +209,19 @@ def test_podman_userns_auto_is_the_reference(
     ulimits = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768")
     script = "id -u; cat /proc/self/uid_map; echo from the container >/breakout/f"
 
+    # Pulled first, run and removed by its ID: nothing of it stays in podman's storage.
+    image = sh("podman", "pull", "-q", f"oci:{layout}:1.0").stdout.split()[-1]
+
     def podman(*flags: str) -> subprocess.CompletedProcess[str]:
         (BREAKOUT / "f").unlink(missing_ok=True)
         argv = ("podman", "run", "--rm", "--network", "none", *ulimits, *flags, "-v", f"{BREAKOUT}:/breakout")
-        return sh(*argv, "--entrypoint", "/bin/sh", f"oci:{layout}:1.0", "-c", script, check=False)
+        return sh(*argv, "--entrypoint", "/bin/sh", image, "-c", script, check=False)
 
     auto = podman("--userns=auto")
     uid, inner, outer, _ = auto.stdout.split()  # id -u, then /proc/self/uid_map's one line
     assert uid == inner == "0" and int(outer) >= 65536
     assert "Permission denied" in auto.stderr and not (BREAKOUT / "f").exists()
     host = podman()
+    sh("podman", "rmi", "--force", image, check=False)
     assert host.returncode == 0 and (BREAKOUT / "f").exists()
     assert (BREAKOUT / "f").stat().st_uid == 0
