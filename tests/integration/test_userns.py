@@ -16,14 +16,18 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, require
+from tests.support import openrc
+from tests.support.apk import read_apk
 from tests.support.images import service_image
 from tests.support.registry import free_port
 
 from .helpers import dpkg, purge, sh, wait_for_http
+from .test_apk import install_files, remove_files, script
 
 pytestmark = pytest.mark.integration
 
 NAME = "userns-svc"
+APK = "userns-apk-svc"
 OTHERS = ("userns-b-svc", "userns-c-svc")
 HELPER = f"/usr/libexec/{NAME}/service"
 ETC = Path("/etc") / NAME
@@ -225,3 +229,44 @@ def test_podman_userns_auto_is_the_reference(
     sh("podman", "rmi", "--force", image, check=False)
     assert host.returncode == 0 and (BREAKOUT / "f").exists()
     assert (BREAKOUT / "f").stat().st_uid == 0
+
+
+def test_an_apk_under_openrc(ctr2svc: Cli, tmp_path: Path) -> None:
+    """The .apk's scripts and its OpenRC script (Debian's openrc-run and supervise-daemon, the service's
+    `run` in the foreground): the range allocated at post-install, the container's root the range's
+    id; removed, the data (and the range: apk has no purge) stays."""
+    missing = openrc.missing_requirements()
+    require(not missing, f"OpenRC tools missing: {', '.join(missing)} (apt-get install openrc)")
+    port = free_port()
+    source = service_image(tmp_path / "layout", "1.0", port=port, version_text="apk 1.0")
+    built = ctr2svc(
+        "build", source, "--format", "apk", "--name", APK, "--userns", "auto", "-o", tmp_path / "out"
+    )
+    apk = read_apk(Path(built.stdout.strip()))
+    data = Path("/var/lib") / APK
+    try:
+        with openrc.OpenRC() as rc:
+            install_files(apk)
+            script(rc, apk, ".post-install", "1.0-r0")
+            start = range_start(APK)
+            rc.sh(f"rc-service {APK} start", timeout=180)
+            assert wait_for_http(f"http://127.0.0.1:{port}/cgi-bin/whoami").strip() == f"{APP}:{APP}"
+            state = sh("runc", "--root", f"/run/{APK}/runc", "state", APK).stdout
+            pid = int(state.split('"pid": ')[1].split(",")[0])
+            assert host_ids(pid) == ({start + APP}, {start + APP})
+            script(rc, apk, ".pre-deinstall", "1.0-r0")
+            remove_files(apk)
+            script(rc, apk, ".post-deinstall", "1.0-r0")
+        assert range_start(APK) == start
+    finally:
+        sh("runc", "--root", f"/run/{APK}/runc", "delete", "--force", APK, check=False)
+        sh("umount", "-l", f"/run/{APK}/rootfs", check=False)
+        for path in (Path("/opt/containers") / APK, Path(f"/usr/libexec/{APK}"), data, Path(f"/run/{APK}")):
+            shutil.rmtree(path, ignore_errors=True)
+        for leftover in (
+            Path("/etc/init.d") / APK,
+            Path("/var/log") / f"{APK}.log",
+            Path("/etc/logrotate.d") / APK,
+        ):
+            leftover.unlink(missing_ok=True)
+        shutil.rmtree(Path("/etc") / APK, ignore_errors=True)
