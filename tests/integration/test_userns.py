@@ -3,7 +3,8 @@ runs it (prepare, start, stop), beside podman's --userns=auto as the reference: 
 is an unprivileged id on the host, the image's files, the data and the writable layer are owned by the
 service's range, which survives an upgrade, a reinstall and the admin's switching the mode back and
 forth; a root-owned host directory bound into the container cannot be written through; a purge frees
-the range. tests/vm/test_userns.py proves the same under systemd.
+the range. An .apk does the same under OpenRC (Debian's openrc-run and supervise-daemon).
+tests/vm/test_userns.py proves the same under systemd.
 """
 
 from __future__ import annotations
