@@ -132,6 +132,11 @@ class Layout:
         return f"{self.libexec}/network.awk"
 
     @property
+    def idmap_program(self) -> str:
+        # Idmapped mounts of shared layers for a user namespace (ctr2svc/runtime/idmap.pl).
+        return f"{self.libexec}/idmap.pl"
+
+    @property
     def config_dir(self) -> str:
         # The admin's settings, applied at each start and kept across upgrades.
         return f"/etc/{self.name}"
@@ -349,6 +354,9 @@ class ServiceSpec:
     aliases: tuple[str, ...] = ()  # more names the other services reach this one by (private network)
     # The compose application whose own network the service is on ("": the host's ctr2svc network).
     application_network: str = ""
+    # "host": the container's root is the host's root. "auto": a user namespace of its own, with 65536
+    # host ids allocated at install (ctr2svc/runtime/userns.sh); /etc/NAME/userns may say otherwise.
+    userns: str = "host"
 
     @property
     def package_depends(self) -> tuple[str, ...]:
@@ -363,6 +371,14 @@ class ServiceSpec:
     @property
     def private_network(self) -> bool:
         return self.network == "private"
+
+    @property
+    def userns_depends(self) -> tuple[str, ...]:
+        """A user namespace over shared layers mounts them idmapped with perl (ctr2svc/runtime/idmap.pl):
+        Essential in Debian (perl-base), a package of its own elsewhere."""
+        if self.userns != "auto" or not self.layers or self.format is PackageFormat.DEB:
+            return ()
+        return ("perl",)
 
     @property
     def network_depends(self) -> tuple[str, ...]:

@@ -219,10 +219,10 @@ def binaries() -> list[Bundled]:
 
 def program_files() -> Iterator[tuple[Path, str]]:
     """(file in the checkout, where it is installed) for ctr2svc's modules, the service helper's parts
-    (ctr2svc/runtime: shell and awk) and the templates."""
+    (ctr2svc/runtime: shell, awk and perl) and the templates."""
     for path in sorted((REPO / "ctr2svc").rglob("*")):
         rel = path.relative_to(REPO)
-        if path.is_file() and path.suffix in (".py", ".sh", ".awk") and "__pycache__" not in rel.parts:
+        if path.is_file() and path.suffix in (".py", ".sh", ".awk", ".pl") and "__pycache__" not in rel.parts:
             yield path, f"{LIBDIR}/{rel}"
     templates = REPO / "templates"
     for path in sorted(templates.rglob("*")):

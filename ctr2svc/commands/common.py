@@ -17,7 +17,7 @@ from ctr2svc.errors import PartialFailure
 from ctr2svc.image.reference import parse
 from ctr2svc.model import InitSystem, PackageFormat
 from ctr2svc.options.build_options import DEFAULT_MAINTAINER, DEFAULT_STOP_TIMEOUT, BuildOptions, shell_words
-from ctr2svc.options.values import ACTIVATION_MODES
+from ctr2svc.options.values import ACTIVATION_MODES, USERNS_MODES
 from ctr2svc.service.runtime_config import DEFAULT_PIDS_LIMIT
 
 
@@ -177,6 +177,14 @@ PACKAGE_OPTIONS = [
         help="host: the service uses the host's network. private: its own network namespace on the "
         "ctr2svc bridge (netavark), reachable by name from the other private services, with the "
         "--publish'ed ports forwarded from the host.",
+    ),
+    click.option(
+        "--userns",
+        type=click.Choice(USERNS_MODES),
+        default="host",
+        show_default=True,
+        help="host: root in the container is root on the host. auto: the service runs in a user "
+        "namespace of its own, with 65536 host ids allocated at install (/etc/NAME/userns).",
     ),
     click.option(
         "-p",

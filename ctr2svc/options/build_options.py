@@ -68,6 +68,8 @@ class BuildOptions:
     sign_key_name: str | None = None  # apk: the public key's file name in /etc/apk/keys
     # host: the host's network; private: the service's own namespace on the ctr2svc bridge (netavark).
     network: str = "host"
+    # host: root in the container is root on the host; auto: a user namespace with its own id range.
+    userns: str = "host"
     publish: tuple[str, ...] = ()  # [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp] for /etc/NAME/ports
     # What compose applications need (ctr2svc/apps/compose.py; systemd only). The defaults change nothing.
     working_dir: str | None = None  # the process's working directory instead of the image's

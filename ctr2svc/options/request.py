@@ -47,6 +47,7 @@ from ctr2svc.options.values import (
     security,
     split_user,
     tmpfs_mounts,
+    userns_mode,
 )
 from ctr2svc.package import naming, nfpm
 from ctr2svc.service import network, runtime_config
@@ -105,6 +106,7 @@ class BuildRequest:
     mounts: tuple[BindMount, ...]  # --volume's, then the packaged files mounted where they go
     resources: Resources
     network: str
+    userns: str
     publish: tuple[PortMapping, ...]
     ready_port: int | None
     health: HealthSettings
@@ -245,6 +247,7 @@ def resolve(opts: BuildOptions) -> BuildRequest:
         ),
         resources=limits,
         network=opts.network,
+        userns=userns_mode(opts.userns),
         publish=published,
         ready_port=opts.ready_port,
         health=HealthSettings(

@@ -21,6 +21,14 @@ RUNTIMES = ("runc", "crun", "nspawn")
 LAYER_MODES = ("flat", "shared")
 STDIO_MODES = ("auto", "journal", "pipe")
 ACTIVATION_MODES = ("distro", "start", "manual")
+USERNS_MODES = ("host", "auto")
+
+
+def userns_mode(given: str) -> str:
+    """--userns: "host" (the container's root is the host's) or "auto" (a user namespace of its own)."""
+    if given not in USERNS_MODES:
+        raise UsageError(f"unknown --userns {given!r}", hint="use --userns auto or --userns host")
+    return given
 
 
 def activation(fmt: PackageFormat, given: str) -> str:

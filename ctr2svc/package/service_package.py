@@ -182,6 +182,7 @@ def nfpm_config(inputs: PackageInputs, staging: Path) -> dict[str, Any]:
             # needlessly-depends-on-awk.)
             *(["mount"] if fmt is PackageFormat.DEB else []),
             *spec.network_depends,
+            *spec.userns_depends,
             # Compose applications: the services this one needs, tini for `init: true`.
             *spec.package_depends,
         ],

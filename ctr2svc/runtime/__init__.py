@@ -21,9 +21,11 @@ from ctr2svc.service import network, rollback, runtime_config
 
 HERE = Path(__file__).resolve().parent
 # In the order the program needs them: the head reads service.env, main dispatches.
-PARTS = ("head.sh", "base.sh", "mount.sh", "config.sh", "ipam.sh", "network.sh", "health.sh",
+PARTS = ("head.sh", "base.sh", "mount.sh", "userns.sh", "config.sh", "ipam.sh", "network.sh", "health.sh",
          "nspawn.sh", "lifecycle.sh", "snapshot.sh", "rollback.sh", "main.sh")  # fmt: skip
 AWK_PROGRAMS = ("config.awk", "network.awk")
+# And a perl one: idmapped mounts of shared layers for a user namespace (userns.sh).
+IDMAP_PROGRAM = "idmap.pl"
 
 
 @cache
@@ -97,6 +99,8 @@ def service_values(
         "LOWER": ":".join(f"{directory}/rootfs" for directory, _, _ in reversed(layers)),
         # The package's network; /etc/NAME/network (the admin's) may say otherwise.
         "NETWORK": spec.network,
+        # The package's user namespace mode (host or auto); /etc/NAME/userns (the admin's) may say otherwise.
+        "USERNS": spec.userns,
         "NETNS": PurePosixPath(runtime_config.netns_path(spec.name)).name,
         "NETWORK_NAME": net.name,
         "NETWORK_ID": net.id,

@@ -17,7 +17,19 @@ derive_paths() {
     # The address book of the private networks (ipam.sh); services' data directories hold their side.
     IPAM_DIR=/var/lib/ctr2svc
     SERVICES_DATA=/var/lib
+    # The user namespaces' ranges (userns.sh).
+    USERNS_DIR="$IPAM_DIR/userns"
+    SUBUID=/etc/subuid
     PODMAN_NETWORKS=/etc/containers/networks
+    # The overlay's lower layers (shared layers), as mount_root names them.
+    LOWER_DIR=$LAYERS_DIR
+    LOWER_LIST=$LOWER
+    # A user namespace's idmapped shared layers (userns.sh): outside $STATE_DIR, which package scripts
+    # delete with rm -rf.
+    IDMAP_DIR="$NET_STATE/idmapped/$NAME"
+    # Where the container's ids are on the host: 0, or a user namespace's range (userns.sh).
+    SHIFT=0
+    USERNS_START=
     # The image's writable layer is marked with the root directory's mode and owner (mount.sh).
     LAYER_MARK=".root-$ROOT_MODE-$ROOT_UID-$ROOT_GID"
 }

@@ -6,6 +6,7 @@
 #   args:   one argument a line; if any, they replace the image's command (the entrypoint stays).
 #   mounts: "SOURCE DESTINATION [OPTIONS]" lines; OPTIONS is ro (default) or rw.
 #   network: host or private (read by the helper, which passes NETWORK).
+#   userns: host or auto (read by the helper, which passes the range as USERNS_START, USERNS_SIZE).
 # Lines starting with # and empty lines are skipped everywhere.
 
 function fail(file, n, msg) {
@@ -123,7 +124,7 @@ CGROUPS_PATH != "" && /^    "cgroupsPath": / {
     while ((getline line) > 0 && line !~ /^    \],?$/) {
         if (line ~ /^      \{$/) { body[++n] = ""; dropped[n] = 0; continue }
         if (line ~ /^      \},?$/) continue
-        if (line ~ /^        "type": "(network|uts)"/) dropped[n] = 1
+        if (line ~ /^        "type": "(network|uts|user)"/) dropped[n] = 1
         body[n] = body[n] line "\n"
     }
     end = line
@@ -132,6 +133,7 @@ CGROUPS_PATH != "" && /^    "cgroupsPath": / {
     for (i = 1; i <= n; i++) if (!dropped[i]) kept[++m] = body[i]
     if (NETWORK == "private") kept[++m] = "        \"type\": \"network\",\n        \"path\": " quote(NETNS_PATH) "\n"
     if (NETWORK == "private" || NSPAWN) kept[++m] = "        \"type\": \"uts\"\n"
+    if (USERNS_START != "") kept[++m] = "        \"type\": \"user\"\n"
     for (i = 1; i <= m; i++) {
         print "      {"
         printf "%s", kept[i]
@@ -140,6 +142,24 @@ CGROUPS_PATH != "" && /^    "cgroupsPath": / {
     print end
     next
 }
+
+# A user namespace (USERNS_START): the container's ids 0 to USERNS_SIZE-1 are the host's from
+# USERNS_START. ctr2svc writes "linux" with "resources" first: the mappings go before it, with commas.
+USERNS_START != "" && /^  "linux": \{$/ {
+    print
+    print "    \"uidMappings\": [{\"containerID\": 0, \"hostID\": " USERNS_START ", \"size\": " USERNS_SIZE "}],"
+    print "    \"gidMappings\": [{\"containerID\": 0, \"hostID\": " USERNS_START ", \"size\": " USERNS_SIZE "}],"
+    next
+}
+/^    "(uid|gid)Mappings": / { next }
+
+# In a user namespace that does not own the network namespace (the host's, or the one `ip netns add`
+# made), the kernel refuses a new sysfs: the host's /sys is bound read-only instead, as rootless runc does.
+USERNS_START != "" && /^      "destination": "\/sys",$/ { sysmount = 1 }
+sysmount && /^      "type": "sysfs",$/ { print "      \"type\": \"bind\","; next }
+sysmount && /^      "source": "sysfs",$/ { print "      \"source\": \"/sys\","; next }
+sysmount && /^      "options": \[$/ { print; print "        \"rbind\","; sysmount = 0; next }
+sysmount && /^    },?$/ { sysmount = 0 }
 
 # The mounts: the admin's binds go after the package's last one (the only "    }" without a comma).
 /^  "mounts": \[/ { inmounts = 1 }

@@ -48,7 +48,7 @@ render_config() {
     else
         read -r hostname </proc/sys/kernel/hostname
     fi
-    inputs="$RENDER_KEY $IMAGE_DIR $NETWORK $hostname $cgroups_path"
+    inputs="$RENDER_KEY $IMAGE_DIR $NETWORK $hostname $cgroups_path $USERNS_START"
     rendered=
     IFS= read -r rendered 2>/dev/null <"$BUNDLE/inputs" || true
     # shellcheck disable=SC3013 # -nt: dash's, bash's and busybox's test have it, which is every /bin/sh here
@@ -66,6 +66,7 @@ render_config() {
     [ "$RUNTIME" != nspawn ] || nspawn=1
     awk -v NAME="$NAME" -v ENTRYPOINT_N="$ENTRYPOINT_N" -v CGROUPS_PATH="$cgroups_path" -v NSPAWN="$nspawn" \
         -v HOSTNAME="$hostname" -v NETWORK="$NETWORK" -v NETNS_PATH="$NETNS_PATH" \
+        -v USERNS_START="$USERNS_START" -v USERNS_SIZE="$USERNS_SIZE" \
         -v ENVFILE="$CONFIG_DIR/env" -v ARGSFILE="$CONFIG_DIR/args" -v MOUNTSFILE="$CONFIG_DIR/mounts" \
         -f "$CONFIG_AWK" "$IMAGE_DIR/config.json" >"$BUNDLE/config.json" || {
         rm -f "$BUNDLE/config.json"

@@ -12,23 +12,29 @@ status() {
 prepare() {
     cleanup
     read_network_mode
+    userns_setup allocate
     if [ -n "$LOWER" ]; then
         check_layers
     else
+        shift_rootfs
         init_data
     fi
     # One mkdir for all: each process costs a start a few milliseconds (bench/README.md).
     if ! [ -d "$BUNDLE" ] || ! [ -d "$ROOT" ] || ! [ -d "$STATE_DIR/runc" ]; then
-        mkdir -p "$BUNDLE" "$ROOT" "$STATE_DIR/runc"
+        # 0700: the bundle holds the admin's environment, and $STATE_DIR may be passable (userns.sh).
+        # shellcheck disable=SC2174 # -m is meant for the three, whose parent $STATE_DIR exists or is made
+        mkdir -p -m 0700 "$BUNDLE" "$ROOT" "$STATE_DIR/runc"
     fi
     render_config
     if [ "$NETWORK" = host ]; then
         host_files
         warn_unpublished
     fi
+    userns_state
     # The container's writable layer starts empty at every start, like a fresh `docker run`: what must
     # persist belongs in a volume. It lives on disk; /run (memory) is the fallback for a /var/lib that
     # cannot hold an overlay's upper layer (an overlayfs itself, for instance).
+    idmap_layers
     if ! mount_root "$OVERLAY_DIR" 2>/dev/null; then
         echo "$NAME: cannot use $OVERLAY_DIR for the writable layer; using $STATE_DIR/overlay (memory)" >&2
         rm -rf "$OVERLAY_DIR"
@@ -49,6 +55,7 @@ prepare() {
 # `runc run --detach`: systemd adopts the container's init as the unit's main process (Type=forking).
 start() {
     enter_leaf_cgroup
+    userns_enter
     if [ "$STDIO" = pipe ]; then
         # The container's stdout and stderr are a pipe, as under Docker, not the journal's socket: the
         # image opens /dev/stdout or /dev/stderr (a log file linked there, say), which cannot be done on
@@ -115,6 +122,7 @@ run() {
         timeout -s KILL 10 "$RUNC" --root "$STATE_DIR/runc" delete --force "$NAME" >/dev/null 2>&1 || true
         rm -rf "${STATE_DIR:?}/runc/$NAME"
     fi
+    userns_enter
     exec "$RUNC" --root "$STATE_DIR/runc" run --bundle "$BUNDLE" "$NAME"
 }
 
@@ -125,6 +133,7 @@ run_once() {
         nspawn_start
     fi
     enter_leaf_cgroup
+    userns_enter
     exec "$RUNC" --root "$STATE_DIR/runc" run --bundle "$BUNDLE" "$NAME"
 }
 
@@ -214,6 +223,9 @@ cleanup() {
     fi
     unmounted=0
     unmount_all "$ROOT" || unmounted=1
+    if [ "$unmounted" = 0 ]; then
+        unmount_idmapped || unmounted=1
+    fi
     network_cleanup
     return "$unmounted"
 }
@@ -223,6 +235,7 @@ cleanup() {
 after_stop() {
     cleanup
     if [ -d "$DATA_DIR" ] && [ -d "$OVERLAY_DIR" ]; then
+        userns_setup
         new_layer "$OVERLAY_DIR" 2>/dev/null || true
     fi
 }

@@ -18,7 +18,13 @@ case "${1:-}" in
     run-once) run_once ;;
     stop) stop ;;
     cleanup) after_stop ;;
-    init-data) init_data ;;
+    init-data)
+        # The package's post-install: a user namespace's range is allocated, the image's files shifted
+        # (the service's own copy: shared layers are mounted idmapped at each start instead).
+        userns_setup allocate
+        shift_rootfs always
+        init_data
+        ;;
     status) status ;;
     wait-ready) wait_ready "$2" "${3:-90}" ;;
     health) health ;;

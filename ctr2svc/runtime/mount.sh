@@ -36,8 +36,8 @@ new_layer() {
     rm -rf "$1"
     # shellcheck disable=SC2174 # -m is meant for all three
     mkdir -p -m "$ROOT_MODE" "$1/upper" "$1/work" "$1/$LAYER_MARK"
-    if [ "$ROOT_UID" != 0 ] || [ "$ROOT_GID" != 0 ]; then
-        chown "$ROOT_UID:$ROOT_GID" "$1/upper"
+    if [ "$ROOT_UID" != 0 ] || [ "$ROOT_GID" != 0 ] || [ "$SHIFT" != 0 ]; then
+        chown "$((ROOT_UID + SHIFT)):$((ROOT_GID + SHIFT))" "$1/upper"
     fi
 }
 
@@ -58,10 +58,11 @@ mount_root() {
     if [ -z "$LOWER" ]; then
         mount -t overlay overlay -o "lowerdir=$IMAGE_DIR/rootfs,upperdir=$1/upper,workdir=$1/work" "$ROOT"
     else
-        # Lower layers named relative to $LAYERS_DIR: the options stay short whatever the layer count.
-        cd "$LAYERS_DIR" || return
+        # Lower layers named relative to $LOWER_DIR ($LAYERS_DIR, or their idmapped mounts': userns.sh):
+        # the options stay short whatever the layer count.
+        cd "$LOWER_DIR" || return
         mounted=0
-        mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$1/upper,workdir=$1/work" "$ROOT" || mounted=$?
+        mount -t overlay overlay -o "lowerdir=$LOWER_LIST,upperdir=$1/upper,workdir=$1/work" "$ROOT" || mounted=$?
         cd /
         return "$mounted"
     fi
@@ -95,7 +96,7 @@ init_volume() {
     if [ "$6" = yes ]; then
         cp -a "$SEED_ROOT$2/." "$1.new/"
     fi
-    chown "$3:$4" "$1.new"
+    chown "$(($3 + SHIFT)):$(($4 + SHIFT))" "$1.new"
     chmod "$5" "$1.new"
     # Renamed into place last, so an interrupted copy is redone rather than taken as done.
     mv "$1.new" "$1"
@@ -109,6 +110,7 @@ init_data() {
         chmod 0700 "$DATA_DIR"
     fi
     [ -d "$VOLUMES_DIR" ] || mkdir -p "$VOLUMES_DIR"
+    shift_volumes
     eval "set -- $VOLUMES"
     while [ "$#" -ge 6 ]; do
         init_volume "$1" "$2" "$3" "$4" "$5" "$6"

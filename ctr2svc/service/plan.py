@@ -252,6 +252,7 @@ def plan_service(
         stdio=stdio,
         activation=request.activation,
         network=request.network,
+        userns=request.userns,
         publish=request.publish,
         homepage=metadata.homepage(labels.get("org.opencontainers.image.url"), "url")
         or metadata.homepage(labels.get("org.opencontainers.image.source"), "source"),

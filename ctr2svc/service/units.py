@@ -71,6 +71,14 @@ class ChownBatch:
     owner: str
     paths: tuple[str, ...]
 
+    @property
+    def uid(self) -> int:
+        return int(self.owner.split(":")[0])
+
+    @property
+    def gid(self) -> int:
+        return int(self.owner.split(":")[1])
+
 
 def ownership_plan(scan: RootfsScan) -> tuple[list[ChownBatch], list[Entry], list[Entry]]:
     """(chown batches by owner, entries whose mode chown would spoil, hard links)."""
@@ -136,6 +144,7 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         "layers": spec.layers,
         # The package's network mode; /etc/NAME/network (the admin's) may say otherwise.
         "network_mode": spec.network,
+        "userns_mode": spec.userns,
         # Compose applications (their defaults render as before).
         "restart_policy": spec.restart,
         "requires": [f"{name}.service" for name in spec.requires],
@@ -179,6 +188,7 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
         GeneratedFile(spec.layout.service_env, runtime.service_env(helper_data), 0o644),
         GeneratedFile(spec.layout.config_awk, runtime.awk_program("config.awk"), 0o644),
         GeneratedFile(spec.layout.network_awk, runtime.awk_program("network.awk"), 0o644),
+        GeneratedFile(spec.layout.idmap_program, runtime.awk_program(runtime.IDMAP_PROGRAM), 0o644),
         # Mode 0600: the environment is where an admin puts passwords.
         GeneratedFile(f"{cfg}/env", render("env.j2", **values, env=spec.env), 0o600, config=True),
         GeneratedFile(
@@ -197,19 +207,28 @@ def service_files(spec: ServiceSpec, scan: RootfsScan, render_key: str = "") -> 
     files += [
         GeneratedFile(f"{cfg}/network", render("network.j2", **values), 0o644, config=True),
         GeneratedFile(f"{cfg}/ports", render("ports.j2", **values, publish=spec.publish), 0o644, config=True),
+        # And in a user namespace of its own or not: /etc/NAME/userns.
+        GeneratedFile(f"{cfg}/userns", render("userns.j2", **values), 0o644, config=True),
     ]
     # A compose application's config files and secrets (the admin's, kept on upgrade) and the data it
     # packages from beside the compose file, mounted at start.
     files += [GeneratedFile(f.dest, f.content, f.mode, config=f.config) for f in spec.files]
     if not spec.layers:
         # Shared layers set their own files up (templates/layer/setup.sh.j2).
+        # A shift (user namespaces) chowns every file, which clears the set-id bits of root's too.
+        shifted_chmods = [
+            e for e in scan.entries if e.kind is not Kind.SYMLINK and e.mode & 0o6000 and e not in chmods
+        ]
         ownership = render(
             "ownership.sh.j2",
             image=spec.image.pinned,
             rootfs=spec.layout.rootfs,
             chown_batches=batches,
             chmods=chmods,
+            shifted_chmods=shifted_chmods,
             hardlinks=hardlinks,
+            root_uid=root.uid,
+            root_gid=root.gid,
         )
         files.append(GeneratedFile(f"{spec.layout.image_dir}/ownership.sh", ownership, 0o755))
     if spec.init is InitSystem.OPENRC:

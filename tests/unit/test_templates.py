@@ -102,7 +102,7 @@ def rendered(spec: ServiceSpec) -> dict[str, str]:
     """Every generated file of the four kinds of package, named FORMAT[-INIT]-FILE (deb: plain)."""
     # The helper and its awk programs are the same in every package (tests/runtime checks them): the
     # golden files hold what is generated, service.env among it.
-    static = {spec.layout.helper, spec.layout.config_awk, spec.layout.network_awk}
+    static = {spec.layout.helper, spec.layout.config_awk, spec.layout.network_awk, spec.layout.idmap_program}
     generated = [f for f in units.service_files(spec, sample_scan()) if f.dest not in static]
     files = {Path(f.dest).name: f.text for f in generated}
     files.update({f"deb-{k}": v for k, v in units.package_scripts(spec).items()})

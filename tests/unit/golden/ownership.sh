@@ -4,11 +4,21 @@
 # package installs every file as root and this script then gives the image's files their numeric
 # owners. Hard links are one file already in every format ctr2svc writes; `ln -f` leaves them so, and
 # would link them again in a package that carried copies.
-# Run by the package's post-install script.
+# Run by the package's post-install script. With an argument OFFSET (the service helper's, for a user
+# namespace: docs/service.md), every file gets the image's owner plus OFFSET, the root directory last.
 set -eu
 cd /opt/containers/valkey-svc/9.0.0/rootfs
 ln -f -- ./bin/busybox ./bin/sh
-chown -h 0:42 -- ./usr/bin/agent
-chown -h 999:0 -- ./-odd
-chown -h 999:999 -- ./data './data/it'"'"'s here'
+o=0
+if [ "$#" -gt 0 ]; then
+    o=$1
+    find . -mindepth 1 -exec chown -h "$o:$o" -- {} +
+fi
+chown -h "$((0 + o)):$((42 + o))" -- ./usr/bin/agent
+chown -h "$((999 + o)):$((0 + o))" -- ./-odd
+chown -h "$((999 + o)):$((999 + o))" -- ./data './data/it'"'"'s here'
 chmod 2755 -- ./usr/bin/agent
+if [ "$#" -gt 0 ]; then
+    # The root directory's owner says how the files are shifted (the helper reads it at each start).
+    chown -h "$((0 + o)):$((0 + o))" .
+fi
