@@ -158,6 +158,11 @@ def resolve(opts: BuildOptions) -> BuildRequest:
             "--runtime nspawn needs systemd: nspawn runs in the foreground under a systemd unit",
             hint="use --init systemd with --runtime nspawn, or --runtime runc for OpenRC",
         )
+    if runtime == "nspawn" and opts.userns == "auto":
+        raise UsageError(
+            "--userns auto is not supported with --runtime nspawn: the user namespace is made for runc",
+            hint="use --runtime runc with --userns auto, or --userns host with --runtime nspawn",
+        )
     if opts.layers not in LAYER_MODES:
         raise UsageError(f"unknown --layers {opts.layers!r}", hint="use --layers flat or --layers shared")
     if opts.layers == "shared":

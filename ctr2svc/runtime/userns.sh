@@ -101,6 +101,11 @@ userns_setup() {
     read_userns_mode
     SHIFT=0
     USERNS_START=
+    if [ "$USERNS" = auto ] && [ "$RUNTIME" = nspawn ]; then
+        # nspawn maps users its own way (--private-users) and its OCI reader was not proven with ours.
+        echo "$NAME: $CONFIG_DIR/userns says auto, which this nspawn service cannot use: write host there, or rebuild with --runtime runc" >&2
+        exit 1
+    fi
     if [ "$USERNS" = auto ]; then
         if [ "${1:-}" = allocate ]; then
             if [ -n "$LOWER" ] && ! command -v perl >/dev/null 2>&1; then

@@ -230,6 +230,11 @@ def test_bad_format_combinations(
         (("--cpus", "nan"), "is not a number of CPUs above 0", "--cpus 0.5"),
         (("--stdio", "socket"), "Invalid value for '--stdio'", "auto"),
         (("--runtime", "nspawn", "--init", "openrc"), "--runtime nspawn needs systemd", "--init systemd"),
+        (
+            ("--runtime", "nspawn", "--userns", "auto"),
+            "--userns auto is not supported with --runtime nspawn",
+            "--runtime runc",
+        ),
         (("--runtime", "kata"), "unknown runtime 'kata'", "--runtime crun"),
         (("--user", "a:"), "is not USER, UID, USER:GROUP or UID:GID", "--user 999:999"),
     ],

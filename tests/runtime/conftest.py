@@ -61,8 +61,11 @@ class Helper:
             ROOT=str(top / "run" / name / "rootfs"),
             CONFIG_DIR=str(top / "etc" / name),
             LAYERS_DIR=str(top / "layers"),
+            # Six words a volume, as the package writes them (mount.sh's init_volume's arguments).
             VOLUMES=runtime._words(
-                (
+                word
+                for v in self.spec.volumes
+                for word in (
                     str(data / "volumes" / v.container_path.strip("/")),
                     v.container_path,
                     v.uid,
@@ -70,7 +73,6 @@ class Helper:
                     f"{v.mode:04o}",
                     "yes" if v.seed else "no",
                 )
-                for v in self.spec.volumes
             ),
         )
         values.update(overrides)

@@ -40,7 +40,7 @@ def container(tmp_path: Path, script: str, **changes: Any) -> Helper:
     spec = dataclasses.replace(
         spec_for(runtime="nspawn", args=("/bin/sh", "-c", script), **changes), health=health
     )
-    # The volume, as six words (conftest's default makes one word of them, which no runc test needs).
+    # The volume, at a path of its own.
     volume = tmp_path / "host/var/lib" / spec.name / "volumes/data"
     helper = Helper(tmp_path / "host", spec).install(
         VOLUMES=_words([volume, "/data", 999, 999, "0750", "yes"])
