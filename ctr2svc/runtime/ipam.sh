@@ -67,6 +67,15 @@ allocate_subnet() {
                 exit 1
             fi
             [ -d "$IPAM_DIR/networks" ] || mkdir -p "$IPAM_DIR/networks"
+            # Another network's record of this /24 is a purged application's (no service is on it, as
+            # subnet_free found): it goes, or this network's next service would take it for a network
+            # still there, and move this one off the /24 its first service is on.
+            for record in "$IPAM_DIR/networks"/*; do
+                [ "${record##*/}" != "$NETWORK_NAME" ] || continue
+                recorded=
+                read -r recorded 2>/dev/null <"$record" || continue
+                [ "$recorded" != "$SUBNET_PREFIX" ] || rm -f "$record"
+            done
             echo "$SUBNET_PREFIX" >"$IPAM_DIR/networks/$NETWORK_NAME.new"
             mv "$IPAM_DIR/networks/$NETWORK_NAME.new" "$IPAM_DIR/networks/$NETWORK_NAME"
         fi

@@ -137,6 +137,12 @@ def test_application_networks_get_a_24_each_and_keep_it(helper: Helper, book: Pa
     for name in ("blog-web", "blog-db"):
         subprocess.run(["rm", "-rf", str(book / "data" / name)], check=True)
     assert address(helper, book, "wiki-web", "wiki", **candidates) == "10.89.242.2"
+    # The application's next services join it there: the purged network's record of the same /24 no
+    # longer counts (it made the second service move the network away, or find no /24 at all).
+    assert address(helper, book, "wiki-db", "wiki", **candidates) == "10.89.242.3"
+    assert (book / "ipam/networks/wiki").read_text() == "10.89.242\n"
+    assert not (book / "ipam/networks/blog").exists()
+    assert address(helper, book, "wiki-web", "wiki", **candidates) == "10.89.242.2"
 
 
 def test_a_24_in_use_elsewhere_is_skipped(helper: Helper, book: Path) -> None:

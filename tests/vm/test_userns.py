@@ -76,7 +76,8 @@ def packages(
     vm.ssh(f"install -d -m 0755 -o root -g root {BREAKOUT}")
     yield Packages(port, debs, shared_port, shared, f"/root/{rpm.name}")
     vm.ssh(
-        f"rpm -e --nodeps {RPM}; {APT} purge -y {NAME} {SHARED}; rm -rf /var/lib/{RPM} {BREAKOUT}",
+        f"rpm -e --nodeps {RPM}; {APT} purge -y --autoremove {NAME} {SHARED}; "
+        f"rm -rf /var/lib/{RPM} {BREAKOUT}",
         check=False,
         timeout=600,
     )
