@@ -253,6 +253,19 @@ def test_private_network(
     assert vm.ssh(f"test -e /run/netns/ctr2svc-{NAME} && echo left || echo gone").stdout.strip() == "gone"
 
 
+def test_reboot_brings_the_service_back(vm: vmhost.VM, installed: Packages, timings: Timings) -> None:
+    """Enabled by the package: after a reboot nspawn runs it again, registered, with its data."""
+    vm.reboot()
+    timings.record("nspawn: VM reboot (command → booted)", vm.reboot_seconds)
+    assert get(vm, installed.port, timeout=180).strip() == "kv 2.0"
+    assert get(vm, installed.port, "/cgi-bin/get?answer").strip() == "42"
+    vm.wait_until(f"machinectl list --no-legend | grep -w {NAME}", timeout=30)
+    # nspawn is the unit's main process again, and the registered leader is its child.
+    parent = vm.ssh(f"ps -o ppid= -p {leader(vm)}").stdout.strip()
+    assert parent == show(vm, "MainPID")
+    assert root_mounts(vm, NAME) == 1
+
+
 @pytest.fixture(scope="module")
 def others(vm: vmhost.VM, packages: Packages) -> Packages:
     """The shared-layer and the stubborn services, installed with one apt run (each costs ~15 s under

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,8 +37,8 @@ def show(vm: vmhost.VM, image: str, prop: str) -> str:
     return vm.ssh(f"systemctl show -p {prop} --value {unit(image)}").stdout.strip()
 
 
-def psql(sql: str) -> str:
-    return f"psql -h 127.0.0.1 -p {realistic.POSTGRES_PORT} -U postgres -tAc {sql!r}"
+def psql(sql: str, port: int = realistic.POSTGRES_PORT) -> str:
+    return f"psql -h 127.0.0.1 -p {port} -U postgres -tAc {sql!r}"
 
 
 def redis(*words: str) -> str:
@@ -164,3 +165,34 @@ def test_postgres_data_survives_a_restart(vm: vmhost.VM, installed: float) -> No
     assert vm.wait_until(psql("select v from kept"), timeout=120).strip() == "across restarts"
     # The second start found PGDATA initialised: no second initdb.
     assert journal(vm, "postgres").count("PostgreSQL init process complete") == 1
+
+
+def test_postgres_under_nspawn(
+    vm: vmhost.VM, installed: float, registry: Registry, ctr2svc: Cli, tmp_path: Path
+) -> None:
+    """Issue 25: the same PostgreSQL image run by systemd-nspawn (--runtime nspawn, on the shared layers
+    the runc service installed): the root entrypoint chowns PGDATA and initdb runs as postgres, it
+    accepts connections, is a machine, stops on SIGINT, and its data survives a restart."""
+    name, port = "real-postgres-nspawn", realistic.POSTGRES_PORT + 1
+    ref = registry.push(realistic.build("postgres"), "e2e/real-postgres", "1")
+    nspawn = ("--runtime", "nspawn", "--layers", "shared", "--env", f"PGPORT={port}")
+    deb = Path(ctr2svc("build", ref, "--name", name, *nspawn, "-o", tmp_path).stdout.strip())
+    vm.copy_to(deb, f"/root/{deb.name}")
+    try:
+        vm.ssh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y /root/{deb.name}", timeout=600)
+        assert vm.wait_until(psql("select 6 * 7", port), timeout=180).strip() == "42"
+        vm.ssh(psql("create table kept (v text); insert into kept values ('under nspawn')", port))
+        data = f"/var/lib/{name}/volumes/var/lib/postgresql/data"
+        assert vm.ssh(f"stat -c %u:%g:%a {data}").stdout.strip() == "999:999:700"
+        main = vm.ssh(f"systemctl show -p MainPID --value {name}.service").stdout.strip()
+        assert vm.ssh(f"cat /proc/{main}/comm").stdout.strip() == "systemd-nspawn"
+        vm.wait_until(f"machinectl list --no-legend | grep -w {name}", timeout=30)
+        vm.ssh(f"systemctl stop {name}.service", timeout=120)
+        result = vm.ssh(f"systemctl show -p Result --value {name}.service").stdout.strip()
+        log = vm.ssh(f"journalctl -u {name}.service --no-pager -o cat").stdout
+        assert result == "success", log[-3000:]
+        assert "received fast shutdown request" in log, log[-3000:]
+        vm.ssh(f"systemctl start {name}.service", timeout=120)
+        assert vm.wait_until(psql("select v from kept", port), timeout=180).strip() == "under nspawn"
+    finally:
+        vm.ssh(f"DEBIAN_FRONTEND=noninteractive apt-get purge -y {name}", check=False, timeout=600)
