@@ -115,7 +115,8 @@ def service_values(
         # keeps its state and the previous version's.
         "READY_PORT": str(spec.ready_port or ""),
         "LIBEXEC": layout.libexec,
-        "UNIT_PATH": layout.unit_path,
+        "UNIT_PATH": rollback.kept_path(spec),
+        "INIT": spec.init.value,
         "ROLLBACK_DIR": rollback.state_dir(layout),
         "PREVIOUS_DIR": rollback.previous_dir(layout),
         "HEALTH_TIMEOUT": str(health.timeout) if health else "",

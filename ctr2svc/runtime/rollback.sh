@@ -1,6 +1,7 @@
 # shellcheck shell=sh
 # Upgrades that roll back, after the restart (snapshot.sh armed it, before): the new version ready, or
-# its data put aside, the snapshot put back and the previous version's kept unit installed.
+# its data put aside, the snapshot put back and the previous version's kept unit installed (systemd),
+# or its kept files named in the file the package's init script reads (OpenRC).
 
 # upgrade_ready SECONDS: the new version became ready: its --ready-port listens, its health check
 # passes, or (neither) its container ran $STEADY seconds without stopping.
@@ -33,6 +34,14 @@ upgrade_ready() {
 OVERRIDE_DIR=/etc/systemd/system
 OVERRIDE_MARK="# Written by ctr2svc's rollback"
 
+# Under OpenRC the init script stays the package's file (apk audit checks it; a .deb's is a conffile
+# the admin may have changed): a rollback names the kept helper and image in this file instead, which
+# the init script reads when present (templates/openrc/init.j2), and the next upgrade or the removal
+# deletes it with the rest of the rollback's state.
+openrc_file() {
+    echo "$ROLLBACK_DIR/openrc"
+}
+
 ours() {
     first=
     read -r first 2>/dev/null <"$1" || true
@@ -42,10 +51,25 @@ ours() {
     return 1
 }
 
+# The command that starts the service (the restart that follows stop_restored: see there).
+start_command() {
+    if [ "${INIT:-systemd}" = openrc ]; then
+        echo "rc-service $NAME start"
+    else
+        echo "systemctl start $NAME.service"
+    fi
+}
+
 # stop_restored: the version a rollback restored, which runs from its kept files, stopped by its own
-# unit, and that unit removed: the package's is the unit again. Fails if there was none. The restart
+# unit (or OpenRC file), and that removed: the package's is the unit again. Fails if there was none. The restart
 # that follows must then be a start (rpm's try-restart would leave the stopped service stopped).
 stop_restored() {
+    if [ "${INIT:-systemd}" = openrc ]; then
+        [ -e "$(openrc_file)" ] || return 1
+        rc-service "$NAME" stop || true
+        rm -f "$(openrc_file)"
+        return 0
+    fi
     ours "$OVERRIDE_DIR/$NAME.service" || return 1
     systemctl stop "$NAME.service" || true
     rm -f "$OVERRIDE_DIR/$NAME.service"
@@ -61,21 +85,23 @@ upgrade_restart() {
     read_rollback_config
     if read_state && [ "$TO" = "$version" ] && [ "$STATUS" = rolled-back ]; then
         # Configured again (dpkg --configure -a): the previous version runs and stays.
-        echo "$NAME: version $TO did not become ready and was rolled back to $FROM (journalctl -u $NAME): install a fixed version, or the package file of this one again (dpkg -i) to retry it" >&2
+        echo "$NAME: version $TO did not become ready and was rolled back to $FROM ($(log_hint)): install a fixed version, or the package file of this one again (dpkg -i) to retry it" >&2
         return 4
     elif [ "$TO" = "$version" ] && [ "$STATUS" = armed ]; then
         :
     else
         # (An upgrade after a rollback that was not armed: the service was stopped at the upgrade.)
         if stop_restored; then
-            set -- systemctl start "$NAME.service"
+            # shellcheck disable=SC2046 # two or three words
+            set -- $(start_command)
         fi
         forget_rollback
         "$@"
         return
     fi
     if stop_restored; then
-        set -- systemctl start "$NAME.service"
+        # shellcheck disable=SC2046 # two or three words
+        set -- $(start_command)
     fi
     clock
     begun=$now
@@ -126,6 +152,22 @@ roll_back() {
         find "$DATA_DIR" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
         cp -a "$ROLLBACK_DIR/data/." "$DATA_DIR/"
         rm -rf "$ROLLBACK_DIR/data"
+    fi
+    if [ "${INIT:-systemd}" = openrc ]; then
+        # Read by the init script (as root, in a 0700 directory): quoted values only.
+        {
+            echo "$OVERRIDE_MARK: $TO did not become ready, $FROM runs from $PREVIOUS_DIR."
+            echo "# Read by $UNIT_PATH; the next upgrade of the package removes it."
+            # sh runs the kept helper: /var or /opt may be mounted noexec.
+            echo "ctr2svc_sh=/bin/sh"
+            echo "ctr2svc_helper='$PREVIOUS_DIR/libexec/service'"
+            echo "ctr2svc_ownership='$PREVIOUS_DIR/image/ownership.sh'"
+        } >"$(openrc_file).new"
+        mv "$(openrc_file).new" "$(openrc_file)"
+        STATUS=rolled-back
+        write_state
+        say "rolled back to $FROM: $DATA_DIR is as it was before the upgrade ($METHOD); the data $TO left is in $failed" 3
+        return 0
     fi
     override="$OVERRIDE_DIR/$NAME.service"
     if [ -e "$override" ] && ! ours "$override"; then

@@ -4,17 +4,37 @@
 # new package's preinst, which carries this part: the new helper is not unpacked yet); after the
 # restart the new version must become ready, or the snapshot is put back and the previous version is
 # started again from what was kept, and the package manager's step fails. Uses $NAME, $DATA_DIR,
-# $CONFIG_DIR, $LIBEXEC, $UNIT_PATH, $ROLLBACK_DIR (the state and the data's snapshot, on /var/lib's
-# file system) and $PREVIOUS_DIR (the previous version's files, on the image's file system). This part
-# arms a rollback; rollback.sh does it.
+# $CONFIG_DIR, $LIBEXEC, $UNIT_PATH (the unit, or OpenRC's init script), $INIT (systemd or openrc),
+# $ROLLBACK_DIR (the state and the data's snapshot, on /var/lib's file system) and $PREVIOUS_DIR (the
+# previous version's files, on the image's file system). This part arms a rollback; rollback.sh does it.
 
-# say MESSAGE [PRIORITY]: to stderr (what apt prints) and to the service's journal: a root process's
-# entry naming the unit as its object is one `journalctl -u NAME` shows.
+# say MESSAGE [PRIORITY]: to stderr (what apt and apk print) and to the service's log: under systemd
+# its journal (a root process's entry naming the unit as its object is one `journalctl -u NAME`
+# shows), under OpenRC syslog, tagged NAME (/var/log/messages with Alpine's syslogd), where a syslog
+# daemon listens.
 say() {
     echo "$NAME: $1" >&2
-    [ -S /run/systemd/journal/socket ] || return 0
-    printf 'MESSAGE=%s\nSYSLOG_IDENTIFIER=%s\nOBJECT_SYSTEMD_UNIT=%s\nPRIORITY=%s\n' \
-        "$NAME: $1" "$NAME" "$NAME.service" "${2:-5}" | logger --journald 2>/dev/null || true
+    if [ -S /run/systemd/journal/socket ]; then
+        printf 'MESSAGE=%s\nSYSLOG_IDENTIFIER=%s\nOBJECT_SYSTEMD_UNIT=%s\nPRIORITY=%s\n' \
+            "$NAME: $1" "$NAME" "$NAME.service" "${2:-5}" | logger --journald 2>/dev/null || true
+    elif [ "${INIT:-systemd}" = openrc ] && [ -S /dev/log ] && command -v logger >/dev/null 2>&1; then
+        # Names, not numbers: busybox's logger (Alpine's) takes only names.
+        case "${2:-5}" in
+            3) level=err ;;
+            4) level=warning ;;
+            *) level=notice ;;
+        esac
+        logger -t "$NAME" -p "daemon.$level" "$1" 2>/dev/null || true
+    fi
+}
+
+# Where say's lines are, for the messages that point there.
+log_hint() {
+    if [ "${INIT:-systemd}" = openrc ]; then
+        echo "rc-service $NAME status, and syslog"
+    else
+        echo "journalctl -u $NAME"
+    fi
 }
 
 # The admin's choices, from $CONFIG_DIR/rollback: $ROLLBACK (on|off), $COPY_LIMIT (KiB), $READY_TIMEOUT
@@ -147,7 +167,11 @@ keep_previous() {
 
 # Whether the service runs: a stopped one has nothing to roll back to (the upgrade starts nothing).
 service_active() {
-    [ -d /run/systemd/system ] && systemctl --quiet is-active "$NAME.service" 2>/dev/null
+    if [ "${INIT:-systemd}" = openrc ]; then
+        [ -e /run/openrc/softlevel ] && rc-service "$NAME" status >/dev/null 2>&1
+    else
+        [ -d /run/systemd/system ] && systemctl --quiet is-active "$NAME.service" 2>/dev/null
+    fi
 }
 
 # The new package's preinst, before an upgrade from FROM to TO: the snapshot and the previous version

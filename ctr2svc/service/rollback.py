@@ -26,6 +26,22 @@ def previous_dir(layout: Layout) -> str:
 
 def applies(spec: ServiceSpec) -> bool:
     """Where upgrades roll back: .debs and .rpms for systemd (dpkg's preinst and postinst, rpm's %pre
-    and %post), for a service that stays running (a oneshot unit has no readiness to wait for)."""
-    formats = (PackageFormat.DEB, PackageFormat.RPM)
-    return spec.format in formats and spec.init is InitSystem.SYSTEMD and not spec.oneshot
+    and %post), and .apks for OpenRC (apk's pre-upgrade and post-upgrade), for a service that stays
+    running (a oneshot unit has no readiness to wait for)."""
+    if spec.oneshot:
+        return False
+    if spec.init is InitSystem.SYSTEMD:
+        return spec.format in (PackageFormat.DEB, PackageFormat.RPM)
+    return spec.format is PackageFormat.APK
+
+
+def openrc_file(layout: Layout) -> str:
+    """Under OpenRC, what a rollback writes for the init script to read: the kept version's files (the
+    init script itself stays the package's)."""
+    return f"{state_dir(layout)}/openrc"
+
+
+def kept_path(spec: ServiceSpec) -> str:
+    """The file a rollback keeps beside the previous version's helper and image: its unit, or its
+    OpenRC init script."""
+    return spec.layout.init_script if spec.init is InitSystem.OPENRC else spec.layout.unit_path

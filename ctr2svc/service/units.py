@@ -159,6 +159,8 @@ def _values(spec: ServiceSpec) -> dict[str, Any]:
         "rollback": rollback.applies(spec),
         "rollback_dir": rollback.state_dir(spec.layout),
         "previous_dir": rollback.previous_dir(spec.layout),
+        "kept_path": rollback.kept_path(spec),
+        "openrc_rollback": rollback.openrc_file(spec.layout),
     }
 
 
@@ -274,8 +276,15 @@ def package_scripts(spec: ServiceSpec) -> dict[str, str]:
     scripts = {key: render(f"{template}.j2", **values) for key, template in SCRIPTS[spec.format].items()}
     if rollback.applies(spec):
         # Upgrades that roll back: the snapshot is taken before the unpack.
-        template = "deb/preinst.j2" if spec.format is PackageFormat.DEB else "rpm/pre.j2"
-        scripts["preinstall"] = render(template, **values, snapshot_program=runtime.snapshot_part())
+        templates = {
+            PackageFormat.DEB: "deb/preinst",
+            PackageFormat.RPM: "rpm/pre",
+            PackageFormat.APK: "apk/pre-upgrade",
+        }
+        key = "preupgrade" if spec.format is PackageFormat.APK else "preinstall"
+        scripts[key] = render(
+            f"{templates[spec.format]}.j2", **values, snapshot_program=runtime.snapshot_part()
+        )
     return scripts
 
 

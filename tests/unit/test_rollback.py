@@ -1,5 +1,6 @@
-"""Which packages arm upgrades that roll back (.deb and .rpm for systemd, a service that stays up), and
-what they carry for it: a preinst (%pre) with the helper's snapshot part, and /etc/NAME/rollback."""
+"""Which packages arm upgrades that roll back (.deb and .rpm for systemd, .apk for OpenRC, a service that
+stays up), and what they carry for it: a preinst (%pre, apk's pre-upgrade) with the helper's snapshot
+part, and /etc/NAME/rollback."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ VARIANTS = {
     "deb": (PackageFormat.DEB, InitSystem.SYSTEMD, "9.0.0", True),
     "rpm": (PackageFormat.RPM, InitSystem.SYSTEMD, "9.0.0-1", True),
     "deb-openrc": (PackageFormat.DEB, InitSystem.OPENRC, "9.0.0", False),
-    "apk": (PackageFormat.APK, InitSystem.OPENRC, "9.0.0-r0", False),
+    "apk": (PackageFormat.APK, InitSystem.OPENRC, "9.0.0-r0", True),
 }
 
 
@@ -33,12 +34,21 @@ def test_which_packages_roll_back(name: str) -> None:
     assert rollback.applies(spec) is armed
     scripts = units.package_scripts(spec)
     files = {f.dest: f for f in units.service_files(spec, sample_scan())}
-    assert ("preinstall" in scripts) is armed
+    # apk runs its pre-upgrade on upgrades only (nfpm's apk section), as the postinst's work is its
+    # post-upgrade's.
+    before, after = (
+        ("preupgrade", "postupgrade") if spec.format is PackageFormat.APK else ("preinstall", "postinstall")
+    )
+    assert (before in scripts) is armed
     assert ("/etc/valkey-svc/rollback" in files) is armed
     if armed:
-        assert runtime.snapshot_part() in scripts["preinstall"]
-        assert "upgrade-restart" in scripts["postinstall"]
+        assert runtime.snapshot_part() in scripts[before]
+        assert "upgrade-restart" in scripts[after]
         assert files["/etc/valkey-svc/rollback"].config
+    if spec.format is PackageFormat.APK:
+        # The init script reads what a rollback writes, and stays the package's file.
+        init = files["/etc/init.d/valkey-svc"].content
+        assert f". {rollback.openrc_file(spec.layout)}\n" in init
 
 
 def test_a_oneshot_service_does_not_roll_back() -> None:
