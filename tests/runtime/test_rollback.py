@@ -348,3 +348,57 @@ def test_after_a_rollback_the_next_upgrade_keeps_what_runs(service: Helper) -> N
         "systemctl start kv-svc.service",
     ]
     assert not previous.exists() and not (service.top / "etc/systemd/system/kv-svc.service").exists()
+
+
+# OpenRC's side stubbed as systemd's is: rc-service logs what it is asked.
+@pytest.fixture
+def openrc_service(service: Helper) -> Helper:
+    """The same service packaged for OpenRC (an .apk): its init script is the file kept."""
+    init = service.top / "etc/init.d/kv-svc"
+    init.parent.mkdir(parents=True)
+    init.write_text("#!/sbin/openrc-run\ncommand=/usr/libexec/kv-svc/service\n")
+    values = {k: service.values[k] for k in ("LIBEXEC", "ROLLBACK_DIR", "PREVIOUS_DIR", "HEALTH_CMD")}
+    service.install(**values, UNIT_PATH=str(init), INIT="openrc")
+    stub = service.top / "bin/rc-service"
+    stub.write_text('#!/bin/sh\necho "rc-service $*" >>"$LOG"\n')
+    stub.chmod(0o755)
+    return service
+
+
+def test_openrc_roll_back_names_the_kept_files_for_the_init_script(openrc_service: Helper) -> None:
+    """Under OpenRC no unit is written: the file the init script reads names the kept helper and
+    ownership script, and the kept version prepares and starts from them, run by sh; the next upgrade
+    stops it with rc-service, removes the file and starts the service (the new version)."""
+    service = openrc_service
+    sh(service, "arm_rollback 1.0-r0 2.0-r0")
+    previous = service.path("PREVIOUS_DIR")
+    assert (previous / "unit").read_text() == (service.top / "etc/init.d/kv-svc").read_text()
+    (service.path("DATA_DIR") / "volumes/data/index.html").write_text("migrated by 2.0\n")
+    rolled = sh(service, "roll_back 2.0-r0")
+    assert "kv-svc: rolled back to 1.0-r0: " in rolled.stderr
+    assert (service.path("DATA_DIR") / "volumes/data/index.html").read_text() == "v1 data\n"
+    assert not (service.top / "etc/systemd/system/kv-svc.service").exists()
+    named = service.path("ROLLBACK_DIR") / "openrc"
+    assert named.read_text().startswith(
+        "# Written by ctr2svc's rollback: 2.0-r0 did not become ready, 1.0-r0 "
+    )
+    ran = sh(
+        service,
+        f". {named}\n"
+        '$ctr2svc_sh "$ctr2svc_helper" prepare\n$ctr2svc_sh "$ctr2svc_helper" start\n'
+        "awk -v root=\"$ROOT\" '$5 == root' /proc/self/mountinfo | grep -o 'lowerdir=[^,]*'\n"
+        'echo "$ctr2svc_ownership"\n$ctr2svc_sh "$ctr2svc_helper" stop',
+        namespace=True,
+    )
+    assert ran.stdout.split() == [f"lowerdir={previous}/image/rootfs", f"{previous}/image/ownership.sh"], (
+        ran.stderr
+    )
+
+    # Configured again: apk has no such step, but the message points at OpenRC's logs.
+    again = sh(service, "st=0; upgrade_restart 2.0-r0 true || st=$?; echo status $st")
+    assert again.stdout.strip() == "status 4"
+    assert "rolled back to 1.0-r0 (rc-service kv-svc status, and syslog)" in again.stderr
+
+    done = sh(service, 'st=0; upgrade_restart 3.0-r0 false || st=$?; echo status $st; cat "$LOG"')
+    assert done.stdout.splitlines() == ["status 0", "rc-service kv-svc stop", "rc-service kv-svc start"]
+    assert not named.exists() and not previous.exists()
