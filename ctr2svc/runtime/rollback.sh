@@ -83,7 +83,13 @@ upgrade_restart() {
     version=$1
     shift
     read_rollback_config
-    if read_state && [ "$TO" = "$version" ] && [ "$STATUS" = rolled-back ]; then
+    if read_state && [ "$TO" = "$version" ] && [ "$STATUS" = refused ]; then
+        # (apk: its pre-upgrade refused, and it unpacked all the same.) No restart: the previous
+        # version runs on, and from its kept files from now on, as after a rollback.
+        run_kept
+        echo "$NAME: the upgrade to $TO was refused (no room for the snapshot a rollback needs, $(log_hint)): $FROM keeps running; free some space and install $TO again" >&2
+        return 4
+    elif [ "$TO" = "$version" ] && [ "$STATUS" = rolled-back ]; then
         # Configured again (dpkg --configure -a): the previous version runs and stays.
         echo "$NAME: version $TO did not become ready and was rolled back to $FROM ($(log_hint)): install a fixed version, or the package file of this one again (dpkg -i) to retry it" >&2
         return 4
@@ -123,6 +129,23 @@ upgrade_restart() {
     return 3
 }
 
+# run_kept: under OpenRC, the previous version's kept files named for the init script, which runs
+# them from its next start on; the state says so.
+run_kept() {
+    # Read by the init script (as root, in a 0700 directory): quoted values only.
+    {
+        echo "$OVERRIDE_MARK: $TO did not become ready or was refused, $FROM runs from $PREVIOUS_DIR."
+        echo "# Read by $UNIT_PATH; the next upgrade of the package removes it."
+        # sh runs the kept helper: /var or /opt may be mounted noexec.
+        echo "ctr2svc_sh=/bin/sh"
+        echo "ctr2svc_helper='$PREVIOUS_DIR/libexec/service'"
+        echo "ctr2svc_ownership='$PREVIOUS_DIR/image/ownership.sh'"
+    } >"$(openrc_file).new"
+    mv "$(openrc_file).new" "$(openrc_file)"
+    STATUS=rolled-back
+    write_state
+}
+
 # roll_back VERSION: with the new version stopped, the data put back as it was before the upgrade (the
 # failed version's kept beside it), and the previous version's kept unit installed in /etc, where it
 # overrides the package's until the next upgrade. The caller starts it.
@@ -154,18 +177,7 @@ roll_back() {
         rm -rf "$ROLLBACK_DIR/data"
     fi
     if [ "${INIT:-systemd}" = openrc ]; then
-        # Read by the init script (as root, in a 0700 directory): quoted values only.
-        {
-            echo "$OVERRIDE_MARK: $TO did not become ready, $FROM runs from $PREVIOUS_DIR."
-            echo "# Read by $UNIT_PATH; the next upgrade of the package removes it."
-            # sh runs the kept helper: /var or /opt may be mounted noexec.
-            echo "ctr2svc_sh=/bin/sh"
-            echo "ctr2svc_helper='$PREVIOUS_DIR/libexec/service'"
-            echo "ctr2svc_ownership='$PREVIOUS_DIR/image/ownership.sh'"
-        } >"$(openrc_file).new"
-        mv "$(openrc_file).new" "$(openrc_file)"
-        STATUS=rolled-back
-        write_state
+        run_kept
         say "rolled back to $FROM: $DATA_DIR is as it was before the upgrade ($METHOD); the data $TO left is in $failed" 3
         return 0
     fi

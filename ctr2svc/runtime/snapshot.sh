@@ -127,7 +127,8 @@ snapshot_data() {
 }
 
 # The state of an upgrade: $FROM (the version that ran before), $TO (the new one), $STATUS (armed:
-# snapshot taken; rolled-back: the previous version runs again) and $METHOD (the snapshot's).
+# snapshot taken; rolled-back: the previous version runs again; refused: no room for the snapshot, and
+# the package manager unpacked the new version all the same) and $METHOD (the snapshot's).
 read_state() {
     FROM='' TO='' STATUS='' METHOD=''
     [ -r "$ROLLBACK_DIR/state" ] || return 1
@@ -200,8 +201,16 @@ arm_rollback() {
     snapshot_data "$ROLLBACK_DIR/data" || status=$?
     if [ "$status" = 1 ]; then
         say "upgrade to $TO refused, $FROM keeps running: no room for the snapshot a rollback needs ($why); free some space, or write 'rollback off' in $CONFIG_DIR/rollback" 3
-        [ -n "$rolled_back" ] || forget_rollback
         rm -rf "$ROLLBACK_DIR/data"
+        if [ -n "${UNPACKED_ANYWAY:-}" ]; then
+            # apk unpacks the new version whatever its pre-upgrade says (it only marks the script as
+            # failed): the refusal is then its post-upgrade's, which leaves FROM running from the
+            # files kept here (upgrade_restart).
+            STATUS=refused
+            write_state
+            return 1
+        fi
+        [ -n "$rolled_back" ] || forget_rollback
         return 1
     fi
     if [ "$status" = 2 ]; then

@@ -380,7 +380,7 @@ def test_openrc_roll_back_names_the_kept_files_for_the_init_script(openrc_servic
     assert not (service.top / "etc/systemd/system/kv-svc.service").exists()
     named = service.path("ROLLBACK_DIR") / "openrc"
     assert named.read_text().startswith(
-        "# Written by ctr2svc's rollback: 2.0-r0 did not become ready, 1.0-r0 "
+        "# Written by ctr2svc's rollback: 2.0-r0 did not become ready or was refused, 1.0-r0 runs from "
     )
     ran = sh(
         service,
@@ -402,3 +402,27 @@ def test_openrc_roll_back_names_the_kept_files_for_the_init_script(openrc_servic
     done = sh(service, 'st=0; upgrade_restart 3.0-r0 false || st=$?; echo status $st; cat "$LOG"')
     assert done.stdout.splitlines() == ["status 0", "rc-service kv-svc stop", "rc-service kv-svc start"]
     assert not named.exists() and not previous.exists()
+
+
+def test_openrc_refusal_after_the_unpack_keeps_the_previous_version(openrc_service: Helper) -> None:
+    """apk unpacks whatever its pre-upgrade says: with no room for the snapshot the state says refused,
+    and post-upgrade's upgrade_restart restarts nothing, names the kept files for the init script and
+    fails, the data untouched."""
+    service = openrc_service
+    (service.path("DATA_DIR") / "volumes/data/big").write_bytes(os.urandom(2 << 20))
+    rollback_root = service.path("ROLLBACK_DIR").parent
+    rollback_root.mkdir(parents=True)
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {rollback_root}\nUNPACKED_ANYWAY=1\n{ARM}\n"
+        'st=0; upgrade_restart 2.0 false || st=$?; echo status $st; cat "$LOG" 2>/dev/null || true\n'
+        'cat "$ROLLBACK_DIR/state" "$ROLLBACK_DIR/openrc"'
+    )
+    done = sh(service, script, namespace=True)
+    lines = done.stdout.splitlines()
+    # Nothing restarted: rc-service was not called.
+    assert lines[:2] == ["status 1", "status 4"], done.stderr
+    assert "STATUS='rolled-back'" in lines and any("ctr2svc_helper=" in line for line in lines), lines
+    assert "upgrade to 2.0 refused, 1.0 keeps running: no room" in done.stderr
+    assert "kv-svc: the upgrade to 2.0 was refused (no room for the snapshot a rollback needs" in done.stderr
+    assert (service.path("PREVIOUS_DIR") / "libexec/service").is_file()
+    assert (service.path("DATA_DIR") / "volumes/data/index.html").read_text() == "v1 data\n"
