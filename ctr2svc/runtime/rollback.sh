@@ -12,6 +12,17 @@ upgrade_ready() {
         wait_healthy "$1"
     else
         find_init
+        if [ -z "$started" ] && [ "${INIT:-systemd}" = openrc ]; then
+            # supervise-daemon's start returns before its child has run runc: the container comes a
+            # moment later, or (a version that fails at once) never, which STEADY seconds tell.
+            clock
+            until=$((now + STEADY * 100))
+            while [ -z "$started" ] && [ "$now" -lt "$until" ]; do
+                sleep 0.2
+                find_init
+                clock
+            done
+        fi
         if [ -z "$started" ]; then
             echo "$NAME: the container is not running" >&2
             return 1
@@ -139,7 +150,9 @@ run_kept() {
         # sh runs the kept helper: /var or /opt may be mounted noexec.
         echo "ctr2svc_sh=/bin/sh"
         echo "ctr2svc_helper='$PREVIOUS_DIR/libexec/service'"
-        echo "ctr2svc_ownership='$PREVIOUS_DIR/image/ownership.sh'"
+        # The kept image's owners are right (hard links of the image's files) and no package manager
+        # resets them: nothing for the start to restore (its ownership.sh would the packaged rootfs').
+        echo "ctr2svc_ownership=/dev/null"
     } >"$(openrc_file).new"
     mv "$(openrc_file).new" "$(openrc_file)"
     STATUS=rolled-back
