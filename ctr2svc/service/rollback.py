@@ -26,13 +26,13 @@ def previous_dir(layout: Layout) -> str:
 
 def applies(spec: ServiceSpec) -> bool:
     """Where upgrades roll back: .debs and .rpms for systemd (dpkg's preinst and postinst, rpm's %pre
-    and %post), and .apks for OpenRC (apk's pre-upgrade and post-upgrade), for a service that stays
+    and %post), and .apks and .debs for OpenRC (apk's pre-upgrade and post-upgrade), for a service that stays
     running (a oneshot unit has no readiness to wait for)."""
     if spec.oneshot:
         return False
     if spec.init is InitSystem.SYSTEMD:
         return spec.format in (PackageFormat.DEB, PackageFormat.RPM)
-    return spec.format is PackageFormat.APK
+    return spec.format in (PackageFormat.APK, PackageFormat.DEB)
 
 
 def openrc_file(layout: Layout) -> str:

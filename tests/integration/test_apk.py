@@ -81,7 +81,8 @@ def test_structure_and_fields(built: Built) -> None:
     # The image has no org.opencontainers.image.licenses label: SPDX's word for it, as the .rpm's.
     assert apk.value("license") == "NOASSERTION"
     assert {"runc", "openrc"} <= set(apk.pkginfo.get("depend", []))
-    assert sorted(apk.scripts) == [".post-deinstall", ".post-install", ".post-upgrade", ".pre-deinstall", ".pre-upgrade"]
+    scripts = [".post-deinstall", ".post-install", ".post-upgrade", ".pre-deinstall", ".pre-upgrade"]
+    assert sorted(apk.scripts) == scripts
     init = apk.member(f"etc/init.d/{NAME}")
     assert init.mode & 0o777 == 0o755
     assert init.data is not None and init.data.startswith(b"#!/sbin/openrc-run\n")

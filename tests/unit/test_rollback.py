@@ -1,6 +1,6 @@
-"""Which packages arm upgrades that roll back (.deb and .rpm for systemd, .apk for OpenRC, a service that
-stays up), and what they carry for it: a preinst (%pre, apk's pre-upgrade) with the helper's snapshot
-part, and /etc/NAME/rollback."""
+"""Which packages arm upgrades that roll back (.deb and .rpm for systemd, .apk and .deb for OpenRC, a
+service that stays up), and what they carry for it: a preinst (%pre, apk's pre-upgrade) with the
+helper's snapshot part, and /etc/NAME/rollback."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.unit.test_templates import for_format, sample_scan
 VARIANTS = {
     "deb": (PackageFormat.DEB, InitSystem.SYSTEMD, "9.0.0", True),
     "rpm": (PackageFormat.RPM, InitSystem.SYSTEMD, "9.0.0-1", True),
-    "deb-openrc": (PackageFormat.DEB, InitSystem.OPENRC, "9.0.0", False),
+    "deb-openrc": (PackageFormat.DEB, InitSystem.OPENRC, "9.0.0", True),
     "apk": (PackageFormat.APK, InitSystem.OPENRC, "9.0.0-r0", True),
 }
 
@@ -45,7 +45,7 @@ def test_which_packages_roll_back(name: str) -> None:
         assert runtime.snapshot_part() in scripts[before]
         assert "upgrade-restart" in scripts[after]
         assert files["/etc/valkey-svc/rollback"].config
-    if spec.format is PackageFormat.APK:
+    if spec.init is InitSystem.OPENRC:
         # The init script reads what a rollback writes, and stays the package's file.
         init = files["/etc/init.d/valkey-svc"].content
         assert f". {rollback.openrc_file(spec.layout)}\n" in init
