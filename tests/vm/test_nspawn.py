@@ -284,9 +284,17 @@ def test_shared_layers(vm: vmhost.VM, others: Packages) -> None:
         vm.wait_until(f"machinectl list --no-legend | grep -w {SHARED}", timeout=30)
         assert root_mounts(vm, SHARED) == 1
     finally:
-        vm.ssh(f"{APT} purge -y --autoremove {SHARED}", timeout=300)
+        # The layer packages by name: apt installed them from files named on its command line, which
+        # marks them manually installed, so --autoremove would leave them to the next module.
+        layers = " ".join(
+            n for n in (Path(d).name.split("_")[0] for d in others.shared) if n.startswith("ctr2svc-layer-")
+        )
+        vm.ssh(f"{APT} purge -y {SHARED} {layers}", timeout=300)
     assert root_mounts(vm, SHARED) == 0
     assert gone(vm, f"/run/{SHARED}") and gone(vm, f"/var/lib/{SHARED}")
+    # Its layers are purged too: none is left for the next module's services to find.
+    state = vm.ssh(f"dpkg-query -W -f='${{Status}}\\n' {layers} 2>/dev/null || true").stdout
+    assert "installed" not in state.replace("not-installed", ""), state
     assert SHARED not in vm.ssh("machinectl list --no-legend").stdout
 
 

@@ -75,9 +75,13 @@ def packages(
     vm.copy_to(rpm, f"/root/{rpm.name}")
     vm.ssh(f"install -d -m 0755 -o root -g root {BREAKOUT}")
     yield Packages(port, debs, shared_port, shared, f"/root/{rpm.name}")
+    # The layer packages by name: installed from files named on apt's command line, they are marked
+    # manually installed, which --autoremove leaves.
+    layers = " ".join(
+        n for n in (Path(d).name.split("_")[0] for d in shared) if n.startswith("ctr2svc-layer-")
+    )
     vm.ssh(
-        f"rpm -e --nodeps {RPM}; {APT} purge -y --autoremove {NAME} {SHARED}; "
-        f"rm -rf /var/lib/{RPM} {BREAKOUT}",
+        f"rpm -e --nodeps {RPM}; {APT} purge -y {NAME} {SHARED} {layers}; rm -rf /var/lib/{RPM} {BREAKOUT}",
         check=False,
         timeout=600,
     )
