@@ -28,7 +28,7 @@ import pytest
 from tests.conftest import Cli, require
 from tests.support import openrc
 from tests.support.apk import read_apk
-from tests.support.images import build_image, install_busybox, put_file
+from tests.support.images import ROLLBACK_VERSIONS, rollback_image
 from tests.support.registry import Registry, free_port
 
 from .helpers import http_get, refuses, wait_for_http
@@ -44,19 +44,6 @@ KEPT = Path("/opt/containers") / NAME / ".rollback"
 APK_DIRS = ("lib/apk", "etc/apk", "var/cache/apk")
 
 
-def entrypoints(port: int) -> dict[str, str]:
-    # sh as PID 1 with httpd as its child: busybox httpd as PID 1 ignores SIGTERM.
-    serve = f"""trap 'kill "$pid"; exit 0' TERM INT
-httpd -f -p {port} -h /data & pid=$!
-wait "$pid"
-"""
-    return {
-        "1.0": '[ -f /data/index.html ] || echo "written by 1.0" >/data/index.html\n' + serve,
-        "2.0": 'echo "migrated by 2.0" >/data/index.html\necho "2.0: cannot start" >&2\nexit 1\n',
-        "3.0": serve,
-    }
-
-
 @pytest.fixture(scope="module")
 def built(
     registry: Registry, ctr2svc: Cli, tmp_path_factory: pytest.TempPathFactory
@@ -64,17 +51,8 @@ def built(
     work = tmp_path_factory.mktemp("apk-rollback")
     port = free_port()
     apks = {}
-    for version, script in entrypoints(port).items():
-
-        def populate(root: Path, script: str = script) -> None:
-            install_busybox(root, hardlinks=("sh", "httpd"))
-            put_file(root, "/serve.sh", "#!/bin/sh\n" + script, mode=0o755)
-            (root / "data").mkdir()
-
-        source = build_image(
-            work / "layout", version, populate, entrypoint=["/serve.sh"], volumes=["/data"],
-            env={"PATH": "/bin"},
-        )  # fmt: skip
+    for version in ROLLBACK_VERSIONS:
+        source = rollback_image(work / "layout", version, port)
         ref = registry.push(source, "itest/apk-rollback", version)
         out = ctr2svc(
             "build", ref, "--format", "apk", "--name", NAME, "--version", version, "--activation", "start",

@@ -765,3 +765,32 @@ def generated_files(count: int, links: int = 3) -> Callable[[Path], None]:
             os.link(where / f"{number:04}.bin", where / f"link-{number}.bin")
 
     return populate
+
+
+# The versions of rollback_image: 1.0 writes its data file and serves it, 2.0 rewrites it and exits 1
+# (a migration that breaks the start), 3.0 serves it (the fixed version).
+ROLLBACK_VERSIONS = ("1.0", "2.0", "3.0")
+
+
+def rollback_image(layout: Path, version: str, port: int) -> str:
+    """The service of the upgrades-that-roll-back tests (tests/vm/test_rollback.py,
+    tests/integration/test_apk_rollback.py): busybox httpd serving the volume /data on PORT."""
+    # sh as PID 1 with httpd as its child: busybox httpd as PID 1 ignores SIGTERM.
+    serve = f"""trap 'kill "$pid"; exit 0' TERM INT
+httpd -f -p {port} -h /data & pid=$!
+wait "$pid"
+"""
+    script = {
+        "1.0": '[ -f /data/index.html ] || echo "written by 1.0" >/data/index.html\n' + serve,
+        "2.0": 'echo "migrated by 2.0" >/data/index.html\necho "2.0: cannot start" >&2\nexit 1\n',
+        "3.0": serve,
+    }[version]
+
+    def populate(root: Path) -> None:
+        install_busybox(root, hardlinks=("sh", "httpd"))
+        put_file(root, "/serve.sh", "#!/bin/sh\n" + script, mode=0o755)
+        (root / "data").mkdir()
+
+    return build_image(
+        layout, version, populate, entrypoint=["/serve.sh"], volumes=["/data"], env={"PATH": "/bin"}
+    )

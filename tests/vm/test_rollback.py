@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli
-from tests.support.images import build_image, install_busybox, put_file
+from tests.support.images import ROLLBACK_VERSIONS, rollback_image
 from tests.support.registry import Registry
 from tests.vm import vmhost
 from tests.vm.conftest import Timings
@@ -35,17 +35,6 @@ RPM_NAME = "rbrpm-svc"
 UNIT = f"{NAME}.service"
 PORT = 8097
 DATA = f"/var/lib/{NAME}/volumes/data"
-
-# sh as PID 1 with httpd as its child: busybox httpd as PID 1 ignores SIGTERM.
-SERVE = f"""trap 'kill "$pid"; exit 0' TERM
-httpd -f -p {PORT} -h /data & pid=$!
-wait "$pid"
-"""
-ENTRYPOINTS = {
-    "1.0": '[ -f /data/index.html ] || echo "written by 1.0" >/data/index.html\n' + SERVE,
-    "2.0": 'echo "migrated by 2.0" >/data/index.html\necho "2.0: cannot start" >&2\nexit 1\n',
-    "3.0": SERVE,
-}
 
 
 @dataclass(frozen=True)
@@ -60,17 +49,8 @@ def packages(
 ) -> Packages:
     work = tmp_path_factory.mktemp("rollback")
     built: dict[str, dict[str, str]] = {"deb": {}, "rpm": {}}
-    for version, script in ENTRYPOINTS.items():
-
-        def populate(root: Path, script: str = script) -> None:
-            install_busybox(root, hardlinks=("sh", "httpd"))
-            put_file(root, "/serve.sh", "#!/bin/sh\n" + script, mode=0o755)
-            (root / "data").mkdir()
-
-        source = build_image(
-            work / "layout", version, populate, entrypoint=["/serve.sh"], volumes=["/data"],
-            env={"PATH": "/bin"},
-        )  # fmt: skip
+    for version in ROLLBACK_VERSIONS:
+        source = rollback_image(work / "layout", version, PORT)
         ref = registry.push(source, "e2e/rollback", version)
         for fmt, name in (("deb", NAME), ("rpm", RPM_NAME)):
             out = ctr2svc(
