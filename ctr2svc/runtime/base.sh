@@ -76,3 +76,21 @@ copy() {
         printf '%s\n' "$line"
     done <"$1" >"$2"
 }
+
+# read_mode FILE FIRST SECOND: the admin's choice in $CONFIG_DIR/FILE, its first word, in $mode (empty
+# without the file or a word), with builtins; a word that is neither choice stops the helper, naming both.
+read_mode() {
+    mode=
+    [ -r "$CONFIG_DIR/$1" ] || return 0
+    while read -r word rest || [ -n "$word" ]; do
+        case "$word" in
+            '' | '#'*) continue ;;
+        esac
+        if [ "$word" != "$2" ] && [ "$word" != "$3" ]; then
+            echo "$NAME: $CONFIG_DIR/$1 says '$word': write $2 or $3 there" >&2
+            exit 1
+        fi
+        mode=$word
+        return 0
+    done <"$CONFIG_DIR/$1"
+}

@@ -4,18 +4,8 @@
 
 # The admin's choice of network, in $NETWORK: the first word of $CONFIG_DIR/network, with builtins.
 read_network_mode() {
-    [ -r "$CONFIG_DIR/network" ] || return 0
-    while read -r word rest || [ -n "$word" ]; do
-        case "$word" in
-            '' | '#'*) continue ;;
-            host | private) NETWORK=$word ;;
-            *)
-                echo "$NAME: $CONFIG_DIR/network says '$word': write host or private there" >&2
-                exit 1
-                ;;
-        esac
-        return 0
-    done <"$CONFIG_DIR/network"
+    read_mode network host private
+    [ -z "$mode" ] || NETWORK=$mode
 }
 
 # With the host's network nothing is published: say so when the ports file lists ports.

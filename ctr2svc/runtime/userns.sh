@@ -14,18 +14,8 @@ USERNS_SIZE=65536
 
 # The admin's choice, in $USERNS: the first word of $CONFIG_DIR/userns, with builtins.
 read_userns_mode() {
-    [ -r "$CONFIG_DIR/userns" ] || return 0
-    while read -r word rest || [ -n "$word" ]; do
-        case "$word" in
-            '' | '#'*) continue ;;
-            host | auto) USERNS=$word ;;
-            *)
-                echo "$NAME: $CONFIG_DIR/userns says '$word': write auto or host there" >&2
-                exit 1
-                ;;
-        esac
-        return 0
-    done <"$CONFIG_DIR/userns"
+    read_mode userns auto host
+    [ -z "$mode" ] || USERNS=$mode
 }
 
 # The pool ranges come from, in $pool_start and $pool_size: the admin's "ctr2svc:START:COUNT" line in
